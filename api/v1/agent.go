@@ -1,0 +1,78 @@
+package v1
+
+// The node agent is an API client of the controller. These types form its
+// protocol (under /api/v1/agent/, authenticated by the join token). Liveness is
+// an etcd lease the controller renews on each heartbeat, so heartbeats never
+// write to etcd.
+
+// NodeReport is what a node says about itself on join and when it changes.
+type NodeReport struct {
+	NodeID        string         `json:"node_id"`
+	NodeName      string         `json:"node_name"`
+	IPAddress     string         `json:"ip_address"`
+	HostArch      string         `json:"host_arch"`
+	CPUCount      int            `json:"cpu_count"`
+	RAMMB         int            `json:"ram_mb"`
+	DiskSize      int64          `json:"disk_size"`
+	FreeDiskSpace int64          `json:"free_disk_space"`
+	Capacity      int            `json:"capacity"` // slots; the admin may override via node/config
+	Driver        string         `json:"driver"`
+	Groups        []string       `json:"groups,omitempty"` // group names or ids to join on first registration
+	Templates     []NodeTemplate `json:"templates"`
+	CPUUtil       float64        `json:"cpu_util"`
+	RAMUtil       float64        `json:"ram_util"`
+}
+
+// JoinRequest registers (or re-registers) a node.
+type JoinRequest struct {
+	Report NodeReport `json:"report"`
+}
+
+// JoinResponse grants the node a liveness lease.
+type JoinResponse struct {
+	NodeID      string `json:"node_id"`
+	LeaseID     int64  `json:"lease_id"`
+	LeaseTTL    int64  `json:"lease_ttl"` // seconds; heartbeat at a third of it
+	RegistryURL string `json:"registry_url"`
+}
+
+// HeartbeatRequest renews the node's lease.
+type HeartbeatRequest struct {
+	NodeID  string `json:"node_id"`
+	LeaseID int64  `json:"lease_id"`
+}
+
+// Assignment is one instance the controller wants running on a node. The set
+// of assignments is the node's whole desired state: anything else it runs is
+// to be destroyed.
+type Assignment struct {
+	InstanceID string    `json:"instance_id"`
+	VMID       string    `json:"vmid"`
+	Tag        string    `json:"tag"`
+	Spec       StartSpec `json:"spec"`
+}
+
+// Assignments is the long-poll answer: the full desired set at Revision.
+type Assignments struct {
+	Revision    int64        `json:"revision"`
+	Assignments []Assignment `json:"assignments"`
+}
+
+// InstanceStatus is a node's report of one instance's actual state.
+type InstanceStatus struct {
+	InstanceID    string        `json:"instance_id"`
+	State         string        `json:"state"`
+	Message       string        `json:"message,omitempty"`
+	Progress      float64       `json:"progress,omitempty"`
+	VMInfo        *VMInfo       `json:"vminfo,omitempty"`
+	StartupScript *ScriptResult `json:"startup_script,omitempty"`
+	// Released means the node no longer holds a VM for this instance, so its
+	// slot may be given to another instance.
+	Released bool `json:"released,omitempty"`
+}
+
+// StatusReport carries instance updates from a node.
+type StatusReport struct {
+	NodeID    string           `json:"node_id"`
+	Instances []InstanceStatus `json:"instances"`
+}

@@ -1,0 +1,108 @@
+package v1
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"reflect"
+	"strconv"
+	"strings"
+)
+
+// Envelope wraps every /api/v1 response.
+type Envelope struct {
+	Status  string          `json:"status"` // "OK" or "FAIL"
+	Message string          `json:"message"`
+	Body    json.RawMessage `json:"body,omitempty"`
+}
+
+const (
+	StatusOK   = "OK"
+	StatusFAIL = "FAIL"
+)
+
+// Messages that clients compare verbatim.
+const (
+	MsgNotFound        = "Not found"
+	MsgNotInRegistry   = "VM not in the registry"
+	MsgAuthRequired    = "Authentication Required"
+	msgNoSuchTagPrefix = "No such tag "
+)
+
+// MsgNoSuchTag is the exact FAIL message for an unknown tag.
+func MsgNoSuchTag(tag string) string { return msgNoSuchTagPrefix + tag }
+
+// FlexInt accepts a JSON number or a numeric string ("3"), as clients send both.
+type FlexInt int64
+
+func (f *FlexInt) UnmarshalJSON(b []byte) error {
+	b = bytes.TrimSpace(b)
+	if string(b) == "null" {
+		return nil
+	}
+	s := string(b)
+	if len(b) > 0 && b[0] == '"' {
+		if err := json.Unmarshal(b, &s); err != nil {
+			return err
+		}
+		s = strings.TrimSpace(s)
+	}
+	n, err := strconv.ParseInt(s, 10, 64)
+	if err != nil {
+		fl, ferr := strconv.ParseFloat(s, 64)
+		if ferr != nil || fl != float64(int64(fl)) {
+			return &json.UnmarshalTypeError{Value: "string " + string(b), Type: reflect.TypeFor[int64]()}
+		}
+		n = int64(fl)
+	}
+	*f = FlexInt(n)
+	return nil
+}
+
+// FlexBool accepts true/false, "true"/"false", 1/0.
+type FlexBool bool
+
+func (f *FlexBool) UnmarshalJSON(b []byte) error {
+	s := strings.Trim(strings.TrimSpace(string(b)), `"`)
+	switch strings.ToLower(s) {
+	case "true", "1", "yes":
+		*f = true
+	case "false", "0", "no", "", "null":
+		*f = false
+	default:
+		return &json.UnmarshalTypeError{Value: string(b), Type: reflect.TypeFor[bool]()}
+	}
+	return nil
+}
+
+// FieldError names the request field that is wrong; the API turns it into a
+// FAIL message clients can show to a user.
+type FieldError struct {
+	Field  string
+	Reason string
+}
+
+func (e *FieldError) Error() string { return fmt.Sprintf("%s: %s", e.Field, e.Reason) }
+
+// Decode parses a JSON body into v whatever the Content-Type, ignoring unknown
+// fields, and names the offending field when a value has the wrong type.
+func Decode(body []byte, v any) error {
+	body = bytes.TrimSpace(body)
+	if len(body) == 0 {
+		return nil
+	}
+	err := json.Unmarshal(body, v)
+	if err == nil {
+		return nil
+	}
+	var typeErr *json.UnmarshalTypeError
+	if errors.As(err, &typeErr) {
+		field := typeErr.Field
+		if field == "" {
+			field = "body"
+		}
+		return &FieldError{Field: field, Reason: fmt.Sprintf("expected %s, got %s", typeErr.Type, typeErr.Value)}
+	}
+	return &FieldError{Field: "body", Reason: "malformed JSON: " + err.Error()}
+}

@@ -1,0 +1,243 @@
+package v1
+
+import (
+	"encoding/base64"
+	"encoding/json"
+	"time"
+)
+
+// Instance states, exactly as clients compare them.
+const (
+	StateScheduling  = "Scheduling"
+	StatePulling     = "Pulling"
+	StateStarted     = "Started"
+	StateStopping    = "Stopping"
+	StateStopped     = "Stopped"
+	StateTerminating = "Terminating"
+	StateTerminated  = "Terminated"
+	StateError       = "Error"
+	StatePushing     = "Pushing"
+)
+
+// InstanceStates lists every valid instance state (for ?state= validation).
+var InstanceStates = []string{StateScheduling, StatePulling, StateStarted, StateStopping,
+	StateStopped, StateTerminating, StateTerminated, StateError, StatePushing}
+
+// Instance is the flat object of GET /api/v1/vm?id= and of every list item's "vm".
+type Instance struct {
+	InstanceID    string          `json:"instance_id"`
+	State         string          `json:"instance_state"`
+	Message       string          `json:"message,omitempty"`
+	AnkaRegistry  string          `json:"anka_registry"`
+	VMID          string          `json:"vmid"`
+	Tag           string          `json:"tag"`
+	Version       int             `json:"version,omitempty"`
+	NodeID        string          `json:"node_id"`
+	GroupID       string          `json:"group_id,omitempty"`
+	ExternalID    string          `json:"external_id,omitempty"`
+	Name          string          `json:"name,omitempty"`
+	InflightReqID string          `json:"inflight_reqid"`
+	TS            time.Time       `json:"ts,omitzero"`
+	CrTime        time.Time       `json:"cr_time,omitzero"`
+	Progress      float64         `json:"progress"`
+	Arch          string          `json:"arch,omitempty"`
+	Priority      int             `json:"priority"`
+	Metadata      json.RawMessage `json:"metadata,omitempty"`
+	StartupScript *ScriptResult   `json:"startup_script,omitempty"`
+	VMInfo        *VMInfo         `json:"vminfo,omitempty"`
+}
+
+// InstanceListItem is one element of GET /api/v1/vm. external_id and name are
+// null when unset, as the reference product sends them.
+type InstanceListItem struct {
+	InstanceID string   `json:"instance_id"`
+	ExternalID *string  `json:"external_id"`
+	Name       *string  `json:"name"`
+	VM         Instance `json:"vm"`
+}
+
+// ListItem wraps an instance the way GET /api/v1/vm lists it.
+func (in Instance) ListItem() InstanceListItem {
+	item := InstanceListItem{InstanceID: in.InstanceID, VM: in}
+	if in.ExternalID != "" {
+		item.ExternalID = &in.ExternalID
+	}
+	if in.Name != "" {
+		item.Name = &in.Name
+	}
+	return item
+}
+
+// ScriptResult reports a startup script's outcome.
+type ScriptResult struct {
+	ReturnCode int    `json:"return_code"`
+	DidTimeout bool   `json:"did_timeout"`
+	Stdout     string `json:"stdout"`
+	Stderr     string `json:"stderr"`
+}
+
+// VMInfo describes the running VM behind an instance.
+type VMInfo struct {
+	UUID                string           `json:"uuid"`
+	Name                string           `json:"name"`
+	Status              string           `json:"status"` // "running" or "stopped"
+	CPUCores            int              `json:"cpu_cores"`
+	RAM                 string           `json:"ram"`
+	NodeID              string           `json:"node_id"`
+	HostIP              string           `json:"host_ip"`
+	IP                  string           `json:"ip"`
+	VNCPort             int              `json:"vnc_port,omitempty"`
+	VNCConnectionString string           `json:"vnc_connection_string,omitempty"`
+	CreationDate        time.Time        `json:"creation_date,omitzero"`
+	StartDate           time.Time        `json:"start_date,omitzero"`
+	StopDate            time.Time        `json:"stop_date,omitzero"`
+	Version             string           `json:"version"`
+	PortForwarding      []PortForwarding `json:"port_forwarding"`
+	Accelerator         string           `json:"accelerator,omitempty"` // Corral extension: kvm, tcg, ...
+}
+
+// PortForwarding maps a guest port to a port on the node. The SSH rule
+// (guest 22) comes first because some clients take the first rule.
+type PortForwarding struct {
+	GuestPort int    `json:"guest_port"`
+	HostPort  int    `json:"host_port"`
+	Protocol  string `json:"protocol"`
+	Name      string `json:"name"`
+}
+
+// StartRequest is the body of POST /api/v1/vm.
+type StartRequest struct {
+	VMID                   string          `json:"vmid"`
+	Tag                    string          `json:"tag"`
+	Version                *FlexInt        `json:"version"`
+	Count                  *FlexInt        `json:"count"`
+	Name                   string          `json:"name"`
+	NameTemplate           string          `json:"name_template"`
+	ExternalID             string          `json:"external_id"`
+	NodeID                 string          `json:"node_id"`
+	GroupID                string          `json:"group_id"`
+	Priority               *FlexInt        `json:"priority"`
+	StartupScript          string          `json:"startup_script"`
+	StartupScriptCondition *FlexInt        `json:"startup_script_condition"`
+	ScriptMonitoring       FlexBool        `json:"script_monitoring"`
+	ScriptTimeout          *FlexInt        `json:"script_timeout"`
+	ScriptFailHandler      *FlexInt        `json:"script_fail_handler"`
+	VCPU                   *FlexInt        `json:"vcpu"`
+	VRAM                   *FlexInt        `json:"vram"`
+	Metadata               json.RawMessage `json:"metadata"`
+	USBDevice              string          `json:"usb_device"`
+	Disk                   *struct {
+		Size *FlexInt `json:"size"`
+	} `json:"disk"`
+}
+
+// Script fail handlers.
+const (
+	FailHandlerStop   = 0
+	FailHandlerKeep   = 1
+	FailHandlerDelete = 2
+)
+
+// Defaults applied by Normalize.
+const (
+	DefaultPriority      = 1000
+	DefaultScriptTimeout = 90
+	MaxCount             = 1000
+)
+
+// StartSpec is a validated start request with defaults applied: what a node
+// needs to run one instance.
+type StartSpec struct {
+	VMID              string          `json:"vmid"`
+	TemplateName      string          `json:"template_name,omitempty"`
+	Tag               string          `json:"tag,omitempty"`
+	Version           int             `json:"version,omitempty"`
+	Count             int             `json:"count"`
+	Name              string          `json:"name,omitempty"`
+	NameTemplate      string          `json:"name_template,omitempty"`
+	ExternalID        string          `json:"external_id,omitempty"`
+	NodeID            string          `json:"node_id,omitempty"`
+	GroupID           string          `json:"group_id,omitempty"`
+	Priority          int             `json:"priority"`
+	StartupScript     []byte          `json:"startup_script,omitempty"`
+	WaitForNetwork    bool            `json:"wait_for_network"`
+	ScriptMonitoring  bool            `json:"script_monitoring"`
+	ScriptTimeout     int             `json:"script_timeout"`
+	ScriptFailHandler int             `json:"script_fail_handler"`
+	VCPU              int             `json:"vcpu,omitempty"`
+	VRAM              int             `json:"vram,omitempty"` // MB
+	Metadata          json.RawMessage `json:"metadata,omitempty"`
+	USBDevice         string          `json:"usb_device,omitempty"`
+	DiskSize          int64           `json:"disk_size,omitempty"`
+}
+
+// Normalize validates r and applies the documented defaults.
+func (r *StartRequest) Normalize() (StartSpec, error) {
+	s := StartSpec{
+		VMID: r.VMID, Tag: r.Tag, Name: r.Name, NameTemplate: r.NameTemplate,
+		ExternalID: r.ExternalID, NodeID: r.NodeID, GroupID: r.GroupID,
+		Count: 1, Priority: DefaultPriority, WaitForNetwork: true,
+		ScriptMonitoring: bool(r.ScriptMonitoring), ScriptTimeout: DefaultScriptTimeout,
+		USBDevice: r.USBDevice,
+	}
+	if s.VMID == "" {
+		return s, &FieldError{"vmid", "required"}
+	}
+	var err error
+	intField := func(name string, v *FlexInt, lo, hi int64, dst *int) {
+		if err != nil || v == nil {
+			return
+		}
+		if int64(*v) < lo || int64(*v) > hi {
+			err = &FieldError{name, rangeMsg(lo, hi)}
+			return
+		}
+		*dst = int(*v)
+	}
+	intField("count", r.Count, 1, MaxCount, &s.Count)
+	intField("version", r.Version, 1, 1<<31, &s.Version)
+	intField("priority", r.Priority, 1, 10000, &s.Priority)
+	intField("script_timeout", r.ScriptTimeout, 1, 86400, &s.ScriptTimeout)
+	intField("script_fail_handler", r.ScriptFailHandler, 0, 2, &s.ScriptFailHandler)
+	intField("vcpu", r.VCPU, 1, 1024, &s.VCPU)
+	intField("vram", r.VRAM, 1, 1<<24, &s.VRAM)
+	cond := 0
+	intField("startup_script_condition", r.StartupScriptCondition, 0, 1, &cond)
+	if err != nil {
+		return s, err
+	}
+	s.WaitForNetwork = cond == 0
+	if r.Disk != nil && r.Disk.Size != nil {
+		if *r.Disk.Size < 0 {
+			return s, &FieldError{"disk.size", "must not be negative"}
+		}
+		s.DiskSize = int64(*r.Disk.Size)
+	}
+	if r.StartupScript != "" {
+		script, derr := base64.StdEncoding.DecodeString(r.StartupScript)
+		if derr != nil {
+			return s, &FieldError{"startup_script", "must be base64: " + derr.Error()}
+		}
+		s.StartupScript = script
+	}
+	if len(r.Metadata) > 0 && string(r.Metadata) != "null" {
+		var obj map[string]any
+		if json.Unmarshal(r.Metadata, &obj) != nil {
+			return s, &FieldError{"metadata", "must be a JSON object"}
+		}
+		s.Metadata = r.Metadata
+	}
+	return s, nil
+}
+
+// UpdateRequest is the body of PUT /api/v1/vm?id=.
+type UpdateRequest struct {
+	ExternalID *string         `json:"external_id"`
+	Name       *string         `json:"name"`
+	Metadata   json.RawMessage `json:"metadata"`
+}
+
+// IDRequest is the body of DELETE /api/v1/vm and similar calls.
+type IDRequest struct {
+	ID string `json:"id"`
+}

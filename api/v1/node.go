@@ -1,0 +1,88 @@
+package v1
+
+import "time"
+
+// Node states, exactly as clients compare them.
+const (
+	NodeOffline  = "Offline"
+	NodeInactive = "Inactive (Invalid License)"
+	NodeActive   = "Active"
+	NodeUpdating = "Updating"
+	NodeDrain    = "Drain Mode"
+)
+
+// Node is an element of GET /api/v1/node.
+type Node struct {
+	NodeID        string         `json:"node_id"`
+	NodeName      string         `json:"node_name"`
+	IPAddress     string         `json:"ip_address"`
+	State         string         `json:"state"`
+	Capacity      int            `json:"capacity"`
+	CapacityMode  string         `json:"capacity_mode"`
+	CPUCount      int            `json:"cpu_count"`
+	RAM           int            `json:"ram"` // GB
+	VMCount       int            `json:"vm_count"`
+	VCPUCount     int            `json:"vcpu_count"`
+	VRAM          int            `json:"vram"` // MB in use by instances
+	CPUUtil       float64        `json:"cpu_util"`
+	RAMUtil       float64        `json:"ram_util"`
+	FreeDiskSpace int64          `json:"free_disk_space"`
+	AnkaDiskUsage int64          `json:"anka_disk_usage"`
+	DiskSize      int64          `json:"disk_size"`
+	HostArch      string         `json:"host_arch"`
+	Templates     []NodeTemplate `json:"templates"`
+	Groups        []Group        `json:"groups"`
+	Driver        string         `json:"driver,omitempty"` // Corral extension
+	LastSeen      time.Time      `json:"last_seen,omitzero"`
+}
+
+// NodeTemplate is a template+tag a node holds locally.
+type NodeTemplate struct {
+	UUID string `json:"uuid"`
+	Name string `json:"name"`
+	Tag  string `json:"tag"`
+}
+
+// NodeConfigRequest is the body of PUT/POST /api/v1/node/config.
+type NodeConfigRequest struct {
+	NodeID    string    `json:"node_id"`
+	Capacity  *FlexInt  `json:"capacity"`
+	DrainMode *FlexBool `json:"drain_mode"`
+	MaxVCPU   *FlexInt  `json:"max_vcpu_count"`
+	MaxVRAM   *FlexInt  `json:"max_vram"`
+}
+
+// NodeIDRequest is the body of DELETE /api/v1/node.
+type NodeIDRequest struct {
+	NodeID string `json:"node_id"`
+}
+
+// NodeIDsRequest is the body of POST/DELETE /api/v1/node/group/<group_id>.
+type NodeIDsRequest struct {
+	NodeIDs []string `json:"node_ids"`
+}
+
+// Group is a node group. Description is never null.
+type Group struct {
+	ID              string `json:"id"`
+	Name            string `json:"name"`
+	Description     string `json:"description"`
+	FallbackGroupID string `json:"fallback_group_id"`
+}
+
+// GroupRequest is the body of POST/PUT/DELETE /api/v1/group.
+type GroupRequest struct {
+	ID              string  `json:"id"`
+	Name            *string `json:"name"`
+	Description     *string `json:"description"`
+	FallbackGroupID *string `json:"fallback_group_id"`
+}
+
+// Status is the body of GET /api/v1/status.
+type Status struct {
+	Status          string `json:"status"`
+	Version         string `json:"version"`
+	RegistryAddress string `json:"registry_address"`
+	RegistryStatus  string `json:"registry_status"`
+	License         string `json:"license"`
+}

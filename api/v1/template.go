@@ -1,0 +1,51 @@
+package v1
+
+// Arch values.
+const (
+	ArchAMD64 = "amd64"
+	ArchARM64 = "arm64"
+)
+
+// Template is an element of GET /api/v1/registry/vm.
+type Template struct {
+	ID   string `json:"id"`
+	Name string `json:"name"`
+	Size int64  `json:"size"`
+	Arch string `json:"arch"`
+}
+
+// TemplateDetail is GET /api/v1/registry/vm?id=.
+type TemplateDetail struct {
+	Template
+	Versions []TemplateVersion `json:"versions"`
+}
+
+// TemplateVersion is one tag of a template.
+type TemplateVersion struct {
+	Tag         string   `json:"tag"`
+	Number      int      `json:"number"`
+	Size        int64    `json:"size"`
+	Description string   `json:"description"`
+	ConfigFile  string   `json:"config_file"`
+	NVRAM       string   `json:"nvram"`
+	Images      []string `json:"images"`
+	StateFiles  []string `json:"state_files"`
+}
+
+// Latest returns the highest-numbered version, or false when there is none.
+func (t TemplateDetail) Latest() (TemplateVersion, bool) {
+	var best TemplateVersion
+	found := false
+	for _, v := range t.Versions {
+		if !found || v.Number > best.Number {
+			best, found = v, true
+		}
+	}
+	return best, found
+}
+
+// Disk is GET /api/v1/registry/disk.
+type Disk struct {
+	Total int64 `json:"total"`
+	Free  int64 `json:"free"`
+}

@@ -1,0 +1,38 @@
+package client
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"net/url"
+
+	apiv1 "github.com/corral-build/corral/api/v1"
+)
+
+// Join registers the node.
+func (c *Controller) Join(ctx context.Context, report apiv1.NodeReport) (apiv1.JoinResponse, error) {
+	var resp apiv1.JoinResponse
+	return resp, c.do(ctx, http.MethodPost, "/api/v1/agent/join", apiv1.JoinRequest{Report: report}, &resp)
+}
+
+// Heartbeat renews the node's lease.
+func (c *Controller) Heartbeat(ctx context.Context, nodeID string, leaseID int64) error {
+	return c.do(ctx, http.MethodPost, "/api/v1/agent/heartbeat", apiv1.HeartbeatRequest{NodeID: nodeID, LeaseID: leaseID}, nil)
+}
+
+// Report sends the node's changed report.
+func (c *Controller) Report(ctx context.Context, report apiv1.NodeReport) error {
+	return c.do(ctx, http.MethodPost, "/api/v1/agent/report", report, nil)
+}
+
+// SendStatus reports instance states.
+func (c *Controller) SendStatus(ctx context.Context, nodeID string, st []apiv1.InstanceStatus) error {
+	return c.do(ctx, http.MethodPost, "/api/v1/agent/status", apiv1.StatusReport{NodeID: nodeID, Instances: st}, nil)
+}
+
+// Assignments long-polls for the node's desired instances after revision since.
+func (c *Controller) Assignments(ctx context.Context, nodeID string, since int64) (apiv1.Assignments, error) {
+	var a apiv1.Assignments
+	path := fmt.Sprintf("/api/v1/agent/assignments?node_id=%s&since=%d", url.QueryEscape(nodeID), since)
+	return a, c.do(ctx, http.MethodGet, path, nil, &a)
+}

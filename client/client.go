@@ -1,0 +1,193 @@
+// Package client is the Go client of Corral's controller API. The node agent,
+// the CLI and the tests talk to controllers only through it.
+package client
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	apiv1 "github.com/corral-build/corral/api/v1"
+)
+
+// FailError is a FAIL envelope returned by the controller.
+type FailError struct {
+	HTTPStatus int
+	Message    string
+}
+
+func (e *FailError) Error() string {
+	return fmt.Sprintf("controller: %s (HTTP %d)", e.Message, e.HTTPStatus)
+}
+
+// Agent-protocol outcomes the node acts on.
+var (
+	ErrDisjoined    = errors.New("node was disjoined by an administrator")
+	ErrLeaseExpired = errors.New("node lease expired")
+	ErrUnauthorized = errors.New("join token rejected")
+)
+
+// Controller talks to one or more controller URLs, moving to the next URL
+// when one cannot be reached.
+type Controller struct {
+	urls  []string
+	token string
+	http  *http.Client
+	cur   atomic.Int64
+}
+
+// New returns a client; token is the join token (agent calls) or empty.
+func New(urls []string, token string) (*Controller, error) {
+	if len(urls) == 0 {
+		return nil, errors.New("no controller URL")
+	}
+	for i, u := range urls {
+		parsed, err := url.Parse(u)
+		if err != nil || parsed.Scheme == "" || parsed.Host == "" {
+			return nil, fmt.Errorf("controller URL %q: want http(s)://host:port", u)
+		}
+		urls[i] = strings.TrimRight(u, "/")
+	}
+	return &Controller{urls: urls, token: token, http: &http.Client{}}, nil
+}
+
+// URL is the controller currently in use.
+func (c *Controller) URL() string { return c.urls[int(c.cur.Load())%len(c.urls)] }
+
+// do sends a request and decodes the envelope's body into out (may be nil).
+func (c *Controller) do(ctx context.Context, method, path string, in, out any) error {
+	var payload []byte
+	if in != nil {
+		var err error
+		if payload, err = json.Marshal(in); err != nil {
+			return fmt.Errorf("encode %s %s: %w", method, path, err)
+		}
+	}
+	var lastErr error
+	for attempt := 0; attempt < len(c.urls); attempt++ {
+		idx := int(c.cur.Load())
+		base := c.urls[idx%len(c.urls)]
+		req, err := http.NewRequestWithContext(ctx, method, base+path, bytes.NewReader(payload))
+		if err != nil {
+			return err
+		}
+		req.Header.Set("Content-Type", "application/json")
+		if c.token != "" {
+			req.Header.Set("Authorization", "Bearer "+c.token)
+		}
+		resp, err := c.http.Do(req)
+		if err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			lastErr = fmt.Errorf("%s %s%s: %w", method, base, path, err)
+			c.cur.CompareAndSwap(int64(idx), int64(idx+1)) // fail over
+			continue
+		}
+		return decodeEnvelope(resp, out, method+" "+path)
+	}
+	return lastErr
+}
+
+func decodeEnvelope(resp *http.Response, out any, what string) error {
+	defer resp.Body.Close()
+	data, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return fmt.Errorf("%s: read response: %w", what, err)
+	}
+	var env apiv1.Envelope
+	if err := json.Unmarshal(data, &env); err != nil {
+		return fmt.Errorf("%s: HTTP %d, not a JSON envelope: %.200s", what, resp.StatusCode, data)
+	}
+	if env.Status != apiv1.StatusOK {
+		switch resp.StatusCode {
+		case http.StatusGone:
+			return ErrDisjoined
+		case http.StatusConflict:
+			return ErrLeaseExpired
+		case http.StatusUnauthorized:
+			return ErrUnauthorized
+		}
+		return &FailError{HTTPStatus: resp.StatusCode, Message: env.Message}
+	}
+	if out != nil && len(env.Body) > 0 {
+		if err := json.Unmarshal(env.Body, out); err != nil {
+			return fmt.Errorf("%s: decode body: %w", what, err)
+		}
+	}
+	return nil
+}
+
+// Status returns GET /api/v1/status.
+func (c *Controller) Status(ctx context.Context) (apiv1.Status, error) {
+	var s apiv1.Status
+	return s, c.do(ctx, http.MethodGet, "/api/v1/status", nil, &s)
+}
+
+// StartInstances posts a start request and returns the instance ids.
+func (c *Controller) StartInstances(ctx context.Context, req map[string]any) ([]string, error) {
+	var ids []string
+	return ids, c.do(ctx, http.MethodPost, "/api/v1/vm", req, &ids)
+}
+
+// Instance returns one instance.
+func (c *Controller) Instance(ctx context.Context, id string) (apiv1.Instance, error) {
+	var in apiv1.Instance
+	return in, c.do(ctx, http.MethodGet, "/api/v1/vm?id="+url.QueryEscape(id), nil, &in)
+}
+
+// Instances lists instances; query is e.g. "state=Started".
+func (c *Controller) Instances(ctx context.Context, query string) ([]apiv1.InstanceListItem, error) {
+	var items []apiv1.InstanceListItem
+	path := "/api/v1/vm"
+	if query != "" {
+		path += "?" + query
+	}
+	return items, c.do(ctx, http.MethodGet, path, nil, &items)
+}
+
+// Terminate ends an instance.
+func (c *Controller) Terminate(ctx context.Context, id string) error {
+	return c.do(ctx, http.MethodDelete, "/api/v1/vm", apiv1.IDRequest{ID: id}, nil)
+}
+
+// Nodes lists nodes.
+func (c *Controller) Nodes(ctx context.Context) ([]apiv1.Node, error) {
+	var nodes []apiv1.Node
+	return nodes, c.do(ctx, http.MethodGet, "/api/v1/node", nil, &nodes)
+}
+
+// CreateGroup creates a node group.
+func (c *Controller) CreateGroup(ctx context.Context, name, description, fallback string) (apiv1.Group, error) {
+	var g apiv1.Group
+	return g, c.do(ctx, http.MethodPost, "/api/v1/group",
+		map[string]string{"name": name, "description": description, "fallback_group_id": fallback}, &g)
+}
+
+// AddNodesToGroup puts nodes into a group.
+func (c *Controller) AddNodesToGroup(ctx context.Context, groupID string, nodeIDs ...string) error {
+	return c.do(ctx, http.MethodPost, "/api/v1/node/group/"+url.PathEscape(groupID), apiv1.NodeIDsRequest{NodeIDs: nodeIDs}, nil)
+}
+
+// WaitState polls an instance until it reaches state or ctx ends.
+func (c *Controller) WaitState(ctx context.Context, id, state string) (apiv1.Instance, error) {
+	for {
+		in, err := c.Instance(ctx, id)
+		if err == nil && in.State == state {
+			return in, nil
+		}
+		select {
+		case <-ctx.Done():
+			return in, fmt.Errorf("instance %s: want %s, have %s (%s): %w", id, state, in.State, in.Message, ctx.Err())
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}

@@ -1,0 +1,88 @@
+package cli
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"path/filepath"
+	"time"
+
+	"github.com/corral-build/corral/internal/controller/daemon"
+	"github.com/corral-build/corral/internal/etcdembed"
+)
+
+// controllerFlags are shared by `corral controller` and `corral up`.
+type controllerFlags struct {
+	listen, dataDir, etcdClientURL, etcdPeerURL, etcdName, registryURL, templatesFile, joinToken string
+	etcdEndpoints                                                                                []string
+	compaction, leaseTTL, schedulerTTL, retention                                                time.Duration
+	standalone                                                                                   bool
+	logLevel                                                                                     int
+}
+
+func (c *controllerFlags) register(f *flags, listenDefault string) {
+	f.String(&c.listen, "listen", listenDefault, "address of the REST API and dashboard", "ANKA_LISTEN_ADDR")
+	f.List(&c.etcdEndpoints, "etcd-endpoints", "", "external etcd cluster, comma-separated (empty: run etcd embedded)", "ANKA_ETCD_ENDPOINTS")
+	f.Bool(&c.standalone, "standalone", false, "run etcd inside this process even if endpoints are set", "ANKA_STANDALONE")
+	f.String(&c.dataDir, "data-dir", "corral-data", "directory of the embedded etcd (and the local template list)")
+	f.String(&c.etcdName, "etcd-name", "default", "embedded etcd member name")
+	f.String(&c.etcdClientURL, "etcd-client-url", "http://127.0.0.1:2379", "embedded etcd client URL")
+	f.String(&c.etcdPeerURL, "etcd-peer-url", "http://127.0.0.1:2380", "embedded etcd peer URL")
+	f.Duration(&c.compaction, "etcd-compaction", 30*time.Minute, "embedded etcd periodic history compaction retention")
+	f.String(&c.registryURL, "registry-url", "", "registry URL handed to nodes, e.g. http://10.0.0.5:8089 (no trailing slash)", "ANKA_ANKA_REGISTRY")
+	f.String(&c.templatesFile, "templates-file", "", "JSON template list served until a registry is configured (default DATA_DIR/templates.json)")
+	f.String(&c.joinToken, "join-token", "", "token nodes present to join (default: generated once, kept in etcd)")
+	f.Duration(&c.leaseTTL, "node-lease-ttl", 15*time.Second, "a node that stays silent this long goes Offline and its instances fail")
+	f.Duration(&c.schedulerTTL, "scheduler-ttl", 5*time.Second, "how long a crashed scheduler leader blocks the others")
+	f.Duration(&c.retention, "instance-retention", time.Minute, "how long Terminated instances are kept", "ANKA_INSTANCE_TIME_OUT")
+	f.Int(&c.logLevel, "log-level", 0, "log verbosity: 0 info, 1+ debug, -1 warnings only", "ANKA_V")
+}
+
+func (c *controllerFlags) daemonConfig(log *slog.Logger) (daemon.Config, error) {
+	if err := ValidateRegistryURL(c.registryURL); err != nil {
+		return daemon.Config{}, fmt.Errorf("--registry-url: %w", err)
+	}
+	if c.templatesFile == "" {
+		c.templatesFile = filepath.Join(c.dataDir, "templates.json")
+	}
+	endpoints := c.etcdEndpoints
+	if c.standalone {
+		endpoints = nil
+	}
+	return daemon.Config{
+		ListenAddr: c.listen, EtcdEndpoints: endpoints,
+		Embedded: etcdembed.Config{Name: c.etcdName, DataDir: filepath.Join(c.dataDir, "etcd"),
+			ClientURL: c.etcdClientURL, PeerURL: c.etcdPeerURL, AutoCompactionRetention: c.compaction},
+		RegistryURL: c.registryURL, TemplatesFile: c.templatesFile, JoinToken: c.joinToken,
+		NodeLeaseTTL: c.leaseTTL, SchedulerTTL: c.schedulerTTL, InstanceRetention: c.retention, Log: log,
+	}, nil
+}
+
+func runController(ctx context.Context, args []string, out io.Writer) error {
+	f := newFlags("controller", "Run a controller: the /api/v1 REST API and the scheduler. State lives in etcd only.", out)
+	var c controllerFlags
+	c.register(f, ":80")
+	var log *slog.Logger
+	if err := f.Parse(args, func() *slog.Logger { return newLogger(c.logLevel) }); err != nil {
+		return err
+	}
+	log = newLogger(c.logLevel)
+	cfg, err := c.daemonConfig(log)
+	if err != nil {
+		return err
+	}
+	d, err := daemon.Start(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	fmt.Fprintf(out, "controller: %s/api/v1\njoin token: %s\n", d.URL, d.JoinToken)
+	select {
+	case <-ctx.Done():
+		log.Info("shutting down")
+		return nil
+	case err := <-d.EtcdErr():
+		return fmt.Errorf("embedded etcd: %w", err)
+	}
+}

@@ -1,0 +1,85 @@
+package cli
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"time"
+
+	"github.com/corral-build/corral/internal/driver"
+	"github.com/corral-build/corral/internal/driver/synthetic"
+	"github.com/corral-build/corral/internal/node"
+)
+
+// nodeFlags are shared by `corral node` and `corral up`.
+type nodeFlags struct {
+	name, ip, driver, dataDir string
+	groups                    []string
+	capacity                  int
+	bootTime, pullTime        time.Duration
+}
+
+func (n *nodeFlags) register(f *flags, prefix string) {
+	f.String(&n.driver, prefix+"driver", "synthetic", "VM driver: synthetic (none for `up` = no local node)")
+	f.String(&n.name, prefix+"name", "", "node name (default: hostname)")
+	f.String(&n.ip, prefix+"ip", "", "address clients use to reach this node's VMs (default: the route to the controller)")
+	f.Int(&n.capacity, prefix+"capacity", 2, "instance slots")
+	f.List(&n.groups, prefix+"groups", "", "groups to join on first registration, comma-separated names (created if missing)")
+	f.String(&n.dataDir, prefix+"data-dir", "corral-node", "node state: identity and template cache")
+	f.Duration(&n.bootTime, prefix+"synthetic-boot-time", 200*time.Millisecond, "synthetic driver: time a VM takes to boot")
+	f.Duration(&n.pullTime, prefix+"synthetic-pull-time", 0, "synthetic driver: time a template pull takes")
+}
+
+func (n *nodeFlags) driverFor() (driver.Driver, error) {
+	switch n.driver {
+	case "synthetic":
+		return synthetic.New(n.bootTime), nil
+	case "qemu", "anka":
+		return nil, fmt.Errorf("driver %q is not available in this build yet; use synthetic", n.driver)
+	}
+	return nil, fmt.Errorf("unknown driver %q (want synthetic)", n.driver)
+}
+
+func (n *nodeFlags) config(controllers []string, token string, log *slog.Logger) (node.Config, error) {
+	drv, err := n.driverFor()
+	if err != nil {
+		return node.Config{}, err
+	}
+	return node.Config{
+		ControllerURLs: controllers, Token: token, Name: n.name, IP: n.ip, Capacity: n.capacity,
+		Groups: n.groups, DataDir: n.dataDir, Driver: drv,
+		Templates: &node.SimulatedTemplates{PullTime: n.pullTime}, Log: log,
+	}, nil
+}
+
+func runNode(ctx context.Context, args []string, out io.Writer) error {
+	f := newFlags("node", "Run a node agent: join a controller and run the instances it assigns.", out)
+	var n nodeFlags
+	var controllers []string
+	var token string
+	var logLevel int
+	f.List(&controllers, "controller", "", "controller URL(s), comma-separated, e.g. http://10.0.0.2:80")
+	f.String(&token, "token", "", "join token printed by the controller")
+	f.Int(&logLevel, "log-level", 0, "log verbosity: 0 info, 1+ debug", "ANKA_V")
+	n.register(f, "")
+	if err := f.Parse(args, func() *slog.Logger { return newLogger(logLevel) }); err != nil {
+		return err
+	}
+	if len(controllers) == 0 {
+		return fmt.Errorf("--controller is required")
+	}
+	if token == "" {
+		return fmt.Errorf("--token is required (the controller prints it at start)")
+	}
+	log := newLogger(logLevel)
+	cfg, err := n.config(controllers, token, log)
+	if err != nil {
+		return err
+	}
+	agent, err := node.New(cfg)
+	if err != nil {
+		return err
+	}
+	return agent.Run(ctx)
+}

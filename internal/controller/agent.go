@@ -1,0 +1,171 @@
+package controller
+
+import (
+	"context"
+	"crypto/subtle"
+	"errors"
+	"fmt"
+	"time"
+
+	apiv1 "github.com/corral-build/corral/api/v1"
+	"github.com/corral-build/corral/internal/store"
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// AuthorizeNode checks a node agent's join token.
+func (s *Service) AuthorizeNode(token string) error {
+	if subtle.ConstantTimeCompare([]byte(token), []byte(s.cfg.JoinToken)) != 1 {
+		return ErrBadToken
+	}
+	return nil
+}
+
+// Join registers a node and grants it a liveness lease. Groups named in the
+// report are joined on first registration only; later, admins own membership.
+func (s *Service) Join(ctx context.Context, req apiv1.JoinRequest) (apiv1.JoinResponse, error) {
+	r := req.Report
+	switch {
+	case r.NodeID == "":
+		return apiv1.JoinResponse{}, fieldErr("report.node_id", "required")
+	case r.NodeName == "":
+		return apiv1.JoinResponse{}, fieldErr("report.node_name", "required")
+	case r.Capacity < 0 || r.CPUCount < 0 || r.RAMMB < 0:
+		return apiv1.JoinResponse{}, fieldErr("report", "counters must not be negative")
+	}
+	groupIDs, err := s.resolveGroups(ctx, r.Groups)
+	if err != nil {
+		return apiv1.JoinResponse{}, err
+	}
+	ttl := int64(s.cfg.NodeLeaseTTL / time.Second)
+	lease, err := s.st.JoinNode(ctx, r, groupIDs, max(ttl, 1))
+	if err != nil {
+		return apiv1.JoinResponse{}, err
+	}
+	s.log.Info("node joined", "node", r.NodeName, "id", r.NodeID, "ip", r.IPAddress, "capacity", r.Capacity, "driver", r.Driver)
+	return apiv1.JoinResponse{NodeID: r.NodeID, LeaseID: lease, LeaseTTL: max(ttl, 1), RegistryURL: s.cfg.RegistryURL}, nil
+}
+
+// resolveGroups maps group names or ids to ids, creating named groups that do
+// not exist so `corral node --group mac-arm` works on a fresh cloud.
+func (s *Service) resolveGroups(ctx context.Context, refs []string) ([]string, error) {
+	if len(refs) == 0 {
+		return nil, nil
+	}
+	groups, err := s.st.ListGroups(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var ids []string
+next:
+	for _, ref := range refs {
+		for _, g := range groups {
+			if g.ID == ref || g.Name == ref {
+				ids = append(ids, g.ID)
+				continue next
+			}
+		}
+		name := ref
+		g, err := s.CreateGroup(ctx, apiv1.GroupRequest{Name: &name})
+		if err != nil {
+			return nil, fmt.Errorf("create group %s for joining node: %w", ref, err)
+		}
+		groups = append(groups, g)
+		ids = append(ids, g.ID)
+	}
+	return ids, nil
+}
+
+// Heartbeat renews a node's lease without writing to etcd.
+func (s *Service) Heartbeat(ctx context.Context, req apiv1.HeartbeatRequest) error {
+	n, err := s.st.GetNode(ctx, req.NodeID)
+	if errors.Is(err, store.ErrNotFound) {
+		return ErrDisjoined
+	}
+	if err != nil {
+		return err
+	}
+	if n.LeaseID != req.LeaseID {
+		return ErrLeaseExpired // the node re-joined elsewhere or its lease was replaced
+	}
+	return s.st.KeepAlive(ctx, req.LeaseID)
+}
+
+// UpdateReport stores a node's changed report (templates, disk, utilization).
+func (s *Service) UpdateReport(ctx context.Context, r apiv1.NodeReport) error {
+	_, err := s.st.UpdateNode(ctx, r.NodeID, func(n *store.NodeRecord) error {
+		n.Report = r
+		return nil
+	})
+	if errors.Is(err, store.ErrNotFound) {
+		return ErrDisjoined
+	}
+	return err
+}
+
+// WaitAssignments returns the node's desired instances once they changed after
+// revision since, or after the poll interval; since 0 answers at once.
+func (s *Service) WaitAssignments(ctx context.Context, nodeID string, since int64) (apiv1.Assignments, error) {
+	if _, err := s.st.GetNode(ctx, nodeID); errors.Is(err, store.ErrNotFound) {
+		return apiv1.Assignments{}, ErrDisjoined
+	}
+	if since > 0 {
+		wctx, cancel := context.WithTimeout(ctx, s.cfg.AssignmentPoll)
+		// Any event, a compaction error or the timeout ends the wait; the
+		// answer is always the full desired set, so nothing can be missed.
+		wch := s.st.Client().Watch(wctx, s.st.AssignPrefix(nodeID), clientv3.WithPrefix(), clientv3.WithRev(since+1))
+		select {
+		case <-wch:
+		case <-wctx.Done():
+		}
+		cancel()
+		if ctx.Err() != nil {
+			return apiv1.Assignments{}, ctx.Err()
+		}
+	}
+	list, rev, err := s.st.Assignments(ctx, nodeID)
+	if err != nil {
+		return apiv1.Assignments{}, err
+	}
+	return apiv1.Assignments{Revision: rev, Assignments: list}, nil
+}
+
+// ReportStatus applies a node's instance reports. Reports for instances no
+// longer bound to the node are ignored, so a late report cannot resurrect one.
+func (s *Service) ReportStatus(ctx context.Context, rep apiv1.StatusReport) error {
+	for _, st := range rep.Instances {
+		_, err := s.st.UpdateInstance(ctx, st.InstanceID, func(r *store.InstanceRecord) (store.InstanceUpdate, error) {
+			if r.NodeID != rep.NodeID || !r.SlotHeld {
+				return store.InstanceUpdate{Skip: true}, nil
+			}
+			return applyStatus(r, st), nil
+		})
+		if err != nil && !errors.Is(err, store.ErrNotFound) {
+			return fmt.Errorf("instance %s: %w", st.InstanceID, err)
+		}
+	}
+	return nil
+}
+
+func applyStatus(r *store.InstanceRecord, st apiv1.InstanceStatus) store.InstanceUpdate {
+	now := time.Now().UTC()
+	if st.VMInfo != nil {
+		r.VMInfo = st.VMInfo
+	}
+	if st.StartupScript != nil {
+		r.StartupScript = st.StartupScript
+	}
+	r.TS = now
+	switch {
+	case st.State == apiv1.StateTerminated:
+		r.State, r.FinishedAt, r.SlotHeld = apiv1.StateTerminated, now, false
+		return store.InstanceUpdate{Unassign: true}
+	case r.State == apiv1.StateTerminating:
+		// Still waiting for the node to destroy the VM; keep the state.
+	default:
+		r.State, r.Message, r.Progress = st.State, st.Message, st.Progress
+	}
+	if st.Released {
+		r.SlotHeld = false
+	}
+	return store.InstanceUpdate{}
+}

@@ -1,0 +1,207 @@
+// Package daemon wires a controller process: etcd (embedded or external), the
+// store, the domain service, the scheduler and the HTTP server. `corral up`,
+// `corral controller` and internal/testenv all start controllers through it.
+package daemon
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/corral-build/corral/internal/controller"
+	"github.com/corral-build/corral/internal/controller/httpapi"
+	"github.com/corral-build/corral/internal/etcdembed"
+	"github.com/corral-build/corral/internal/scheduler"
+	"github.com/corral-build/corral/internal/store"
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// Config is everything a controller process needs.
+type Config struct {
+	ListenAddr string // ":8090"
+	// EtcdEndpoints names an external cluster; empty runs an embedded member.
+	EtcdEndpoints []string
+	Embedded      etcdembed.Config
+	EtcdPrefix    string
+
+	RegistryURL   string
+	TemplatesFile string // file-backed template list used until a registry is configured
+	JoinToken     string // empty: read from etcd, or generate and store one
+
+	NodeLeaseTTL       time.Duration
+	SchedulerTTL       time.Duration
+	InstanceRetention  time.Duration
+	AssignmentLongPoll time.Duration
+
+	Log *slog.Logger
+}
+
+// Daemon is a running controller.
+type Daemon struct {
+	URL       string
+	JoinToken string
+	Service   *controller.Service
+
+	etcd   *etcdembed.Server
+	cli    *clientv3.Client
+	http   *http.Server
+	cancel context.CancelFunc
+	done   chan struct{}
+	log    *slog.Logger
+}
+
+// Start brings the controller up; it serves until Close.
+func Start(ctx context.Context, cfg Config) (*Daemon, error) {
+	log := cfg.Log
+	if log == nil {
+		log = slog.Default()
+	}
+	d := &Daemon{log: log, done: make(chan struct{})}
+	endpoints := cfg.EtcdEndpoints
+	if len(endpoints) == 0 {
+		e, err := etcdembed.Start(cfg.Embedded)
+		if err != nil {
+			return nil, err
+		}
+		d.etcd = e
+		endpoints = []string{e.ClientURL}
+		log.Info("embedded etcd started", "client_url", e.ClientURL, "data_dir", cfg.Embedded.DataDir)
+	}
+	cli, err := clientv3.New(clientv3.Config{Endpoints: endpoints, DialTimeout: 5 * time.Second})
+	if err != nil {
+		d.closeEtcd()
+		return nil, fmt.Errorf("connect to etcd %v: %w", endpoints, err)
+	}
+	d.cli = cli
+	st := store.New(cli, cfg.EtcdPrefix)
+	token, err := joinToken(ctx, cli, st.Key("config/join-token"), cfg.JoinToken)
+	if err != nil {
+		d.closeEtcd()
+		return nil, err
+	}
+	d.JoinToken = token
+
+	reg := controller.NewFileRegistry(cfg.TemplatesFile)
+	d.Service = controller.New(st, reg, controller.Config{
+		RegistryURL: cfg.RegistryURL, JoinToken: token,
+		NodeLeaseTTL: cfg.NodeLeaseTTL, AssignmentPoll: cfg.AssignmentLongPoll,
+	}, log)
+
+	ln, err := net.Listen("tcp", cfg.ListenAddr)
+	if err != nil {
+		d.closeEtcd()
+		return nil, fmt.Errorf("listen %s: %w", cfg.ListenAddr, err)
+	}
+	d.URL = "http://" + advertised(ln.Addr().(*net.TCPAddr))
+	d.http = &http.Server{Handler: httpapi.New(d.Service, log), ReadHeaderTimeout: 10 * time.Second}
+
+	runCtx, cancel := context.WithCancel(context.Background())
+	d.cancel = cancel
+	sched := scheduler.New(st, scheduler.Config{
+		ID: d.URL, SessionTTL: int(cfg.SchedulerTTL / time.Second), Retention: cfg.InstanceRetention,
+		Known: knownTemplates(runCtx, reg),
+	}, log)
+	go func() {
+		defer close(d.done)
+		_ = sched.Run(runCtx)
+	}()
+	go func() {
+		if err := d.http.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("controller http server", "err", err)
+		}
+	}()
+	log.Info("controller listening", "url", d.URL, "etcd", endpoints)
+	return d, nil
+}
+
+// knownTemplates lets the scheduler tell users when a template vanished.
+func knownTemplates(ctx context.Context, reg controller.Registry) scheduler.TemplateKnown {
+	return func(vmid, tag string) bool {
+		t, err := reg.GetTemplate(ctx, vmid)
+		if errors.Is(err, controller.ErrNotInRegistry) {
+			return false
+		}
+		if err != nil {
+			return true // registry unreachable: do not fail instances on a blip
+		}
+		for _, v := range t.Versions {
+			if v.Tag == tag {
+				return true
+			}
+		}
+		return false
+	}
+}
+
+// advertised turns a wildcard listen address into a dialable one.
+func advertised(a *net.TCPAddr) string {
+	if a.IP.IsUnspecified() {
+		return fmt.Sprintf("127.0.0.1:%d", a.Port)
+	}
+	return a.String()
+}
+
+// joinToken returns the configured token, or the one stored in etcd, or a new
+// one stored there; all controllers on one etcd share it.
+func joinToken(ctx context.Context, cli *clientv3.Client, key, configured string) (string, error) {
+	if configured != "" {
+		return configured, nil
+	}
+	buf := make([]byte, 16)
+	_, _ = rand.Read(buf)
+	fresh := hex.EncodeToString(buf)
+	resp, err := cli.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
+		Then(clientv3.OpPut(key, fresh)).Else(clientv3.OpGet(key)).Commit()
+	if err != nil {
+		return "", fmt.Errorf("join token: %w", err)
+	}
+	if resp.Succeeded {
+		return fresh, nil
+	}
+	return string(resp.Responses[0].GetResponseRange().Kvs[0].Value), nil
+}
+
+// Close shuts down gracefully: stop HTTP, resign leadership, close etcd.
+func (d *Daemon) Close() {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_ = d.http.Shutdown(ctx)
+	d.cancel()
+	<-d.done
+	d.closeEtcd()
+}
+
+// Kill stops the controller the way a crash would: no resignation, so the
+// other controllers take over only when its election lease expires.
+func (d *Daemon) Kill() {
+	d.cli.Close()
+	_ = d.http.Close()
+	d.cancel()
+	<-d.done
+	if d.etcd != nil {
+		d.etcd.Close()
+	}
+}
+
+func (d *Daemon) closeEtcd() {
+	if d.cli != nil {
+		d.cli.Close()
+	}
+	if d.etcd != nil {
+		d.etcd.Close()
+	}
+}
+
+// EtcdErr reports a fatal embedded etcd error (nil channel when external).
+func (d *Daemon) EtcdErr() <-chan error {
+	if d.etcd == nil {
+		return nil
+	}
+	return d.etcd.Err()
+}

@@ -1,0 +1,65 @@
+package httpapi
+
+import (
+	"net/http"
+	"strconv"
+	"strings"
+
+	apiv1 "github.com/corral-build/corral/api/v1"
+)
+
+// agent requires the join token as a bearer token.
+func (a *API) agent(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		token, _ := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+		if a.svc.AuthorizeNode(token) != nil {
+			writeJSON(w, http.StatusUnauthorized, apiv1.Envelope{Status: apiv1.StatusFAIL, Message: apiv1.MsgAuthRequired})
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+func (a *API) agentJoin(r *http.Request) (any, error) {
+	var req apiv1.JoinRequest
+	if err := decode(r, &req); err != nil {
+		return nil, err
+	}
+	return a.svc.Join(r.Context(), req)
+}
+
+func (a *API) agentHeartbeat(r *http.Request) (any, error) {
+	var req apiv1.HeartbeatRequest
+	if err := decode(r, &req); err != nil {
+		return nil, err
+	}
+	return okNoBody{}, a.svc.Heartbeat(r.Context(), req)
+}
+
+func (a *API) agentReport(r *http.Request) (any, error) {
+	var req apiv1.NodeReport
+	if err := decode(r, &req); err != nil {
+		return nil, err
+	}
+	return okNoBody{}, a.svc.UpdateReport(r.Context(), req)
+}
+
+func (a *API) agentStatus(r *http.Request) (any, error) {
+	var req apiv1.StatusReport
+	if err := decode(r, &req); err != nil {
+		return nil, err
+	}
+	return okNoBody{}, a.svc.ReportStatus(r.Context(), req)
+}
+
+func (a *API) agentAssignments(r *http.Request) (any, error) {
+	q := r.URL.Query()
+	since, err := strconv.ParseInt(q.Get("since"), 10, 64)
+	if q.Get("since") != "" && err != nil {
+		return nil, &apiv1.FieldError{Field: "since", Reason: "must be an integer revision"}
+	}
+	if q.Get("node_id") == "" {
+		return nil, &apiv1.FieldError{Field: "node_id", Reason: "required"}
+	}
+	return a.svc.WaitAssignments(r.Context(), q.Get("node_id"), since)
+}

@@ -1,0 +1,119 @@
+package httpapi
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+
+	apiv1 "github.com/corral-build/corral/api/v1"
+	"github.com/corral-build/corral/internal/controller"
+)
+
+// maxBody bounds request bodies; the largest legitimate one is a start request
+// carrying a startup script.
+const maxBody = 8 << 20
+
+// handlerFunc returns the response body or an error for the envelope.
+type handlerFunc func(r *http.Request) (any, error)
+
+// okNoBody marks a success whose envelope has no body.
+type okNoBody struct{}
+
+// errBadBody marks a body that is not JSON at all (HTTP 400).
+type errBadBody struct{ err error }
+
+func (e errBadBody) Error() string { return e.err.Error() }
+
+func (a *API) handle(fn handlerFunc) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, err := fn(r)
+		if err != nil {
+			code, msg := a.failure(r, err)
+			writeJSON(w, code, apiv1.Envelope{Status: apiv1.StatusFAIL, Message: msg})
+			return
+		}
+		env := apiv1.Envelope{Status: apiv1.StatusOK}
+		if _, none := body.(okNoBody); !none {
+			raw, err := json.Marshal(body)
+			if err != nil {
+				a.log.Error("encode response", "path", r.URL.Path, "err", err)
+				writeJSON(w, http.StatusInternalServerError, apiv1.Envelope{Status: apiv1.StatusFAIL, Message: "internal error"})
+				return
+			}
+			env.Body = raw
+		}
+		writeJSON(w, http.StatusOK, env)
+	})
+}
+
+// failure is the one table from domain errors to HTTP codes and the exact
+// messages clients compare. Logical errors are HTTP 200 + FAIL.
+func (a *API) failure(r *http.Request, err error) (int, string) {
+	var field *apiv1.FieldError
+	var noTag *controller.NoSuchTagError
+	var badBody errBadBody
+	switch {
+	case errors.As(err, &badBody):
+		return http.StatusBadRequest, badBody.Error()
+	case errors.As(err, &field):
+		return http.StatusOK, field.Error()
+	case errors.As(err, &noTag):
+		return http.StatusOK, noTag.Error()
+	case errors.Is(err, controller.ErrNotFound):
+		return http.StatusOK, apiv1.MsgNotFound
+	case errors.Is(err, controller.ErrNotInRegistry):
+		return http.StatusOK, apiv1.MsgNotInRegistry
+	case errors.Is(err, controller.ErrBadToken):
+		return http.StatusUnauthorized, apiv1.MsgAuthRequired
+	case errors.Is(err, controller.ErrDisjoined):
+		return http.StatusGone, "node was disjoined"
+	case errors.Is(err, controller.ErrLeaseExpired):
+		return http.StatusConflict, "node lease expired: join again"
+	}
+	if r.Context().Err() != nil {
+		return 499, "request cancelled"
+	}
+	a.log.Error("request failed", "method", r.Method, "path", r.URL.Path, "err", err)
+	return http.StatusInternalServerError, "internal error: " + err.Error()
+}
+
+// decode parses the body as JSON whatever the Content-Type.
+func decode(r *http.Request, v any) error {
+	data, err := io.ReadAll(io.LimitReader(r.Body, maxBody+1))
+	if err != nil {
+		return errBadBody{fmt.Errorf("read body: %w", err)}
+	}
+	if len(data) > maxBody {
+		return errBadBody{fmt.Errorf("body: larger than %d bytes", maxBody)}
+	}
+	err = apiv1.Decode(data, v)
+	var field *apiv1.FieldError
+	if errors.As(err, &field) && field.Field == "body" {
+		return errBadBody{err}
+	}
+	return err
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+func recoverPanics(log *slog.Logger, next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		defer func() {
+			if v := recover(); v != nil {
+				if v == http.ErrAbortHandler {
+					panic(v)
+				}
+				log.Error("handler panic", "method", r.Method, "path", r.URL.Path, "panic", v)
+				writeJSON(w, http.StatusInternalServerError, apiv1.Envelope{Status: apiv1.StatusFAIL, Message: "internal error"})
+			}
+		}()
+		next.ServeHTTP(w, r)
+	})
+}

@@ -1,0 +1,157 @@
+package httpapi
+
+import (
+	"net/http"
+
+	apiv1 "github.com/corral-build/corral/api/v1"
+	"github.com/corral-build/corral/internal/controller"
+)
+
+func (a *API) status(r *http.Request) (any, error) { return a.svc.Status(r.Context()), nil }
+
+func (a *API) notFound(r *http.Request) (any, error) { return nil, controller.ErrNotFound }
+
+func (a *API) listNodes(r *http.Request) (any, error) {
+	return a.svc.ListNodes(r.Context(), r.URL.Query().Get("id"))
+}
+
+func (a *API) disjoinNode(r *http.Request) (any, error) {
+	var req apiv1.NodeIDRequest
+	if err := decode(r, &req); err != nil {
+		return nil, err
+	}
+	return okNoBody{}, a.svc.DisjoinNode(r.Context(), req.NodeID)
+}
+
+func (a *API) configureNode(r *http.Request) (any, error) {
+	var req apiv1.NodeConfigRequest
+	if err := decode(r, &req); err != nil {
+		return nil, err
+	}
+	return okNoBody{}, a.svc.ConfigureNode(r.Context(), req)
+}
+
+func (a *API) addNodesToGroup(r *http.Request) (any, error)      { return a.nodeGroup(r, true) }
+func (a *API) removeNodesFromGroup(r *http.Request) (any, error) { return a.nodeGroup(r, false) }
+
+func (a *API) nodeGroup(r *http.Request, add bool) (any, error) {
+	var req apiv1.NodeIDsRequest
+	if err := decode(r, &req); err != nil {
+		return nil, err
+	}
+	return okNoBody{}, a.svc.SetNodeGroups(r.Context(), r.PathValue("group_id"), req.NodeIDs, add)
+}
+
+func (a *API) listGroups(r *http.Request) (any, error) { return a.svc.ListGroups(r.Context()) }
+
+func (a *API) createGroup(r *http.Request) (any, error) {
+	var req apiv1.GroupRequest
+	if err := decode(r, &req); err != nil {
+		return nil, err
+	}
+	return a.svc.CreateGroup(r.Context(), req)
+}
+
+func (a *API) updateGroup(r *http.Request) (any, error) {
+	var req apiv1.GroupRequest
+	if err := decode(r, &req); err != nil {
+		return nil, err
+	}
+	if req.ID == "" {
+		req.ID = r.URL.Query().Get("id")
+	}
+	return a.svc.UpdateGroup(r.Context(), req)
+}
+
+func (a *API) deleteGroup(r *http.Request) (any, error) {
+	var req apiv1.IDRequest
+	if err := decode(r, &req); err != nil {
+		return nil, err
+	}
+	if req.ID == "" {
+		req.ID = r.URL.Query().Get("id")
+	}
+	return okNoBody{}, a.svc.DeleteGroup(r.Context(), req.ID)
+}
+
+func (a *API) startInstances(r *http.Request) (any, error) {
+	var req apiv1.StartRequest
+	if err := decode(r, &req); err != nil {
+		return nil, err
+	}
+	spec, err := req.Normalize()
+	if err != nil {
+		return nil, err
+	}
+	return a.svc.StartInstances(r.Context(), spec)
+}
+
+func (a *API) getInstances(r *http.Request) (any, error) {
+	q := r.URL.Query()
+	if id := q.Get("id"); id != "" {
+		return a.svc.GetInstance(r.Context(), id)
+	}
+	list, err := a.svc.ListInstances(r.Context(), controller.InstanceFilter{
+		State: q.Get("state"), ExternalID: q.Get("external_id"), GroupID: q.Get("group_id"), NodeID: q.Get("node_id"),
+	})
+	if err != nil {
+		return nil, err
+	}
+	items := make([]apiv1.InstanceListItem, len(list))
+	for i, in := range list {
+		items[i] = in.ListItem()
+	}
+	return items, nil
+}
+
+func (a *API) updateInstance(r *http.Request) (any, error) {
+	var req apiv1.UpdateRequest
+	if err := decode(r, &req); err != nil {
+		return nil, err
+	}
+	id := r.URL.Query().Get("id")
+	if id == "" {
+		return nil, &apiv1.FieldError{Field: "id", Reason: "required as ?id="}
+	}
+	return okNoBody{}, a.svc.UpdateInstance(r.Context(), id, req)
+}
+
+func (a *API) terminateInstance(r *http.Request) (any, error) {
+	var req apiv1.IDRequest
+	if err := decode(r, &req); err != nil {
+		return nil, err
+	}
+	if req.ID == "" {
+		req.ID = r.URL.Query().Get("id")
+	}
+	if req.ID == "" {
+		return nil, &apiv1.FieldError{Field: "id", Reason: "required"}
+	}
+	return okNoBody{}, a.svc.Terminate(r.Context(), req.ID)
+}
+
+func (a *API) registryTemplates(r *http.Request) (any, error) {
+	reg := a.svc.Registry()
+	if id := r.URL.Query().Get("id"); id != "" {
+		return reg.GetTemplate(r.Context(), id)
+	}
+	return reg.ListTemplates(r.Context())
+}
+
+func (a *API) registryDelete(r *http.Request) (any, error) {
+	q := r.URL.Query()
+	if q.Get("id") == "" {
+		return nil, &apiv1.FieldError{Field: "id", Reason: "required as ?id="}
+	}
+	return okNoBody{}, a.svc.Registry().DeleteTemplate(r.Context(), q.Get("id"), q.Get("tag"))
+}
+
+func (a *API) registryRevert(r *http.Request) (any, error) {
+	id := r.URL.Query().Get("id")
+	if id == "" {
+		return nil, &apiv1.FieldError{Field: "id", Reason: "required as ?id="}
+	}
+	return okNoBody{}, a.svc.Registry().Revert(r.Context(), id)
+}
+
+func (a *API) registryDisk(r *http.Request) (any, error) { return a.svc.Registry().Disk(r.Context()) }

@@ -1,0 +1,58 @@
+// Package httpapi serves the controller's /api/v1 (the reference product's
+// REST contract) and the node agents' protocol. Handlers decode, call the
+// controller service and encode; errors map to FAIL messages in one table.
+package httpapi
+
+import (
+	"log/slog"
+	"net/http"
+
+	"github.com/corral-build/corral/internal/controller"
+)
+
+// API is the controller's HTTP surface.
+type API struct {
+	svc *controller.Service
+	log *slog.Logger
+}
+
+// New returns the handler serving /api/v1.
+func New(svc *controller.Service, log *slog.Logger) http.Handler {
+	a := &API{svc: svc, log: log}
+	mux := http.NewServeMux()
+	h := a.handle
+
+	mux.Handle("GET /api/v1/status", h(a.status))
+
+	mux.Handle("GET /api/v1/node", h(a.listNodes))
+	mux.Handle("DELETE /api/v1/node", h(a.disjoinNode))
+	mux.Handle("PUT /api/v1/node/config", h(a.configureNode))
+	mux.Handle("POST /api/v1/node/config", h(a.configureNode))
+	mux.Handle("POST /api/v1/node/group/{group_id}", h(a.addNodesToGroup))
+	mux.Handle("DELETE /api/v1/node/group/{group_id}", h(a.removeNodesFromGroup))
+
+	mux.Handle("GET /api/v1/group", h(a.listGroups))
+	mux.Handle("POST /api/v1/group", h(a.createGroup))
+	mux.Handle("PUT /api/v1/group", h(a.updateGroup))
+	mux.Handle("DELETE /api/v1/group", h(a.deleteGroup))
+
+	mux.Handle("POST /api/v1/vm", h(a.startInstances))
+	mux.Handle("GET /api/v1/vm", h(a.getInstances))
+	mux.Handle("PUT /api/v1/vm", h(a.updateInstance))
+	mux.Handle("DELETE /api/v1/vm", h(a.terminateInstance))
+
+	mux.Handle("GET /api/v1/registry/vm", h(a.registryTemplates))
+	mux.Handle("DELETE /api/v1/registry/vm", h(a.registryDelete))
+	mux.Handle("DELETE /api/v1/registry/revert", h(a.registryRevert))
+	mux.Handle("GET /api/v1/registry/disk", h(a.registryDisk))
+
+	// The node agents' protocol, authenticated by the join token.
+	mux.Handle("POST /api/v1/agent/join", a.agent(h(a.agentJoin)))
+	mux.Handle("POST /api/v1/agent/heartbeat", a.agent(h(a.agentHeartbeat)))
+	mux.Handle("POST /api/v1/agent/report", a.agent(h(a.agentReport)))
+	mux.Handle("POST /api/v1/agent/status", a.agent(h(a.agentStatus)))
+	mux.Handle("GET /api/v1/agent/assignments", a.agent(h(a.agentAssignments)))
+
+	mux.Handle("/api/v1/", h(a.notFound))
+	return recoverPanics(log, mux)
+}

@@ -1,0 +1,183 @@
+package controller
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	apiv1 "github.com/corral-build/corral/api/v1"
+	"github.com/corral-build/corral/internal/store"
+)
+
+// StartInstances validates spec against the registry, groups and nodes, and
+// stores Count instances in Scheduling; the scheduler places them.
+func (s *Service) StartInstances(ctx context.Context, spec apiv1.StartSpec) ([]string, error) {
+	tmpl, err := s.registry.GetTemplate(ctx, spec.VMID)
+	if err != nil {
+		return nil, err
+	}
+	version, err := resolveTag(tmpl, spec)
+	if err != nil {
+		return nil, err
+	}
+	spec.Tag, spec.Version, spec.TemplateName = version.Tag, version.Number, tmpl.Name
+	if spec.GroupID != "" {
+		if _, err := s.st.GetGroup(ctx, spec.GroupID); err != nil {
+			if errors.Is(err, store.ErrNotFound) {
+				return nil, fieldErr("group_id", "no group with id %q", spec.GroupID)
+			}
+			return nil, err
+		}
+	}
+	if spec.NodeID != "" {
+		if _, err := s.st.GetNode(ctx, spec.NodeID); err != nil {
+			if errors.Is(err, store.ErrNotFound) {
+				return nil, fieldErr("node_id", "no node with id %q", spec.NodeID)
+			}
+			return nil, err
+		}
+	}
+	now := time.Now().UTC()
+	reqID := apiv1.NewID()
+	recs := make([]store.InstanceRecord, spec.Count)
+	ids := make([]string, spec.Count)
+	for i := range recs {
+		id := apiv1.NewID()
+		ids[i] = id
+		recs[i] = store.InstanceRecord{
+			Instance: apiv1.Instance{
+				InstanceID: id, State: apiv1.StateScheduling, AnkaRegistry: s.cfg.RegistryURL,
+				VMID: spec.VMID, Tag: spec.Tag, Version: spec.Version, GroupID: spec.GroupID,
+				ExternalID: spec.ExternalID, Name: instanceName(spec, tmpl.Name, now, i),
+				InflightReqID: reqID, TS: now, CrTime: now, Arch: tmpl.Arch,
+				Priority: spec.Priority, Metadata: spec.Metadata,
+			},
+			Spec: spec,
+		}
+	}
+	if err := s.st.CreateInstances(ctx, recs); err != nil {
+		return nil, err
+	}
+	s.log.Info("instances requested", "count", spec.Count, "vmid", spec.VMID, "tag", spec.Tag,
+		"group", spec.GroupID, "priority", spec.Priority, "request", reqID)
+	return ids, nil
+}
+
+func resolveTag(t apiv1.TemplateDetail, spec apiv1.StartSpec) (apiv1.TemplateVersion, error) {
+	switch {
+	case spec.Tag != "":
+		for _, v := range t.Versions {
+			if v.Tag == spec.Tag {
+				return v, nil
+			}
+		}
+		return apiv1.TemplateVersion{}, &NoSuchTagError{spec.Tag}
+	case spec.Version != 0:
+		for _, v := range t.Versions {
+			if v.Number == spec.Version {
+				return v, nil
+			}
+		}
+		return apiv1.TemplateVersion{}, fieldErr("version", "template %s has no version %d", t.Name, spec.Version)
+	}
+	latest, ok := t.Latest()
+	if !ok {
+		return latest, ErrNotInRegistry
+	}
+	return latest, nil
+}
+
+// instanceName expands name_template's $template_name, $ts and $index.
+func instanceName(spec apiv1.StartSpec, templateName string, now time.Time, i int) string {
+	if spec.NameTemplate == "" {
+		return spec.Name
+	}
+	return strings.NewReplacer("$template_name", templateName, "$ts", strconv.FormatInt(now.Unix(), 10),
+		"$index", strconv.Itoa(i)).Replace(spec.NameTemplate)
+}
+
+// GetInstance returns one instance's wire view.
+func (s *Service) GetInstance(ctx context.Context, id string) (apiv1.Instance, error) {
+	r, err := s.st.GetInstance(ctx, id)
+	return r.Instance, notFound(err)
+}
+
+// InstanceFilter selects instances for ListInstances; empty fields match all.
+type InstanceFilter struct {
+	State, ExternalID, GroupID, NodeID string
+}
+
+// ListInstances returns instances matching f, oldest first.
+func (s *Service) ListInstances(ctx context.Context, f InstanceFilter) ([]apiv1.Instance, error) {
+	if f.State != "" && !slices.Contains(apiv1.InstanceStates, f.State) {
+		return nil, fieldErr("state", "unknown state %q (one of %s)", f.State, strings.Join(apiv1.InstanceStates, ", "))
+	}
+	recs, err := s.st.ListInstances(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]apiv1.Instance, 0, len(recs))
+	for _, r := range recs {
+		if (f.State == "" || r.State == f.State) && (f.ExternalID == "" || r.ExternalID == f.ExternalID) &&
+			(f.GroupID == "" || r.GroupID == f.GroupID) && (f.NodeID == "" || r.NodeID == f.NodeID) {
+			out = append(out, r.Instance)
+		}
+	}
+	slices.SortFunc(out, func(a, b apiv1.Instance) int { return a.CrTime.Compare(b.CrTime) })
+	return out, nil
+}
+
+// UpdateInstance changes an instance's external_id, name or metadata.
+func (s *Service) UpdateInstance(ctx context.Context, id string, req apiv1.UpdateRequest) error {
+	var meta json.RawMessage
+	if len(req.Metadata) > 0 && string(req.Metadata) != "null" {
+		var obj map[string]any
+		if json.Unmarshal(req.Metadata, &obj) != nil {
+			return fieldErr("metadata", "must be a JSON object")
+		}
+		meta = req.Metadata
+	}
+	_, err := s.st.UpdateInstance(ctx, id, func(r *store.InstanceRecord) (store.InstanceUpdate, error) {
+		if req.ExternalID != nil {
+			r.ExternalID = *req.ExternalID
+		}
+		if req.Name != nil {
+			r.Name = *req.Name
+		}
+		if meta != nil {
+			r.Metadata = meta
+		}
+		r.TS = time.Now().UTC()
+		return store.InstanceUpdate{}, nil
+	})
+	return notFound(err)
+}
+
+// Terminate ends an instance: one that holds a slot goes Terminating until its
+// node destroys the VM; one that never ran is Terminated at once.
+func (s *Service) Terminate(ctx context.Context, id string) error {
+	_, err := s.st.UpdateInstance(ctx, id, func(r *store.InstanceRecord) (store.InstanceUpdate, error) {
+		switch r.State {
+		case apiv1.StateTerminated, apiv1.StateTerminating:
+			return store.InstanceUpdate{Skip: true}, nil
+		}
+		now := time.Now().UTC()
+		r.TS = now
+		if r.SlotHeld {
+			// The slot stays counted until the node reports the VM gone.
+			r.State = apiv1.StateTerminating
+		} else {
+			r.State, r.FinishedAt = apiv1.StateTerminated, now
+		}
+		// Deleting the assignment is the node's signal to destroy the VM.
+		return store.InstanceUpdate{Unassign: true}, nil
+	})
+	if err == nil {
+		s.log.Info("instance terminate requested", "instance", id)
+	}
+	return notFound(err)
+}

@@ -1,0 +1,141 @@
+package controller
+
+import (
+	"context"
+	"errors"
+	"slices"
+	"strings"
+
+	apiv1 "github.com/corral-build/corral/api/v1"
+	"github.com/corral-build/corral/internal/store"
+)
+
+// ListNodes returns every node (or just id) with live state and usage.
+func (s *Service) ListNodes(ctx context.Context, id string) ([]apiv1.Node, error) {
+	snap, err := s.st.Snapshot(ctx)
+	if err != nil {
+		return nil, err
+	}
+	groups := map[string]apiv1.Group{}
+	for _, g := range snap.Groups {
+		groups[g.ID] = g
+	}
+	type use struct{ vms, vcpu, vram int }
+	used := map[string]use{}
+	for _, in := range snap.Instances {
+		if in.SlotHeld {
+			u := used[in.NodeID]
+			used[in.NodeID] = use{u.vms + 1, u.vcpu + in.Spec.VCPU, u.vram + in.Spec.VRAM}
+		}
+	}
+	out := []apiv1.Node{}
+	for _, n := range snap.Nodes {
+		r := n.Report
+		if id != "" && r.NodeID != id {
+			continue
+		}
+		u := used[r.NodeID]
+		node := apiv1.Node{
+			NodeID: r.NodeID, NodeName: r.NodeName, IPAddress: r.IPAddress, State: nodeState(n),
+			Capacity: n.Capacity(), CapacityMode: "number", CPUCount: r.CPUCount, RAM: r.RAMMB / 1024,
+			VMCount: u.vms, VCPUCount: u.vcpu, VRAM: u.vram, CPUUtil: r.CPUUtil, RAMUtil: r.RAMUtil,
+			FreeDiskSpace: max(r.FreeDiskSpace, 0), DiskSize: max(r.DiskSize, 0), HostArch: r.HostArch,
+			Templates: slices.Clone(r.Templates), Groups: []apiv1.Group{}, Driver: r.Driver,
+		}
+		if node.Templates == nil {
+			node.Templates = []apiv1.NodeTemplate{}
+		}
+		node.AnkaDiskUsage = max(node.DiskSize-node.FreeDiskSpace, 0)
+		for _, gid := range n.Groups {
+			if g, ok := groups[gid]; ok {
+				node.Groups = append(node.Groups, g)
+			}
+		}
+		out = append(out, node)
+	}
+	if id != "" && len(out) == 0 {
+		return nil, ErrNotFound
+	}
+	slices.SortFunc(out, func(a, b apiv1.Node) int { return strings.Compare(a.NodeName, b.NodeName) })
+	return out, nil
+}
+
+func nodeState(n store.NodeEntry) string {
+	switch {
+	case !n.Alive:
+		return apiv1.NodeOffline
+	case n.Drain:
+		return apiv1.NodeDrain
+	}
+	return apiv1.NodeActive
+}
+
+// ConfigureNode changes a node's capacity, limits or drain mode.
+func (s *Service) ConfigureNode(ctx context.Context, req apiv1.NodeConfigRequest) error {
+	if req.NodeID == "" {
+		return fieldErr("node_id", "required")
+	}
+	for name, v := range map[string]*apiv1.FlexInt{"capacity": req.Capacity, "max_vcpu_count": req.MaxVCPU, "max_vram": req.MaxVRAM} {
+		if v != nil && (*v < 0 || *v > 10000000) {
+			return fieldErr(name, "must be a non-negative integer")
+		}
+	}
+	_, err := s.st.UpdateNode(ctx, req.NodeID, func(n *store.NodeRecord) error {
+		if req.Capacity != nil {
+			c := int(*req.Capacity)
+			n.CapacityOverride = &c
+		}
+		if req.MaxVCPU != nil {
+			n.MaxVCPU = int(*req.MaxVCPU)
+		}
+		if req.MaxVRAM != nil {
+			n.MaxVRAM = int(*req.MaxVRAM)
+		}
+		if req.DrainMode != nil {
+			n.Drain = bool(*req.DrainMode)
+		}
+		return nil
+	})
+	return notFound(err)
+}
+
+// DisjoinNode removes a node; its agent is told on its next heartbeat and its
+// instances are released by the scheduler.
+func (s *Service) DisjoinNode(ctx context.Context, id string) error {
+	if id == "" {
+		return fieldErr("node_id", "required")
+	}
+	err := notFound(s.st.DeleteNode(ctx, id))
+	if err == nil {
+		s.log.Info("node disjoined", "node", id)
+	}
+	return err
+}
+
+// SetNodeGroups adds (or removes) nodes to a group.
+func (s *Service) SetNodeGroups(ctx context.Context, groupID string, nodeIDs []string, add bool) error {
+	if _, err := s.st.GetGroup(ctx, groupID); err != nil {
+		return notFound(err)
+	}
+	if len(nodeIDs) == 0 {
+		return fieldErr("node_ids", "required: a list of node ids")
+	}
+	for _, id := range nodeIDs {
+		if _, err := s.st.GetNode(ctx, id); errors.Is(err, store.ErrNotFound) {
+			return fieldErr("node_ids", "no node with id %q", id)
+		}
+	}
+	for _, id := range nodeIDs {
+		_, err := s.st.UpdateNode(ctx, id, func(n *store.NodeRecord) error {
+			n.Groups = slices.DeleteFunc(n.Groups, func(g string) bool { return g == groupID })
+			if add {
+				n.Groups = append(n.Groups, groupID)
+			}
+			return nil
+		})
+		if err != nil {
+			return notFound(err)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,89 @@
+// Package controller is Corral's domain service: starting and terminating
+// instances, nodes, groups, and the node agents' protocol. It knows nothing of
+// HTTP; internal/controller/httpapi maps it onto /api/v1.
+package controller
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	apiv1 "github.com/corral-build/corral/api/v1"
+	"github.com/corral-build/corral/internal/store"
+)
+
+// Domain errors; httpapi maps each to the reference product's FAIL message.
+var (
+	ErrNotFound      = errors.New("not found")
+	ErrNotInRegistry = errors.New("template not in registry")
+	ErrBadToken      = errors.New("invalid join token")
+	ErrDisjoined     = errors.New("node was disjoined")
+	ErrLeaseExpired  = store.ErrLeaseExpired
+)
+
+// NoSuchTagError is returned when a start request names an unknown tag.
+type NoSuchTagError struct{ Tag string }
+
+func (e *NoSuchTagError) Error() string { return apiv1.MsgNoSuchTag(e.Tag) }
+
+// Config is the controller's behaviour that operators choose.
+type Config struct {
+	// RegistryURL is handed to nodes and shown as anka_registry.
+	RegistryURL string
+	// JoinToken authenticates node agents.
+	JoinToken string
+	// NodeLeaseTTL is how long a silent node stays Active.
+	NodeLeaseTTL time.Duration
+	// AssignmentPoll bounds one long-poll for a node's assignments.
+	AssignmentPoll time.Duration
+}
+
+// Service implements the controller's operations over the store.
+type Service struct {
+	st       *store.Store
+	registry Registry
+	cfg      Config
+	log      *slog.Logger
+}
+
+// New returns a Service.
+func New(st *store.Store, registry Registry, cfg Config, log *slog.Logger) *Service {
+	if cfg.NodeLeaseTTL <= 0 {
+		cfg.NodeLeaseTTL = 15 * time.Second
+	}
+	if cfg.AssignmentPoll <= 0 {
+		cfg.AssignmentPoll = 30 * time.Second
+	}
+	return &Service{st: st, registry: registry, cfg: cfg, log: log}
+}
+
+// Registry returns the controller's view of the registry.
+func (s *Service) Registry() Registry { return s.registry }
+
+// Status reports the cloud's health for GET /api/v1/status.
+func (s *Service) Status(ctx context.Context) apiv1.Status {
+	st := apiv1.Status{Status: "Running", Version: apiv1.Version,
+		RegistryAddress: s.cfg.RegistryURL, RegistryStatus: "Running",
+		License: "Corral open source (Apache-2.0), unlimited"}
+	if st.RegistryAddress == "" {
+		st.RegistryAddress = "none"
+	}
+	if err := s.registry.Ping(ctx); err != nil {
+		st.RegistryStatus = "FAIL"
+	}
+	return st
+}
+
+// notFound turns the store's ErrNotFound into the domain's.
+func notFound(err error) error {
+	if errors.Is(err, store.ErrNotFound) {
+		return ErrNotFound
+	}
+	return err
+}
+
+func fieldErr(field, format string, args ...any) error {
+	return &apiv1.FieldError{Field: field, Reason: fmt.Sprintf(format, args...)}
+}

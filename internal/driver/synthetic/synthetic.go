@@ -1,0 +1,160 @@
+// Package synthetic is a VM driver with no hypervisor: an instance is a
+// goroutine that "boots" for a configured time and serves a real loopback TCP
+// port as its SSH endpoint. Startup scripts run with /bin/sh on the node.
+// It lets every scheduling and API test, and large simulations, run anywhere.
+package synthetic
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"strconv"
+	"sync"
+	"time"
+
+	apiv1 "github.com/corral-build/corral/api/v1"
+	"github.com/corral-build/corral/internal/driver"
+)
+
+// Driver is the synthetic driver.
+type Driver struct {
+	BootTime   time.Duration
+	ListenHost string // where SSH endpoints listen; 127.0.0.1 by default
+}
+
+// New returns a synthetic driver whose VMs boot in bootTime.
+func New(bootTime time.Duration) *Driver { return &Driver{BootTime: bootTime, ListenHost: "127.0.0.1"} }
+
+func (d *Driver) Name() string { return "synthetic" }
+
+// Start "boots" for BootTime and opens the SSH endpoint.
+func (d *Driver) Start(ctx context.Context, spec driver.Spec) (driver.VM, error) {
+	select {
+	case <-time.After(d.BootTime):
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	ln, err := net.Listen("tcp", net.JoinHostPort(d.ListenHost, "0"))
+	if err != nil {
+		return nil, fmt.Errorf("synthetic vm %s: ssh endpoint: %w", spec.InstanceID, err)
+	}
+	port := ln.Addr().(*net.TCPAddr).Port
+	now := time.Now().UTC()
+	cpus, ram := spec.VCPU, spec.VRAMMB
+	if cpus == 0 {
+		cpus = 2
+	}
+	if ram == 0 {
+		ram = 4096
+	}
+	vm := &vm{ln: ln, done: make(chan struct{}), spec: spec, info: apiv1.VMInfo{
+		UUID: spec.InstanceID, Name: "synthetic-" + spec.InstanceID[:min(8, len(spec.InstanceID))],
+		Status: "running", CPUCores: cpus, RAM: strconv.Itoa(ram/1024) + "G", NodeID: spec.NodeID,
+		HostIP: spec.HostIP, IP: fakeGuestIP(port), CreationDate: now, StartDate: now, Version: spec.Tag,
+		PortForwarding: []apiv1.PortForwarding{{GuestPort: 22, HostPort: port, Protocol: "tcp", Name: "ssh"}},
+		Accelerator:    "synthetic",
+	}}
+	go vm.serve()
+	return vm, nil
+}
+
+// fakeGuestIP gives each VM a distinct private address, as a NAT'd guest has.
+func fakeGuestIP(port int) string { return fmt.Sprintf("192.168.%d.%d", 64+port/250%64, 2+port%250) }
+
+type vm struct {
+	spec driver.Spec
+	ln   net.Listener
+	done chan struct{}
+
+	mu      sync.Mutex
+	info    apiv1.VMInfo
+	err     error
+	stopped bool
+}
+
+// serve answers SSH-port connections with an SSH banner, as sshd would.
+func (v *vm) serve() {
+	for {
+		c, err := v.ln.Accept()
+		if err != nil {
+			return
+		}
+		_, _ = c.Write([]byte("SSH-2.0-corral-synthetic\r\n"))
+		c.Close()
+	}
+}
+
+func (v *vm) Info() apiv1.VMInfo {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return v.info
+}
+
+// RunScript runs the script with /bin/sh on the node, in a temporary directory.
+func (v *vm) RunScript(ctx context.Context, script []byte) (apiv1.ScriptResult, error) {
+	dir, err := os.MkdirTemp("", "corral-script-")
+	if err != nil {
+		return apiv1.ScriptResult{}, fmt.Errorf("startup script: %w", err)
+	}
+	defer os.RemoveAll(dir)
+	cmd := exec.CommandContext(ctx, "/bin/sh", "-s")
+	cmd.Dir = dir
+	cmd.Stdin = bytes.NewReader(script)
+	cmd.Env = append(os.Environ(), "CORRAL_INSTANCE_ID="+v.spec.InstanceID, "CORRAL_VMID="+v.spec.VMID)
+	cmd.WaitDelay = time.Second
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err = cmd.Run()
+	res := apiv1.ScriptResult{Stdout: stdout.String(), Stderr: stderr.String()}
+	var exit *exec.ExitError
+	switch {
+	case ctx.Err() != nil:
+		res.DidTimeout, res.ReturnCode = true, -1
+	case errors.As(err, &exit):
+		res.ReturnCode = exit.ExitCode()
+	case err != nil:
+		return res, fmt.Errorf("startup script: %w", err)
+	}
+	return res, nil
+}
+
+func (v *vm) Stop(context.Context) error {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if !v.stopped {
+		v.stopped = true
+		v.ln.Close()
+		v.info.Status, v.info.StopDate = "stopped", time.Now().UTC()
+	}
+	return nil
+}
+
+func (v *vm) Destroy(ctx context.Context) error { return v.Stop(ctx) }
+
+func (v *vm) Done() <-chan struct{} { return v.done }
+
+func (v *vm) Err() error {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return v.err
+}
+
+// Crash makes the VM exit on its own, for tests of the node's handling.
+func (v *vm) Crash(reason error) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	select {
+	case <-v.done:
+		return
+	default:
+	}
+	v.err = reason
+	v.stopped = true
+	v.ln.Close()
+	v.info.Status, v.info.StopDate = "stopped", time.Now().UTC()
+	close(v.done)
+}

@@ -1,0 +1,126 @@
+// Package etcdembed runs an etcd member inside the Corral process, so a single
+// machine needs no separate etcd. It is the only package that imports the etcd
+// server; everything else talks to etcd through clientv3.
+package etcdembed
+
+import (
+	"fmt"
+	"net"
+	"net/url"
+	"strconv"
+	"time"
+
+	"go.etcd.io/etcd/server/v3/embed"
+)
+
+// Config selects where the member keeps its data and listens.
+type Config struct {
+	Name    string // member name; "default" when empty
+	DataDir string
+	// ClientURL and PeerURL are http://host:port; port 0 picks a free loopback port.
+	ClientURL string
+	PeerURL   string
+	// InitialCluster lists every member as name=peerURL for multi-member clusters;
+	// empty means a single-member cluster.
+	InitialCluster string
+	// AutoCompactionRetention is the history kept by periodic compaction (30m default).
+	AutoCompactionRetention time.Duration
+	QuotaBackendBytes       int64
+	LogLevel                string // etcd's zap level: "error" unless debugging
+}
+
+// Server is a running embedded member.
+type Server struct {
+	etcd      *embed.Etcd
+	ClientURL string
+}
+
+// Start launches the member and waits until it serves clients.
+func Start(cfg Config) (*Server, error) {
+	if cfg.Name == "" {
+		cfg.Name = "default"
+	}
+	if cfg.AutoCompactionRetention == 0 {
+		cfg.AutoCompactionRetention = 30 * time.Minute
+	}
+	if cfg.LogLevel == "" {
+		cfg.LogLevel = "error"
+	}
+	clientURL, err := resolvePort(orDefault(cfg.ClientURL, "http://127.0.0.1:2379"))
+	if err != nil {
+		return nil, fmt.Errorf("etcd client url: %w", err)
+	}
+	peerURL, err := resolvePort(orDefault(cfg.PeerURL, "http://127.0.0.1:2380"))
+	if err != nil {
+		return nil, fmt.Errorf("etcd peer url: %w", err)
+	}
+
+	ec := embed.NewConfig()
+	ec.Name = cfg.Name
+	ec.Dir = cfg.DataDir
+	ec.ListenClientUrls = []url.URL{*clientURL}
+	ec.AdvertiseClientUrls = []url.URL{*clientURL}
+	ec.ListenPeerUrls = []url.URL{*peerURL}
+	ec.AdvertisePeerUrls = []url.URL{*peerURL}
+	ec.InitialCluster = cfg.InitialCluster
+	if ec.InitialCluster == "" {
+		ec.InitialCluster = cfg.Name + "=" + peerURL.String()
+	}
+	ec.AutoCompactionMode = "periodic"
+	ec.AutoCompactionRetention = cfg.AutoCompactionRetention.String()
+	if cfg.QuotaBackendBytes > 0 {
+		ec.QuotaBackendBytes = cfg.QuotaBackendBytes
+	}
+	ec.LogLevel = cfg.LogLevel
+	ec.Logger = "zap"
+	// Metrics are served by Corral's own /metrics, which includes etcd's registry.
+	ec.Metrics = "basic"
+
+	e, err := embed.StartEtcd(ec)
+	if err != nil {
+		return nil, fmt.Errorf("start embedded etcd in %s: %w", cfg.DataDir, err)
+	}
+	select {
+	case <-e.Server.ReadyNotify():
+	case err := <-e.Err():
+		e.Close()
+		return nil, fmt.Errorf("embedded etcd: %w", err)
+	case <-time.After(60 * time.Second):
+		e.Close()
+		return nil, fmt.Errorf("embedded etcd in %s: not ready after 60s", cfg.DataDir)
+	}
+	return &Server{etcd: e, ClientURL: clientURL.String()}, nil
+}
+
+// Close stops the member gracefully.
+func (s *Server) Close() { s.etcd.Close() }
+
+// Err reports a fatal server error after start.
+func (s *Server) Err() <-chan error { return s.etcd.Err() }
+
+func orDefault(v, def string) string {
+	if v == "" {
+		return def
+	}
+	return v
+}
+
+// resolvePort parses u and replaces port 0 with a free port, because etcd must
+// advertise the exact URL its peers and clients will dial.
+func resolvePort(raw string) (*url.URL, error) {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return nil, err
+	}
+	if u.Port() != "0" {
+		return u, nil
+	}
+	l, err := net.Listen("tcp", net.JoinHostPort(u.Hostname(), "0"))
+	if err != nil {
+		return nil, err
+	}
+	port := l.Addr().(*net.TCPAddr).Port
+	l.Close()
+	u.Host = net.JoinHostPort(u.Hostname(), strconv.Itoa(port))
+	return u, nil
+}

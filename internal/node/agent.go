@@ -1,0 +1,359 @@
+// Package node is the node agent: it joins a controller, keeps its lease
+// alive, long-polls for its desired instances and reconciles them through a
+// VM driver (level-triggered: the desired set is always complete).
+package node
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/url"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	apiv1 "github.com/corral-build/corral/api/v1"
+	"github.com/corral-build/corral/client"
+	"github.com/corral-build/corral/internal/driver"
+)
+
+// Config is the agent's configuration.
+type Config struct {
+	ControllerURLs []string
+	Token          string
+	NodeID         string // empty: kept in DataDir/node-id, created on first run
+	Name           string // default: hostname
+	IP             string // address clients reach VMs on; default: the route to the controller
+	Capacity       int
+	Groups         []string
+	DataDir        string
+	Driver         driver.Driver
+	Templates      Templates
+	Log            *slog.Logger
+}
+
+// Agent is a running node agent.
+type Agent struct {
+	cfg    Config
+	ctl    *client.Controller
+	log    *slog.Logger
+	report apiv1.NodeReport
+
+	mu        sync.Mutex
+	instances map[string]*instance
+	statusCh  chan apiv1.InstanceStatus
+	reportCh  chan struct{}
+	wg        sync.WaitGroup
+}
+
+// New prepares an agent; Run joins and serves.
+func New(cfg Config) (*Agent, error) {
+	if cfg.Driver == nil {
+		return nil, errors.New("node: no driver")
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.Default()
+	}
+	if cfg.Templates == nil {
+		cfg.Templates = &SimulatedTemplates{}
+	}
+	ctl, err := client.New(cfg.ControllerURLs, cfg.Token)
+	if err != nil {
+		return nil, err
+	}
+	a := &Agent{cfg: cfg, ctl: ctl, log: cfg.Log, instances: map[string]*instance{},
+		statusCh: make(chan apiv1.InstanceStatus, 256), reportCh: make(chan struct{}, 1)}
+	if err := a.describe(); err != nil {
+		return nil, err
+	}
+	return a, nil
+}
+
+// ID is the node's id.
+func (a *Agent) ID() string { return a.report.NodeID }
+
+// describe fills the node's report from the machine.
+func (a *Agent) describe() error {
+	id := a.cfg.NodeID
+	if id == "" {
+		var err error
+		if id, err = persistentID(a.cfg.DataDir); err != nil {
+			return err
+		}
+	}
+	name := a.cfg.Name
+	if name == "" {
+		name, _ = os.Hostname()
+	}
+	ip := a.cfg.IP
+	if ip == "" {
+		ip = routeTo(a.cfg.ControllerURLs[0])
+	}
+	capacity := a.cfg.Capacity
+	if capacity <= 0 {
+		capacity = 2
+	}
+	total, free := diskSpace(a.cfg.DataDir)
+	a.report = apiv1.NodeReport{
+		NodeID: id, NodeName: name, IPAddress: ip, HostArch: runtime.GOARCH, CPUCount: runtime.NumCPU(),
+		RAMMB: memoryMB(), DiskSize: total, FreeDiskSpace: free, Capacity: capacity,
+		Driver: a.cfg.Driver.Name(), Groups: a.cfg.Groups, Templates: a.cfg.Templates.List(),
+	}
+	return nil
+}
+
+// Run joins and serves until ctx ends or the node is disjoined. On return
+// every VM this agent started has been destroyed.
+func (a *Agent) Run(ctx context.Context) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	join, err := a.join(ctx)
+	if err != nil {
+		return err
+	}
+	errc := make(chan error, 2)
+	go a.sendStatusLoop(ctx)
+	go func() { errc <- a.heartbeatLoop(ctx, join) }()
+	go func() { errc <- a.assignmentLoop(ctx) }()
+	select {
+	case err = <-errc:
+	case <-ctx.Done():
+	}
+	cancel()
+	a.stopAll()
+	return err
+}
+
+// join retries until the controller accepts the node.
+func (a *Agent) join(ctx context.Context) (apiv1.JoinResponse, error) {
+	backoff := 200 * time.Millisecond
+	for {
+		a.report.Templates = a.cfg.Templates.List()
+		resp, err := a.ctl.Join(ctx, a.report)
+		if err == nil {
+			a.log.Info("node joined", "controller", a.ctl.URL(), "node_id", resp.NodeID, "lease_ttl_s", resp.LeaseTTL)
+			return resp, nil
+		}
+		if errors.Is(err, client.ErrUnauthorized) {
+			return resp, fmt.Errorf("join %s: the join token was rejected (see the controller's startup output)", a.ctl.URL())
+		}
+		a.log.Warn("join failed, retrying", "err", err, "in", backoff)
+		select {
+		case <-ctx.Done():
+			return resp, ctx.Err()
+		case <-time.After(backoff):
+		}
+		backoff = min(backoff*2, 5*time.Second)
+	}
+}
+
+// heartbeatLoop renews the lease at a third of its TTL, re-joining when the
+// lease expired (e.g. after a network partition).
+func (a *Agent) heartbeatLoop(ctx context.Context, join apiv1.JoinResponse) error {
+	interval := time.Duration(join.LeaseTTL) * time.Second / 3
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(interval):
+		case <-a.reportCh:
+			a.report.Templates = a.cfg.Templates.List()
+			if err := a.ctl.Report(ctx, a.report); err != nil && ctx.Err() == nil {
+				a.log.Warn("report failed", "err", err)
+			}
+			continue
+		}
+		err := a.ctl.Heartbeat(ctx, join.NodeID, join.LeaseID)
+		switch {
+		case err == nil:
+		case errors.Is(err, client.ErrDisjoined):
+			a.log.Warn("this node was disjoined from the cloud; stopping")
+			return client.ErrDisjoined
+		case errors.Is(err, client.ErrLeaseExpired):
+			a.log.Warn("lease expired; joining again")
+			if join, err = a.join(ctx); err != nil {
+				return err
+			}
+			interval = time.Duration(join.LeaseTTL) * time.Second / 3
+		default:
+			a.log.Warn("heartbeat failed", "err", err)
+		}
+	}
+}
+
+// assignmentLoop long-polls the desired set and reconciles after each answer.
+func (a *Agent) assignmentLoop(ctx context.Context) error {
+	var since int64
+	for ctx.Err() == nil {
+		as, err := a.ctl.Assignments(ctx, a.report.NodeID, since)
+		if errors.Is(err, client.ErrDisjoined) {
+			return client.ErrDisjoined
+		}
+		if err != nil {
+			if ctx.Err() == nil {
+				a.log.Warn("fetch assignments", "err", err)
+				time.Sleep(time.Second)
+			}
+			continue
+		}
+		since = as.Revision
+		a.reconcile(ctx, as.Assignments)
+	}
+	return nil
+}
+
+// reconcile starts instances that are desired and not running, and destroys
+// those no longer desired.
+func (a *Agent) reconcile(ctx context.Context, desired []apiv1.Assignment) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	want := map[string]bool{}
+	for _, as := range desired {
+		want[as.InstanceID] = true
+		if _, ok := a.instances[as.InstanceID]; !ok {
+			in := newInstance(a, as)
+			a.instances[as.InstanceID] = in
+			a.wg.Add(1)
+			go func() {
+				defer a.wg.Done()
+				in.run(ctx)
+				a.mu.Lock()
+				delete(a.instances, as.InstanceID)
+				a.mu.Unlock()
+			}()
+		}
+	}
+	for id, in := range a.instances {
+		if !want[id] {
+			in.terminate()
+		}
+	}
+}
+
+// stopAll destroys every VM on shutdown.
+func (a *Agent) stopAll() {
+	a.mu.Lock()
+	for _, in := range a.instances {
+		in.terminate()
+	}
+	a.mu.Unlock()
+	a.wg.Wait()
+}
+
+// sendStatusLoop batches instance updates to the controller, retrying failed sends.
+func (a *Agent) sendStatusLoop(ctx context.Context) {
+	var batch []apiv1.InstanceStatus
+	for {
+		if len(batch) == 0 {
+			select {
+			case st := <-a.statusCh:
+				batch = append(batch, st)
+			case <-ctx.Done():
+				return
+			}
+		}
+	drain:
+		for {
+			select {
+			case st := <-a.statusCh:
+				batch = append(batch, st)
+			default:
+				break drain
+			}
+		}
+		// A shutdown still reports the final Terminated states.
+		sendCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+		err := a.ctl.SendStatus(sendCtx, a.report.NodeID, batch)
+		cancel()
+		if err == nil {
+			batch = batch[:0]
+			continue
+		}
+		a.log.Warn("send instance status", "err", err)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+func (a *Agent) sendStatus(st apiv1.InstanceStatus) { a.statusCh <- st }
+
+// templatesChanged asks the heartbeat loop to send a fresh report.
+func (a *Agent) templatesChanged() {
+	select {
+	case a.reportCh <- struct{}{}:
+	default:
+	}
+}
+
+// persistentID keeps the node's identity across restarts in dataDir.
+func persistentID(dataDir string) (string, error) {
+	if dataDir == "" {
+		return apiv1.NewID(), nil
+	}
+	path := filepath.Join(dataDir, "node-id")
+	if b, err := os.ReadFile(path); err == nil && len(strings.TrimSpace(string(b))) > 0 {
+		return strings.TrimSpace(string(b)), nil
+	}
+	if err := os.MkdirAll(dataDir, 0o755); err != nil {
+		return "", fmt.Errorf("node data dir: %w", err)
+	}
+	id := apiv1.NewID()
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, []byte(id+"\n"), 0o644); err != nil {
+		return "", fmt.Errorf("save node id: %w", err)
+	}
+	return id, os.Rename(tmp, path)
+}
+
+// routeTo returns the local address used to reach the controller.
+func routeTo(controllerURL string) string {
+	u, err := url.Parse(controllerURL)
+	if err != nil {
+		return "127.0.0.1"
+	}
+	host := u.Hostname()
+	port := u.Port()
+	if port == "" {
+		port = "80"
+	}
+	c, err := net.Dial("udp", net.JoinHostPort(host, port))
+	if err != nil {
+		return "127.0.0.1"
+	}
+	defer c.Close()
+	return c.LocalAddr().(*net.UDPAddr).IP.String()
+}
+
+func diskSpace(dir string) (total, free int64) {
+	if dir == "" {
+		dir = os.TempDir()
+	}
+	var st syscall.Statfs_t
+	if syscall.Statfs(dir, &st) != nil {
+		return 0, 0
+	}
+	return int64(st.Blocks) * st.Bsize, int64(st.Bavail) * st.Bsize
+}
+
+func memoryMB() int {
+	b, err := os.ReadFile("/proc/meminfo")
+	if err != nil {
+		return 0
+	}
+	var kb int
+	for _, line := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(line, "MemTotal:") {
+			fmt.Sscanf(strings.TrimPrefix(line, "MemTotal:"), "%d", &kb)
+		}
+	}
+	return kb / 1024
+}

@@ -1,0 +1,190 @@
+package node
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"time"
+
+	apiv1 "github.com/corral-build/corral/api/v1"
+	"github.com/corral-build/corral/internal/driver"
+)
+
+// instance drives one assignment from pull to destruction.
+type instance struct {
+	a       *Agent
+	as      apiv1.Assignment
+	cancel  context.CancelFunc
+	ctx     context.Context
+	stopped sync.Once
+}
+
+func newInstance(a *Agent, as apiv1.Assignment) *instance {
+	ctx, cancel := context.WithCancel(context.Background())
+	return &instance{a: a, as: as, ctx: ctx, cancel: cancel}
+}
+
+// terminate asks the instance to destroy its VM and report Terminated.
+func (in *instance) terminate() { in.stopped.Do(in.cancel) }
+
+func (in *instance) report(st apiv1.InstanceStatus) {
+	st.InstanceID = in.as.InstanceID
+	in.a.sendStatus(st)
+}
+
+// fail reports Error; released says the VM is gone, freeing the slot.
+func (in *instance) fail(msg string, vm driver.VM, script *apiv1.ScriptResult, released bool) {
+	st := apiv1.InstanceStatus{State: apiv1.StateError, Message: msg, StartupScript: script, Released: released}
+	if vm != nil {
+		info := vm.Info()
+		st.VMInfo = &info
+	}
+	in.a.log.Warn("instance failed", "instance", in.as.InstanceID, "reason", msg)
+	in.report(st)
+}
+
+// run is the instance's whole life on this node. agentCtx ends on shutdown.
+func (in *instance) run(agentCtx context.Context) {
+	go func() {
+		select {
+		case <-agentCtx.Done():
+			in.terminate()
+		case <-in.ctx.Done():
+		}
+	}()
+	vm, ok := in.boot()
+	if vm == nil {
+		if !ok { // terminated before it ran
+			in.report(apiv1.InstanceStatus{State: apiv1.StateTerminated})
+		}
+		in.waitTerminate()
+		return
+	}
+	defer in.destroy(vm)
+	if !in.startupScript(vm) {
+		<-in.ctx.Done()
+		return
+	}
+	select {
+	case <-in.ctx.Done():
+	case <-vm.Done():
+		in.fail(fmt.Sprintf("VM exited unexpectedly: %v", vm.Err()), vm, nil, true)
+		<-in.ctx.Done()
+	}
+}
+
+// waitTerminate holds a failed instance until the controller unassigns it,
+// then confirms Terminated.
+func (in *instance) waitTerminate() {
+	<-in.ctx.Done()
+	in.report(apiv1.InstanceStatus{State: apiv1.StateTerminated})
+}
+
+// boot pulls the template if needed and starts the VM. A nil VM with ok=true
+// means it failed (already reported); ok=false means it was terminated.
+func (in *instance) boot() (driver.VM, bool) {
+	as, spec := in.as, in.as.Spec
+	tmpl := in.a.cfg.Templates
+	if !tmpl.Has(as.VMID, as.Tag) {
+		in.report(apiv1.InstanceStatus{State: apiv1.StatePulling, Progress: 0})
+		last := time.Time{}
+		err := tmpl.Pull(in.ctx, as.VMID, as.Tag, spec.TemplateName, func(p float64) {
+			if time.Since(last) > 500*time.Millisecond || p >= 1 {
+				last = time.Now()
+				in.report(apiv1.InstanceStatus{State: apiv1.StatePulling, Progress: p})
+			}
+		})
+		if in.ctx.Err() != nil {
+			return nil, false
+		}
+		if err != nil {
+			in.fail(fmt.Sprintf("pull %s tag %s: %v", as.VMID, as.Tag, err), nil, nil, true)
+			return nil, true
+		}
+		in.a.templatesChanged()
+	}
+	vm, err := in.a.cfg.Driver.Start(in.ctx, driver.Spec{
+		InstanceID: as.InstanceID, VMID: as.VMID, Tag: as.Tag, TemplateName: spec.TemplateName,
+		VCPU: spec.VCPU, VRAMMB: spec.VRAM, HostIP: in.a.report.IPAddress, NodeID: in.a.report.NodeID,
+	})
+	if in.ctx.Err() != nil {
+		if vm != nil {
+			in.destroy(vm)
+			return nil, true // destroy reported Terminated
+		}
+		return nil, false
+	}
+	if err != nil {
+		in.fail(fmt.Sprintf("start VM: %v", err), nil, nil, true)
+		return nil, true
+	}
+	in.a.log.Info("instance started", "instance", as.InstanceID, "vmid", as.VMID, "tag", as.Tag)
+	return vm, true
+}
+
+// startupScript applies the start request's script semantics and reports the
+// instance Started; it returns false when the instance ended in Error.
+func (in *instance) startupScript(vm driver.VM) bool {
+	spec := in.as.Spec
+	info := vm.Info()
+	if len(spec.StartupScript) == 0 {
+		in.report(apiv1.InstanceStatus{State: apiv1.StateStarted, VMInfo: &info})
+		return true
+	}
+	if !spec.ScriptMonitoring {
+		// Unmonitored: the instance is ready now; the result is reported later.
+		in.report(apiv1.InstanceStatus{State: apiv1.StateStarted, VMInfo: &info})
+		go func() {
+			res, err := vm.RunScript(in.ctx, spec.StartupScript)
+			if err != nil || in.ctx.Err() != nil {
+				return
+			}
+			info := vm.Info()
+			in.report(apiv1.InstanceStatus{State: apiv1.StateStarted, VMInfo: &info, StartupScript: &res})
+		}()
+		return true
+	}
+	timeout := time.Duration(spec.ScriptTimeout) * time.Second
+	sctx, cancel := context.WithTimeout(in.ctx, timeout)
+	res, err := vm.RunScript(sctx, spec.StartupScript)
+	cancel()
+	if in.ctx.Err() != nil {
+		return false
+	}
+	var reason string
+	switch {
+	case err != nil:
+		reason = fmt.Sprintf("startup script could not run: %v", err)
+	case res.DidTimeout:
+		reason = fmt.Sprintf("startup script timed out after %ds", spec.ScriptTimeout)
+	case res.ReturnCode != 0:
+		reason = fmt.Sprintf("startup script failed with exit code %d", res.ReturnCode)
+	default:
+		info := vm.Info()
+		in.report(apiv1.InstanceStatus{State: apiv1.StateStarted, VMInfo: &info, StartupScript: &res})
+		return true
+	}
+	switch spec.ScriptFailHandler {
+	case apiv1.FailHandlerKeep:
+		in.fail(reason, vm, &res, false)
+	case apiv1.FailHandlerDelete:
+		_ = vm.Destroy(context.WithoutCancel(in.ctx))
+		in.fail(reason+"; VM deleted", vm, &res, true)
+	default:
+		_ = vm.Stop(context.WithoutCancel(in.ctx))
+		in.fail(reason+"; VM stopped", vm, &res, true)
+	}
+	return false
+}
+
+// destroy deletes the VM and confirms Terminated.
+func (in *instance) destroy(vm driver.VM) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := vm.Destroy(ctx); err != nil {
+		in.a.log.Error("destroy VM", "instance", in.as.InstanceID, "err", err)
+	}
+	info := vm.Info()
+	in.report(apiv1.InstanceStatus{State: apiv1.StateTerminated, VMInfo: &info})
+	in.a.log.Info("instance terminated", "instance", in.as.InstanceID)
+}

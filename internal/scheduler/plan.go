@@ -1,0 +1,174 @@
+// Package scheduler places Scheduling instances on nodes. Plan is a pure
+// function over a store snapshot; Run is the leader-elected loop that commits
+// its decisions, re-checking each one inside the commit transaction.
+package scheduler
+
+import (
+	"cmp"
+	"fmt"
+	"slices"
+	"strings"
+
+	apiv1 "github.com/corral-build/corral/api/v1"
+	"github.com/corral-build/corral/internal/store"
+)
+
+// Decision is the plan for one waiting instance: a node, or why it waits.
+type Decision struct {
+	Instance store.InstanceEntry
+	NodeID   string // empty when the instance must wait
+	Reason   string // human reason when waiting
+}
+
+// usage is what a node has committed to instances.
+type usage struct{ slots, vcpu, vram int }
+
+// TemplateKnown reports whether the registry has template vmid at tag.
+type TemplateKnown func(vmid, tag string) bool
+
+// Plan decides, in priority order (lower first, then oldest), where each
+// Scheduling instance goes. Lower-priority instances may fill capacity a
+// higher-priority one cannot use (a different group, or a smaller size).
+func Plan(snap store.Snapshot, known TemplateKnown) []Decision {
+	used := map[string]usage{}
+	var pending []store.InstanceEntry
+	for _, in := range snap.Instances {
+		if in.SlotHeld {
+			u := used[in.NodeID]
+			used[in.NodeID] = usage{u.slots + 1, u.vcpu + in.Spec.VCPU, u.vram + in.Spec.VRAM}
+		}
+		if in.State == apiv1.StateScheduling && in.NodeID == "" {
+			pending = append(pending, in)
+		}
+	}
+	slices.SortStableFunc(pending, func(a, b store.InstanceEntry) int {
+		return cmp.Or(cmp.Compare(a.Priority, b.Priority), a.CrTime.Compare(b.CrTime),
+			cmp.Compare(a.InstanceID, b.InstanceID))
+	})
+	groups := map[string]apiv1.Group{}
+	for _, g := range snap.Groups {
+		groups[g.ID] = g
+	}
+	decisions := make([]Decision, 0, len(pending))
+	for _, in := range pending {
+		d := Decision{Instance: in}
+		if known != nil && !known(in.VMID, in.Tag) {
+			d.Reason = "template not in registry"
+		} else {
+			d.NodeID, d.Reason = placeOne(in.InstanceRecord, snap.Nodes, groups, used)
+		}
+		if d.NodeID != "" {
+			u := used[d.NodeID]
+			used[d.NodeID] = usage{u.slots + 1, u.vcpu + in.Spec.VCPU, u.vram + in.Spec.VRAM}
+		}
+		decisions = append(decisions, d)
+	}
+	return decisions
+}
+
+// tier is a set of candidate nodes tried together, with a name for reasons.
+type tier struct {
+	label string
+	nodes []store.NodeEntry
+}
+
+// tiers lists candidate node sets in fallback order.
+func tiers(in store.InstanceRecord, nodes []store.NodeEntry, groups map[string]apiv1.Group) []tier {
+	if in.Spec.NodeID != "" {
+		for _, n := range nodes {
+			if n.Report.NodeID == in.Spec.NodeID {
+				return []tier{{"node " + n.Report.NodeName, []store.NodeEntry{n}}}
+			}
+		}
+		return []tier{{"node " + in.Spec.NodeID, nil}}
+	}
+	if in.GroupID == "" {
+		return []tier{{"", nodes}}
+	}
+	var out []tier
+	seen := map[string]bool{}
+	for id := in.GroupID; id != "" && !seen[id]; id = groups[id].FallbackGroupID {
+		seen[id] = true
+		label := id
+		if g, ok := groups[id]; ok {
+			label = g.Name
+		}
+		t := tier{label: "group " + label}
+		for _, n := range nodes {
+			if n.InGroup(id) {
+				t.nodes = append(t.nodes, n)
+			}
+		}
+		out = append(out, t)
+	}
+	return out
+}
+
+func placeOne(in store.InstanceRecord, nodes []store.NodeEntry, groups map[string]apiv1.Group, used map[string]usage) (string, string) {
+	var reasons []string
+	for _, t := range tiers(in, nodes, groups) {
+		var active, free []store.NodeEntry
+		for _, n := range t.nodes {
+			if !n.Alive || n.Drain || (in.Arch != "" && n.Report.HostArch != "" && n.Report.HostArch != in.Arch) {
+				continue
+			}
+			active = append(active, n)
+			if fits(n.NodeRecord, used[n.Report.NodeID], in.Spec) {
+				free = append(free, n)
+			}
+		}
+		where := ""
+		if t.label != "" {
+			where = " in " + t.label
+		}
+		switch {
+		case len(active) == 0:
+			reasons = append(reasons, "no active node"+where+archNote(in.Arch))
+		case len(free) == 0 && len(active) == 1:
+			reasons = append(reasons, fmt.Sprintf("the only active node%s is at capacity", where))
+		case len(free) == 0:
+			reasons = append(reasons, fmt.Sprintf("all %d nodes%s at capacity", len(active), where))
+		default:
+			return best(free, in, used).Report.NodeID, ""
+		}
+	}
+	return "", strings.Join(reasons, "; ")
+}
+
+func archNote(arch string) string {
+	if arch == "" {
+		return ""
+	}
+	return " (" + arch + ")"
+}
+
+func fits(n store.NodeRecord, u usage, spec apiv1.StartSpec) bool {
+	if u.slots+1 > n.Capacity() {
+		return false
+	}
+	if n.MaxVCPU > 0 && u.vcpu+spec.VCPU > n.MaxVCPU {
+		return false
+	}
+	if n.MaxVRAM > 0 && u.vram+spec.VRAM > n.MaxVRAM {
+		return false
+	}
+	return true
+}
+
+// best prefers nodes that already hold the template+tag (no pull), then the
+// least loaded node, then the lowest id for a stable order.
+func best(free []store.NodeEntry, in store.InstanceRecord, used map[string]usage) store.NodeEntry {
+	holds := func(n store.NodeEntry) int {
+		for _, t := range n.Report.Templates {
+			if t.UUID == in.VMID && t.Tag == in.Tag {
+				return 0
+			}
+		}
+		return 1
+	}
+	return slices.MinFunc(free, func(a, b store.NodeEntry) int {
+		return cmp.Or(cmp.Compare(holds(a), holds(b)),
+			cmp.Compare(used[a.Report.NodeID].slots, used[b.Report.NodeID].slots),
+			cmp.Compare(a.Report.NodeID, b.Report.NodeID))
+	})
+}

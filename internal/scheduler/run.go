@@ -1,0 +1,238 @@
+package scheduler
+
+import (
+	"cmp"
+	"context"
+	"fmt"
+	"log/slog"
+	"time"
+
+	apiv1 "github.com/corral-build/corral/api/v1"
+	"github.com/corral-build/corral/internal/store"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/client/v3/concurrency"
+)
+
+// Config tunes the leader loop.
+type Config struct {
+	// ID names this controller in the election (host:port or similar).
+	ID string
+	// SessionTTL bounds how long a crashed leader blocks the others (seconds).
+	SessionTTL int
+	// Retention is how long Terminated instances are kept before deletion.
+	Retention time.Duration
+	// Known checks templates against the registry; nil accepts all.
+	Known TemplateKnown
+	// OnPass, when set, observes each pass's duration (metrics).
+	OnPass func(time.Duration)
+}
+
+// Scheduler runs placement while this controller holds the leadership.
+type Scheduler struct {
+	st  *store.Store
+	cfg Config
+	log *slog.Logger
+}
+
+// New returns a Scheduler; call Run to take part in the election.
+func New(st *store.Store, cfg Config, log *slog.Logger) *Scheduler {
+	if cfg.SessionTTL <= 0 {
+		cfg.SessionTTL = 5
+	}
+	if cfg.Retention <= 0 {
+		cfg.Retention = time.Minute
+	}
+	return &Scheduler{st: st, cfg: cfg, log: log}
+}
+
+// Run campaigns for leadership and schedules while leading, until ctx ends.
+// Two controllers on one etcd never both commit: each placement is fenced on
+// the leader key's revision.
+func (s *Scheduler) Run(ctx context.Context) error {
+	for ctx.Err() == nil {
+		if err := s.campaignAndLead(ctx); err != nil && ctx.Err() == nil {
+			s.log.Warn("scheduler leadership lost", "err", err)
+			time.Sleep(time.Second)
+		}
+	}
+	return nil
+}
+
+func (s *Scheduler) campaignAndLead(ctx context.Context) error {
+	session, err := concurrency.NewSession(s.st.Client(), concurrency.WithTTL(s.cfg.SessionTTL), concurrency.WithContext(ctx))
+	if err != nil {
+		return fmt.Errorf("election session: %w", err)
+	}
+	defer session.Close()
+	election := concurrency.NewElection(session, s.st.Key("election/scheduler"))
+	if err := election.Campaign(ctx, s.cfg.ID); err != nil {
+		return fmt.Errorf("campaign: %w", err)
+	}
+	s.log.Info("scheduler leader elected", "id", s.cfg.ID)
+	leadCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() {
+		select {
+		case <-session.Done():
+			cancel()
+		case <-leadCtx.Done():
+		}
+	}()
+	fence := clientv3.Compare(clientv3.CreateRevision(election.Key()), "=", election.Rev())
+	s.lead(leadCtx, fence)
+	if ctx.Err() != nil {
+		// Graceful stop: hand leadership over at once instead of after the TTL.
+		rctx, rcancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer rcancel()
+		_ = election.Resign(rctx)
+		return nil
+	}
+	return fmt.Errorf("session ended")
+}
+
+// lead runs passes whenever anything under the prefix changes (debounced),
+// and at least every few seconds so retention and lost nodes are handled.
+func (s *Scheduler) lead(ctx context.Context, fence clientv3.Cmp) {
+	watch := s.st.Client().Watch(clientv3.WithRequireLeader(ctx), s.st.Key(""), clientv3.WithPrefix(),
+		clientv3.WithFilterDelete())
+	tick := time.NewTicker(3 * time.Second)
+	defer tick.Stop()
+	lastPurge := time.Time{}
+	for {
+		if err := s.Pass(ctx, fence); err != nil && ctx.Err() == nil {
+			s.log.Warn("scheduling pass failed", "err", err)
+		}
+		if time.Since(lastPurge) > 10*time.Second {
+			if n, err := s.st.PurgeFinished(ctx, s.cfg.Retention); err != nil && ctx.Err() == nil {
+				s.log.Warn("purge finished instances", "err", err)
+			} else if n > 0 {
+				s.log.Debug("purged finished instances", "count", n)
+			}
+			lastPurge = time.Now()
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		case _, ok := <-watch:
+			if !ok {
+				return
+			}
+			// Debounce a burst of writes into one pass.
+			timer := time.NewTimer(50 * time.Millisecond)
+		drain:
+			for {
+				select {
+				case <-watch:
+				case <-timer.C:
+					break drain
+				case <-ctx.Done():
+					timer.Stop()
+					return
+				}
+			}
+		}
+	}
+}
+
+// Pass takes one snapshot, fails instances of lost nodes, and commits the plan.
+func (s *Scheduler) Pass(ctx context.Context, fence clientv3.Cmp) error {
+	start := time.Now()
+	snap, err := s.st.Snapshot(ctx)
+	if err != nil {
+		return err
+	}
+	if err := s.failLostNodes(ctx, snap); err != nil {
+		return err
+	}
+	lastCommit := map[string]int64{}
+	for _, d := range Plan(snap, s.cfg.Known) {
+		in := d.Instance
+		if d.NodeID == "" {
+			if in.Message == d.Reason {
+				continue // only write when the reason changes
+			}
+			in.Message, in.TS = d.Reason, time.Now().UTC()
+			if err := s.st.SetWaiting(ctx, in.InstanceRecord, in.ModRev, fence); err != nil {
+				return err
+			}
+			continue
+		}
+		node := nodeByID(snap, d.NodeID)
+		rec := in.InstanceRecord
+		rec.NodeID, rec.SlotHeld, rec.Message, rec.TS = d.NodeID, true, "", time.Now().UTC()
+		rev, err := s.st.Place(ctx, store.Placement{
+			Instance: rec, InstanceRev: in.ModRev, NodeID: d.NodeID, NodeRev: node.ModRev,
+			AssignedSince: max(snap.Rev, lastCommit[d.NodeID]),
+		}, fence)
+		if err != nil {
+			return err
+		}
+		if rev == 0 {
+			// Something changed under us; the watch brings a fresh pass.
+			s.log.Debug("placement conflict, replanning", "instance", in.InstanceID, "node", d.NodeID)
+			continue
+		}
+		lastCommit[d.NodeID] = rev
+		s.log.Info("instance placed", "instance", in.InstanceID, "node", node.Report.NodeName, "priority", in.Priority)
+	}
+	if s.cfg.OnPass != nil {
+		s.cfg.OnPass(time.Since(start))
+	}
+	return nil
+}
+
+func nodeByID(snap store.Snapshot, id string) store.NodeEntry {
+	for _, n := range snap.Nodes {
+		if n.Report.NodeID == id {
+			return n
+		}
+	}
+	return store.NodeEntry{}
+}
+
+// failLostNodes releases the slots of instances whose node's lease expired or
+// which was disjoined, so capacity is not held by a dead machine.
+func (s *Scheduler) failLostNodes(ctx context.Context, snap store.Snapshot) error {
+	live := map[string]string{} // alive node id -> name
+	names := map[string]string{}
+	for _, n := range snap.Nodes {
+		names[n.Report.NodeID] = n.Report.NodeName
+		if n.Alive {
+			live[n.Report.NodeID] = n.Report.NodeName
+		}
+	}
+	for _, in := range snap.Instances {
+		if !in.SlotHeld {
+			continue
+		}
+		if _, ok := live[in.NodeID]; ok {
+			continue
+		}
+		reason := fmt.Sprintf("node %s went offline (lease expired)", cmp.Or(names[in.NodeID], in.NodeID))
+		if _, known := names[in.NodeID]; !known {
+			reason = fmt.Sprintf("node %s was removed from the cloud", in.NodeID)
+		}
+		_, err := s.st.UpdateInstance(ctx, in.InstanceID, func(r *store.InstanceRecord) (store.InstanceUpdate, error) {
+			if !r.SlotHeld || r.NodeID != in.NodeID {
+				return store.InstanceUpdate{Skip: true}, nil
+			}
+			now := time.Now().UTC()
+			r.TS, r.SlotHeld = now, false
+			if r.State == apiv1.StateTerminating {
+				r.State, r.FinishedAt = apiv1.StateTerminated, now
+			} else {
+				r.State, r.Message = apiv1.StateError, reason
+			}
+			if r.VMInfo != nil {
+				r.VMInfo.Status, r.VMInfo.StopDate = "stopped", now
+			}
+			return store.InstanceUpdate{Unassign: true}, nil
+		})
+		if err != nil && err != store.ErrNotFound {
+			return err
+		}
+		s.log.Warn("instance lost with its node", "instance", in.InstanceID, "node", in.NodeID)
+	}
+	return nil
+}

@@ -1,0 +1,141 @@
+package store
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"time"
+
+	apiv1 "github.com/corral-build/corral/api/v1"
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// InstanceRecord is an instance as stored: the wire view plus the start spec.
+type InstanceRecord struct {
+	apiv1.Instance
+	Spec apiv1.StartSpec `json:"spec"`
+	// FinishedAt is when the instance became Terminated; retention counts from it.
+	FinishedAt time.Time `json:"finished_at,omitzero"`
+	// SlotHeld is true while the instance's assignment exists on NodeID; the
+	// scheduler counts a node's usage from it.
+	SlotHeld bool `json:"slot_held,omitempty"`
+}
+
+// Finished reports whether the instance will never run again.
+func (r InstanceRecord) Finished() bool { return r.State == apiv1.StateTerminated }
+
+// CreateInstances stores new instances in one transaction.
+func (s *Store) CreateInstances(ctx context.Context, recs []InstanceRecord) error {
+	ops := make([]clientv3.Op, 0, len(recs))
+	cmps := make([]clientv3.Cmp, 0, len(recs))
+	for _, r := range recs {
+		key := s.instanceKey(r.InstanceID)
+		cmps = append(cmps, clientv3.Compare(clientv3.CreateRevision(key), "=", 0))
+		ops = append(ops, clientv3.OpPut(key, mustJSON(r)))
+	}
+	// etcd caps operations per transaction (128 by default); chunk large counts.
+	const maxOps = 100
+	for len(ops) > 0 {
+		n := min(len(ops), maxOps)
+		resp, err := s.cli.Txn(ctx).If(cmps[:n]...).Then(ops[:n]...).Commit()
+		if err != nil {
+			return fmt.Errorf("create instances: %w", err)
+		}
+		if !resp.Succeeded {
+			return fmt.Errorf("create instances: id collision")
+		}
+		ops, cmps = ops[n:], cmps[n:]
+	}
+	return nil
+}
+
+// GetInstance returns one instance.
+func (s *Store) GetInstance(ctx context.Context, id string) (InstanceRecord, error) {
+	var r InstanceRecord
+	_, err := s.get(ctx, s.instanceKey(id), &r)
+	return r, err
+}
+
+// ListInstances returns every instance.
+func (s *Store) ListInstances(ctx context.Context) ([]InstanceRecord, error) {
+	recs, _, err := list[InstanceRecord](ctx, s.cli, s.prefix+"instances/")
+	return recs, err
+}
+
+// InstanceUpdate is what UpdateInstance's callback decides beyond the record itself.
+type InstanceUpdate struct {
+	// Unassign deletes the instance's assignment on its node: the node's signal
+	// to destroy the VM. The callback clears SlotHeld once the VM is gone.
+	Unassign bool
+	Skip     bool // leave the record unchanged
+}
+
+// UpdateInstance changes an instance atomically; the callback may also ask to
+// delete its assignment in the same transaction.
+func (s *Store) UpdateInstance(ctx context.Context, id string, fn func(*InstanceRecord) (InstanceUpdate, error)) (InstanceRecord, error) {
+	key := s.instanceKey(id)
+	for {
+		var r InstanceRecord
+		rev, err := s.get(ctx, key, &r)
+		if err != nil {
+			return r, err
+		}
+		nodeBefore := r.NodeID
+		u, err := fn(&r)
+		if err != nil || u.Skip {
+			return r, err
+		}
+		ops := []clientv3.Op{clientv3.OpPut(key, mustJSON(r))}
+		if u.Unassign && nodeBefore != "" {
+			ops = append(ops, clientv3.OpDelete(s.assignKey(nodeBefore, id)))
+		}
+		resp, err := s.cli.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(key), "=", rev)).Then(ops...).Commit()
+		if err != nil {
+			return r, fmt.Errorf("update instance %s: %w", id, err)
+		}
+		if resp.Succeeded {
+			return r, nil
+		}
+		if err := ctx.Err(); err != nil {
+			return r, err
+		}
+	}
+}
+
+// DeleteFinished deletes a Terminated instance unless it changed since rev.
+func (s *Store) deleteIfUnchanged(ctx context.Context, id string, rev int64) error {
+	key := s.instanceKey(id)
+	_, err := s.cli.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(key), "=", rev)).
+		Then(clientv3.OpDelete(key)).Commit()
+	return err
+}
+
+// PurgeFinished deletes instances Terminated longer than retention ago, so
+// the database does not grow without bound. It returns how many it deleted.
+func (s *Store) PurgeFinished(ctx context.Context, retention time.Duration) (int, error) {
+	resp, err := s.cli.Get(ctx, s.prefix+"instances/", clientv3.WithPrefix())
+	if err != nil {
+		return 0, fmt.Errorf("list instances: %w", err)
+	}
+	cutoff := time.Now().Add(-retention)
+	n := 0
+	for _, kv := range resp.Kvs {
+		var r InstanceRecord
+		if json.Unmarshal(kv.Value, &r) != nil || !r.Finished() || r.FinishedAt.After(cutoff) {
+			continue
+		}
+		if err := s.deleteIfUnchanged(ctx, r.InstanceID, kv.ModRevision); err != nil {
+			return n, fmt.Errorf("purge instance %s: %w", r.InstanceID, err)
+		}
+		n++
+	}
+	return n, nil
+}
+
+// AssignPrefix is the watched prefix of one node's desired state.
+func (s *Store) AssignPrefix(node string) string { return s.assignPrefix(node) }
+
+// Assignments returns a node's desired instances and the revision read at.
+func (s *Store) Assignments(ctx context.Context, node string) ([]apiv1.Assignment, int64, error) {
+	return list[apiv1.Assignment](ctx, s.cli, s.assignPrefix(node))
+}

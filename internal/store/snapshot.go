@@ -1,0 +1,121 @@
+package store
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strings"
+
+	apiv1 "github.com/corral-build/corral/api/v1"
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// Snapshot is a consistent read of everything the scheduler needs, all at Rev.
+type Snapshot struct {
+	Rev       int64
+	Nodes     []NodeEntry
+	Groups    []apiv1.Group
+	Instances []InstanceEntry
+}
+
+// NodeEntry is a node with its liveness and revision.
+type NodeEntry struct {
+	NodeRecord
+	ModRev int64
+	Alive  bool
+}
+
+// InstanceEntry is an instance with its revision.
+type InstanceEntry struct {
+	InstanceRecord
+	ModRev int64
+}
+
+// Snapshot reads nodes, liveness, groups and instances at one revision.
+func (s *Store) Snapshot(ctx context.Context) (Snapshot, error) {
+	var snap Snapshot
+	resp, err := s.cli.Get(ctx, s.prefix+"instances/", clientv3.WithPrefix())
+	if err != nil {
+		return snap, fmt.Errorf("snapshot instances: %w", err)
+	}
+	snap.Rev = resp.Header.Revision
+	for _, kv := range resp.Kvs {
+		var r InstanceRecord
+		if err := json.Unmarshal(kv.Value, &r); err != nil {
+			return snap, fmt.Errorf("decode %s: %w", kv.Key, err)
+		}
+		snap.Instances = append(snap.Instances, InstanceEntry{r, kv.ModRevision})
+	}
+	at := clientv3.WithRev(snap.Rev)
+	nodes, err := s.cli.Get(ctx, s.prefix+"nodes/", clientv3.WithPrefix(), at)
+	if err != nil {
+		return snap, fmt.Errorf("snapshot nodes: %w", err)
+	}
+	alive, err := s.cli.Get(ctx, s.AlivePrefix(), clientv3.WithPrefix(), clientv3.WithKeysOnly(), at)
+	if err != nil {
+		return snap, fmt.Errorf("snapshot liveness: %w", err)
+	}
+	live := map[string]bool{}
+	for _, kv := range alive.Kvs {
+		live[strings.TrimPrefix(string(kv.Key), s.AlivePrefix())] = true
+	}
+	for _, kv := range nodes.Kvs {
+		var n NodeRecord
+		if err := json.Unmarshal(kv.Value, &n); err != nil {
+			return snap, fmt.Errorf("decode %s: %w", kv.Key, err)
+		}
+		snap.Nodes = append(snap.Nodes, NodeEntry{n, kv.ModRevision, live[n.Report.NodeID]})
+	}
+	snap.Groups, _, err = list[apiv1.Group](ctx, s.cli, s.prefix+"groups/", at)
+	return snap, err
+}
+
+// Placement binds a Scheduling instance to a node.
+type Placement struct {
+	Instance    InstanceRecord // the updated record to write
+	InstanceRev int64
+	NodeID      string
+	NodeRev     int64
+	// AssignedSince: the commit fails if any of the node's assignments changed
+	// after this revision, which would mean the capacity check is stale.
+	AssignedSince int64
+}
+
+// Place commits a placement if, inside the transaction, the fence still holds
+// (this controller still leads), the instance and node are unchanged, the
+// node is alive and no other placement landed on it since the snapshot.
+// It returns the commit revision, or 0 when a check failed.
+func (s *Store) Place(ctx context.Context, p Placement, fence clientv3.Cmp) (int64, error) {
+	inst := p.Instance
+	asg := apiv1.Assignment{InstanceID: inst.InstanceID, VMID: inst.VMID, Tag: inst.Tag, Spec: inst.Spec}
+	resp, err := s.cli.Txn(ctx).If(
+		fence,
+		clientv3.Compare(clientv3.ModRevision(s.instanceKey(inst.InstanceID)), "=", p.InstanceRev),
+		clientv3.Compare(clientv3.ModRevision(s.nodeKey(p.NodeID)), "=", p.NodeRev),
+		clientv3.Compare(clientv3.CreateRevision(s.aliveKey(p.NodeID)), ">", 0),
+		clientv3.Compare(clientv3.ModRevision(s.assignPrefix(p.NodeID)), "<", p.AssignedSince+1).
+			WithPrefix(),
+	).Then(
+		clientv3.OpPut(s.instanceKey(inst.InstanceID), mustJSON(inst)),
+		clientv3.OpPut(s.assignKey(p.NodeID, inst.InstanceID), mustJSON(asg)),
+	).Commit()
+	if err != nil {
+		return 0, fmt.Errorf("place %s on %s: %w", inst.InstanceID, p.NodeID, err)
+	}
+	if !resp.Succeeded {
+		return 0, nil
+	}
+	return resp.Header.Revision, nil
+}
+
+// SetWaiting records why an instance still waits, unless it changed since rev.
+func (s *Store) SetWaiting(ctx context.Context, inst InstanceRecord, rev int64, fence clientv3.Cmp) error {
+	key := s.instanceKey(inst.InstanceID)
+	_, err := s.cli.Txn(ctx).
+		If(fence, clientv3.Compare(clientv3.ModRevision(key), "=", rev)).
+		Then(clientv3.OpPut(key, mustJSON(inst))).Commit()
+	if err != nil {
+		return fmt.Errorf("record wait reason for %s: %w", inst.InstanceID, err)
+	}
+	return nil
+}

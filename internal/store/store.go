@@ -1,0 +1,130 @@
+// Package store keeps all of Corral's controller state in etcd. Every mutation
+// is a transaction that compares mod-revisions, so several controllers can
+// share one etcd without locks.
+//
+// Key layout, under a prefix ("/corral/" by default):
+//
+//	nodes/<node_id>                  NodeRecord: what the node reported + admin config
+//	alive/<node_id>                  bound to the node's lease; absent = Offline
+//	groups/<group_id>                apiv1.Group
+//	instances/<instance_id>          InstanceRecord
+//	assign/<node_id>/<instance_id>   apiv1.Assignment: the instance holds a slot on the node;
+//	                                 the node's whole desired state is this prefix
+//	config/join-token                the token nodes present to join
+//	election/scheduler               scheduler leader election (clientv3/concurrency)
+package store
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// ErrNotFound is returned when a key does not exist.
+var ErrNotFound = errors.New("not found")
+
+// errConflict means a compare failed; update loops retry on it.
+var errConflict = errors.New("concurrent update")
+
+// Store is the typed view of Corral's etcd keys.
+type Store struct {
+	cli    *clientv3.Client
+	prefix string
+}
+
+// New returns a Store using keys under prefix ("/corral/" when empty).
+func New(cli *clientv3.Client, prefix string) *Store {
+	if prefix == "" {
+		prefix = "/corral/"
+	}
+	return &Store{cli: cli, prefix: prefix}
+}
+
+// Client exposes the etcd client for leader election and maintenance.
+func (s *Store) Client() *clientv3.Client { return s.cli }
+
+// Key returns the full key for a relative path (used by election and watchers).
+func (s *Store) Key(rel string) string { return s.prefix + rel }
+
+func (s *Store) nodeKey(id string) string           { return s.prefix + "nodes/" + id }
+func (s *Store) aliveKey(id string) string          { return s.prefix + "alive/" + id }
+func (s *Store) groupKey(id string) string          { return s.prefix + "groups/" + id }
+func (s *Store) instanceKey(id string) string       { return s.prefix + "instances/" + id }
+func (s *Store) assignPrefix(node string) string    { return s.prefix + "assign/" + node + "/" }
+func (s *Store) assignKey(node, inst string) string { return s.assignPrefix(node) + inst }
+
+// get decodes the value at key into v and returns its mod revision.
+func (s *Store) get(ctx context.Context, key string, v any, opts ...clientv3.OpOption) (int64, error) {
+	resp, err := s.cli.Get(ctx, key, opts...)
+	if err != nil {
+		return 0, fmt.Errorf("get %s: %w", key, err)
+	}
+	if len(resp.Kvs) == 0 {
+		return 0, ErrNotFound
+	}
+	if err := json.Unmarshal(resp.Kvs[0].Value, v); err != nil {
+		return 0, fmt.Errorf("decode %s: %w", key, err)
+	}
+	return resp.Kvs[0].ModRevision, nil
+}
+
+// list decodes every value under prefix, returning the revision read at.
+func list[T any](ctx context.Context, cli *clientv3.Client, prefix string, opts ...clientv3.OpOption) ([]T, int64, error) {
+	resp, err := cli.Get(ctx, prefix, append([]clientv3.OpOption{clientv3.WithPrefix()}, opts...)...)
+	if err != nil {
+		return nil, 0, fmt.Errorf("list %s: %w", prefix, err)
+	}
+	out := make([]T, 0, len(resp.Kvs))
+	for _, kv := range resp.Kvs {
+		var v T
+		if err := json.Unmarshal(kv.Value, &v); err != nil {
+			return nil, 0, fmt.Errorf("decode %s: %w", kv.Key, err)
+		}
+		out = append(out, v)
+	}
+	return out, resp.Header.Revision, nil
+}
+
+// update applies fn to the value at key and writes it back if nobody changed
+// it meanwhile, retrying on conflict. extra ops join the same transaction.
+func update[T any](ctx context.Context, s *Store, key string, fn func(*T) ([]clientv3.Op, error)) (T, error) {
+	for {
+		var v T
+		rev, err := s.get(ctx, key, &v)
+		if err != nil {
+			return v, err
+		}
+		extra, err := fn(&v)
+		if err != nil {
+			return v, err
+		}
+		data, err := json.Marshal(v)
+		if err != nil {
+			return v, fmt.Errorf("encode %s: %w", key, err)
+		}
+		resp, err := s.cli.Txn(ctx).
+			If(clientv3.Compare(clientv3.ModRevision(key), "=", rev)).
+			Then(append([]clientv3.Op{clientv3.OpPut(key, string(data))}, extra...)...).
+			Commit()
+		if err != nil {
+			return v, fmt.Errorf("update %s: %w", key, err)
+		}
+		if resp.Succeeded {
+			return v, nil
+		}
+		if err := ctx.Err(); err != nil {
+			return v, err
+		}
+	}
+}
+
+func mustJSON(v any) string {
+	b, err := json.Marshal(v)
+	if err != nil {
+		panic(fmt.Sprintf("marshal %T: %v", v, err)) // only plain structs are stored
+	}
+	return string(b)
+}
