@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"go.etcd.io/etcd/server/v3/embed"
+	"go.uber.org/zap"
 )
 
 // Config selects where the member keeps its data and listens.
@@ -27,6 +28,7 @@ type Config struct {
 	AutoCompactionRetention time.Duration
 	QuotaBackendBytes       int64
 	LogLevel                string // etcd's zap level: "error" unless debugging
+	Quiet                   bool   // discard etcd's own logs (tests)
 }
 
 // Server is a running embedded member.
@@ -73,6 +75,9 @@ func Start(cfg Config) (*Server, error) {
 	}
 	ec.LogLevel = cfg.LogLevel
 	ec.Logger = "zap"
+	if cfg.Quiet {
+		ec.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop())
+	}
 	// Metrics are served by Corral's own /metrics, which includes etcd's registry.
 	ec.Metrics = "basic"
 

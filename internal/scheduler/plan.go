@@ -108,8 +108,13 @@ func placeOne(in store.InstanceRecord, nodes []store.NodeEntry, groups map[strin
 	var reasons []string
 	for _, t := range tiers(in, nodes, groups) {
 		var active, free []store.NodeEntry
+		otherArch := 0
 		for _, n := range t.nodes {
-			if !n.Alive || n.Drain || (in.Arch != "" && n.Report.HostArch != "" && n.Report.HostArch != in.Arch) {
+			if !n.Alive || n.Drain {
+				continue
+			}
+			if in.Arch != "" && n.Report.HostArch != "" && n.Report.HostArch != in.Arch {
+				otherArch++
 				continue
 			}
 			active = append(active, n)
@@ -122,8 +127,10 @@ func placeOne(in store.InstanceRecord, nodes []store.NodeEntry, groups map[strin
 			where = " in " + t.label
 		}
 		switch {
+		case len(active) == 0 && otherArch > 0:
+			reasons = append(reasons, fmt.Sprintf("no active %s node%s", in.Arch, where))
 		case len(active) == 0:
-			reasons = append(reasons, "no active node"+where+archNote(in.Arch))
+			reasons = append(reasons, "no active node"+where)
 		case len(free) == 0 && len(active) == 1:
 			reasons = append(reasons, fmt.Sprintf("the only active node%s is at capacity", where))
 		case len(free) == 0:
@@ -133,13 +140,6 @@ func placeOne(in store.InstanceRecord, nodes []store.NodeEntry, groups map[strin
 		}
 	}
 	return "", strings.Join(reasons, "; ")
-}
-
-func archNote(arch string) string {
-	if arch == "" {
-		return ""
-	}
-	return " (" + arch + ")"
 }
 
 func fits(n store.NodeRecord, u usage, spec apiv1.StartSpec) bool {

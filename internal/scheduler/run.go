@@ -95,14 +95,14 @@ func (s *Scheduler) campaignAndLead(ctx context.Context) error {
 func (s *Scheduler) lead(ctx context.Context, fence clientv3.Cmp) {
 	watch := s.st.Client().Watch(clientv3.WithRequireLeader(ctx), s.st.Key(""), clientv3.WithPrefix(),
 		clientv3.WithFilterDelete())
-	tick := time.NewTicker(3 * time.Second)
+	tick := time.NewTicker(min(s.cfg.Retention/2, 3*time.Second))
 	defer tick.Stop()
 	lastPurge := time.Time{}
 	for {
 		if err := s.Pass(ctx, fence); err != nil && ctx.Err() == nil {
 			s.log.Warn("scheduling pass failed", "err", err)
 		}
-		if time.Since(lastPurge) > 10*time.Second {
+		if time.Since(lastPurge) > min(s.cfg.Retention/2, 10*time.Second) {
 			if n, err := s.st.PurgeFinished(ctx, s.cfg.Retention); err != nil && ctx.Err() == nil {
 				s.log.Warn("purge finished instances", "err", err)
 			} else if n > 0 {

@@ -20,6 +20,7 @@ import (
 	"github.com/corral-build/corral/internal/scheduler"
 	"github.com/corral-build/corral/internal/store"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
 )
 
 // Config is everything a controller process needs.
@@ -29,6 +30,8 @@ type Config struct {
 	EtcdEndpoints []string
 	Embedded      etcdembed.Config
 	EtcdPrefix    string
+	// EtcdLogLevel is the zap level of etcd's client logs ("error" default, "off" for none).
+	EtcdLogLevel string
 
 	RegistryURL   string
 	TemplatesFile string // file-backed template list used until a registry is configured
@@ -73,7 +76,8 @@ func Start(ctx context.Context, cfg Config) (*Daemon, error) {
 		endpoints = []string{e.ClientURL}
 		log.Info("embedded etcd started", "client_url", e.ClientURL, "data_dir", cfg.Embedded.DataDir)
 	}
-	cli, err := clientv3.New(clientv3.Config{Endpoints: endpoints, DialTimeout: 5 * time.Second})
+	cli, err := clientv3.New(clientv3.Config{Endpoints: endpoints, DialTimeout: 5 * time.Second,
+		Logger: etcdClientLogger(cfg.EtcdLogLevel)})
 	if err != nil {
 		d.closeEtcd()
 		return nil, fmt.Errorf("connect to etcd %v: %w", endpoints, err)
@@ -204,4 +208,22 @@ func (d *Daemon) EtcdErr() <-chan error {
 		return nil
 	}
 	return d.etcd.Err()
+}
+
+// etcdClientLogger keeps etcd's retry chatter out of the logs unless asked for.
+func etcdClientLogger(level string) *zap.Logger {
+	if level == "off" {
+		return zap.NewNop()
+	}
+	lvl, err := zap.ParseAtomicLevel(level)
+	if err != nil {
+		lvl = zap.NewAtomicLevelAt(zap.ErrorLevel)
+	}
+	cfg := zap.NewProductionConfig()
+	cfg.Level = lvl
+	l, err := cfg.Build()
+	if err != nil {
+		return zap.NewNop()
+	}
+	return l
 }

@@ -1,0 +1,233 @@
+// Package testenv starts real Corral clouds for integration tests: embedded
+// etcd on loopback, controllers and node agents, wired exactly as `corral up`
+// wires them (internal/controller/daemon, internal/node).
+package testenv
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"runtime"
+	"sync"
+	"testing"
+	"time"
+
+	apiv1 "github.com/corral-build/corral/api/v1"
+	"github.com/corral-build/corral/client"
+	"github.com/corral-build/corral/internal/controller/daemon"
+	"github.com/corral-build/corral/internal/driver/synthetic"
+	"github.com/corral-build/corral/internal/etcdembed"
+	"github.com/corral-build/corral/internal/node"
+)
+
+// Options shape a test cloud; zero values give quick defaults.
+type Options struct {
+	Controllers  int           // default 1
+	Nodes        []NodeOptions // default none
+	LeaseTTL     time.Duration // node liveness; default 2s
+	SchedulerTTL time.Duration // default 2s
+	Retention    time.Duration // default 1m
+}
+
+// NodeOptions describe one synthetic node.
+type NodeOptions struct {
+	Name     string
+	Capacity int
+	Groups   []string
+	PullTime time.Duration
+}
+
+// Cluster is a running test cloud.
+type Cluster struct {
+	t             *testing.T
+	Etcd          *etcdembed.Server
+	Controllers   []*daemon.Daemon
+	Client        *client.Controller // talks to every controller, failing over
+	TemplateID    string             // a template with tags v1 and v2
+	TemplatesFile string
+	Dir           string
+
+	mu    sync.Mutex
+	nodes []*RunningNode
+}
+
+// RunningNode is an in-process node agent.
+type RunningNode struct {
+	Agent  *node.Agent
+	cancel context.CancelFunc
+	done   chan error
+}
+
+// Stop shuts the agent down gracefully (it destroys its VMs first).
+func (n *RunningNode) Stop() error {
+	n.cancel()
+	return <-n.done
+}
+
+// Logger returns a logger that writes to the test log only when -v is set or
+// CORRAL_TEST_LOG is set, keeping CI output readable.
+func Logger(t testing.TB) *slog.Logger {
+	if os.Getenv("CORRAL_TEST_LOG") == "" {
+		return slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
+// StartEtcd runs an embedded etcd member on free loopback ports.
+func StartEtcd(t testing.TB) *etcdembed.Server {
+	t.Helper()
+	e, err := etcdembed.Start(etcdembed.Config{
+		DataDir: filepath.Join(t.TempDir(), "etcd"), ClientURL: "http://127.0.0.1:0", PeerURL: "http://127.0.0.1:0",
+		Quiet: os.Getenv("CORRAL_TEST_LOG") == "",
+	})
+	if err != nil {
+		t.Fatalf("start etcd: %v", err)
+	}
+	t.Cleanup(e.Close)
+	return e
+}
+
+// StartCluster starts etcd, the controllers and the nodes in opts.
+func StartCluster(t *testing.T, opts Options) *Cluster {
+	t.Helper()
+	if opts.Controllers == 0 {
+		opts.Controllers = 1
+	}
+	c := &Cluster{t: t, Dir: t.TempDir()}
+	c.Etcd = StartEtcd(t)
+	c.TemplatesFile = filepath.Join(c.Dir, "templates.json")
+	c.TemplateID = writeTemplates(t, c.TemplatesFile)
+	var urls []string
+	for range opts.Controllers {
+		d := c.StartController(opts)
+		urls = append(urls, d.URL)
+	}
+	cl, err := client.New(urls, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Client = cl
+	for _, n := range opts.Nodes {
+		c.StartNode(n)
+	}
+	return c
+}
+
+// StartController adds a controller on the cluster's etcd.
+func (c *Cluster) StartController(opts Options) *daemon.Daemon {
+	c.t.Helper()
+	d, err := daemon.Start(context.Background(), daemon.Config{
+		ListenAddr: "127.0.0.1:0", EtcdEndpoints: []string{c.Etcd.ClientURL},
+		TemplatesFile: c.TemplatesFile, JoinToken: "test-token", EtcdLogLevel: etcdLogLevel(),
+		NodeLeaseTTL: or(opts.LeaseTTL, 2*time.Second), SchedulerTTL: or(opts.SchedulerTTL, 2*time.Second),
+		InstanceRetention: or(opts.Retention, time.Minute), AssignmentLongPoll: 5 * time.Second,
+		Log: Logger(c.t),
+	})
+	if err != nil {
+		c.t.Fatalf("start controller: %v", err)
+	}
+	c.t.Cleanup(d.Close)
+	c.Controllers = append(c.Controllers, d)
+	return d
+}
+
+// URLs lists every controller's URL.
+func (c *Cluster) URLs() []string {
+	var urls []string
+	for _, d := range c.Controllers {
+		urls = append(urls, d.URL)
+	}
+	return urls
+}
+
+// StartNode joins a synthetic node to every controller and waits until it is listed.
+func (c *Cluster) StartNode(o NodeOptions) *RunningNode {
+	c.t.Helper()
+	agent, err := node.New(node.Config{
+		ControllerURLs: c.URLs(), Token: "test-token", Name: o.Name, IP: "127.0.0.1",
+		Capacity: o.Capacity, Groups: o.Groups, DataDir: filepath.Join(c.Dir, "node-"+o.Name),
+		Driver: synthetic.New(20 * time.Millisecond), Templates: &node.SimulatedTemplates{PullTime: o.PullTime},
+		Log: Logger(c.t),
+	})
+	if err != nil {
+		c.t.Fatalf("node %s: %v", o.Name, err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	n := &RunningNode{Agent: agent, cancel: cancel, done: make(chan error, 1)}
+	go func() { n.done <- agent.Run(ctx) }()
+	c.t.Cleanup(func() { _ = n.Stop() })
+	c.WaitNodeState(agent.ID(), apiv1.NodeActive, 10*time.Second)
+	c.mu.Lock()
+	c.nodes = append(c.nodes, n)
+	c.mu.Unlock()
+	return n
+}
+
+// WaitNodeState waits until the node is listed in state.
+func (c *Cluster) WaitNodeState(id, state string, timeout time.Duration) apiv1.Node {
+	c.t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		nodes, err := c.Client.Nodes(context.Background())
+		for _, n := range nodes {
+			if n.NodeID == id && n.State == state {
+				return n
+			}
+		}
+		if time.Now().After(deadline) {
+			c.t.Fatalf("node %s not %s after %s (err %v, nodes %+v)", id, state, timeout, err, nodes)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// WaitState waits for an instance to reach state.
+func (c *Cluster) WaitState(id, state string, timeout time.Duration) apiv1.Instance {
+	c.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	in, err := c.Client.WaitState(ctx, id, state)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	return in
+}
+
+// writeTemplates writes a template list with one amd64 template, tags v1 and v2.
+func writeTemplates(t testing.TB, path string) string {
+	t.Helper()
+	id := apiv1.NewID()
+	version := func(tag string, n int) apiv1.TemplateVersion {
+		return apiv1.TemplateVersion{Tag: tag, Number: n, Size: 1 << 30, Description: "test " + tag,
+			ConfigFile: "config.json", NVRAM: "nvram", Images: []string{"disk.img"}, StateFiles: []string{}}
+	}
+	list := []apiv1.TemplateDetail{{
+		Template: apiv1.Template{ID: id, Name: "test-template", Size: 2 << 30, Arch: runtime.GOARCH},
+		Versions: []apiv1.TemplateVersion{version("v1", 1), version("v2", 2)},
+	}}
+	data, err := json.Marshal(list)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return id
+}
+
+func or(d, def time.Duration) time.Duration {
+	if d == 0 {
+		return def
+	}
+	return d
+}
+
+func etcdLogLevel() string {
+	if os.Getenv("CORRAL_TEST_LOG") == "" {
+		return "off"
+	}
+	return "warn"
+}
