@@ -52,7 +52,7 @@ func (f *FlexInt) UnmarshalJSON(b []byte) error {
 	if err != nil {
 		fl, ferr := strconv.ParseFloat(s, 64)
 		if ferr != nil || fl != float64(int64(fl)) {
-			return &json.UnmarshalTypeError{Value: "string " + string(b), Type: reflect.TypeFor[int64]()}
+			return &json.UnmarshalTypeError{Value: string(b), Type: reflect.TypeFor[int64]()}
 		}
 		n = int64(fl)
 	}
@@ -98,11 +98,29 @@ func Decode(body []byte, v any) error {
 	}
 	var typeErr *json.UnmarshalTypeError
 	if errors.As(err, &typeErr) {
-		field := typeErr.Field
-		if field == "" {
-			field = "body"
+		if typeErr.Field == "" {
+			return &FieldError{Field: "body", Reason: "must be a JSON object, got " + typeErr.Value}
 		}
-		return &FieldError{Field: field, Reason: fmt.Sprintf("expected %s, got %s", typeErr.Type, typeErr.Value)}
+		return &FieldError{Field: typeErr.Field, Reason: fmt.Sprintf("must be %s, got %s", kindName(typeErr.Type), typeErr.Value)}
 	}
 	return &FieldError{Field: "body", Reason: "malformed JSON: " + err.Error()}
+}
+
+// kindName says in words what a Go field type accepts on the wire.
+func kindName(t reflect.Type) string {
+	switch t.Kind() {
+	case reflect.Int, reflect.Int64, reflect.Int32:
+		return "an integer (number or numeric string)"
+	case reflect.Float64, reflect.Float32:
+		return "a number"
+	case reflect.String:
+		return "a string"
+	case reflect.Bool:
+		return "a boolean"
+	case reflect.Slice:
+		return "an array"
+	case reflect.Map, reflect.Struct:
+		return "an object"
+	}
+	return t.String()
 }

@@ -12,12 +12,21 @@ import (
 // generically, so tests see exactly what went over the wire.
 func call(t *testing.T, method, url, contentType, body string) (int, map[string]any) {
 	t.Helper()
+	headers := map[string]string{}
+	if contentType != "" {
+		headers["Content-Type"] = contentType
+	}
+	return callH(t, method, url, body, headers)
+}
+
+func callH(t *testing.T, method, url, body string, headers map[string]string) (int, map[string]any) {
+	t.Helper()
 	req, err := http.NewRequest(method, url, bytes.NewBufferString(body))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if contentType != "" {
-		req.Header.Set("Content-Type", contentType)
+	for k, v := range headers {
+		req.Header.Set(k, v)
 	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
