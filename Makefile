@@ -1,0 +1,9 @@
+# The README's test command is `make test` (equivalently `go test ./...`).
+.PHONY: build test vet
+build:
+	go build -o bin/corral ./cmd/corral
+test:
+	go vet ./...
+	go test ./...
+vet:
+	go vet ./...

@@ -1,0 +1,89 @@
+package cli
+
+import (
+	"bytes"
+	"log/slog"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestEnvDefaultsAndAliases(t *testing.T) {
+	t.Setenv("ANKA_ANKA_REGISTRY", "http://reg:8089")
+	t.Setenv("ANKA_INSTANCE_TIME_OUT", "90")
+	t.Setenv("CORRAL_ETCD_ENDPOINTS", "http://e1:2379, http://e2:2379")
+	t.Setenv("CORRAL_LISTEN", ":9999")
+	var c controllerFlags
+	f := newFlags("controller", "", &bytes.Buffer{})
+	c.register(f, ":80")
+	if err := f.Parse([]string{"--listen", ":7000"}, slog.Default); err != nil {
+		t.Fatal(err)
+	}
+	if c.registryURL != "http://reg:8089" || c.retention != 90*time.Second || c.listen != ":7000" ||
+		len(c.etcdEndpoints) != 2 || c.etcdEndpoints[1] != "http://e2:2379" {
+		t.Fatalf("got %+v", c)
+	}
+}
+
+func TestCorralNameWinsOverAlias(t *testing.T) {
+	t.Setenv("ANKA_LISTEN_ADDR", ":1")
+	t.Setenv("CORRAL_LISTEN", ":2")
+	var c controllerFlags
+	f := newFlags("controller", "", &bytes.Buffer{})
+	c.register(f, ":80")
+	if err := f.Parse(nil, slog.Default); err != nil || c.listen != ":2" {
+		t.Fatalf("listen %q err %v", c.listen, err)
+	}
+}
+
+func TestBadEnvValueIsAnError(t *testing.T) {
+	t.Setenv("ANKA_V", "loud")
+	var c controllerFlags
+	f := newFlags("controller", "", &bytes.Buffer{})
+	c.register(f, ":80")
+	err := f.Parse(nil, slog.Default)
+	if err == nil || !strings.Contains(err.Error(), `ANKA_V="loud"`) {
+		t.Fatalf("got %v", err)
+	}
+}
+
+func TestUnknownCorralVariableWarns(t *testing.T) {
+	t.Setenv("CORRAL_LISTN", ":1")
+	var logs bytes.Buffer
+	f := newFlags("controller", "", &bytes.Buffer{})
+	var c controllerFlags
+	c.register(f, ":80")
+	if err := f.Parse(nil, func() *slog.Logger { return slog.New(slog.NewTextHandler(&logs, nil)) }); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(logs.String(), "CORRAL_LISTN") {
+		t.Fatalf("no warning: %q", logs.String())
+	}
+}
+
+func TestValidateRegistryURL(t *testing.T) {
+	for _, good := range []string{"", "http://reg:8089", "https://reg.example.com"} {
+		if err := ValidateRegistryURL(good); err != nil {
+			t.Errorf("%q: %v", good, err)
+		}
+	}
+	for bad, want := range map[string]string{
+		"http://reg:8089/": "must not end with a slash",
+		"reg:8089":         "want http(s)://host:port",
+		"http://reg/x":     "no path",
+	} {
+		if err := ValidateRegistryURL(bad); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%q: got %v, want %q", bad, err, want)
+		}
+	}
+}
+
+func TestEveryCommandHasHelp(t *testing.T) {
+	for _, c := range commands() {
+		var out bytes.Buffer
+		err := c.run(t.Context(), []string{"--help"}, &out)
+		if err == nil || !strings.Contains(out.String(), "Usage: corral "+c.name) {
+			t.Errorf("%s --help: err %v, output %q", c.name, err, out.String())
+		}
+	}
+}

@@ -1,0 +1,186 @@
+package scheduler
+
+import (
+	"testing"
+	"time"
+
+	apiv1 "github.com/corral-build/corral/api/v1"
+	"github.com/corral-build/corral/internal/store"
+)
+
+type nodeSpec struct {
+	id       string
+	capacity int
+	groups   []string
+	alive    bool
+	drain    bool
+	arch     string
+	holds    string // template tag held
+}
+
+func mkNode(n nodeSpec) store.NodeEntry {
+	arch := n.arch
+	if arch == "" {
+		arch = apiv1.ArchARM64
+	}
+	rec := store.NodeRecord{Report: apiv1.NodeReport{NodeID: n.id, NodeName: n.id, Capacity: n.capacity, HostArch: arch},
+		Groups: n.groups, Drain: n.drain}
+	if n.holds != "" {
+		rec.Report.Templates = []apiv1.NodeTemplate{{UUID: "tmpl", Tag: n.holds}}
+	}
+	return store.NodeEntry{NodeRecord: rec, Alive: n.alive}
+}
+
+func mkInstance(id string, prio int, age time.Duration, mods ...func(*store.InstanceRecord)) store.InstanceEntry {
+	r := store.InstanceRecord{Instance: apiv1.Instance{InstanceID: id, State: apiv1.StateScheduling, VMID: "tmpl",
+		Tag: "v1", Priority: prio, CrTime: time.Unix(1e9, 0).Add(-age), Arch: apiv1.ArchARM64}}
+	for _, m := range mods {
+		m(&r)
+	}
+	return store.InstanceEntry{InstanceRecord: r}
+}
+
+func inGroup(g string) func(*store.InstanceRecord) {
+	return func(r *store.InstanceRecord) { r.GroupID = g }
+}
+
+func running(node string) func(*store.InstanceRecord) {
+	return func(r *store.InstanceRecord) { r.State, r.NodeID, r.SlotHeld = apiv1.StateStarted, node, true }
+}
+
+func TestPlan(t *testing.T) {
+	groups := []apiv1.Group{
+		{ID: "ga", Name: "fast"},
+		{ID: "gb", Name: "slow", FallbackGroupID: "ga"},
+		{ID: "loop1", Name: "loop1", FallbackGroupID: "loop2"},
+		{ID: "loop2", Name: "loop2", FallbackGroupID: "loop1"},
+	}
+	tests := []struct {
+		name      string
+		nodes     []nodeSpec
+		instances []store.InstanceEntry
+		want      map[string]string // instance -> node, or "wait: reason"
+	}{
+		{
+			name:      "no nodes",
+			instances: []store.InstanceEntry{mkInstance("i1", 1000, 0)},
+			want:      map[string]string{"i1": "wait: no active node"},
+		},
+		{
+			name:      "priority beats age when one slot is free",
+			nodes:     []nodeSpec{{id: "n1", capacity: 1, alive: true}},
+			instances: []store.InstanceEntry{mkInstance("old-low", 5000, time.Hour), mkInstance("new-high", 1, 0)},
+			want:      map[string]string{"new-high": "n1", "old-low": "wait: the only active node is at capacity"},
+		},
+		{
+			name:      "age breaks priority ties",
+			nodes:     []nodeSpec{{id: "n1", capacity: 1, alive: true}},
+			instances: []store.InstanceEntry{mkInstance("young", 10, 0), mkInstance("old", 10, time.Minute)},
+			want:      map[string]string{"old": "n1", "young": "wait: the only active node is at capacity"},
+		},
+		{
+			name:  "running instances use capacity",
+			nodes: []nodeSpec{{id: "n1", capacity: 2, alive: true}, {id: "n2", capacity: 1, alive: true}},
+			instances: []store.InstanceEntry{
+				mkInstance("r1", 1, 0, running("n1")), mkInstance("r2", 1, 0, running("n1")), mkInstance("r3", 1, 0, running("n2")),
+				mkInstance("i1", 1000, 0),
+			},
+			want: map[string]string{"i1": "wait: all 2 nodes at capacity"},
+		},
+		{
+			name:      "template locality wins over load",
+			nodes:     []nodeSpec{{id: "n1", capacity: 5, alive: true}, {id: "n2", capacity: 5, alive: true, holds: "v1"}},
+			instances: []store.InstanceEntry{mkInstance("r", 1, 0, running("n2")), mkInstance("i1", 1000, 0)},
+			want:      map[string]string{"i1": "n2"},
+		},
+		{
+			name:      "least loaded without locality",
+			nodes:     []nodeSpec{{id: "n1", capacity: 5, alive: true}, {id: "n2", capacity: 5, alive: true}},
+			instances: []store.InstanceEntry{mkInstance("r", 1, 0, running("n1")), mkInstance("i1", 1000, 0)},
+			want:      map[string]string{"i1": "n2"},
+		},
+		{
+			name: "group members only, then fallback",
+			nodes: []nodeSpec{
+				{id: "fast1", capacity: 1, groups: []string{"ga"}, alive: true},
+				{id: "slow1", capacity: 1, groups: []string{"gb"}, alive: true},
+				{id: "other", capacity: 9, alive: true},
+			},
+			instances: []store.InstanceEntry{
+				mkInstance("s1", 1, time.Hour, inGroup("gb")), mkInstance("s2", 2, time.Hour, inGroup("gb")),
+				mkInstance("s3", 3, time.Hour, inGroup("gb")),
+			},
+			want: map[string]string{"s1": "slow1", "s2": "fast1",
+				"s3": "wait: the only active node in group slow is at capacity; the only active node in group fast is at capacity"},
+		},
+		{
+			name:      "fallback cycles terminate",
+			nodes:     []nodeSpec{{id: "n1", capacity: 1, alive: true}},
+			instances: []store.InstanceEntry{mkInstance("i1", 1, 0, inGroup("loop1"))},
+			want:      map[string]string{"i1": "wait: no active node in group loop1; no active node in group loop2"},
+		},
+		{
+			name:      "offline and draining nodes take nothing",
+			nodes:     []nodeSpec{{id: "off", capacity: 4, alive: false}, {id: "drain", capacity: 4, alive: true, drain: true}},
+			instances: []store.InstanceEntry{mkInstance("i1", 1, 0)},
+			want:      map[string]string{"i1": "wait: no active node"},
+		},
+		{
+			name:      "arch must match",
+			nodes:     []nodeSpec{{id: "intel", capacity: 4, alive: true, arch: apiv1.ArchAMD64}},
+			instances: []store.InstanceEntry{mkInstance("i1", 1, 0)},
+			want:      map[string]string{"i1": "wait: no active arm64 node"},
+		},
+		{
+			name:  "pinned node",
+			nodes: []nodeSpec{{id: "n1", capacity: 4, alive: true}, {id: "n2", capacity: 4, alive: true}},
+			instances: []store.InstanceEntry{mkInstance("i1", 1, 0, func(r *store.InstanceRecord) { r.Spec.NodeID = "n2" }),
+				mkInstance("i2", 1, 0, func(r *store.InstanceRecord) { r.Spec.NodeID = "gone" })},
+			want: map[string]string{"i1": "n2", "i2": "wait: no active node in node gone"},
+		},
+		{
+			name:  "vcpu limit",
+			nodes: []nodeSpec{{id: "n1", capacity: 10, alive: true}},
+			instances: []store.InstanceEntry{mkInstance("big", 1, 0, func(r *store.InstanceRecord) { r.Spec.VCPU = 8 }),
+				mkInstance("small", 2, 0, func(r *store.InstanceRecord) { r.Spec.VCPU = 2 })},
+			want: map[string]string{"big": "wait: the only active node is at capacity", "small": "n1"},
+		},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			snap := store.Snapshot{Groups: groups, Instances: tc.instances}
+			for _, n := range tc.nodes {
+				e := mkNode(n)
+				if n.id == "n1" && tc.name == "vcpu limit" {
+					e.MaxVCPU = 6
+				}
+				snap.Nodes = append(snap.Nodes, e)
+			}
+			got := map[string]string{}
+			for _, d := range Plan(snap, nil) {
+				if d.NodeID != "" {
+					got[d.Instance.InstanceID] = d.NodeID
+				} else {
+					got[d.Instance.InstanceID] = "wait: " + d.Reason
+				}
+			}
+			if len(got) != len(tc.want) {
+				t.Fatalf("got %v, want %v", got, tc.want)
+			}
+			for id, want := range tc.want {
+				if got[id] != want {
+					t.Errorf("%s: got %q, want %q", id, got[id], want)
+				}
+			}
+		})
+	}
+}
+
+func TestPlanUnknownTemplate(t *testing.T) {
+	snap := store.Snapshot{Nodes: []store.NodeEntry{mkNode(nodeSpec{id: "n1", capacity: 1, alive: true})},
+		Instances: []store.InstanceEntry{mkInstance("i1", 1, 0)}}
+	d := Plan(snap, func(string, string) bool { return false })
+	if d[0].NodeID != "" || d[0].Reason != "template not in registry" {
+		t.Fatalf("got %+v", d[0])
+	}
+}
