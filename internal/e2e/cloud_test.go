@@ -197,3 +197,32 @@ func TestConcurrentStartsNeverOvercommit(t *testing.T) {
 		t.Fatalf("%d Started, want 3 (capacity)", started)
 	}
 }
+
+// TestGroupMembershipAndDisjoin: nodes leave groups, and a disjoined node's
+// agent stops and its instances are released.
+func TestGroupMembershipAndDisjoin(t *testing.T) {
+	c := testenv.StartCluster(t, testenv.Options{Nodes: []testenv.NodeOptions{{Name: "n1", Capacity: 2, Groups: []string{"g"}}}})
+	base := c.Controllers[0].URL + "/api/v1"
+	nodes := ok(t, "GET", base+"/node", "").([]any)
+	n := nodes[0].(map[string]any)
+	id := n["node_id"].(string)
+	gid := n["groups"].([]any)[0].(map[string]any)["id"].(string)
+
+	ok(t, "DELETE", base+"/node/group/"+gid, `{"node_ids":["`+id+`"]}`)
+	if gs := ok(t, "GET", base+"/node?id="+id, "").([]any)[0].(map[string]any)["groups"].([]any); len(gs) != 0 {
+		t.Fatalf("node still in groups %v", gs)
+	}
+	ok(t, "POST", base+"/node/group/"+gid, `{"node_ids":["`+id+`"]}`)
+	fail(t, "POST", base+"/node/group/"+gid, `{"node_ids":["nope"]}`, 200, `node_ids: no node with id "nope"`)
+
+	inst := ok(t, "POST", base+"/vm", `{"vmid":"`+c.TemplateID+`","group_id":"`+gid+`"}`).([]any)[0].(string)
+	c.WaitState(inst, apiv1.StateStarted, 10*time.Second)
+
+	ok(t, "DELETE", base+"/node", `{"node_id":"`+id+`"}`)
+	in := c.WaitState(inst, apiv1.StateError, 10*time.Second)
+	if !strings.Contains(in.Message, "removed from the cloud") {
+		t.Errorf("message %q", in.Message)
+	}
+	fail(t, "GET", base+"/node?id="+id, "", 200, apiv1.MsgNotFound)
+	fail(t, "DELETE", base+"/node", `{"node_id":"`+id+`"}`, 200, apiv1.MsgNotFound)
+}

@@ -1,0 +1,96 @@
+package e2e
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"net"
+	"os/exec"
+	"regexp"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	apiv1 "github.com/corral-build/corral/api/v1"
+	"github.com/corral-build/corral/client"
+)
+
+// TestReadmeWalkthrough runs `corral up` as a new user would and follows the
+// README: start two instances of the demo template, see them Started, reach
+// the SSH endpoint, terminate, then stop with SIGTERM.
+func TestReadmeWalkthrough(t *testing.T) {
+	bin := corralBinary(t)
+	cmd := exec.Command(bin, "up", "--listen", "127.0.0.1:0", "--data-dir", t.TempDir(),
+		"--etcd-client-url", "http://127.0.0.1:0", "--etcd-peer-url", "http://127.0.0.1:0")
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+
+	urlRe := regexp.MustCompile(`controller API:\s+(\S+)/api/v1`)
+	vmidRe := regexp.MustCompile(`^\s+demo template:\s+(\S+)`)
+	var base, vmid string
+	lines := bufio.NewScanner(stdout)
+	for (base == "" || vmid == "") && lines.Scan() {
+		if m := urlRe.FindStringSubmatch(lines.Text()); m != nil {
+			base = m[1]
+		}
+		if m := vmidRe.FindStringSubmatch(lines.Text()); m != nil {
+			vmid = m[1]
+		}
+	}
+	if base == "" || vmid == "" {
+		t.Fatalf("corral up did not print the controller URL and demo template; stderr:\n%s", stderr.String())
+	}
+	go func() { _, _ = io.Copy(io.Discard, stdout) }()
+
+	ids := ok(t, "POST", base+"/api/v1/vm", fmt.Sprintf(`{"vmid":%q,"count":2}`, vmid)).([]any)
+	if len(ids) != 2 {
+		t.Fatalf("ids %v", ids)
+	}
+	cl, _ := client.New([]string{base}, "")
+	for _, id := range ids {
+		ctx, cancel := contextWithTimeout(10 * time.Second)
+		in, err := cl.WaitState(ctx, id.(string), apiv1.StateStarted)
+		cancel()
+		if err != nil {
+			t.Fatal(err)
+		}
+		ssh := in.VMInfo.PortForwarding[0]
+		if ssh.GuestPort != 22 {
+			t.Fatalf("first port forward %+v is not SSH", ssh)
+		}
+		conn, err := net.DialTimeout("tcp", net.JoinHostPort(in.VMInfo.HostIP, fmt.Sprint(ssh.HostPort)), 2*time.Second)
+		if err != nil {
+			t.Fatalf("SSH endpoint of %s: %v", in.InstanceID, err)
+		}
+		banner := make([]byte, 8)
+		_, _ = io.ReadFull(conn, banner)
+		conn.Close()
+		if string(banner) != "SSH-2.0-" {
+			t.Fatalf("SSH endpoint answered %q", banner)
+		}
+	}
+	ok(t, "DELETE", base+"/api/v1/vm", fmt.Sprintf(`{"id":%q}`, ids[0]))
+
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("corral up exited with %v after SIGTERM; stderr:\n%s", err, stderr.String())
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatalf("corral up did not stop within 15s of SIGTERM")
+	}
+}

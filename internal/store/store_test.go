@@ -1,0 +1,150 @@
+package store_test
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	apiv1 "github.com/corral-build/corral/api/v1"
+	"github.com/corral-build/corral/internal/store"
+	"github.com/corral-build/corral/internal/testenv"
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+func newStore(t *testing.T) *store.Store {
+	e := testenv.StartEtcd(t)
+	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{e.ClientURL}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cli.Close() })
+	return store.New(cli, "")
+}
+
+// always is a fence that holds (a leader key that exists).
+func always(t *testing.T, st *store.Store) clientv3.Cmp {
+	key := st.Key("election/test")
+	if _, err := st.Client().Put(context.Background(), key, "me"); err != nil {
+		t.Fatal(err)
+	}
+	return clientv3.Compare(clientv3.CreateRevision(key), ">", 0)
+}
+
+func TestPlaceRechecksInsideTheTransaction(t *testing.T) {
+	ctx := context.Background()
+	st := newStore(t)
+	if _, err := st.JoinNode(ctx, apiv1.NodeReport{NodeID: "n1", NodeName: "n1", Capacity: 1}, nil, 10); err != nil {
+		t.Fatal(err)
+	}
+	recs := []store.InstanceRecord{
+		{Instance: apiv1.Instance{InstanceID: "a", State: apiv1.StateScheduling}},
+		{Instance: apiv1.Instance{InstanceID: "b", State: apiv1.StateScheduling}},
+	}
+	if err := st.CreateInstances(ctx, recs); err != nil {
+		t.Fatal(err)
+	}
+	snap, err := st.Snapshot(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fence := always(t, st)
+	place := func(id string, since int64, fence clientv3.Cmp) int64 {
+		var e store.InstanceEntry
+		for _, in := range snap.Instances {
+			if in.InstanceID == id {
+				e = in
+			}
+		}
+		rec := e.InstanceRecord
+		rec.NodeID, rec.SlotHeld = "n1", true
+		rev, err := st.Place(ctx, store.Placement{Instance: rec, InstanceRev: e.ModRev, NodeID: "n1",
+			NodeRev: snap.Nodes[0].ModRev, AssignedSince: since}, fence)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return rev
+	}
+	// A fence that does not hold (another leader) commits nothing.
+	lost := clientv3.Compare(clientv3.CreateRevision(st.Key("election/nobody")), ">", 0)
+	if place("a", snap.Rev, lost) != 0 {
+		t.Fatal("placement committed without the leadership fence")
+	}
+	if place("a", snap.Rev, fence) == 0 {
+		t.Fatal("valid placement refused")
+	}
+	// A second placement planned on the same old snapshot must not commit:
+	// the node's assignments changed after it.
+	if place("b", snap.Rev, fence) != 0 {
+		t.Fatal("placement on a stale capacity view committed")
+	}
+	// Re-placing the same instance from the old snapshot fails on its revision.
+	if place("a", 1<<40, fence) != 0 {
+		t.Fatal("instance placed twice")
+	}
+	as, _, err := st.Assignments(ctx, "n1")
+	if err != nil || len(as) != 1 || as[0].InstanceID != "a" {
+		t.Fatalf("assignments %v err %v", as, err)
+	}
+}
+
+func TestLeaseLivenessAndRejoin(t *testing.T) {
+	ctx := context.Background()
+	st := newStore(t)
+	report := apiv1.NodeReport{NodeID: "n1", NodeName: "n1", Capacity: 2}
+	lease, err := st.JoinNode(ctx, report, []string{"g1"}, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.UpdateNode(ctx, "n1", func(n *store.NodeRecord) error { n.Drain = true; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.KeepAlive(ctx, lease); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(3 * time.Second) // TTL 1s; etcd's minimum lease granularity rounds up
+	alive, _ := st.AliveNodes(ctx)
+	if alive["n1"] {
+		t.Fatal("node still alive after its lease expired")
+	}
+	if err := st.KeepAlive(ctx, lease); !errors.Is(err, store.ErrLeaseExpired) {
+		t.Fatalf("keepalive on expired lease: %v", err)
+	}
+	// Re-joining keeps the admin's settings and makes the node alive again.
+	if _, err := st.JoinNode(ctx, report, nil, 10); err != nil {
+		t.Fatal(err)
+	}
+	n, err := st.GetNode(ctx, "n1")
+	if err != nil || !n.Drain || len(n.Groups) != 1 {
+		t.Fatalf("rejoined node lost its settings: %+v %v", n, err)
+	}
+	if alive, _ := st.AliveNodes(ctx); !alive["n1"] {
+		t.Fatal("rejoined node not alive")
+	}
+}
+
+func TestPurgeFinished(t *testing.T) {
+	ctx := context.Background()
+	st := newStore(t)
+	old := time.Now().Add(-time.Hour)
+	err := st.CreateInstances(ctx, []store.InstanceRecord{
+		{Instance: apiv1.Instance{InstanceID: "done", State: apiv1.StateTerminated}, FinishedAt: old},
+		{Instance: apiv1.Instance{InstanceID: "fresh", State: apiv1.StateTerminated}, FinishedAt: time.Now()},
+		{Instance: apiv1.Instance{InstanceID: "running", State: apiv1.StateStarted}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, err := st.PurgeFinished(ctx, time.Minute)
+	if err != nil || n != 1 {
+		t.Fatalf("purged %d, err %v", n, err)
+	}
+	if _, err := st.GetInstance(ctx, "done"); !errors.Is(err, store.ErrNotFound) {
+		t.Fatal("old terminated instance kept")
+	}
+	for _, id := range []string{"fresh", "running"} {
+		if _, err := st.GetInstance(ctx, id); err != nil {
+			t.Fatalf("%s: %v", id, err)
+		}
+	}
+}
