@@ -25,7 +25,8 @@ func commands() []command {
 	return []command{
 		{"up", "run a whole build cloud on this machine: embedded etcd, controller, a local node", runUp},
 		{"controller", "run a controller (REST API, scheduler) on embedded or external etcd", runController},
-		{"registry", "run the template registry", runRegistry},
+		{"registry", "run the template registry (standalone, no etcd needed)", runRegistry},
+		{"template", "push, pull, list, describe, delete, revert templates in a registry", runTemplate},
 		{"node", "run a node agent that joins a controller and runs instances", runNode},
 		{"version", "print the version", runVersion},
 	}

@@ -17,11 +17,3 @@ func runVersion(_ context.Context, args []string, out io.Writer) error {
 	fmt.Fprintf(out, "corral %s\n", apiv1.Version)
 	return nil
 }
-
-func runRegistry(_ context.Context, args []string, out io.Writer) error {
-	f := newFlags("registry", "Run the template registry (not yet available).", out)
-	if err := f.Parse(args, slog.Default); err != nil {
-		return err
-	}
-	return fmt.Errorf("not yet: the registry is not part of this build; controllers serve a file-backed template list (--templates-file)")
-}

@@ -28,7 +28,7 @@ func (n *nodeFlags) register(f *flags, prefix string) {
 	f.List(&n.groups, prefix+"groups", "", "groups to join on first registration, comma-separated names (created if missing)")
 	f.String(&n.dataDir, prefix+"data-dir", "corral-node", "node state: identity and template cache")
 	f.Duration(&n.bootTime, prefix+"synthetic-boot-time", 200*time.Millisecond, "synthetic driver: time a VM takes to boot")
-	f.Duration(&n.pullTime, prefix+"synthetic-pull-time", 0, "synthetic driver: time a template pull takes")
+	f.Duration(&n.pullTime, prefix+"synthetic-pull-time", 0, "time a simulated template pull takes, when the cloud has no registry")
 }
 
 func (n *nodeFlags) driverFor() (driver.Driver, error) {
@@ -49,7 +49,7 @@ func (n *nodeFlags) config(controllers []string, token string, log *slog.Logger)
 	return node.Config{
 		ControllerURLs: controllers, Token: token, Name: n.name, IP: n.ip, Capacity: n.capacity,
 		Groups: n.groups, DataDir: n.dataDir, Driver: drv,
-		Templates: &node.SimulatedTemplates{PullTime: n.pullTime}, Log: log,
+		SimulatedPullTime: n.pullTime, Log: log,
 	}, nil
 }
 

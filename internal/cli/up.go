@@ -2,34 +2,57 @@ package cli
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
 	"path/filepath"
+	"runtime"
 
-	apiv1 "github.com/corral-build/corral/api/v1"
-	"github.com/corral-build/corral/internal/controller"
+	"github.com/corral-build/corral/client"
 	"github.com/corral-build/corral/internal/controller/daemon"
 	"github.com/corral-build/corral/internal/node"
+	regdaemon "github.com/corral-build/corral/internal/registry/daemon"
 )
 
 func runUp(ctx context.Context, args []string, out io.Writer) error {
-	f := newFlags("up", "Run a whole build cloud on this machine: embedded etcd, a controller and a local node.", out)
+	f := newFlags("up", "Run a whole build cloud on this machine: embedded etcd, a controller, a registry and a local node.", out)
 	var c controllerFlags
 	var n nodeFlags
+	var r registryFlags
 	c.register(f, ":8090")
 	n.register(f, "node-")
+	r.register(f, "registry-", "127.0.0.1:8089", "")
 	if err := f.Parse(args, func() *slog.Logger { return newLogger(c.logLevel) }); err != nil {
 		return err
 	}
 	log := newLogger(c.logLevel)
+
+	// A local registry unless --registry-url names another one.
+	if c.registryURL == "" {
+		if r.dataDir == "" {
+			r.dataDir = filepath.Join(c.dataDir, "registry")
+		}
+		rcfg, err := r.config(log)
+		if err != nil {
+			return err
+		}
+		reg, err := regdaemon.Start(rcfg)
+		if err != nil {
+			return err
+		}
+		defer reg.Close()
+		c.registryURL = reg.URL
+	}
 	cfg, err := c.daemonConfig(log)
 	if err != nil {
 		return err
 	}
-	demoID, err := controller.WriteDemoTemplate(cfg.TemplatesFile, apiv1.NewID())
+	demoID, err := seedDemoTemplate(ctx, c.registryURL, filepath.Join(c.dataDir, "demo-template"))
 	if err != nil {
-		return fmt.Errorf("template list: %w", err)
+		return fmt.Errorf("demo template: %w", err)
 	}
 	d, err := daemon.Start(ctx, cfg)
 	if err != nil {
@@ -54,15 +77,18 @@ func runUp(ctx context.Context, args []string, out io.Writer) error {
 	}
 	fmt.Fprintf(out, `Corral is up.
   controller API:  %[1]s/api/v1   (status: curl %[1]s/api/v1/status)
-  join token:      %[2]s
-  local node:      %[3]s driver
-  demo template:   %[4]s
+  registry:        %[2]s   (templates: curl %[2]s/registry/vm)
+  join token:      %[3]s
+  local node:      %[4]s driver
+  demo template:   %[5]s
 
 Start two instances of the demo template:
-  curl -s -d '{"vmid":"%[4]s","count":2}' %[1]s/api/v1/vm
+  curl -s -d '{"vmid":"%[5]s","count":2}' %[1]s/api/v1/vm
 List instances:
   curl -s %[1]s/api/v1/vm
-`, d.URL, d.JoinToken, n.driver, demoID)
+Push your own template:
+  corral template push ./my-vm-dir --name my-vm --tag v1 --registry %[2]s
+`, d.URL, c.registryURL, d.JoinToken, n.driver, demoID)
 	select {
 	case <-ctx.Done():
 		log.Info("shutting down")
@@ -77,4 +103,52 @@ List instances:
 		<-agentDone // the node destroys its VMs before the controller goes
 	}
 	return nil
+}
+
+// seedDemoTemplate pushes a small "demo" template (a sparse 256 MiB disk with
+// 4 MiB of data, a config and an nvram) unless the registry has templates.
+func seedDemoTemplate(ctx context.Context, registryURL, dir string) (string, error) {
+	reg, err := client.NewRegistry(registryURL)
+	if err != nil {
+		return "", err
+	}
+	list, err := reg.Templates(ctx)
+	if err != nil {
+		return "", err
+	}
+	for _, t := range list {
+		if t.Name == "demo" {
+			return t.ID, nil
+		}
+	}
+	if len(list) > 0 {
+		return list[0].ID, nil
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return "", err
+	}
+	cfg, _ := json.Marshal(map[string]any{"name": "demo", "arch": runtime.GOARCH, "cpu": 2, "ram_mb": 4096, "disk_size": 256 << 20})
+	if err := os.WriteFile(filepath.Join(dir, "config.json"), cfg, 0o644); err != nil {
+		return "", err
+	}
+	nvram := make([]byte, 64<<10)
+	rand.Read(nvram[:4096])
+	if err := os.WriteFile(filepath.Join(dir, "nvram"), nvram, 0o644); err != nil {
+		return "", err
+	}
+	disk, err := os.Create(filepath.Join(dir, "disk.img"))
+	if err != nil {
+		return "", err
+	}
+	defer disk.Close()
+	if err := disk.Truncate(256 << 20); err != nil {
+		return "", err
+	}
+	data := make([]byte, 4<<20)
+	rand.Read(data)
+	if _, err := disk.WriteAt(data, 0); err != nil {
+		return "", err
+	}
+	res, err := reg.Push(ctx, client.PushOptions{Source: dir, Template: "demo", Tag: "v1", Description: "demo template"})
+	return res.TemplateID, err
 }

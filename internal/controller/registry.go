@@ -160,22 +160,3 @@ func (f *FileRegistry) Revert(_ context.Context, id string) error {
 func (f *FileRegistry) Disk(context.Context) (apiv1.Disk, error) {
 	return diskUsage(filepath.Dir(f.path))
 }
-
-// WriteDemoTemplate creates path with one demo template if it does not exist,
-// so a new user has a vmid to start; it returns the template list's first id.
-func WriteDemoTemplate(path, id string) (string, error) {
-	f := NewFileRegistry(path)
-	list, err := f.load()
-	if err != nil {
-		return "", err
-	}
-	if len(list) > 0 {
-		return list[0].ID, nil
-	}
-	demo := apiv1.TemplateDetail{
-		Template: apiv1.Template{ID: id, Name: "demo", Size: 1 << 30, Arch: apiv1.ArchAMD64},
-		Versions: []apiv1.TemplateVersion{{Tag: "v1", Number: 1, Size: 1 << 30, Description: "demo template",
-			ConfigFile: "demo.yaml", NVRAM: "nvram", Images: []string{"demo.img"}, StateFiles: []string{}}},
-	}
-	return id, f.save([]apiv1.TemplateDetail{demo})
-}

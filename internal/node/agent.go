@@ -34,8 +34,10 @@ type Config struct {
 	Groups         []string
 	DataDir        string
 	Driver         driver.Driver
-	Templates      Templates
-	Log            *slog.Logger
+	Templates      Templates // nil: the controller's registry, else simulated pulls
+	// SimulatedPullTime is how long a pull takes when the cloud has no registry.
+	SimulatedPullTime time.Duration
+	Log               *slog.Logger
 }
 
 // Agent is a running node agent.
@@ -59,9 +61,6 @@ func New(cfg Config) (*Agent, error) {
 	}
 	if cfg.Log == nil {
 		cfg.Log = slog.Default()
-	}
-	if cfg.Templates == nil {
-		cfg.Templates = &SimulatedTemplates{}
 	}
 	ctl, err := client.New(cfg.ControllerURLs, cfg.Token)
 	if err != nil {
@@ -103,7 +102,7 @@ func (a *Agent) describe() error {
 	a.report = apiv1.NodeReport{
 		NodeID: id, NodeName: name, IPAddress: ip, HostArch: runtime.GOARCH, CPUCount: runtime.NumCPU(),
 		RAMMB: memoryMB(), DiskSize: total, FreeDiskSpace: free, Capacity: capacity,
-		Driver: a.cfg.Driver.Name(), Groups: a.cfg.Groups, Templates: a.cfg.Templates.List(),
+		Driver: a.cfg.Driver.Name(), Groups: a.cfg.Groups, Templates: []apiv1.NodeTemplate{},
 	}
 	return nil
 }
@@ -116,6 +115,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	join, err := a.join(ctx)
 	if err != nil {
 		return err
+	}
+	if a.cfg.Templates == nil {
+		a.useRegistry(join.RegistryURL)
 	}
 	errc := make(chan error, 2)
 	go a.sendStatusLoop(ctx)
@@ -134,7 +136,9 @@ func (a *Agent) Run(ctx context.Context) error {
 func (a *Agent) join(ctx context.Context) (apiv1.JoinResponse, error) {
 	backoff := 200 * time.Millisecond
 	for {
-		a.report.Templates = a.cfg.Templates.List()
+		if a.cfg.Templates != nil {
+			a.report.Templates = a.cfg.Templates.List()
+		}
 		resp, err := a.ctl.Join(ctx, a.report)
 		if err == nil {
 			a.log.Info("node joined", "controller", a.ctl.URL(), "node_id", resp.NodeID, "lease_ttl_s", resp.LeaseTTL)
@@ -151,6 +155,28 @@ func (a *Agent) join(ctx context.Context) (apiv1.JoinResponse, error) {
 		}
 		backoff = min(backoff*2, 5*time.Second)
 	}
+}
+
+// useRegistry pulls templates from the registry the controller names, or
+// simulates pulls when the cloud has none.
+func (a *Agent) useRegistry(url string) {
+	if url != "" {
+		if reg, err := client.NewRegistry(url); err == nil {
+			a.cfg.Templates = &RegistryTemplates{Client: reg, Dir: filepath.Join(a.dataDir(), "templates")}
+			a.log.Info("templates come from the registry", "registry", url)
+			a.templatesChanged()
+			return
+		}
+		a.log.Warn("unusable registry URL from the controller; simulating pulls", "registry", url)
+	}
+	a.cfg.Templates = &SimulatedTemplates{PullTime: a.cfg.SimulatedPullTime}
+}
+
+func (a *Agent) dataDir() string {
+	if a.cfg.DataDir != "" {
+		return a.cfg.DataDir
+	}
+	return filepath.Join(os.TempDir(), "corral-node-"+a.report.NodeID)
 }
 
 // heartbeatLoop renews the lease at a third of its TTL, re-joining when the

@@ -4,6 +4,7 @@
 package daemon
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -33,9 +34,12 @@ type Config struct {
 	// EtcdLogLevel is the zap level of etcd's client logs ("error" default, "off" for none).
 	EtcdLogLevel string
 
-	RegistryURL   string
-	TemplatesFile string // file-backed template list used until a registry is configured
-	JoinToken     string // empty: read from etcd, or generate and store one
+	RegistryURL string // handed to nodes; the controller uses it too unless LocalRegistryURL is set
+	// LocalRegistryURL is how the controller itself reaches the registry, when
+	// that differs from the address nodes use.
+	LocalRegistryURL string
+	TemplatesFile    string // file-backed template list, used when no registry is configured
+	JoinToken        string // empty: read from etcd, or generate and store one
 
 	NodeLeaseTTL       time.Duration
 	SchedulerTTL       time.Duration
@@ -91,7 +95,13 @@ func Start(ctx context.Context, cfg Config) (*Daemon, error) {
 	}
 	d.JoinToken = token
 
-	reg := controller.NewFileRegistry(cfg.TemplatesFile)
+	var reg controller.Registry = controller.NewFileRegistry(cfg.TemplatesFile)
+	if url := cmp.Or(cfg.LocalRegistryURL, cfg.RegistryURL); url != "" {
+		if reg, err = controller.NewRemoteRegistry(url); err != nil {
+			d.closeEtcd()
+			return nil, err
+		}
+	}
 	d.Service = controller.New(st, reg, controller.Config{
 		RegistryURL: cfg.RegistryURL, JoinToken: token,
 		NodeLeaseTTL: cfg.NodeLeaseTTL, AssignmentPoll: cfg.AssignmentLongPoll,

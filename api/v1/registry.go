@@ -1,0 +1,83 @@
+package v1
+
+import "time"
+
+// Registry transfer protocol (Corral's own, under /registry/corral/v1/).
+// A push: open an upload lease, ask which chunks are missing, PUT them in
+// bounded requests, then commit a manifest; the tag appears only at commit,
+// once every chunk is present and verified.
+
+// File roles in a tag.
+const (
+	RoleConfig = "config"
+	RoleImage  = "image"
+	RoleNVRAM  = "nvram"
+	RoleState  = "state"
+)
+
+// ManifestFile is one file of a tag: its chunks in order ("" = all zeros).
+type ManifestFile struct {
+	Name   string   `json:"name"`
+	Role   string   `json:"role"`
+	Size   int64    `json:"size"`
+	Chunks []string `json:"chunks"`
+}
+
+// Manifest lists a tag's files. It is immutable and named by its sha256.
+type Manifest struct {
+	ChunkSize int            `json:"chunk_size"`
+	Files     []ManifestFile `json:"files"`
+}
+
+// MissingRequest asks which chunks the registry lacks.
+type MissingRequest struct {
+	UploadID string   `json:"upload_id"`
+	Digests  []string `json:"digests"`
+}
+
+// MissingResponse lists the chunks to send.
+type MissingResponse struct {
+	Missing []string `json:"missing"`
+}
+
+// Upload is a push's lease: chunks it relies on are safe from GC while it lives.
+type Upload struct {
+	ID      string    `json:"upload_id"`
+	Started time.Time `json:"started"`
+}
+
+// CommitRequest publishes a tag. TemplateID selects an existing template;
+// otherwise Template names it (created on first push).
+type CommitRequest struct {
+	UploadID    string   `json:"upload_id"`
+	TemplateID  string   `json:"template_id,omitempty"`
+	Template    string   `json:"template"`
+	Arch        string   `json:"arch"`
+	Tag         string   `json:"tag"`
+	Description string   `json:"description"`
+	Manifest    Manifest `json:"manifest"`
+}
+
+// CommitResponse names what was published.
+type CommitResponse struct {
+	TemplateID string `json:"template_id"`
+	Tag        string `json:"tag"`
+	Number     int    `json:"number"`
+	Manifest   string `json:"manifest"` // sha256 of the manifest
+}
+
+// TagManifest is a tag with its manifest, what a pull starts from.
+type TagManifest struct {
+	TemplateID   string   `json:"template_id"`
+	TemplateName string   `json:"template_name"`
+	Arch         string   `json:"arch"`
+	Tag          string   `json:"tag"`
+	Number       int      `json:"number"`
+	Manifest     Manifest `json:"manifest"`
+}
+
+// RegistryStatus is the body of GET /registry/status.
+type RegistryStatus struct {
+	Status  string `json:"status"`
+	Version string `json:"version"`
+}

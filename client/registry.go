@@ -1,0 +1,247 @@
+package client
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+
+	apiv1 "github.com/corral-build/corral/api/v1"
+)
+
+// Registry is a client of a Corral registry (or of the controller's
+// /api/v1/registry proxy for the reference endpoints).
+type Registry struct {
+	base string
+	http *http.Client
+	// Retries is how often a failed request is retried with backoff.
+	Retries int
+}
+
+// NewRegistry returns a client for the registry at base (http://host:8089).
+func NewRegistry(base string) (*Registry, error) {
+	u, err := url.Parse(base)
+	if err != nil || u.Scheme == "" || u.Host == "" {
+		return nil, fmt.Errorf("registry URL %q: want http(s)://host:port", base)
+	}
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.MaxIdleConnsPerHost = 64
+	return &Registry{base: strings.TrimRight(base, "/"), http: &http.Client{Transport: tr}, Retries: 5}, nil
+}
+
+// URL is the registry's base URL.
+func (r *Registry) URL() string { return r.base }
+
+// retryable reports whether err is worth another attempt.
+func retryable(err error) bool {
+	var fe *FailError
+	if errors.As(err, &fe) {
+		return fe.HTTPStatus >= 500 || fe.HTTPStatus == http.StatusTooManyRequests
+	}
+	return !errors.Is(err, context.Canceled) && !errors.Is(err, context.DeadlineExceeded)
+}
+
+// withRetry runs fn with exponential backoff and jitter on transient errors.
+func (r *Registry) withRetry(ctx context.Context, what string, fn func() error) error {
+	backoff := 100 * time.Millisecond
+	var err error
+	for attempt := 0; ; attempt++ {
+		if err = fn(); err == nil || !retryable(err) || attempt >= r.Retries || ctx.Err() != nil {
+			break
+		}
+		sleep := backoff + time.Duration(rand.Int64N(int64(backoff)))
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(sleep):
+		}
+		backoff = min(backoff*2, 5*time.Second)
+	}
+	if err != nil {
+		return fmt.Errorf("%s: %w", what, err)
+	}
+	return nil
+}
+
+// call does one JSON request against the registry envelope.
+func (r *Registry) call(ctx context.Context, method, path string, in, out any) error {
+	return r.withRetry(ctx, method+" "+path, func() error {
+		var body io.Reader
+		if in != nil {
+			data, err := json.Marshal(in)
+			if err != nil {
+				return err
+			}
+			body = bytes.NewReader(data)
+		}
+		req, err := http.NewRequestWithContext(ctx, method, r.base+path, body)
+		if err != nil {
+			return err
+		}
+		req.Header.Set("Content-Type", "application/json")
+		resp, err := r.http.Do(req)
+		if err != nil {
+			return err
+		}
+		return decodeEnvelope(resp, out, method+" "+path)
+	})
+}
+
+// Status checks the registry is running.
+func (r *Registry) Status(ctx context.Context) (apiv1.RegistryStatus, error) {
+	var s apiv1.RegistryStatus
+	return s, r.call(ctx, http.MethodGet, "/registry/status", nil, &s)
+}
+
+// Templates lists templates.
+func (r *Registry) Templates(ctx context.Context) ([]apiv1.Template, error) {
+	var t []apiv1.Template
+	return t, r.call(ctx, http.MethodGet, "/registry/vm", nil, &t)
+}
+
+// Template describes one template with its versions.
+func (r *Registry) Template(ctx context.Context, id string) (apiv1.TemplateDetail, error) {
+	var t apiv1.TemplateDetail
+	return t, r.call(ctx, http.MethodGet, "/registry/vm?id="+url.QueryEscape(id), nil, &t)
+}
+
+// Delete removes a template, or one tag of it.
+func (r *Registry) Delete(ctx context.Context, id, tag string) error {
+	q := "?id=" + url.QueryEscape(id)
+	if tag != "" {
+		q += "&tag=" + url.QueryEscape(tag)
+	}
+	return r.call(ctx, http.MethodDelete, "/registry/vm"+q, nil, nil)
+}
+
+// Revert drops a template's latest tag.
+func (r *Registry) Revert(ctx context.Context, id string) error {
+	return r.call(ctx, http.MethodDelete, "/registry/revert?id="+url.QueryEscape(id), nil, nil)
+}
+
+// Disk reports the registry's storage usage.
+func (r *Registry) Disk(ctx context.Context) (apiv1.Disk, error) {
+	var d apiv1.Disk
+	return d, r.call(ctx, http.MethodGet, "/registry/disk", nil, &d)
+}
+
+// Manifest returns a tag's manifest ("" = latest tag).
+func (r *Registry) Manifest(ctx context.Context, id, tag string) (apiv1.TagManifest, error) {
+	var m apiv1.TagManifest
+	q := "?id=" + url.QueryEscape(id) + "&tag=" + url.QueryEscape(tag)
+	return m, r.call(ctx, http.MethodGet, "/registry/corral/v1/manifest"+q, nil, &m)
+}
+
+// FindTemplate returns the id of the template named name (or with that id).
+func (r *Registry) FindTemplate(ctx context.Context, nameOrID string) (string, error) {
+	list, err := r.Templates(ctx)
+	if err != nil {
+		return "", err
+	}
+	for _, t := range list {
+		if t.ID == nameOrID || t.Name == nameOrID {
+			return t.ID, nil
+		}
+	}
+	return "", fmt.Errorf("no template named or with id %q in %s", nameOrID, r.base)
+}
+
+func (r *Registry) startUpload(ctx context.Context) (apiv1.Upload, error) {
+	var u apiv1.Upload
+	return u, r.call(ctx, http.MethodPost, "/registry/corral/v1/uploads", struct{}{}, &u)
+}
+
+func (r *Registry) endUpload(ctx context.Context, id string) error {
+	return r.call(ctx, http.MethodDelete, "/registry/corral/v1/uploads/"+url.PathEscape(id), nil, nil)
+}
+
+func (r *Registry) missing(ctx context.Context, upload string, digests []string) ([]string, error) {
+	var resp apiv1.MissingResponse
+	return resp.Missing, r.call(ctx, http.MethodPost, "/registry/corral/v1/chunks/missing",
+		apiv1.MissingRequest{UploadID: upload, Digests: digests}, &resp)
+}
+
+func (r *Registry) putChunk(ctx context.Context, upload, digest string, encoded []byte) error {
+	return r.withRetry(ctx, "upload chunk "+digest[:12], func() error {
+		req, err := http.NewRequestWithContext(ctx, http.MethodPut,
+			r.base+"/registry/corral/v1/chunks/"+digest+"?upload="+url.QueryEscape(upload), bytes.NewReader(encoded))
+		if err != nil {
+			return err
+		}
+		req.ContentLength = int64(len(encoded))
+		resp, err := r.http.Do(req)
+		if err != nil {
+			return err
+		}
+		return decodeEnvelope(resp, nil, "PUT chunk")
+	})
+}
+
+// getChunk downloads an encoded chunk, resuming with Range after a broken read.
+func (r *Registry) getChunk(ctx context.Context, digest string, buf []byte) ([]byte, error) {
+	buf = buf[:0]
+	err := r.withRetry(ctx, "download chunk "+digest[:12], func() error {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, r.base+"/registry/corral/v1/chunks/"+digest, nil)
+		if err != nil {
+			return err
+		}
+		if len(buf) > 0 {
+			req.Header.Set("Range", fmt.Sprintf("bytes=%d-", len(buf)))
+		}
+		resp, err := r.http.Do(req)
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		switch resp.StatusCode {
+		case http.StatusOK:
+			buf = buf[:0]
+		case http.StatusPartialContent:
+		case http.StatusNotFound:
+			return &FailError{HTTPStatus: 404, Message: "chunk " + digest + " is not in the registry"}
+		default:
+			return &FailError{HTTPStatus: resp.StatusCode, Message: "download chunk " + digest}
+		}
+		for {
+			if len(buf) == cap(buf) {
+				buf = append(buf, 0)[:len(buf)]
+			}
+			n, rerr := resp.Body.Read(buf[len(buf):cap(buf)])
+			buf = buf[:len(buf)+n]
+			if rerr == io.EOF {
+				return nil
+			}
+			if rerr != nil {
+				return rerr // retried with Range from len(buf)
+			}
+		}
+	})
+	return buf, err
+}
+
+func (r *Registry) commit(ctx context.Context, req apiv1.CommitRequest) (apiv1.CommitResponse, []string, error) {
+	var resp apiv1.CommitResponse
+	err := r.call(ctx, http.MethodPost, "/registry/corral/v1/commit", req, &resp)
+	var fe *FailError
+	if errors.As(err, &fe) && fe.HTTPStatus == http.StatusConflict && strings.Contains(fe.Message, "chunks are missing") {
+		// Ask again to learn which (the FAIL body carries them, but the
+		// generic envelope decoder drops FAIL bodies).
+		var digests []string
+		for _, f := range req.Manifest.Files {
+			digests = append(digests, f.Chunks...)
+		}
+		missing, merr := r.missingAll(ctx, req.UploadID, digests)
+		if merr != nil {
+			return resp, nil, merr
+		}
+		return resp, missing, nil
+	}
+	return resp, nil, err
+}

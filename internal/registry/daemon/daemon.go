@@ -1,0 +1,105 @@
+// Package daemon wires a registry process: storage backend, registry, HTTP
+// server and the periodic garbage collector. `corral registry`, `corral up`
+// and the tests start registries through it.
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/corral-build/corral/internal/registry"
+	"github.com/corral-build/corral/internal/registry/httpapi"
+	"github.com/corral-build/corral/internal/registry/storage/filesystem"
+)
+
+// Config is everything a registry process needs.
+type Config struct {
+	ListenAddr string // ":8089"
+	DataDir    string // the store's root ("/mnt/vol" in containers)
+	GCInterval time.Duration
+	GCGrace    time.Duration
+	UploadTTL  time.Duration
+	Log        *slog.Logger
+}
+
+// Daemon is a running registry.
+type Daemon struct {
+	URL      string
+	Registry *registry.Registry
+	http     *http.Server
+	cancel   context.CancelFunc
+	done     chan struct{}
+}
+
+// Start serves the registry until Close.
+func Start(cfg Config) (*Daemon, error) {
+	log := cfg.Log
+	if log == nil {
+		log = slog.Default()
+	}
+	backend, err := filesystem.New(cfg.DataDir)
+	if err != nil {
+		return nil, err
+	}
+	reg := registry.New(backend, log)
+	if cfg.GCGrace > 0 {
+		reg.Grace = cfg.GCGrace
+	}
+	if cfg.UploadTTL > 0 {
+		reg.UploadTTL = cfg.UploadTTL
+	}
+	ln, err := net.Listen("tcp", cfg.ListenAddr)
+	if err != nil {
+		return nil, fmt.Errorf("listen %s: %w", cfg.ListenAddr, err)
+	}
+	addr := ln.Addr().(*net.TCPAddr)
+	host := addr.IP.String()
+	if addr.IP.IsUnspecified() {
+		host = "127.0.0.1"
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	d := &Daemon{
+		URL: "http://" + net.JoinHostPort(host, fmt.Sprint(addr.Port)), Registry: reg, cancel: cancel,
+		http: &http.Server{Handler: httpapi.New(reg, log), ReadHeaderTimeout: 30 * time.Second, IdleTimeout: 5 * time.Minute},
+		done: make(chan struct{}),
+	}
+	go func() {
+		if err := d.http.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("registry http server", "err", err)
+		}
+	}()
+	go func() {
+		defer close(d.done)
+		if cfg.GCInterval <= 0 {
+			return
+		}
+		t := time.NewTicker(cfg.GCInterval)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				if _, err := reg.GC(ctx); err != nil && !errors.Is(err, registry.ErrGCRunning) && ctx.Err() == nil {
+					log.Warn("garbage collection", "err", err)
+				}
+			}
+		}
+	}()
+	log.Info("registry listening", "url", d.URL, "data_dir", cfg.DataDir)
+	return d, nil
+}
+
+// Close stops serving; in-flight requests get a few seconds to finish.
+func (d *Daemon) Close() {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_ = d.http.Shutdown(ctx)
+	d.cancel()
+	<-d.done
+}

@@ -1,0 +1,297 @@
+// Package httpapi serves the registry on port 8089: the reference product's
+// /registry endpoints and Corral's chunk transfer protocol. Every transfer
+// request is bounded (one chunk, or one batch of digests), so load balancer
+// idle limits and proxy body limits cannot kill a push.
+package httpapi
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+
+	apiv1 "github.com/corral-build/corral/api/v1"
+	"github.com/corral-build/corral/internal/registry"
+	"github.com/corral-build/corral/internal/registry/chunk"
+)
+
+// MaxDigestsPerRequest bounds a missing-chunks query.
+const MaxDigestsPerRequest = 8192
+
+type api struct {
+	reg *registry.Registry
+	log *slog.Logger
+	buf sync.Pool
+}
+
+// envelope is the reference registry's response shape.
+type envelope struct {
+	Status        string `json:"status"`
+	Message       string `json:"message"`
+	Body          any    `json:"body,omitempty"`
+	Code          int    `json:"code,omitempty"`
+	ExceptionType string `json:"exception_type,omitempty"`
+}
+
+// New returns the registry's HTTP handler.
+func New(reg *registry.Registry, log *slog.Logger) http.Handler {
+	a := &api{reg: reg, log: log, buf: sync.Pool{New: func() any { b := make([]byte, 0, chunk.MaxEncoded); return &b }}}
+	mux := http.NewServeMux()
+	h := a.handle
+	mux.Handle("GET /registry/status", h(a.status))
+	mux.Handle("GET /registry/vm", h(a.templates))
+	mux.Handle("GET /registry/v2/vm", h(a.templates))
+	mux.Handle("GET /registry/vm/arch", h(a.arch))
+	mux.Handle("DELETE /registry/vm", h(a.delete))
+	mux.Handle("DELETE /registry/revert", h(a.revert))
+	mux.Handle("GET /registry/disk", h(a.disk))
+
+	mux.Handle("POST /registry/corral/v1/uploads", h(a.startUpload))
+	mux.Handle("DELETE /registry/corral/v1/uploads/{id}", h(a.endUpload))
+	mux.Handle("POST /registry/corral/v1/chunks/missing", h(a.missing))
+	mux.Handle("PUT /registry/corral/v1/chunks/{digest}", h(a.putChunk))
+	mux.HandleFunc("GET /registry/corral/v1/chunks/{digest}", a.getChunk)
+	mux.Handle("POST /registry/corral/v1/commit", h(a.commit))
+	mux.Handle("GET /registry/corral/v1/manifest", h(a.manifest))
+	mux.Handle("/registry/", h(func(*http.Request) (any, error) { return nil, registry.ErrNotFound }))
+	return mux
+}
+
+type handlerFunc func(r *http.Request) (any, error)
+
+type noBody struct{}
+
+func (a *api) handle(fn handlerFunc) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, err := fn(r)
+		if err != nil {
+			code, env := a.failure(r, err)
+			writeJSON(w, code, env)
+			return
+		}
+		env := envelope{Status: "OK"}
+		if _, none := body.(noBody); !none {
+			env.Body = body
+		}
+		writeJSON(w, http.StatusOK, env)
+	})
+}
+
+// failure maps registry errors to FAIL envelopes. Unknown templates and tags
+// answer HTTP 200 FAIL like the rest of the API; protocol misuse is a 4xx.
+func (a *api) failure(r *http.Request, err error) (int, envelope) {
+	var invalid *registry.InvalidError
+	var missing *registry.MissingChunksError
+	switch {
+	case errors.As(err, &invalid):
+		return http.StatusBadRequest, envelope{Status: "FAIL", Message: invalid.Error(), Code: 400, ExceptionType: "InvalidInput"}
+	case errors.As(err, &missing):
+		return http.StatusConflict, envelope{Status: "FAIL", Message: missing.Error(), Code: 409,
+			ExceptionType: "MissingChunks", Body: apiv1.MissingResponse{Missing: missing.Digests}}
+	case errors.Is(err, registry.ErrTagExists):
+		return http.StatusConflict, envelope{Status: "FAIL", Message: err.Error(), Code: 409, ExceptionType: "TagExists"}
+	case errors.Is(err, registry.ErrTagNotFound):
+		return http.StatusOK, envelope{Status: "FAIL", Message: apiv1.MsgNoSuchTag(r.URL.Query().Get("tag")), Code: 404, ExceptionType: "NotFound"}
+	case errors.Is(err, registry.ErrNotFound):
+		return http.StatusOK, envelope{Status: "FAIL", Message: apiv1.MsgNotFound, Code: 404, ExceptionType: "NotFound"}
+	}
+	a.log.Error("registry request failed", "method", r.Method, "path", r.URL.Path, "err", err)
+	return http.StatusInternalServerError, envelope{Status: "FAIL", Message: "internal error: " + err.Error(), Code: 500, ExceptionType: "Internal"}
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+func decode(r *http.Request, limit int64, v any) error {
+	data, err := io.ReadAll(io.LimitReader(r.Body, limit+1))
+	if err != nil {
+		return &registry.InvalidError{Field: "body", Reason: err.Error()}
+	}
+	if int64(len(data)) > limit {
+		return &registry.InvalidError{Field: "body", Reason: fmt.Sprintf("larger than %d bytes", limit)}
+	}
+	if err := apiv1.Decode(data, v); err != nil {
+		return &registry.InvalidError{Field: "body", Reason: err.Error()}
+	}
+	return nil
+}
+
+func (a *api) status(*http.Request) (any, error) {
+	return apiv1.RegistryStatus{Status: "Running", Version: apiv1.Version}, nil
+}
+
+func (a *api) templates(r *http.Request) (any, error) {
+	if id := r.URL.Query().Get("id"); id != "" {
+		return a.reg.GetTemplate(r.Context(), id)
+	}
+	return a.reg.ListTemplates(r.Context())
+}
+
+func (a *api) arch(r *http.Request) (any, error) {
+	if id := r.URL.Query().Get("id"); id != "" {
+		t, err := a.reg.GetTemplate(r.Context(), id)
+		return t.Arch, err
+	}
+	list, err := a.reg.ListTemplates(r.Context())
+	out := map[string]string{}
+	for _, t := range list {
+		out[t.ID] = t.Arch
+	}
+	return out, err
+}
+
+func (a *api) delete(r *http.Request) (any, error) {
+	q := r.URL.Query()
+	if q.Get("id") == "" {
+		return nil, &registry.InvalidError{Field: "id", Reason: "required as ?id="}
+	}
+	if q.Get("tag") != "" {
+		return noBody{}, a.reg.DeleteTag(r.Context(), q.Get("id"), q.Get("tag"))
+	}
+	return noBody{}, a.reg.DeleteTemplate(r.Context(), q.Get("id"))
+}
+
+func (a *api) revert(r *http.Request) (any, error) {
+	id := r.URL.Query().Get("id")
+	if id == "" {
+		return nil, &registry.InvalidError{Field: "id", Reason: "required as ?id="}
+	}
+	return noBody{}, a.reg.Revert(r.Context(), id)
+}
+
+func (a *api) disk(r *http.Request) (any, error) {
+	total, free, err := a.reg.Backend().Usage(r.Context())
+	return apiv1.Disk{Total: total, Free: free}, err
+}
+
+func (a *api) startUpload(r *http.Request) (any, error) {
+	id := apiv1.NewID()
+	started, err := a.reg.StartUpload(r.Context(), id)
+	return apiv1.Upload{ID: id, Started: started}, err
+}
+
+func (a *api) endUpload(r *http.Request) (any, error) {
+	return noBody{}, a.reg.EndUpload(r.Context(), r.PathValue("id"))
+}
+
+func (a *api) missing(r *http.Request) (any, error) {
+	var req apiv1.MissingRequest
+	if err := decode(r, MaxDigestsPerRequest*80, &req); err != nil {
+		return nil, err
+	}
+	if len(req.Digests) > MaxDigestsPerRequest {
+		return nil, &registry.InvalidError{Field: "digests", Reason: fmt.Sprintf("at most %d per request", MaxDigestsPerRequest)}
+	}
+	a.reg.TouchUpload(r.Context(), req.UploadID)
+	missing, err := a.reg.Missing(r.Context(), req.Digests)
+	if missing == nil {
+		missing = []string{}
+	}
+	return apiv1.MissingResponse{Missing: missing}, err
+}
+
+func (a *api) putChunk(r *http.Request) (any, error) {
+	if r.ContentLength > chunk.MaxEncoded {
+		return nil, &registry.InvalidError{Field: "chunk", Reason: fmt.Sprintf("%d bytes, more than the %d-byte limit", r.ContentLength, chunk.MaxEncoded)}
+	}
+	bufp := a.buf.Get().(*[]byte)
+	defer a.buf.Put(bufp)
+	scratch := a.buf.Get().(*[]byte)
+	defer a.buf.Put(scratch)
+	data, err := readLimited(r.Body, (*bufp)[:0], chunk.MaxEncoded)
+	if err != nil {
+		return nil, err
+	}
+	a.reg.TouchUpload(r.Context(), r.URL.Query().Get("upload"))
+	return noBody{}, a.reg.PutChunk(r.Context(), r.PathValue("digest"), data, (*scratch)[:0])
+}
+
+func readLimited(r io.Reader, buf []byte, limit int) ([]byte, error) {
+	for {
+		if len(buf) == cap(buf) {
+			if len(buf) >= limit {
+				var one [1]byte
+				if n, _ := r.Read(one[:]); n > 0 {
+					return nil, &registry.InvalidError{Field: "chunk", Reason: fmt.Sprintf("more than the %d-byte limit", limit)}
+				}
+				return buf, nil
+			}
+			buf = append(buf, 0)[:len(buf)]
+		}
+		n, err := r.Read(buf[len(buf):cap(buf)])
+		buf = buf[:len(buf)+n]
+		if err == io.EOF {
+			return buf, nil
+		}
+		if err != nil {
+			return nil, &registry.InvalidError{Field: "chunk", Reason: "reading body: " + err.Error()}
+		}
+	}
+}
+
+// getChunk streams an encoded chunk, honouring "Range: bytes=N-" so an
+// interrupted download resumes where it stopped.
+func (a *api) getChunk(w http.ResponseWriter, r *http.Request) {
+	var offset int64
+	if rg := r.Header.Get("Range"); rg != "" {
+		spec, ok := strings.CutPrefix(rg, "bytes=")
+		start, _, _ := strings.Cut(spec, "-")
+		n, err := strconv.ParseInt(start, 10, 64)
+		if !ok || err != nil || n < 0 {
+			code, env := a.failure(r, &registry.InvalidError{Field: "Range", Reason: "want bytes=N-"})
+			writeJSON(w, code, env)
+			return
+		}
+		offset = n
+	}
+	rc, size, err := a.reg.OpenChunk(r.Context(), r.PathValue("digest"), offset)
+	if err != nil {
+		code, env := a.failure(r, err)
+		if errors.Is(err, registry.ErrNotFound) {
+			code = http.StatusNotFound
+		}
+		writeJSON(w, code, env)
+		return
+	}
+	defer rc.Close()
+	w.Header().Set("Content-Type", "application/octet-stream")
+	w.Header().Set("Accept-Ranges", "bytes")
+	w.Header().Set("Cache-Control", "public, max-age=31536000, immutable")
+	if offset > 0 {
+		if offset >= size {
+			w.WriteHeader(http.StatusRequestedRangeNotSatisfiable)
+			return
+		}
+		w.Header().Set("Content-Range", fmt.Sprintf("bytes %d-%d/%d", offset, size-1, size))
+		w.Header().Set("Content-Length", strconv.FormatInt(size-offset, 10))
+		w.WriteHeader(http.StatusPartialContent)
+	} else {
+		w.Header().Set("Content-Length", strconv.FormatInt(size, 10))
+	}
+	_, _ = io.Copy(w, rc)
+}
+
+func (a *api) commit(r *http.Request) (any, error) {
+	var req apiv1.CommitRequest
+	// A manifest of a 1 TiB disk is ~70 MB of digests; bound it there.
+	if err := decode(r, 128<<20, &req); err != nil {
+		return nil, err
+	}
+	return a.reg.Commit(r.Context(), req)
+}
+
+func (a *api) manifest(r *http.Request) (any, error) {
+	q := r.URL.Query()
+	if q.Get("id") == "" {
+		return nil, &registry.InvalidError{Field: "id", Reason: "required as ?id="}
+	}
+	return a.reg.TagManifest(r.Context(), q.Get("id"), q.Get("tag"))
+}

@@ -1,0 +1,225 @@
+// Package filesystem stores registry objects as files under a directory. It is
+// safe for several registry replicas on one shared volume: writes go to a
+// unique temporary name, are fsynced, then renamed (or hard-linked, for
+// exclusive creation) into place.
+package filesystem
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/corral-build/corral/internal/registry/storage"
+)
+
+// Backend is a directory-backed storage.Backend.
+type Backend struct{ root string }
+
+// New returns a backend rooted at dir, creating it if needed.
+func New(dir string) (*Backend, error) {
+	if err := os.MkdirAll(filepath.Join(dir, ".tmp"), 0o755); err != nil {
+		return nil, fmt.Errorf("storage root %s: %w", dir, err)
+	}
+	return &Backend{root: dir}, nil
+}
+
+// path maps an object path to a file, refusing anything that escapes root.
+func (b *Backend) path(p string) (string, error) {
+	clean := filepath.Clean("/" + p)
+	if clean == "/" || strings.Contains(p, "..") || strings.HasPrefix(clean, "/.tmp") {
+		return "", fmt.Errorf("storage: invalid path %q", p)
+	}
+	return filepath.Join(b.root, clean), nil
+}
+
+func (b *Backend) Put(ctx context.Context, p string, r io.Reader, exclusive bool) error {
+	dst, err := b.path(p)
+	if err != nil {
+		return err
+	}
+	var suffix [8]byte
+	_, _ = rand.Read(suffix[:])
+	tmp := filepath.Join(b.root, ".tmp", filepath.Base(dst)+"."+hex.EncodeToString(suffix[:]))
+	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o644)
+	if err != nil {
+		return fmt.Errorf("storage put %s: %w", p, err)
+	}
+	defer os.Remove(tmp) // no-op after a successful rename
+	_, err = io.Copy(f, readerWithContext{ctx, r})
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("storage put %s: %w", p, err)
+	}
+	if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
+		return fmt.Errorf("storage put %s: %w", p, err)
+	}
+	if exclusive {
+		// link fails if dst exists: atomic create-if-absent, also on NFS.
+		if err := os.Link(tmp, dst); err != nil {
+			if errors.Is(err, fs.ErrExist) {
+				return storage.ErrExists
+			}
+			return fmt.Errorf("storage put %s: %w", p, err)
+		}
+		return syncDir(filepath.Dir(dst))
+	}
+	if err := os.Rename(tmp, dst); err != nil {
+		return fmt.Errorf("storage put %s: %w", p, err)
+	}
+	return syncDir(filepath.Dir(dst))
+}
+
+// syncDir makes a rename durable.
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	_ = d.Sync() // some filesystems refuse fsync on directories
+	return nil
+}
+
+func (b *Backend) Open(_ context.Context, p string, offset int64) (io.ReadCloser, error) {
+	path, err := b.path(p)
+	if err != nil {
+		return nil, err
+	}
+	f, err := os.Open(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, storage.ErrNotFound
+	}
+	if err != nil {
+		return nil, fmt.Errorf("storage open %s: %w", p, err)
+	}
+	if offset > 0 {
+		if _, err := f.Seek(offset, io.SeekStart); err != nil {
+			f.Close()
+			return nil, fmt.Errorf("storage open %s at %d: %w", p, offset, err)
+		}
+	}
+	return f, nil
+}
+
+func (b *Backend) Stat(_ context.Context, p string) (storage.Info, error) {
+	path, err := b.path(p)
+	if err != nil {
+		return storage.Info{}, err
+	}
+	st, err := os.Stat(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return storage.Info{}, storage.ErrNotFound
+	}
+	if err != nil {
+		return storage.Info{}, fmt.Errorf("storage stat %s: %w", p, err)
+	}
+	return storage.Info{Size: st.Size(), ModTime: st.ModTime()}, nil
+}
+
+func (b *Backend) List(_ context.Context, prefix string) ([]string, error) {
+	dir, err := b.path(prefix)
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	err = filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		if !d.IsDir() {
+			rel, _ := filepath.Rel(b.root, path)
+			out = append(out, filepath.ToSlash(rel))
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("storage list %s: %w", prefix, err)
+	}
+	sort.Strings(out)
+	return out, nil
+}
+
+func (b *Backend) Delete(_ context.Context, p string) error {
+	path, err := b.path(p)
+	if err != nil {
+		return err
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("storage delete %s: %w", p, err)
+	}
+	return nil
+}
+
+func (b *Backend) Rename(_ context.Context, src, dst string) error {
+	from, err := b.path(src)
+	if err != nil {
+		return err
+	}
+	to, err := b.path(dst)
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(filepath.Dir(to), 0o755); err != nil {
+		return fmt.Errorf("storage rename %s: %w", src, err)
+	}
+	if err := os.Rename(from, to); err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return storage.ErrNotFound
+		}
+		return fmt.Errorf("storage rename %s -> %s: %w", src, dst, err)
+	}
+	return nil
+}
+
+func (b *Backend) Touch(_ context.Context, p string) error {
+	path, err := b.path(p)
+	if err != nil {
+		return err
+	}
+	now := time.Now()
+	if err := os.Chtimes(path, now, now); err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return storage.ErrNotFound
+		}
+		return fmt.Errorf("storage touch %s: %w", p, err)
+	}
+	return nil
+}
+
+func (b *Backend) Usage(context.Context) (int64, int64, error) {
+	var st syscall.Statfs_t
+	if err := syscall.Statfs(b.root, &st); err != nil {
+		return 0, 0, fmt.Errorf("statfs %s: %w", b.root, err)
+	}
+	return int64(st.Blocks) * st.Bsize, int64(st.Bavail) * st.Bsize, nil
+}
+
+type readerWithContext struct {
+	ctx context.Context
+	r   io.Reader
+}
+
+func (r readerWithContext) Read(p []byte) (int, error) {
+	if err := r.ctx.Err(); err != nil {
+		return 0, err
+	}
+	return r.r.Read(p)
+}

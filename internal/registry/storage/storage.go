@@ -1,0 +1,44 @@
+// Package storage is the registry's backend interface: a few object-store
+// operations that a directory (filesystem/) or S3-compatible storage can
+// provide. storagetest/ holds the one conformance suite every backend passes.
+package storage
+
+import (
+	"context"
+	"errors"
+	"io"
+	"time"
+)
+
+// ErrNotFound is returned for a missing path.
+var ErrNotFound = errors.New("storage: not found")
+
+// ErrExists is returned by an exclusive Put when the path exists.
+var ErrExists = errors.New("storage: already exists")
+
+// Info describes a stored object.
+type Info struct {
+	Size    int64
+	ModTime time.Time
+}
+
+// Backend stores immutable objects under slash-separated paths. Every Put is
+// atomic: readers see the old object, no object, or the whole new one.
+type Backend interface {
+	// Put writes r to path. With exclusive, it fails with ErrExists if the
+	// path exists (used for tag numbers and locks).
+	Put(ctx context.Context, path string, r io.Reader, exclusive bool) error
+	// Open reads path from offset.
+	Open(ctx context.Context, path string, offset int64) (io.ReadCloser, error)
+	Stat(ctx context.Context, path string) (Info, error)
+	// List returns the paths directly or indirectly under prefix, sorted.
+	List(ctx context.Context, prefix string) ([]string, error)
+	// Delete removes path; a missing path is not an error.
+	Delete(ctx context.Context, path string) error
+	// Rename moves an object atomically, replacing dst.
+	Rename(ctx context.Context, src, dst string) error
+	// Touch sets path's modification time to now (GC protection).
+	Touch(ctx context.Context, path string) error
+	// Usage reports total and free bytes of the store (0, 0 if unknown).
+	Usage(ctx context.Context) (total, free int64, err error)
+}

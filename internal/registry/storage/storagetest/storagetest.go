@@ -1,0 +1,171 @@
+// Package storagetest is the conformance suite every storage backend passes.
+package storagetest
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/corral-build/corral/internal/registry/storage"
+)
+
+// Run exercises b; each backend's test calls it with a fresh, empty backend.
+func Run(t *testing.T, newBackend func(t *testing.T) storage.Backend) {
+	ctx := context.Background()
+	read := func(t *testing.T, b storage.Backend, p string, off int64) string {
+		t.Helper()
+		rc, err := b.Open(ctx, p, off)
+		if err != nil {
+			t.Fatalf("open %s: %v", p, err)
+		}
+		defer rc.Close()
+		data, err := io.ReadAll(rc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(data)
+	}
+	t.Run("PutOpenStat", func(t *testing.T) {
+		b := newBackend(t)
+		if err := b.Put(ctx, "a/b/c", strings.NewReader("hello world"), false); err != nil {
+			t.Fatal(err)
+		}
+		if got := read(t, b, "a/b/c", 0); got != "hello world" {
+			t.Fatalf("got %q", got)
+		}
+		if got := read(t, b, "a/b/c", 6); got != "world" {
+			t.Fatalf("at offset: got %q", got)
+		}
+		info, err := b.Stat(ctx, "a/b/c")
+		if err != nil || info.Size != 11 || time.Since(info.ModTime) > time.Minute {
+			t.Fatalf("stat %+v %v", info, err)
+		}
+		if err := b.Put(ctx, "a/b/c", strings.NewReader("new"), false); err != nil {
+			t.Fatal(err)
+		}
+		if got := read(t, b, "a/b/c", 0); got != "new" {
+			t.Fatalf("overwrite: got %q", got)
+		}
+	})
+	t.Run("NotFound", func(t *testing.T) {
+		b := newBackend(t)
+		if _, err := b.Open(ctx, "missing", 0); !errors.Is(err, storage.ErrNotFound) {
+			t.Fatalf("open: %v", err)
+		}
+		if _, err := b.Stat(ctx, "missing"); !errors.Is(err, storage.ErrNotFound) {
+			t.Fatalf("stat: %v", err)
+		}
+		if err := b.Touch(ctx, "missing"); !errors.Is(err, storage.ErrNotFound) {
+			t.Fatalf("touch: %v", err)
+		}
+		if err := b.Rename(ctx, "missing", "x"); !errors.Is(err, storage.ErrNotFound) {
+			t.Fatalf("rename: %v", err)
+		}
+		if err := b.Delete(ctx, "missing"); err != nil {
+			t.Fatalf("delete missing: %v", err)
+		}
+	})
+	t.Run("Exclusive", func(t *testing.T) {
+		b := newBackend(t)
+		var wg sync.WaitGroup
+		var mu sync.Mutex
+		wins := 0
+		for i := range 8 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				err := b.Put(ctx, "tags/1", strings.NewReader(fmt.Sprint(i)), true)
+				if err == nil {
+					mu.Lock()
+					wins++
+					mu.Unlock()
+				} else if !errors.Is(err, storage.ErrExists) {
+					t.Errorf("exclusive put: %v", err)
+				}
+			}()
+		}
+		wg.Wait()
+		if wins != 1 {
+			t.Fatalf("%d exclusive creates succeeded, want 1", wins)
+		}
+	})
+	t.Run("ListDeleteRename", func(t *testing.T) {
+		b := newBackend(t)
+		for _, p := range []string{"x/2", "x/1", "x/sub/3", "y/1"} {
+			if err := b.Put(ctx, p, strings.NewReader(p), false); err != nil {
+				t.Fatal(err)
+			}
+		}
+		got, err := b.List(ctx, "x")
+		if err != nil || strings.Join(got, ",") != "x/1,x/2,x/sub/3" {
+			t.Fatalf("list: %v %v", got, err)
+		}
+		if got, err := b.List(ctx, "none"); err != nil || len(got) != 0 {
+			t.Fatalf("list of missing prefix: %v %v", got, err)
+		}
+		if err := b.Rename(ctx, "x/1", "trash/1"); err != nil {
+			t.Fatal(err)
+		}
+		if read(t, b, "trash/1", 0) != "x/1" {
+			t.Fatal("rename lost content")
+		}
+		if err := b.Delete(ctx, "x/2"); err != nil {
+			t.Fatal(err)
+		}
+		if got, _ := b.List(ctx, "x"); strings.Join(got, ",") != "x/sub/3" {
+			t.Fatalf("after delete/rename: %v", got)
+		}
+	})
+	t.Run("Touch", func(t *testing.T) {
+		b := newBackend(t)
+		_ = b.Put(ctx, "t", strings.NewReader("t"), false)
+		before, _ := b.Stat(ctx, "t")
+		time.Sleep(20 * time.Millisecond)
+		if err := b.Touch(ctx, "t"); err != nil {
+			t.Fatal(err)
+		}
+		after, _ := b.Stat(ctx, "t")
+		if !after.ModTime.After(before.ModTime) {
+			t.Fatalf("touch did not advance mtime: %v -> %v", before.ModTime, after.ModTime)
+		}
+	})
+	t.Run("PathTraversal", func(t *testing.T) {
+		b := newBackend(t)
+		for _, p := range []string{"../escape", "a/../../b", ""} {
+			if err := b.Put(ctx, p, strings.NewReader("x"), false); err == nil {
+				t.Errorf("put %q accepted", p)
+			}
+		}
+	})
+	t.Run("FailedPutLeavesNothing", func(t *testing.T) {
+		b := newBackend(t)
+		cctx, cancel := context.WithCancel(ctx)
+		r := io.MultiReader(bytes.NewReader(make([]byte, 1024)), readerFunc(func([]byte) (int, error) {
+			cancel()
+			return 0, errors.New("connection reset")
+		}))
+		if err := b.Put(cctx, "half", r, false); err == nil {
+			t.Fatal("put of a broken stream succeeded")
+		}
+		if _, err := b.Stat(ctx, "half"); !errors.Is(err, storage.ErrNotFound) {
+			t.Fatalf("half-written object visible: %v", err)
+		}
+	})
+	t.Run("Usage", func(t *testing.T) {
+		b := newBackend(t)
+		total, free, err := b.Usage(ctx)
+		if err != nil || total < free || free < 0 {
+			t.Fatalf("usage %d %d %v", total, free, err)
+		}
+	})
+}
+
+type readerFunc func([]byte) (int, error)
+
+func (f readerFunc) Read(p []byte) (int, error) { return f(p) }

@@ -1,0 +1,339 @@
+package registry
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"path"
+	"slices"
+	"strings"
+	"time"
+
+	apiv1 "github.com/corral-build/corral/api/v1"
+	"github.com/corral-build/corral/internal/registry/chunk"
+	"github.com/corral-build/corral/internal/registry/storage"
+)
+
+type templateRecord struct {
+	ID      string    `json:"id"`
+	Name    string    `json:"name"`
+	Arch    string    `json:"arch"`
+	Created time.Time `json:"created"`
+}
+
+type tagRecord struct {
+	Tag         string    `json:"tag"`
+	Number      int       `json:"number"`
+	Description string    `json:"description"`
+	Manifest    string    `json:"manifest"`
+	Size        int64     `json:"size"`
+	Created     time.Time `json:"created"`
+}
+
+func (t tagRecord) version(m apiv1.Manifest) apiv1.TemplateVersion {
+	v := apiv1.TemplateVersion{Tag: t.Tag, Number: t.Number, Size: t.Size, Description: t.Description,
+		Images: []string{}, StateFiles: []string{}}
+	for _, f := range m.Files {
+		switch f.Role {
+		case apiv1.RoleConfig:
+			v.ConfigFile = f.Name
+		case apiv1.RoleNVRAM:
+			v.NVRAM = f.Name
+		case apiv1.RoleState:
+			v.StateFiles = append(v.StateFiles, f.Name)
+		default:
+			v.Images = append(v.Images, f.Name)
+		}
+	}
+	return v
+}
+
+func (r *Registry) template(ctx context.Context, id string) (templateRecord, error) {
+	var t templateRecord
+	if !validName.MatchString(id) {
+		return t, ErrNotFound
+	}
+	err := r.readJSON(ctx, templatePath(id), &t)
+	if errors.Is(err, storage.ErrNotFound) {
+		return t, ErrNotFound
+	}
+	return t, err
+}
+
+// tags returns a template's tags in number order.
+func (r *Registry) tags(ctx context.Context, id string) ([]tagRecord, error) {
+	paths, err := r.st.List(ctx, "templates/"+id+"/tags")
+	if err != nil {
+		return nil, err
+	}
+	var out []tagRecord
+	for _, p := range paths {
+		var t tagRecord
+		if err := r.readJSON(ctx, p, &t); err != nil {
+			if errors.Is(err, storage.ErrNotFound) {
+				continue // deleted meanwhile
+			}
+			return nil, err
+		}
+		out = append(out, t)
+	}
+	slices.SortFunc(out, func(a, b tagRecord) int { return a.Number - b.Number })
+	return out, nil
+}
+
+// ListTemplates returns every template with the size of its latest tag.
+func (r *Registry) ListTemplates(ctx context.Context) ([]apiv1.Template, error) {
+	paths, err := r.st.List(ctx, "templates")
+	if err != nil {
+		return nil, err
+	}
+	out := []apiv1.Template{}
+	for _, p := range paths {
+		if path.Base(p) != "template.json" {
+			continue
+		}
+		t, err := r.template(ctx, path.Base(path.Dir(p)))
+		if errors.Is(err, ErrNotFound) {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		tags, err := r.tags(ctx, t.ID)
+		if err != nil {
+			return nil, err
+		}
+		tmpl := apiv1.Template{ID: t.ID, Name: t.Name, Arch: t.Arch}
+		if len(tags) > 0 {
+			tmpl.Size = tags[len(tags)-1].Size
+		}
+		out = append(out, tmpl)
+	}
+	slices.SortFunc(out, func(a, b apiv1.Template) int { return strings.Compare(a.Name, b.Name) })
+	return out, nil
+}
+
+// GetTemplate returns a template with all its versions.
+func (r *Registry) GetTemplate(ctx context.Context, id string) (apiv1.TemplateDetail, error) {
+	t, err := r.template(ctx, id)
+	if err != nil {
+		return apiv1.TemplateDetail{}, err
+	}
+	tags, err := r.tags(ctx, id)
+	if err != nil {
+		return apiv1.TemplateDetail{}, err
+	}
+	d := apiv1.TemplateDetail{Template: apiv1.Template{ID: t.ID, Name: t.Name, Arch: t.Arch}, Versions: []apiv1.TemplateVersion{}}
+	for _, tag := range tags {
+		var m apiv1.Manifest
+		if err := r.readJSON(ctx, manifestPath(tag.Manifest), &m); err != nil {
+			return d, fmt.Errorf("template %s tag %s: %w", id, tag.Tag, err)
+		}
+		d.Versions = append(d.Versions, tag.version(m))
+		d.Size = tag.Size
+	}
+	return d, nil
+}
+
+// TagManifest returns a tag's manifest; tag "" means the latest.
+func (r *Registry) TagManifest(ctx context.Context, id, tag string) (apiv1.TagManifest, error) {
+	t, err := r.template(ctx, id)
+	if err != nil {
+		return apiv1.TagManifest{}, err
+	}
+	rec, err := r.findTag(ctx, id, tag)
+	if err != nil {
+		return apiv1.TagManifest{}, err
+	}
+	out := apiv1.TagManifest{TemplateID: id, TemplateName: t.Name, Arch: t.Arch, Tag: rec.Tag, Number: rec.Number}
+	return out, r.readJSON(ctx, manifestPath(rec.Manifest), &out.Manifest)
+}
+
+func (r *Registry) findTag(ctx context.Context, id, tag string) (tagRecord, error) {
+	tags, err := r.tags(ctx, id)
+	if err != nil {
+		return tagRecord{}, err
+	}
+	if len(tags) == 0 {
+		return tagRecord{}, ErrTagNotFound
+	}
+	if tag == "" {
+		return tags[len(tags)-1], nil
+	}
+	for _, t := range tags {
+		if t.Tag == tag {
+			return t, nil
+		}
+	}
+	return tagRecord{}, ErrTagNotFound
+}
+
+// DeleteTag removes one tag; DeleteTemplate removes the template and all tags.
+// Chunks are freed by the next GC run.
+func (r *Registry) DeleteTag(ctx context.Context, id, tag string) error {
+	if _, err := r.template(ctx, id); err != nil {
+		return err
+	}
+	rec, err := r.findTag(ctx, id, tag)
+	if err != nil {
+		return err
+	}
+	return r.st.Delete(ctx, tagPath(id, rec.Number))
+}
+
+// Revert drops the template's latest tag.
+func (r *Registry) Revert(ctx context.Context, id string) error { return r.DeleteTag(ctx, id, "") }
+
+func (r *Registry) DeleteTemplate(ctx context.Context, id string) error {
+	t, err := r.template(ctx, id)
+	if err != nil {
+		return err
+	}
+	tags, err := r.tags(ctx, id)
+	if err != nil {
+		return err
+	}
+	for _, tag := range tags {
+		if err := r.st.Delete(ctx, tagPath(id, tag.Number)); err != nil {
+			return err
+		}
+	}
+	if err := r.st.Delete(ctx, templatePath(id)); err != nil {
+		return err
+	}
+	return r.st.Delete(ctx, "names/"+t.Name)
+}
+
+// Commit publishes a tag once every chunk of its manifest is present. The tag
+// record is the last write, so a crash at any point leaves no half tag.
+func (r *Registry) Commit(ctx context.Context, req apiv1.CommitRequest) (apiv1.CommitResponse, error) {
+	if err := validateCommit(req); err != nil {
+		return apiv1.CommitResponse{}, err
+	}
+	r.TouchUpload(ctx, req.UploadID)
+	var missing []string
+	seen := map[string]bool{}
+	var size int64
+	for _, f := range req.Manifest.Files {
+		size += f.Size
+		for _, d := range f.Chunks {
+			if d == "" || seen[d] {
+				continue
+			}
+			seen[d] = true
+			ok, err := r.ensureChunk(ctx, d)
+			if err != nil {
+				return apiv1.CommitResponse{}, err
+			}
+			if !ok {
+				missing = append(missing, d)
+			}
+		}
+	}
+	if len(missing) > 0 {
+		return apiv1.CommitResponse{}, &MissingChunksError{missing}
+	}
+	t, err := r.resolveTemplate(ctx, req)
+	if err != nil {
+		return apiv1.CommitResponse{}, err
+	}
+	manifest, err := json.Marshal(req.Manifest)
+	if err != nil {
+		return apiv1.CommitResponse{}, err
+	}
+	sum := sha256.Sum256(manifest)
+	digest := hex.EncodeToString(sum[:])
+	if err := r.st.Put(ctx, manifestPath(digest), strings.NewReader(string(manifest)), false); err != nil {
+		return apiv1.CommitResponse{}, err
+	}
+	for {
+		tags, err := r.tags(ctx, t.ID)
+		if err != nil {
+			return apiv1.CommitResponse{}, err
+		}
+		next := 1
+		for _, existing := range tags {
+			if existing.Tag == req.Tag {
+				return apiv1.CommitResponse{}, fmt.Errorf("%w: template %s already has tag %s", ErrTagExists, t.Name, req.Tag)
+			}
+			next = max(next, existing.Number+1)
+		}
+		rec := tagRecord{Tag: req.Tag, Number: next, Description: req.Description, Manifest: digest,
+			Size: size, Created: time.Now().UTC()}
+		err = r.writeJSON(ctx, tagPath(t.ID, next), rec, true)
+		if errors.Is(err, storage.ErrExists) {
+			continue // another push took this number; recount
+		}
+		if err != nil {
+			return apiv1.CommitResponse{}, err
+		}
+		r.log.Info("tag committed", "template", t.Name, "id", t.ID, "tag", req.Tag, "number", next, "size", size)
+		return apiv1.CommitResponse{TemplateID: t.ID, Tag: req.Tag, Number: next, Manifest: digest}, nil
+	}
+}
+
+// resolveTemplate finds the commit's template, creating it on first push.
+func (r *Registry) resolveTemplate(ctx context.Context, req apiv1.CommitRequest) (templateRecord, error) {
+	if req.TemplateID != "" {
+		return r.template(ctx, req.TemplateID)
+	}
+	var id string
+	err := r.readJSON(ctx, "names/"+req.Template, &id)
+	if errors.Is(err, storage.ErrNotFound) {
+		id = apiv1.NewID()
+		err = r.writeJSON(ctx, "names/"+req.Template, id, true)
+		if errors.Is(err, storage.ErrExists) { // created concurrently
+			err = r.readJSON(ctx, "names/"+req.Template, &id)
+		}
+	}
+	if err != nil {
+		return templateRecord{}, err
+	}
+	t, err := r.template(ctx, id)
+	if errors.Is(err, ErrNotFound) {
+		t = templateRecord{ID: id, Name: req.Template, Arch: req.Arch, Created: time.Now().UTC()}
+		err = r.writeJSON(ctx, templatePath(id), t, false)
+	}
+	return t, err
+}
+
+func validateCommit(req apiv1.CommitRequest) error {
+	switch {
+	case req.TemplateID == "" && !validName.MatchString(req.Template):
+		return &InvalidError{"template", fmt.Sprintf("%q: want 1-128 letters, digits, '.', '_', '-' (no slashes)", req.Template)}
+	case req.TemplateID != "" && !validName.MatchString(req.TemplateID):
+		return &InvalidError{"template_id", "invalid"}
+	case !validName.MatchString(req.Tag):
+		return &InvalidError{"tag", fmt.Sprintf("%q: want 1-128 letters, digits, '.', '_', '-' (no slashes)", req.Tag)}
+	case req.Arch != apiv1.ArchAMD64 && req.Arch != apiv1.ArchARM64:
+		return &InvalidError{"arch", fmt.Sprintf("%q: want amd64 or arm64", req.Arch)}
+	case req.Manifest.ChunkSize != chunk.Size:
+		return &InvalidError{"manifest.chunk_size", fmt.Sprintf("must be %d", chunk.Size)}
+	case len(req.Manifest.Files) == 0:
+		return &InvalidError{"manifest.files", "a tag needs at least one file"}
+	}
+	names := map[string]bool{}
+	for i, f := range req.Manifest.Files {
+		field := fmt.Sprintf("manifest.files[%d]", i)
+		switch {
+		case !validName.MatchString(f.Name):
+			return &InvalidError{field + ".name", fmt.Sprintf("%q: want a plain file name (no slashes)", f.Name)}
+		case names[f.Name]:
+			return &InvalidError{field + ".name", fmt.Sprintf("%q appears twice", f.Name)}
+		case !slices.Contains([]string{apiv1.RoleConfig, apiv1.RoleImage, apiv1.RoleNVRAM, apiv1.RoleState}, f.Role):
+			return &InvalidError{field + ".role", fmt.Sprintf("%q: want config, image, nvram or state", f.Role)}
+		case f.Size < 0 || int64(len(f.Chunks)) != chunk.Count(f.Size):
+			return &InvalidError{field + ".chunks", fmt.Sprintf("%d chunks for %d bytes, want %d", len(f.Chunks), f.Size, chunk.Count(f.Size))}
+		}
+		names[f.Name] = true
+		for _, d := range f.Chunks {
+			if d != "" && !chunk.ValidDigest(d) {
+				return &InvalidError{field + ".chunks", fmt.Sprintf("%q is not a sha256 hex digest", d)}
+			}
+		}
+	}
+	return nil
+}
