@@ -21,6 +21,7 @@ import (
 	"github.com/corral-build/corral/internal/driver/synthetic"
 	"github.com/corral-build/corral/internal/etcdembed"
 	"github.com/corral-build/corral/internal/node"
+	regdaemon "github.com/corral-build/corral/internal/registry/daemon"
 )
 
 // Options shape a test cloud; zero values give quick defaults.
@@ -30,6 +31,8 @@ type Options struct {
 	LeaseTTL     time.Duration // node liveness; default 2s
 	SchedulerTTL time.Duration // default 2s
 	Retention    time.Duration // default 1m
+	// Registry runs a real registry; nodes then pull templates from it.
+	Registry bool
 }
 
 // NodeOptions describe one synthetic node.
@@ -49,6 +52,8 @@ type Cluster struct {
 	TemplateID    string             // a template with tags v1 and v2
 	TemplatesFile string
 	Dir           string
+
+	Registry *regdaemon.Daemon // with Options.Registry
 
 	mu    sync.Mutex
 	nodes []*RunningNode
@@ -100,6 +105,9 @@ func StartCluster(t *testing.T, opts Options) *Cluster {
 	c.Etcd = StartEtcd(t)
 	c.TemplatesFile = filepath.Join(c.Dir, "templates.json")
 	c.TemplateID = writeTemplates(t, c.TemplatesFile)
+	if opts.Registry {
+		c.Registry = StartRegistry(t, filepath.Join(c.Dir, "registry"))
+	}
 	var urls []string
 	for range opts.Controllers {
 		d := c.StartController(opts)
@@ -119,8 +127,13 @@ func StartCluster(t *testing.T, opts Options) *Cluster {
 // StartController adds a controller on the cluster's etcd.
 func (c *Cluster) StartController(opts Options) *daemon.Daemon {
 	c.t.Helper()
+	registryURL := ""
+	if c.Registry != nil {
+		registryURL = c.Registry.URL
+	}
 	d, err := daemon.Start(context.Background(), daemon.Config{
-		ListenAddr: "127.0.0.1:0", EtcdEndpoints: []string{c.Etcd.ClientURL},
+		RegistryURL: registryURL,
+		ListenAddr:  "127.0.0.1:0", EtcdEndpoints: []string{c.Etcd.ClientURL},
 		TemplatesFile: c.TemplatesFile, JoinToken: "test-token", EtcdLogLevel: etcdLogLevel(),
 		NodeLeaseTTL: or(opts.LeaseTTL, 2*time.Second), SchedulerTTL: or(opts.SchedulerTTL, 2*time.Second),
 		InstanceRetention: or(opts.Retention, time.Minute), AssignmentLongPoll: 5 * time.Second,
@@ -149,7 +162,7 @@ func (c *Cluster) StartNode(o NodeOptions) *RunningNode {
 	agent, err := node.New(node.Config{
 		ControllerURLs: c.URLs(), Token: "test-token", Name: o.Name, IP: "127.0.0.1",
 		Capacity: o.Capacity, Groups: o.Groups, DataDir: filepath.Join(c.Dir, "node-"+o.Name),
-		Driver: synthetic.New(20 * time.Millisecond), Templates: &node.SimulatedTemplates{PullTime: o.PullTime},
+		Driver: synthetic.New(20 * time.Millisecond), SimulatedPullTime: o.PullTime,
 		Log: Logger(c.t),
 	})
 	if err != nil {
@@ -164,6 +177,17 @@ func (c *Cluster) StartNode(o NodeOptions) *RunningNode {
 	c.nodes = append(c.nodes, n)
 	c.mu.Unlock()
 	return n
+}
+
+// StartRegistry runs a registry daemon on a free loopback port over dir.
+func StartRegistry(t testing.TB, dir string) *regdaemon.Daemon {
+	t.Helper()
+	r, err := regdaemon.Start(regdaemon.Config{ListenAddr: "127.0.0.1:0", DataDir: dir, Log: Logger(t)})
+	if err != nil {
+		t.Fatalf("start registry: %v", err)
+	}
+	t.Cleanup(r.Close)
+	return r
 }
 
 // WaitNodeState waits until the node is listed in state.

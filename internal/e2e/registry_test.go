@@ -1,0 +1,453 @@
+package e2e
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	apiv1 "github.com/corral-build/corral/api/v1"
+	"github.com/corral-build/corral/client"
+	"github.com/corral-build/corral/internal/registry/chunk"
+	"github.com/corral-build/corral/internal/testenv"
+)
+
+// makeImage writes a sparse file of size with random data at the given MiB offsets.
+func makeImage(t *testing.T, path string, size int64, dataAtMiB ...int64) {
+	t.Helper()
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := f.Truncate(size); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, chunk.Size)
+	for _, mib := range dataAtMiB {
+		rand.Read(buf)
+		if _, err := f.WriteAt(buf, mib*chunk.Size); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+func fileSum(t *testing.T, path string) string {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		t.Fatal(err)
+	}
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+// newVMDir makes a template directory: config, an nvram that is not a chunk
+// multiple, and a 64 MiB (+ a bit) sparse disk with data at the given MiB.
+func newVMDir(t *testing.T, dataAtMiB ...int64) string {
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "config.json"), []byte(`{"arch":"arm64","cpu":4}`), 0o644)
+	nvram := make([]byte, 100_000)
+	rand.Read(nvram)
+	os.WriteFile(filepath.Join(dir, "nvram"), nvram, 0o644)
+	makeImage(t, filepath.Join(dir, "disk.img"), 64*chunk.Size+12345, dataAtMiB...)
+	return dir
+}
+
+func copyDir(t *testing.T, src string) string {
+	dst := t.TempDir()
+	for _, name := range []string{"config.json", "nvram", "disk.img"} {
+		data, err := os.ReadFile(filepath.Join(src, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		os.WriteFile(filepath.Join(dst, name), data, 0o644)
+	}
+	return dst
+}
+
+func sameFiles(t *testing.T, a, b string) {
+	t.Helper()
+	for _, name := range []string{"config.json", "nvram", "disk.img"} {
+		if fileSum(t, filepath.Join(a, name)) != fileSum(t, filepath.Join(b, name)) {
+			t.Fatalf("%s differs after round trip", name)
+		}
+	}
+}
+
+func makeChanged(t *testing.T, path string, mibs ...int64) {
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	buf := make([]byte, 4096)
+	for _, m := range mibs {
+		rand.Read(buf)
+		f.WriteAt(buf, m*chunk.Size+8192)
+	}
+}
+
+func allMiB(n int) []int64 {
+	out := make([]int64, n)
+	for i := range out {
+		out[i] = int64(i)
+	}
+	return out
+}
+
+func TestPushPullRoundTrip(t *testing.T) {
+	reg := testenv.StartRegistry(t, t.TempDir())
+	rc, _ := client.NewRegistry(reg.URL)
+	ctx := context.Background()
+
+	sparse := newVMDir(t, 0, 7, 63)
+	res, err := rc.Push(ctx, client.PushOptions{Source: sparse, Template: "sparse", Tag: "v1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.SentChunks != res.UniqueChunks || res.ZeroChunks != 62 {
+		t.Fatalf("push stats %+v", res)
+	}
+	dest := t.TempDir()
+	pr, err := rc.Pull(ctx, client.PullOptions{TemplateID: res.TemplateID, Dest: dest})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sameFiles(t, sparse, dest)
+	var st syscallStat
+	if used := allocated(t, filepath.Join(dest, "disk.img"), &st); used > 8*chunk.Size {
+		t.Errorf("pulled image is not sparse: %d bytes allocated for 3 MiB of data", used)
+	}
+	if pr.DownloadedChunk != res.UniqueChunks {
+		t.Errorf("pull downloaded %d chunks, want %d", pr.DownloadedChunk, res.UniqueChunks)
+	}
+
+	dense := newVMDir(t, allMiB(65)...)
+	res, err = rc.Push(ctx, client.PushOptions{Source: dense, Template: "dense", Tag: "v1", Concurrency: 3})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.ZeroChunks != 0 {
+		t.Fatalf("dense push %+v", res)
+	}
+	dest2 := t.TempDir()
+	if _, err := rc.Pull(ctx, client.PullOptions{TemplateID: res.TemplateID, Dest: dest2}); err != nil {
+		t.Fatal(err)
+	}
+	sameFiles(t, dense, dest2)
+	tmpl, _ := rc.Template(ctx, res.TemplateID)
+	if tmpl.Arch != apiv1.ArchARM64 || tmpl.Versions[0].NVRAM != "nvram" || tmpl.Versions[0].ConfigFile != "config.json" ||
+		len(tmpl.Versions[0].Images) != 1 {
+		t.Fatalf("template %+v", tmpl)
+	}
+
+	// A changed copy sends only the changed chunks; pulling it beside v1
+	// downloads only those too.
+	makeChanged(t, filepath.Join(dense, "disk.img"), 10, 11, 40)
+	res2, err := rc.Push(ctx, client.PushOptions{Source: dense, Template: "dense", Tag: "v2"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res2.SentChunks != 3 || res2.Number != 2 {
+		t.Fatalf("second tag sent %d chunks (number %d), want 3", res2.SentChunks, res2.Number)
+	}
+	dest3 := filepath.Join(t.TempDir(), "v2")
+	pr, err = rc.Pull(ctx, client.PullOptions{TemplateID: res.TemplateID, Tag: "v2", Dest: dest3, Sources: []string{dest2}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sameFiles(t, dense, dest3)
+	if pr.DownloadedChunk != 3 {
+		t.Fatalf("pull of v2 beside v1 downloaded %d chunks, want 3", pr.DownloadedChunk)
+	}
+}
+
+// TestPullResumes: a pull cut short by the network keeps what it wrote; the
+// next one only fetches the rest.
+func TestPullResumes(t *testing.T) {
+	reg := testenv.StartRegistry(t, t.TempDir())
+	rc, _ := client.NewRegistry(reg.URL)
+	src := newVMDir(t, allMiB(40)...)
+	res, err := rc.Push(context.Background(), client.PushOptions{Source: src, Template: "t", Tag: "v1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A proxy that breaks after 15 chunk downloads, like a dropped link.
+	target, _ := url.Parse(reg.URL)
+	proxy := httputil.NewSingleHostReverseProxy(target)
+	var served atomic.Int64
+	flaky := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if strings.Contains(r.URL.Path, "/chunks/") && served.Add(1) > 15 {
+			http.Error(w, "link down", http.StatusBadGateway)
+			return
+		}
+		proxy.ServeHTTP(w, r)
+	}))
+	defer flaky.Close()
+	cut, _ := client.NewRegistry(flaky.URL)
+	cut.Retries = 0
+	dest := t.TempDir()
+	if _, err = cut.Pull(context.Background(), client.PullOptions{TemplateID: res.TemplateID, Dest: dest, Concurrency: 1}); err == nil {
+		t.Fatal("interrupted pull reported success")
+	}
+	if _, err := os.Stat(filepath.Join(dest, client.PulledManifest)); err == nil {
+		t.Fatal("interrupted pull marked complete")
+	}
+	pr, err := rc.Pull(context.Background(), client.PullOptions{TemplateID: res.TemplateID, Dest: dest})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sameFiles(t, src, dest)
+	if pr.LocalChunks != 15 || pr.DownloadedChunk+pr.LocalChunks != res.UniqueChunks {
+		t.Fatalf("resume reused %d and downloaded %d of %d chunks, want 15 reused", pr.LocalChunks, pr.DownloadedChunk, res.UniqueChunks)
+	}
+}
+
+// TestRegistryKilledMidPush: a real registry process is SIGKILLed during a
+// push; after a restart no half tag is listed, and re-running the push sends
+// only what had not arrived.
+func TestRegistryKilledMidPush(t *testing.T) {
+	bin := corralBinary(t)
+	store := t.TempDir()
+	ln, _ := net.Listen("tcp", "127.0.0.1:0")
+	addr := ln.Addr().String()
+	ln.Close()
+	rc, _ := client.NewRegistry("http://" + addr)
+	rc.Retries = 0
+	start := func() *exec.Cmd {
+		cmd := exec.Command(bin, "registry", "--listen", addr, "--data-dir", store)
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+		for deadline := time.Now().Add(10 * time.Second); ; {
+			if _, err := rc.Status(context.Background()); err == nil {
+				return cmd
+			}
+			if time.Now().After(deadline) {
+				t.Fatal("registry did not start")
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	proc := start()
+	src := newVMDir(t, allMiB(64)...)
+	var once sync.Once
+	_, err := rc.Push(context.Background(), client.PushOptions{Source: src, Template: "big", Tag: "v1", Concurrency: 2,
+		Progress: func(p client.Progress) {
+			if p.Phase == "uploading" && p.Chunks >= 20 {
+				once.Do(func() { _ = proc.Process.Kill(); _ = proc.Wait() })
+			}
+		}})
+	if err == nil {
+		t.Fatal("push survived its registry being killed")
+	}
+	start()
+	list, err := rc.Templates(context.Background())
+	if err != nil || len(list) != 0 {
+		t.Fatalf("after a crash mid-push the registry lists %v (err %v)", list, err)
+	}
+	res, err := rc.Push(context.Background(), client.PushOptions{Source: src, Template: "big", Tag: "v1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.SentChunks > res.UniqueChunks-20 {
+		t.Fatalf("re-run sent %d of %d chunks; the first run had stored at least 20", res.SentChunks, res.UniqueChunks)
+	}
+	dest := t.TempDir()
+	if _, err := rc.Pull(context.Background(), client.PullOptions{TemplateID: res.TemplateID, Dest: dest}); err != nil {
+		t.Fatal(err)
+	}
+	sameFiles(t, src, dest)
+}
+
+// TestConcurrentPushesAndGC: two overlapping pushes at once, then a delete +
+// GC while a third push runs: nothing is lost.
+func TestConcurrentPushesAndGC(t *testing.T) {
+	reg := testenv.StartRegistry(t, t.TempDir())
+	reg.Registry.Grace = 0
+	rc, _ := client.NewRegistry(reg.URL)
+	ctx := context.Background()
+	a := newVMDir(t, allMiB(30)...)
+	b := copyDir(t, a)
+	makeChanged(t, filepath.Join(b, "disk.img"), 3, 4, 5)
+
+	var wg sync.WaitGroup
+	results := make([]client.PushResult, 2)
+	for i, src := range []string{a, b} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			res, err := rc.Push(ctx, client.PushOptions{Source: src, Template: "shared", Tag: fmt.Sprint("t", i)})
+			if err != nil {
+				t.Error(err)
+			}
+			results[i] = res
+		}()
+	}
+	wg.Wait()
+	if results[0].TemplateID != results[1].TemplateID {
+		t.Fatal("two templates created for one name")
+	}
+
+	// Push c (sharing chunks with t0) while t0 is deleted and GC runs.
+	c := copyDir(t, a)
+	makeChanged(t, filepath.Join(c, "disk.img"), 20)
+	var gcErr error
+	var once sync.Once
+	res, err := rc.Push(ctx, client.PushOptions{Source: c, Template: "third", Tag: "v1", Concurrency: 1,
+		Progress: func(p client.Progress) {
+			if p.Phase == "uploading" {
+				once.Do(func() {
+					if err := rc.Delete(ctx, results[0].TemplateID, "t0"); err != nil {
+						gcErr = err
+						return
+					}
+					for range 3 {
+						time.Sleep(5 * time.Millisecond)
+						if _, err := reg.Registry.GC(ctx); err != nil {
+							gcErr = err
+						}
+					}
+				})
+			}
+		}})
+	if err != nil || gcErr != nil {
+		t.Fatalf("push during GC: %v, GC: %v", err, gcErr)
+	}
+	for _, pull := range []struct{ id, tag, want string }{{results[1].TemplateID, "t1", b}, {res.TemplateID, "v1", c}} {
+		dest := t.TempDir()
+		if _, err := rc.Pull(ctx, client.PullOptions{TemplateID: pull.id, Tag: pull.tag, Dest: dest}); err != nil {
+			t.Fatalf("pull %s after GC: %v", pull.tag, err)
+		}
+		sameFiles(t, pull.want, dest)
+	}
+}
+
+// TestCorruptChunkDetected: a chunk damaged on the registry's disk fails the
+// pull with a clear error instead of writing bad data.
+func TestCorruptChunkDetected(t *testing.T) {
+	store := t.TempDir()
+	reg := testenv.StartRegistry(t, store)
+	rc, _ := client.NewRegistry(reg.URL)
+	src := newVMDir(t, 5)
+	res, err := rc.Push(context.Background(), client.PushOptions{Source: src, Template: "t", Tag: "v1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	chunks, _ := filepath.Glob(filepath.Join(store, "chunks", "*", "*"))
+	for _, p := range chunks {
+		data, _ := os.ReadFile(p)
+		data[len(data)/2] ^= 0x55
+		os.WriteFile(p, data, 0o644)
+	}
+	_, err = rc.Pull(context.Background(), client.PullOptions{TemplateID: res.TemplateID, Dest: t.TempDir()})
+	if err == nil || !strings.Contains(err.Error(), "damaged") || !errors.Is(err, chunk.ErrCorrupt) {
+		t.Fatalf("pull of corrupt chunk: %v", err)
+	}
+}
+
+// TestRegistryBadRequests: bad input gets a clear 4xx/FAIL.
+func TestRegistryBadRequests(t *testing.T) {
+	reg := testenv.StartRegistry(t, t.TempDir())
+	base := reg.URL
+	digest := chunk.Digest([]byte("x"))
+	cases := []struct {
+		method, path, body string
+		code               int
+		msg                string
+	}{
+		{"PUT", "/registry/corral/v1/chunks/nothex", "\x00abc", 400, `digest: "nothex" is not a sha256 hex digest`},
+		{"PUT", "/registry/corral/v1/chunks/" + digest, "\x00y", 400, "chunk: chunk corrupt: content hashes to"},
+		{"PUT", "/registry/corral/v1/chunks/" + digest, strings.Repeat("a", chunk.MaxEncoded+10), 400, "chunk: "},
+		{"GET", "/registry/corral/v1/chunks/" + digest, "", 404, apiv1.MsgNotFound},
+		{"POST", "/registry/corral/v1/chunks/missing", `{"digests":["../x"]}`, 400, `digests: "../x" is not a sha256 hex digest`},
+		{"POST", "/registry/corral/v1/commit", `{"template":"../../etc","tag":"v1","arch":"amd64"}`, 400, `template: "../../etc"`},
+		{"POST", "/registry/corral/v1/commit", `{"template":"ok","tag":"v1","arch":"amd64","manifest":{"chunk_size":1048576,"files":[{"name":"../evil","role":"image","size":0,"chunks":[]}]}}`, 400, `manifest.files[0].name: "../evil"`},
+		{"POST", "/registry/corral/v1/commit", `{"template":`, 400, "body: "},
+		{"GET", "/registry/corral/v1/manifest?id=nope", "", 200, apiv1.MsgNotFound},
+		{"GET", "/registry/vm?id=nope", "", 200, apiv1.MsgNotFound},
+		{"DELETE", "/registry/vm?id=nope", "", 200, apiv1.MsgNotFound},
+		{"DELETE", "/registry/vm", "", 400, "id: required as ?id="},
+		{"DELETE", "/registry/revert?id=nope", "", 200, apiv1.MsgNotFound},
+		{"GET", "/registry/nothing", "", 200, apiv1.MsgNotFound},
+	}
+	for _, tc := range cases {
+		code, env := call(t, tc.method, base+tc.path, "", tc.body)
+		msg, _ := env["message"].(string)
+		if code != tc.code || env["status"] != "FAIL" || !strings.HasPrefix(msg, tc.msg) {
+			t.Errorf("%s %s: got HTTP %d %v, want %d FAIL %q...", tc.method, tc.path, code, env, tc.code, tc.msg)
+		}
+	}
+	st := ok(t, "GET", base+"/registry/status", "").(map[string]any)
+	if st["status"] != "Running" || st["version"] == "" {
+		t.Errorf("status %v", st)
+	}
+	if disk := ok(t, "GET", base+"/registry/disk", "").(map[string]any); disk["total"].(float64) <= 0 {
+		t.Errorf("disk %v", disk)
+	}
+}
+
+// TestInstanceOfPushedTemplate: push, see it through the controller, start
+// instances that pull through the node's cache.
+func TestInstanceOfPushedTemplate(t *testing.T) {
+	c := testenv.StartCluster(t, testenv.Options{Registry: true, Nodes: []testenv.NodeOptions{{Name: "n1", Capacity: 4}}})
+	rc, _ := client.NewRegistry(c.Registry.URL)
+	ctx := context.Background()
+	src := newVMDir(t, 0, 1, 2, 3)
+	os.WriteFile(filepath.Join(src, "config.json"), []byte(fmt.Sprintf(`{"arch":%q}`, runtimeArch())), 0o644)
+	res, err := rc.Push(ctx, client.PushOptions{Source: src, Template: "ci-image", Tag: "v1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	base := c.Controllers[0].URL + "/api/v1"
+	listed := ok(t, "GET", base+"/registry/vm", "").([]any)
+	if len(listed) != 1 || listed[0].(map[string]any)["id"] != res.TemplateID {
+		t.Fatalf("controller lists %v", listed)
+	}
+	detail := ok(t, "GET", base+"/registry/vm?id="+res.TemplateID, "").(map[string]any)
+	if v := detail["versions"].([]any); len(v) != 1 || v[0].(map[string]any)["tag"] != "v1" {
+		t.Fatalf("versions %v", detail)
+	}
+	fail(t, "POST", base+"/vm", `{"vmid":"`+res.TemplateID+`","tag":"v9"}`, 200, "No such tag v9")
+	fail(t, "POST", base+"/vm", `{"vmid":"not-there"}`, 200, apiv1.MsgNotInRegistry)
+
+	ids := ok(t, "POST", base+"/vm", `{"vmid":"`+res.TemplateID+`","count":2}`).([]any)
+	for _, id := range ids {
+		in := c.WaitState(id.(string), apiv1.StateStarted, 20*time.Second)
+		if in.Tag != "v1" || in.AnkaRegistry != c.Registry.URL {
+			t.Errorf("instance %+v", in)
+		}
+	}
+	var held []any
+	for deadline := time.Now().Add(5 * time.Second); len(held) == 0 && time.Now().Before(deadline); {
+		held = ok(t, "GET", base+"/node", "").([]any)[0].(map[string]any)["templates"].([]any)
+		time.Sleep(100 * time.Millisecond)
+	}
+	if len(held) != 1 || held[0].(map[string]any)["uuid"] != res.TemplateID || held[0].(map[string]any)["name"] != "ci-image" {
+		t.Fatalf("node templates %v", held)
+	}
+	ok(t, "DELETE", base+"/registry/vm?id="+res.TemplateID+"&tag=v1", "")
+	fail(t, "DELETE", base+"/registry/revert?id="+res.TemplateID, "", 200, "No such tag ")
+}
