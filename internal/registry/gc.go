@@ -120,7 +120,7 @@ func (r *Registry) GC(ctx context.Context) (GCStats, error) {
 func (r *Registry) lockGC(ctx context.Context) error {
 	host, _ := os.Hostname()
 	for range 2 {
-		err := r.st.Put(ctx, "gc/lock", strings.NewReader(fmt.Sprintf("%s %d", host, os.Getpid())), true)
+		err := r.st.Put(ctx, "gc/lock", strings.NewReader(fmt.Sprintf("%s %d", host, os.Getpid())), storage.Exclusive)
 		if err == nil {
 			return nil
 		}

@@ -94,12 +94,12 @@ func (r *Registry) readJSON(ctx context.Context, path string, v any) error {
 	return nil
 }
 
-func (r *Registry) writeJSON(ctx context.Context, path string, v any, exclusive bool) error {
+func (r *Registry) writeJSON(ctx context.Context, path string, v any, mode storage.PutMode) error {
 	data, err := json.Marshal(v)
 	if err != nil {
 		return err
 	}
-	return r.st.Put(ctx, path, bytes.NewReader(data), exclusive)
+	return r.st.Put(ctx, path, bytes.NewReader(data), mode)
 }
 
 // Missing returns the digests the store lacks. Present chunks are touched, so
@@ -122,9 +122,17 @@ func (r *Registry) Missing(ctx context.Context, digests []string) ([]string, err
 }
 
 // ensureChunk reports whether the chunk exists, rescuing it from GC's trash
-// and refreshing its modification time.
+// and refreshing its modification time. An empty chunk file (what a power
+// loss can leave of a chunk written just before it) counts as missing.
 func (r *Registry) ensureChunk(ctx context.Context, d string) (bool, error) {
-	err := r.st.Touch(ctx, chunkPath(d))
+	info, err := r.st.Stat(ctx, chunkPath(d))
+	if err == nil && info.Size <= 1 {
+		_ = r.st.Delete(ctx, chunkPath(d))
+		err = storage.ErrNotFound
+	}
+	if err == nil {
+		err = r.st.Touch(ctx, chunkPath(d))
+	}
 	if err == nil {
 		return true, nil
 	}
@@ -160,7 +168,7 @@ func (r *Registry) PutChunk(ctx context.Context, digest string, encoded []byte, 
 	if ok, err := r.ensureChunk(ctx, digest); err != nil || ok {
 		return err
 	}
-	return r.st.Put(ctx, chunkPath(digest), bytes.NewReader(encoded), false)
+	return r.st.Put(ctx, chunkPath(digest), bytes.NewReader(encoded), storage.Unsynced)
 }
 
 // OpenChunk returns an encoded chunk from offset.
@@ -185,7 +193,7 @@ func (r *Registry) OpenChunk(ctx context.Context, digest string, offset int64) (
 // StartUpload opens an upload lease.
 func (r *Registry) StartUpload(ctx context.Context, id string) (time.Time, error) {
 	now := time.Now().UTC()
-	return now, r.writeJSON(ctx, "uploads/"+id+".json", map[string]any{"started": now}, true)
+	return now, r.writeJSON(ctx, "uploads/"+id+".json", map[string]any{"started": now}, storage.Exclusive)
 }
 
 // TouchUpload renews an upload lease; unknown ids are not an error (the

@@ -236,6 +236,10 @@ func (r *Registry) Commit(ctx context.Context, req apiv1.CommitRequest) (apiv1.C
 	if len(missing) > 0 {
 		return apiv1.CommitResponse{}, &MissingChunksError{missing}
 	}
+	// Chunks land unsynced; make them all durable before anything points at them.
+	if err := r.st.Sync(ctx); err != nil {
+		return apiv1.CommitResponse{}, err
+	}
 	t, err := r.resolveTemplate(ctx, req)
 	if err != nil {
 		return apiv1.CommitResponse{}, err
@@ -246,7 +250,7 @@ func (r *Registry) Commit(ctx context.Context, req apiv1.CommitRequest) (apiv1.C
 	}
 	sum := sha256.Sum256(manifest)
 	digest := hex.EncodeToString(sum[:])
-	if err := r.st.Put(ctx, manifestPath(digest), strings.NewReader(string(manifest)), false); err != nil {
+	if err := r.st.Put(ctx, manifestPath(digest), strings.NewReader(string(manifest)), storage.Replace); err != nil {
 		return apiv1.CommitResponse{}, err
 	}
 	for {
@@ -263,7 +267,7 @@ func (r *Registry) Commit(ctx context.Context, req apiv1.CommitRequest) (apiv1.C
 		}
 		rec := tagRecord{Tag: req.Tag, Number: next, Description: req.Description, Manifest: digest,
 			Size: size, Created: time.Now().UTC()}
-		err = r.writeJSON(ctx, tagPath(t.ID, next), rec, true)
+		err = r.writeJSON(ctx, tagPath(t.ID, next), rec, storage.Exclusive)
 		if errors.Is(err, storage.ErrExists) {
 			continue // another push took this number; recount
 		}
@@ -284,7 +288,7 @@ func (r *Registry) resolveTemplate(ctx context.Context, req apiv1.CommitRequest)
 	err := r.readJSON(ctx, "names/"+req.Template, &id)
 	if errors.Is(err, storage.ErrNotFound) {
 		id = apiv1.NewID()
-		err = r.writeJSON(ctx, "names/"+req.Template, id, true)
+		err = r.writeJSON(ctx, "names/"+req.Template, id, storage.Exclusive)
 		if errors.Is(err, storage.ErrExists) { // created concurrently
 			err = r.readJSON(ctx, "names/"+req.Template, &id)
 		}
@@ -295,7 +299,7 @@ func (r *Registry) resolveTemplate(ctx context.Context, req apiv1.CommitRequest)
 	t, err := r.template(ctx, id)
 	if errors.Is(err, ErrNotFound) {
 		t = templateRecord{ID: id, Name: req.Template, Arch: req.Arch, Created: time.Now().UTC()}
-		err = r.writeJSON(ctx, templatePath(id), t, false)
+		err = r.writeJSON(ctx, templatePath(id), t, storage.Replace)
 	}
 	return t, err
 }

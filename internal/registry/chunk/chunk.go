@@ -77,12 +77,23 @@ var (
 	}}
 )
 
+// probeSize is the sample compressed first to decide whether a chunk pays.
+const probeSize = 64 << 10
+
 // Encode returns the wire/storage form of data, compressed only when that
-// saves at least an eighth (incompressible data is not worth the CPU on pull).
+// saves at least an eighth (incompressible data is not worth the CPU on
+// pull). A 64 KiB probe decides first, so incompressible chunks, most of a
+// disk image's bytes, cost 1/16 of a full compression attempt.
 func Encode(dst, data []byte) []byte {
 	enc := encoders.Get().(*zstd.Encoder)
+	defer encoders.Put(enc)
+	if len(data) > 2*probeSize {
+		probe := enc.EncodeAll(data[:probeSize], dst[:0])
+		if len(probe) > probeSize-probeSize/8 {
+			return append(append(dst[:0], formatRaw), data...)
+		}
+	}
 	out := enc.EncodeAll(data, append(dst[:0], formatZstd))
-	encoders.Put(enc)
 	if len(out)-1 <= len(data)-len(data)/8 {
 		return out
 	}

@@ -22,12 +22,26 @@ type Info struct {
 	ModTime time.Time
 }
 
+// PutMode chooses how a Put lands.
+type PutMode int
+
+const (
+	// Replace writes durably, replacing any object at the path.
+	Replace PutMode = iota
+	// Exclusive writes durably and fails with ErrExists if the path exists
+	// (tag numbers, name claims, locks).
+	Exclusive
+	// Unsynced replaces atomically but is durable only after Sync: for
+	// chunks, which a commit syncs in one call before publishing a tag.
+	Unsynced
+)
+
 // Backend stores immutable objects under slash-separated paths. Every Put is
 // atomic: readers see the old object, no object, or the whole new one.
 type Backend interface {
-	// Put writes r to path. With exclusive, it fails with ErrExists if the
-	// path exists (used for tag numbers and locks).
-	Put(ctx context.Context, path string, r io.Reader, exclusive bool) error
+	Put(ctx context.Context, path string, r io.Reader, mode PutMode) error
+	// Sync makes every completed Put durable.
+	Sync(ctx context.Context) error
 	// Open reads path from offset.
 	Open(ctx context.Context, path string, offset int64) (io.ReadCloser, error)
 	Stat(ctx context.Context, path string) (Info, error)

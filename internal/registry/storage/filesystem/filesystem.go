@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/corral-build/corral/internal/registry/storage"
+	"golang.org/x/sys/unix"
 )
 
 // Backend is a directory-backed storage.Backend.
@@ -42,7 +43,7 @@ func (b *Backend) path(p string) (string, error) {
 	return filepath.Join(b.root, clean), nil
 }
 
-func (b *Backend) Put(ctx context.Context, p string, r io.Reader, exclusive bool) error {
+func (b *Backend) Put(ctx context.Context, p string, r io.Reader, mode storage.PutMode) error {
 	dst, err := b.path(p)
 	if err != nil {
 		return err
@@ -56,7 +57,7 @@ func (b *Backend) Put(ctx context.Context, p string, r io.Reader, exclusive bool
 	}
 	defer os.Remove(tmp) // no-op after a successful rename
 	_, err = io.Copy(f, readerWithContext{ctx, r})
-	if err == nil {
+	if err == nil && mode != storage.Unsynced {
 		err = f.Sync()
 	}
 	if cerr := f.Close(); err == nil {
@@ -68,7 +69,7 @@ func (b *Backend) Put(ctx context.Context, p string, r io.Reader, exclusive bool
 	if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
 		return fmt.Errorf("storage put %s: %w", p, err)
 	}
-	if exclusive {
+	if mode == storage.Exclusive {
 		// link fails if dst exists: atomic create-if-absent, also on NFS.
 		if err := os.Link(tmp, dst); err != nil {
 			if errors.Is(err, fs.ErrExist) {
@@ -81,7 +82,24 @@ func (b *Backend) Put(ctx context.Context, p string, r io.Reader, exclusive bool
 	if err := os.Rename(tmp, dst); err != nil {
 		return fmt.Errorf("storage put %s: %w", p, err)
 	}
+	if mode == storage.Unsynced {
+		return nil
+	}
 	return syncDir(filepath.Dir(dst))
+}
+
+// Sync flushes the whole filesystem holding the store (syncfs), which is far
+// cheaper than one fsync per chunk.
+func (b *Backend) Sync(context.Context) error {
+	d, err := os.Open(b.root)
+	if err != nil {
+		return fmt.Errorf("storage sync: %w", err)
+	}
+	defer d.Close()
+	if err := unix.Syncfs(int(d.Fd())); err != nil {
+		return fmt.Errorf("storage sync: %w", err)
+	}
+	return nil
 }
 
 // syncDir makes a rename durable.

@@ -33,7 +33,7 @@ func Run(t *testing.T, newBackend func(t *testing.T) storage.Backend) {
 	}
 	t.Run("PutOpenStat", func(t *testing.T) {
 		b := newBackend(t)
-		if err := b.Put(ctx, "a/b/c", strings.NewReader("hello world"), false); err != nil {
+		if err := b.Put(ctx, "a/b/c", strings.NewReader("hello world"), storage.Replace); err != nil {
 			t.Fatal(err)
 		}
 		if got := read(t, b, "a/b/c", 0); got != "hello world" {
@@ -46,7 +46,7 @@ func Run(t *testing.T, newBackend func(t *testing.T) storage.Backend) {
 		if err != nil || info.Size != 11 || time.Since(info.ModTime) > time.Minute {
 			t.Fatalf("stat %+v %v", info, err)
 		}
-		if err := b.Put(ctx, "a/b/c", strings.NewReader("new"), false); err != nil {
+		if err := b.Put(ctx, "a/b/c", strings.NewReader("new"), storage.Replace); err != nil {
 			t.Fatal(err)
 		}
 		if got := read(t, b, "a/b/c", 0); got != "new" {
@@ -80,7 +80,7 @@ func Run(t *testing.T, newBackend func(t *testing.T) storage.Backend) {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				err := b.Put(ctx, "tags/1", strings.NewReader(fmt.Sprint(i)), true)
+				err := b.Put(ctx, "tags/1", strings.NewReader(fmt.Sprint(i)), storage.Exclusive)
 				if err == nil {
 					mu.Lock()
 					wins++
@@ -98,7 +98,7 @@ func Run(t *testing.T, newBackend func(t *testing.T) storage.Backend) {
 	t.Run("ListDeleteRename", func(t *testing.T) {
 		b := newBackend(t)
 		for _, p := range []string{"x/2", "x/1", "x/sub/3", "y/1"} {
-			if err := b.Put(ctx, p, strings.NewReader(p), false); err != nil {
+			if err := b.Put(ctx, p, strings.NewReader(p), storage.Replace); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -124,7 +124,7 @@ func Run(t *testing.T, newBackend func(t *testing.T) storage.Backend) {
 	})
 	t.Run("Touch", func(t *testing.T) {
 		b := newBackend(t)
-		_ = b.Put(ctx, "t", strings.NewReader("t"), false)
+		_ = b.Put(ctx, "t", strings.NewReader("t"), storage.Replace)
 		before, _ := b.Stat(ctx, "t")
 		time.Sleep(20 * time.Millisecond)
 		if err := b.Touch(ctx, "t"); err != nil {
@@ -138,7 +138,7 @@ func Run(t *testing.T, newBackend func(t *testing.T) storage.Backend) {
 	t.Run("PathTraversal", func(t *testing.T) {
 		b := newBackend(t)
 		for _, p := range []string{"../escape", "a/../../b", ""} {
-			if err := b.Put(ctx, p, strings.NewReader("x"), false); err == nil {
+			if err := b.Put(ctx, p, strings.NewReader("x"), storage.Replace); err == nil {
 				t.Errorf("put %q accepted", p)
 			}
 		}
@@ -150,11 +150,23 @@ func Run(t *testing.T, newBackend func(t *testing.T) storage.Backend) {
 			cancel()
 			return 0, errors.New("connection reset")
 		}))
-		if err := b.Put(cctx, "half", r, false); err == nil {
+		if err := b.Put(cctx, "half", r, storage.Replace); err == nil {
 			t.Fatal("put of a broken stream succeeded")
 		}
 		if _, err := b.Stat(ctx, "half"); !errors.Is(err, storage.ErrNotFound) {
 			t.Fatalf("half-written object visible: %v", err)
+		}
+	})
+	t.Run("UnsyncedThenSync", func(t *testing.T) {
+		b := newBackend(t)
+		if err := b.Put(ctx, "c/1", strings.NewReader("chunk"), storage.Unsynced); err != nil {
+			t.Fatal(err)
+		}
+		if err := b.Sync(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if got := read(t, b, "c/1", 0); got != "chunk" {
+			t.Fatalf("got %q", got)
 		}
 	})
 	t.Run("Usage", func(t *testing.T) {

@@ -1,0 +1,26 @@
+package bench
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/corral-build/corral/client"
+)
+
+// BenchmarkPushInProcess is a small push for profiling (-cpuprofile).
+func BenchmarkPushInProcess(b *testing.B) {
+	dir := benchDir(b)
+	src := filepath.Join(dir, "src")
+	os.MkdirAll(src, 0o755)
+	makeImage(b, filepath.Join(src, "disk.img"), envGiB("CORRAL_BENCH_PROFILE_GIB", 0.5))
+	b.ResetTimer()
+	for i := range b.N {
+		reg := startRegistry(b, filepath.Join(dir, "reg", string(rune('a'+i))))
+		rc, _ := client.NewRegistry(reg.URL)
+		if _, err := rc.Push(context.Background(), client.PushOptions{Source: src, Template: "p", Tag: "v1", Concurrency: 4}); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
