@@ -253,13 +253,22 @@ func TestRegistryKilledMidPush(t *testing.T) {
 	}
 	proc := start()
 	src := newVMDir(t, allMiB(64)...)
-	var once sync.Once
-	_, err := rc.Push(context.Background(), client.PushOptions{Source: src, Template: "big", Tag: "v1", Concurrency: 2,
-		Progress: func(p client.Progress) {
-			if p.Phase == "uploading" && p.Chunks >= 20 {
-				once.Do(func() { _ = proc.Process.Kill(); _ = proc.Wait() })
-			}
-		}})
+	// The client talks through a proxy that SIGKILLs the registry process
+	// when the 21st chunk upload arrives: a crash at a known point mid-push.
+	target, _ := url.Parse("http://" + addr)
+	proxy := httputil.NewSingleHostReverseProxy(target)
+	var puts atomic.Int64
+	front := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodPut && puts.Add(1) == 21 {
+			_ = proc.Process.Kill()
+			_ = proc.Wait()
+		}
+		proxy.ServeHTTP(w, r)
+	}))
+	defer front.Close()
+	viaProxy, _ := client.NewRegistry(front.URL)
+	viaProxy.Retries = 0
+	_, err := viaProxy.Push(context.Background(), client.PushOptions{Source: src, Template: "big", Tag: "v1", Concurrency: 1})
 	if err == nil {
 		t.Fatal("push survived its registry being killed")
 	}
