@@ -19,9 +19,9 @@ import (
 )
 
 // DefaultConcurrency is the number of chunks in flight. Measured with
-// bench.BenchmarkPushConcurrency on a 2-core machine over loopback: 2 and 4
-// are fastest (1.7x of 1), 8 and 16 lose to contention; 4 leaves headroom
-// for network latency on real links.
+// bench.BenchmarkPushConcurrency on a 2-core machine over loopback: 4 and 8
+// are within noise of each other (1.6-1.7x of 1), 16 loses to contention;
+// 4 uses the least memory and leaves headroom for latency on real links.
 const DefaultConcurrency = 4
 
 // PushOptions describe a push.

@@ -20,7 +20,7 @@ type GCStats struct {
 	Deleted        int   // chunks deleted from trash (condemned at least Grace ago)
 	Rescued        int   // trashed chunks referenced again
 	BytesFreed     int64 // bytes of deleted chunks
-	UploadsPurged  int   // stale upload leases removed
+	UploadsPurged  int   // stale upload leases and unfinished writes removed
 	ManifestsFreed int
 }
 
@@ -48,6 +48,9 @@ func (r *Registry) GC(ctx context.Context) (GCStats, error) {
 		return s, err
 	}
 	s.UploadsPurged = purged
+	if n, err := r.st.PurgeIncomplete(ctx, r.UploadTTL); err == nil {
+		s.UploadsPurged += n
+	}
 	referenced, tagManifests, err := r.referencedChunks(ctx, protectSince)
 	if err != nil {
 		return s, err

@@ -53,6 +53,9 @@ type Backend interface {
 	Rename(ctx context.Context, src, dst string) error
 	// Touch sets path's modification time to now (GC protection).
 	Touch(ctx context.Context, path string) error
+	// PurgeIncomplete removes the leftovers of writes that never finished
+	// (a crash mid-Put) older than age, returning how many it removed.
+	PurgeIncomplete(ctx context.Context, age time.Duration) (int, error)
 	// Usage reports total and free bytes of the store (0, 0 if unknown).
 	Usage(ctx context.Context) (total, free int64, err error)
 }

@@ -222,6 +222,24 @@ func (b *Backend) Touch(_ context.Context, p string) error {
 	return nil
 }
 
+func (b *Backend) PurgeIncomplete(_ context.Context, age time.Duration) (int, error) {
+	entries, err := os.ReadDir(filepath.Join(b.root, ".tmp"))
+	if err != nil {
+		return 0, fmt.Errorf("storage purge: %w", err)
+	}
+	n := 0
+	for _, e := range entries {
+		info, err := e.Info()
+		if err != nil || time.Since(info.ModTime()) < age {
+			continue
+		}
+		if os.Remove(filepath.Join(b.root, ".tmp", e.Name())) == nil {
+			n++
+		}
+	}
+	return n, nil
+}
+
 func (b *Backend) Usage(context.Context) (int64, int64, error) {
 	var st syscall.Statfs_t
 	if err := syscall.Statfs(b.root, &st); err != nil {

@@ -1,7 +1,11 @@
 package filesystem
 
 import (
+	"context"
+	"os"
+	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/corral-build/corral/internal/registry/storage"
 	"github.com/corral-build/corral/internal/registry/storage/storagetest"
@@ -15,4 +19,28 @@ func TestConformance(t *testing.T) {
 		}
 		return b
 	})
+}
+
+func TestPurgeIncomplete(t *testing.T) {
+	dir := t.TempDir()
+	b, err := New(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	old := filepath.Join(dir, ".tmp", "chunk.crashed")
+	fresh := filepath.Join(dir, ".tmp", "chunk.writing")
+	os.WriteFile(old, []byte("half"), 0o644)
+	os.WriteFile(fresh, []byte("half"), 0o644)
+	past := time.Now().Add(-2 * time.Hour)
+	os.Chtimes(old, past, past)
+	n, err := b.PurgeIncomplete(context.Background(), time.Hour)
+	if err != nil || n != 1 {
+		t.Fatalf("purged %d, err %v", n, err)
+	}
+	if _, err := os.Stat(old); !os.IsNotExist(err) {
+		t.Fatal("stale temp file kept")
+	}
+	if _, err := os.Stat(fresh); err != nil {
+		t.Fatal("in-progress temp file removed")
+	}
 }
