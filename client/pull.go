@@ -129,51 +129,28 @@ func openPartial(path string, size int64) (*os.File, error) {
 }
 
 func (r *Registry) runPull(ctx context.Context, jobs []pullJob, local map[string]chunkRef, workers int, m *meter, res *PullResult) error {
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	next := make(chan pullJob)
 	var mu sync.Mutex
-	var firstErr error
-	var wg sync.WaitGroup
-	for range workers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			raw := make([]byte, chunk.Size)
-			enc := make([]byte, 0, chunk.MaxEncoded)
-			for j := range next {
-				how, wire, err := r.pullChunk(ctx, j, local, raw, &enc)
-				mu.Lock()
-				switch {
-				case err != nil:
-					if firstErr == nil {
-						firstErr = err
-					}
-					cancel()
-				case how == "network":
-					res.DownloadedChunk++
-				case how == "local":
-					res.LocalChunks++
-				}
-				mu.Unlock()
-				m.add(j.size, wire, how == "network")
+	return parallel(ctx, len(jobs), workers, func() func(context.Context, int) error {
+		raw := make([]byte, chunk.Size)
+		enc := make([]byte, 0, chunk.MaxEncoded)
+		return func(ctx context.Context, i int) error {
+			j := jobs[i]
+			how, wire, err := r.pullChunk(ctx, j, local, raw, &enc)
+			if err != nil {
+				return err
 			}
-		}()
-	}
-feed:
-	for _, j := range jobs {
-		select {
-		case next <- j:
-		case <-ctx.Done():
-			break feed
+			mu.Lock()
+			switch how {
+			case "network":
+				res.DownloadedChunk++
+			case "local":
+				res.LocalChunks++
+			}
+			mu.Unlock()
+			m.add(j.size, wire, how == "network")
+			return nil
 		}
-	}
-	close(next)
-	wg.Wait()
-	if firstErr != nil {
-		return firstErr
-	}
-	return ctx.Err()
+	})
 }
 
 // pullChunk makes one chunk of the partial file right: zeros stay a hole,

@@ -242,48 +242,26 @@ func hashFile(ctx context.Context, f *localFile, workers int, m *meter, where ma
 	defer fh.Close()
 	n := chunk.Count(f.Size)
 	f.Chunks = make([]string, n)
-	next := make(chan int64)
-	var wg sync.WaitGroup
 	var mu sync.Mutex
-	var firstErr error
-	for range min(workers, runtime.NumCPU()+1) {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			buf := make([]byte, chunk.Size)
-			for i := range next {
-				off := i * chunk.Size
-				size := min(chunk.Size, f.Size-off)
-				d, err := hashChunk(fh, buf[:size], off)
-				if err != nil {
-					mu.Lock()
-					firstErr = cmpErr(firstErr, fmt.Errorf("push %s at %d: %w", f.Name, off, err))
-					mu.Unlock()
-					continue
-				}
-				f.Chunks[i] = d
-				mu.Lock()
-				if _, ok := where[d]; d != "" && !ok {
-					where[d] = chunkRef{f.path, off, size}
-				}
-				mu.Unlock()
-				m.add(size, 0, false)
+	return parallel(ctx, int(n), min(workers, runtime.NumCPU()+1), func() func(context.Context, int) error {
+		buf := make([]byte, chunk.Size)
+		return func(_ context.Context, i int) error {
+			off := int64(i) * chunk.Size
+			size := min(chunk.Size, f.Size-off)
+			d, err := hashChunk(fh, buf[:size], off)
+			if err != nil {
+				return fmt.Errorf("push %s at %d: %w", f.Name, off, err)
 			}
-		}()
-	}
-	for i := int64(0); i < n && ctx.Err() == nil; i++ {
-		next <- i
-	}
-	close(next)
-	wg.Wait()
-	return cmpErr(firstErr, ctx.Err())
-}
-
-func cmpErr(a, b error) error {
-	if a != nil {
-		return a
-	}
-	return b
+			f.Chunks[i] = d
+			mu.Lock()
+			if _, ok := where[d]; d != "" && !ok {
+				where[d] = chunkRef{f.path, off, size}
+			}
+			mu.Unlock()
+			m.add(size, 0, false)
+			return nil
+		}
+	})
 }
 
 // hashChunk returns the chunk's digest, or "" for zeros. A chunk lying in a
@@ -313,56 +291,29 @@ func inHole(f *os.File, off, size int64) bool {
 
 // uploadChunks sends chunks from their local files in parallel.
 func (r *Registry) uploadChunks(ctx context.Context, upload string, digests []string, where map[string]chunkRef, workers int, m *meter) error {
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	next := make(chan string)
-	errc := make(chan error, workers)
-	var wg sync.WaitGroup
-	for range workers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			raw := make([]byte, chunk.Size)
-			enc := make([]byte, 0, chunk.MaxEncoded)
-			for d := range next {
-				ref := where[d]
-				if err := readChunk(ref, raw[:ref.size]); err != nil {
-					errc <- err
-					cancel()
-					return
-				}
-				enc = chunk.Encode(enc, raw[:ref.size])
-				// The registry verifies every chunk against its digest, so a file
-				// modified during the push fails here rather than publishing junk.
-				if err := r.putChunk(ctx, upload, d, enc); err != nil {
-					var fe *FailError
-					if errors.As(err, &fe) && strings.Contains(fe.Message, "content hashes to") {
-						err = fmt.Errorf("push: %s changed while pushing (chunk at offset %d): %w", ref.path, ref.offset, err)
-					}
-					errc <- err
-					cancel()
-					return
-				}
-				m.add(ref.size, int64(len(enc)), true)
+	return parallel(ctx, len(digests), workers, func() func(context.Context, int) error {
+		raw := make([]byte, chunk.Size)
+		enc := make([]byte, 0, chunk.MaxEncoded)
+		return func(ctx context.Context, i int) error {
+			d := digests[i]
+			ref := where[d]
+			if err := readChunk(ref, raw[:ref.size]); err != nil {
+				return err
 			}
-		}()
-	}
-feed:
-	for _, d := range digests {
-		select {
-		case next <- d:
-		case <-ctx.Done():
-			break feed
+			enc = chunk.Encode(enc, raw[:ref.size])
+			// The registry verifies every chunk against its digest, so a file
+			// modified during the push fails here rather than publishing junk.
+			if err := r.putChunk(ctx, upload, d, enc); err != nil {
+				var fe *FailError
+				if errors.As(err, &fe) && strings.Contains(fe.Message, "content hashes to") {
+					err = fmt.Errorf("push: %s changed while pushing (chunk at offset %d): %w", ref.path, ref.offset, err)
+				}
+				return err
+			}
+			m.add(ref.size, int64(len(enc)), true)
+			return nil
 		}
-	}
-	close(next)
-	wg.Wait()
-	select {
-	case err := <-errc:
-		return err
-	default:
-		return ctx.Err()
-	}
+	})
 }
 
 func readChunk(ref chunkRef, buf []byte) error {
