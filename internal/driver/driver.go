@@ -18,6 +18,9 @@ type Spec struct {
 	VRAMMB       int // 0: the template's default
 	HostIP       string
 	NodeID       string
+	// TemplateDir holds the template's files on this node (drivers that boot
+	// from files need it; the synthetic driver does not).
+	TemplateDir string
 }
 
 // Driver boots VMs on this node.
