@@ -5,23 +5,29 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"path/filepath"
 	"time"
 
 	"github.com/corral-build/corral/internal/driver"
+	"github.com/corral-build/corral/internal/driver/anka"
+	"github.com/corral-build/corral/internal/driver/qemu"
 	"github.com/corral-build/corral/internal/driver/synthetic"
 	"github.com/corral-build/corral/internal/node"
 )
 
 // nodeFlags are shared by `corral node` and `corral up`.
 type nodeFlags struct {
-	name, ip, driver, dataDir string
-	groups                    []string
-	capacity                  int
-	bootTime, pullTime        time.Duration
+	name, ip, driver, dataDir, forwardHost string
+	groups                                 []string
+	capacity                               int
+	vnc                                    bool
+	bootTime, pullTime                     time.Duration
 }
 
 func (n *nodeFlags) register(f *flags, prefix string) {
-	f.String(&n.driver, prefix+"driver", "synthetic", "VM driver: synthetic (none for `up` = no local node)")
+	f.String(&n.driver, prefix+"driver", "synthetic", "VM driver: synthetic, qemu, anka (for `up`, none = no local node)")
+	f.String(&n.forwardHost, prefix+"forward-host", "0.0.0.0", "qemu: address guests' SSH port forwards listen on")
+	f.Bool(&n.vnc, prefix+"vnc", false, "qemu: give each guest a VNC display on 127.0.0.1")
 	f.String(&n.name, prefix+"name", "", "node name (default: hostname)")
 	f.String(&n.ip, prefix+"ip", "", "address clients use to reach this node's VMs (default: the route to the controller)")
 	f.Int(&n.capacity, prefix+"capacity", 2, "instance slots")
@@ -31,18 +37,20 @@ func (n *nodeFlags) register(f *flags, prefix string) {
 	f.Duration(&n.pullTime, prefix+"synthetic-pull-time", 0, "time a simulated template pull takes, when the cloud has no registry")
 }
 
-func (n *nodeFlags) driverFor() (driver.Driver, error) {
+func (n *nodeFlags) driverFor(log *slog.Logger) (driver.Driver, error) {
 	switch n.driver {
 	case "synthetic":
 		return synthetic.New(n.bootTime), nil
-	case "qemu", "anka":
-		return nil, fmt.Errorf("driver %q is not available in this build yet; use synthetic", n.driver)
+	case "qemu":
+		return qemu.New(qemu.Config{StateDir: filepath.Join(n.dataDir, "qemu"), ForwardHost: n.forwardHost, VNC: n.vnc, Log: log})
+	case "anka":
+		return anka.New(anka.Config{Log: log})
 	}
-	return nil, fmt.Errorf("unknown driver %q (want synthetic)", n.driver)
+	return nil, fmt.Errorf("unknown driver %q (want synthetic, qemu or anka)", n.driver)
 }
 
 func (n *nodeFlags) config(controllers []string, token string, log *slog.Logger) (node.Config, error) {
-	drv, err := n.driverFor()
+	drv, err := n.driverFor(log)
 	if err != nil {
 		return node.Config{}, err
 	}

@@ -24,6 +24,7 @@ func runUp(ctx context.Context, args []string, out io.Writer) error {
 	var r registryFlags
 	c.register(f, ":8090")
 	n.register(f, "node-")
+	f.String(&n.driver, "driver", n.driver, "the local node's VM driver (same as --node-driver)")
 	r.register(f, "registry-", "127.0.0.1:8089", "")
 	if err := f.Parse(args, func() *slog.Logger { return newLogger(c.logLevel) }); err != nil {
 		return err
@@ -64,6 +65,9 @@ func runUp(ctx context.Context, args []string, out io.Writer) error {
 	if n.driver != "none" {
 		if n.dataDir == "corral-node" {
 			n.dataDir = filepath.Join(c.dataDir, "node")
+		}
+		if n.forwardHost == "0.0.0.0" {
+			n.forwardHost = "127.0.0.1" // one machine: keep guests' SSH on loopback
 		}
 		ncfg, err := n.config([]string{d.URL}, d.JoinToken, log)
 		if err != nil {

@@ -103,9 +103,14 @@ func (in *instance) boot() (driver.VM, bool) {
 		}
 		in.a.templatesChanged()
 	}
+	var templateDir string
+	if held, ok := tmpl.(interface{ Path(vmid, tag string) string }); ok {
+		templateDir = held.Path(as.VMID, as.Tag)
+	}
 	vm, err := in.a.cfg.Driver.Start(in.ctx, driver.Spec{
 		InstanceID: as.InstanceID, VMID: as.VMID, Tag: as.Tag, TemplateName: spec.TemplateName,
 		VCPU: spec.VCPU, VRAMMB: spec.VRAM, HostIP: in.a.report.IPAddress, NodeID: in.a.report.NodeID,
+		TemplateDir: templateDir,
 	})
 	if in.ctx.Err() != nil {
 		if vm != nil {
