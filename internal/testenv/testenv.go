@@ -4,6 +4,7 @@
 package testenv
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"io"
@@ -18,6 +19,7 @@ import (
 	apiv1 "github.com/corral-build/corral/api/v1"
 	"github.com/corral-build/corral/client"
 	"github.com/corral-build/corral/internal/controller/daemon"
+	"github.com/corral-build/corral/internal/driver"
 	"github.com/corral-build/corral/internal/driver/synthetic"
 	"github.com/corral-build/corral/internal/etcdembed"
 	"github.com/corral-build/corral/internal/node"
@@ -41,6 +43,8 @@ type NodeOptions struct {
 	Capacity int
 	Groups   []string
 	PullTime time.Duration
+	// Driver runs the node's instances; nil means synthetic.
+	Driver driver.Driver
 }
 
 // Cluster is a running test cloud.
@@ -162,7 +166,7 @@ func (c *Cluster) StartNode(o NodeOptions) *RunningNode {
 	agent, err := node.New(node.Config{
 		ControllerURLs: c.URLs(), Token: "test-token", Name: o.Name, IP: "127.0.0.1",
 		Capacity: o.Capacity, Groups: o.Groups, DataDir: filepath.Join(c.Dir, "node-"+o.Name),
-		Driver: synthetic.New(20 * time.Millisecond), SimulatedPullTime: o.PullTime,
+		Driver: cmp.Or[driver.Driver](o.Driver, synthetic.New(20*time.Millisecond)), SimulatedPullTime: o.PullTime,
 		Log: Logger(c.t),
 	})
 	if err != nil {

@@ -181,7 +181,8 @@ func (v *vm) boot(ctx context.Context, spec driver.Spec, tmpl TemplateConfig) er
 	}
 	if tmpl.Kernel != "" {
 		args = append(args, "-kernel", filepath.Join(spec.TemplateDir, tmpl.Kernel),
-			"-append", strings.TrimSpace(tmpl.Cmdline+" corral.ssh_key="+base64.StdEncoding.EncodeToString([]byte(authorized))))
+			// The line ends in a newline so keys appended later start a line of their own.
+			"-append", strings.TrimSpace(tmpl.Cmdline+" corral.ssh_key="+base64.StdEncoding.EncodeToString([]byte(authorized+"\n"))))
 		if tmpl.Initrd != "" {
 			args = append(args, "-initrd", filepath.Join(spec.TemplateDir, tmpl.Initrd))
 		}
