@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -208,4 +209,59 @@ func TestNodeKilledWithoutGoodbye(t *testing.T) {
 	// Terminating an instance of a dead node finishes at once.
 	ok(t, "DELETE", c.Controllers[0].URL+"/api/v1/vm", `{"id":"`+ids[0].(string)+`"}`)
 	c.WaitState(ids[0].(string), apiv1.StateTerminated, 5*time.Second)
+}
+
+// TestNodeRestartReconciles: a node process killed and restarted within its
+// lease finds the instances it ran: the controller still wants them, their
+// VMs are gone, so they fail with a reason (never silently rebooted), and
+// terminating them completes. A graceful stop reports its instances failed.
+func TestNodeRestartReconciles(t *testing.T) {
+	c := testenv.StartCluster(t, testenv.Options{LeaseTTL: 10 * time.Second})
+	bin := corralBinary(t)
+	dataDir := t.TempDir()
+	var stderr strings.Builder
+	startNode := func() *exec.Cmd {
+		cmd := exec.Command(bin, "node", "--controller", c.Controllers[0].URL, "--token", "test-token",
+			"--name", "phoenix", "--capacity", "4", "--ip", "127.0.0.1", "--data-dir", dataDir)
+		cmd.Stderr = &stderr
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+		return cmd
+	}
+	node := startNode()
+	deadline := time.Now().Add(10 * time.Second)
+	for len(ok(t, "GET", c.Controllers[0].URL+"/api/v1/node", "").([]any)) == 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("node never joined:\n%s", stderr.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	base := c.Controllers[0].URL + "/api/v1"
+	ids := ok(t, "POST", base+"/vm", `{"vmid":"`+c.TemplateID+`","count":2}`).([]any)
+	for _, id := range ids {
+		c.WaitState(id.(string), apiv1.StateStarted, 10*time.Second)
+	}
+	_ = node.Process.Kill()
+	_ = node.Wait()
+	node = startNode()
+	for _, id := range ids {
+		in := c.WaitState(id.(string), apiv1.StateError, 10*time.Second)
+		if in.Message != "VM lost: the node agent restarted while it ran" {
+			t.Errorf("message %q", in.Message)
+		}
+	}
+	ok(t, "DELETE", base+"/vm", `{"id":"`+ids[0].(string)+`"}`)
+	c.WaitState(ids[0].(string), apiv1.StateTerminated, 5*time.Second)
+
+	// A fresh instance runs normally on the restarted node; a graceful stop
+	// (SIGTERM) reports it failed at once instead of leaving it Started.
+	fresh := ok(t, "POST", base+"/vm", `{"vmid":"`+c.TemplateID+`"}`).([]any)[0].(string)
+	c.WaitState(fresh, apiv1.StateStarted, 10*time.Second)
+	_ = node.Process.Signal(syscall.SIGTERM)
+	in := c.WaitState(fresh, apiv1.StateError, 5*time.Second)
+	if in.Message != "node agent shut down; VM destroyed" {
+		t.Errorf("after SIGTERM: %q", in.Message)
+	}
 }

@@ -49,9 +49,12 @@ type Agent struct {
 
 	mu        sync.Mutex
 	instances map[string]*instance
-	statusCh  chan apiv1.InstanceStatus
-	reportCh  chan struct{}
-	wg        sync.WaitGroup
+	// lost holds instances this node ran before a restart: the controller
+	// may still want them, but their VMs are gone.
+	lost     map[string]bool
+	statusCh chan apiv1.InstanceStatus
+	reportCh chan struct{}
+	wg       sync.WaitGroup
 }
 
 // New prepares an agent; Run joins and serves.
@@ -66,10 +69,13 @@ func New(cfg Config) (*Agent, error) {
 	if err != nil {
 		return nil, err
 	}
-	a := &Agent{cfg: cfg, ctl: ctl, log: cfg.Log, instances: map[string]*instance{},
+	a := &Agent{cfg: cfg, ctl: ctl, log: cfg.Log, instances: map[string]*instance{}, lost: map[string]bool{},
 		statusCh: make(chan apiv1.InstanceStatus, 256), reportCh: make(chan struct{}, 1)}
 	if err := a.describe(); err != nil {
 		return nil, err
+	}
+	for _, id := range a.runningMarkers() {
+		a.lost[id] = true
 	}
 	return a, nil
 }
@@ -120,7 +126,10 @@ func (a *Agent) Run(ctx context.Context) error {
 		a.useRegistry(join.RegistryURL)
 	}
 	errc := make(chan error, 2)
-	go a.sendStatusLoop(ctx)
+	// Status reports outlive ctx so the final ones of a shutdown are sent.
+	sendCtx, stopSending := context.WithCancel(context.WithoutCancel(ctx))
+	sent := make(chan struct{})
+	go func() { a.sendStatusLoop(sendCtx); close(sent) }()
 	go func() { errc <- a.heartbeatLoop(ctx, join) }()
 	go func() { errc <- a.assignmentLoop(ctx) }()
 	select {
@@ -129,7 +138,19 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	cancel()
 	a.stopAll()
+	a.flushStatus(5 * time.Second)
+	stopSending()
+	<-sent
 	return err
+}
+
+// flushStatus waits (up to max) until queued status reports are sent.
+func (a *Agent) flushStatus(max time.Duration) {
+	deadline := time.Now().Add(max)
+	for len(a.statusCh) > 0 && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	time.Sleep(50 * time.Millisecond) // the last batch in flight
 }
 
 // join retries until the controller accepts the node.
@@ -229,14 +250,14 @@ func (a *Agent) assignmentLoop(ctx context.Context) error {
 			continue
 		}
 		since = as.Revision
-		a.reconcile(ctx, as.Assignments)
+		a.reconcile(as.Assignments)
 	}
 	return nil
 }
 
 // reconcile starts instances that are desired and not running, and destroys
 // those no longer desired.
-func (a *Agent) reconcile(ctx context.Context, desired []apiv1.Assignment) {
+func (a *Agent) reconcile(desired []apiv1.Assignment) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	want := map[string]bool{}
@@ -244,11 +265,13 @@ func (a *Agent) reconcile(ctx context.Context, desired []apiv1.Assignment) {
 		want[as.InstanceID] = true
 		if _, ok := a.instances[as.InstanceID]; !ok {
 			in := newInstance(a, as)
+			in.lost = a.lost[as.InstanceID]
+			delete(a.lost, as.InstanceID)
 			a.instances[as.InstanceID] = in
 			a.wg.Add(1)
 			go func() {
 				defer a.wg.Done()
-				in.run(ctx)
+				in.run()
 				a.mu.Lock()
 				delete(a.instances, as.InstanceID)
 				a.mu.Unlock()
@@ -260,12 +283,40 @@ func (a *Agent) reconcile(ctx context.Context, desired []apiv1.Assignment) {
 			in.terminate()
 		}
 	}
+	// Markers of instances terminated while this node was down.
+	for id := range a.lost {
+		if !want[id] {
+			delete(a.lost, id)
+			a.clearRunning(id)
+		}
+	}
 }
 
-// stopAll destroys every VM on shutdown.
+func (a *Agent) markerDir() string { return filepath.Join(a.dataDir(), "running") }
+
+// markRunning records that this node holds a VM for the instance.
+func (a *Agent) markRunning(id string) {
+	if err := os.MkdirAll(a.markerDir(), 0o755); err == nil {
+		_ = os.WriteFile(filepath.Join(a.markerDir(), id), nil, 0o644)
+	}
+}
+
+func (a *Agent) clearRunning(id string) { _ = os.Remove(filepath.Join(a.markerDir(), id)) }
+
+func (a *Agent) runningMarkers() []string {
+	entries, _ := os.ReadDir(a.markerDir())
+	var ids []string
+	for _, e := range entries {
+		ids = append(ids, e.Name())
+	}
+	return ids
+}
+
+// stopAll destroys every VM on shutdown; the controller learns they failed.
 func (a *Agent) stopAll() {
 	a.mu.Lock()
 	for _, in := range a.instances {
+		in.shutdown.Store(true)
 		in.terminate()
 	}
 	a.mu.Unlock()

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	apiv1 "github.com/corral-build/corral/api/v1"
@@ -17,6 +18,10 @@ type instance struct {
 	cancel  context.CancelFunc
 	ctx     context.Context
 	stopped sync.Once
+	// lost: this node ran the instance before it restarted; the VM is gone.
+	lost bool
+	// shutdown: the agent is stopping, not the controller terminating.
+	shutdown atomic.Bool
 }
 
 func newInstance(a *Agent, as apiv1.Assignment) *instance {
@@ -43,19 +48,25 @@ func (in *instance) fail(msg string, vm driver.VM, script *apiv1.ScriptResult, r
 	in.report(st)
 }
 
-// run is the instance's whole life on this node. agentCtx ends on shutdown.
-func (in *instance) run(agentCtx context.Context) {
-	go func() {
-		select {
-		case <-agentCtx.Done():
-			in.terminate()
-		case <-in.ctx.Done():
+// run is the instance's whole life on this node. It ends when the controller
+// unassigns the instance or the agent shuts down (stopAll terminates it).
+func (in *instance) run() {
+	// The marker outlives a shutdown, so a restarted agent knows the VM was lost.
+	in.a.markRunning(in.as.InstanceID)
+	defer func() {
+		if !in.shutdown.Load() {
+			in.a.clearRunning(in.as.InstanceID)
 		}
 	}()
+	if in.lost {
+		in.fail("VM lost: the node agent restarted while it ran", nil, nil, true)
+		in.waitTerminate()
+		return
+	}
 	vm, ok := in.boot()
 	if vm == nil {
 		if !ok { // terminated before it ran
-			in.report(apiv1.InstanceStatus{State: apiv1.StateTerminated})
+			in.report(in.endState(nil))
 		}
 		in.waitTerminate()
 		return
@@ -77,7 +88,17 @@ func (in *instance) run(agentCtx context.Context) {
 // then confirms Terminated.
 func (in *instance) waitTerminate() {
 	<-in.ctx.Done()
-	in.report(apiv1.InstanceStatus{State: apiv1.StateTerminated})
+	in.report(in.endState(nil))
+}
+
+// endState is the report once the VM is gone: Terminated when the controller
+// asked, Error when the node agent itself is shutting down.
+func (in *instance) endState(info *apiv1.VMInfo) apiv1.InstanceStatus {
+	if in.shutdown.Load() {
+		return apiv1.InstanceStatus{State: apiv1.StateError, Message: "node agent shut down; VM destroyed",
+			VMInfo: info, Released: true}
+	}
+	return apiv1.InstanceStatus{State: apiv1.StateTerminated, VMInfo: info}
 }
 
 // boot pulls the template if needed and starts the VM. A nil VM with ok=true
@@ -190,6 +211,6 @@ func (in *instance) destroy(vm driver.VM) {
 		in.a.log.Error("destroy VM", "instance", in.as.InstanceID, "err", err)
 	}
 	info := vm.Info()
-	in.report(apiv1.InstanceStatus{State: apiv1.StateTerminated, VMInfo: &info})
-	in.a.log.Info("instance terminated", "instance", in.as.InstanceID)
+	in.report(in.endState(&info))
+	in.a.log.Info("instance destroyed", "instance", in.as.InstanceID, "shutdown", in.shutdown.Load())
 }
