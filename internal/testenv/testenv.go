@@ -49,7 +49,7 @@ type NodeOptions struct {
 
 // Cluster is a running test cloud.
 type Cluster struct {
-	t             *testing.T
+	t             testing.TB
 	Etcd          *etcdembed.Server
 	Controllers   []*daemon.Daemon
 	Client        *client.Controller // talks to every controller, failing over
@@ -100,7 +100,7 @@ func StartEtcd(t testing.TB) *etcdembed.Server {
 }
 
 // StartCluster starts etcd, the controllers and the nodes in opts.
-func StartCluster(t *testing.T, opts Options) *Cluster {
+func StartCluster(t testing.TB, opts Options) *Cluster {
 	t.Helper()
 	if opts.Controllers == 0 {
 		opts.Controllers = 1
