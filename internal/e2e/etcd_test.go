@@ -1,0 +1,138 @@
+package e2e
+
+import (
+	"context"
+	"errors"
+	"net"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/corral-build/corral/client"
+	"github.com/corral-build/corral/internal/controller/daemon"
+	"github.com/corral-build/corral/internal/etcdadmin"
+	"github.com/corral-build/corral/internal/etcdembed"
+	"github.com/corral-build/corral/internal/store"
+	"github.com/corral-build/corral/internal/testenv"
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+func freeURL(t *testing.T) string {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return "http://" + l.Addr().String()
+}
+
+// TestSnapshotRestore: `corral etcd snapshot save` while the cloud runs,
+// `snapshot restore` into a new data directory, a fresh embedded etcd and
+// controller on it list the same nodes, groups and instances.
+func TestSnapshotRestore(t *testing.T) {
+	c := testenv.StartCluster(t, testenv.Options{Nodes: []testenv.NodeOptions{
+		{Name: "a", Capacity: 3, Groups: []string{"mac-arm"}}, {Name: "b", Capacity: 3, Groups: []string{"linux"}}}})
+	ctx := context.Background()
+	for range 3 {
+		if _, err := c.Client.StartInstances(ctx, map[string]any{"vmid": c.TemplateID, "count": 2}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	before := snapshotOfAPI(t, c.Client)
+
+	bin := corralBinary(t)
+	snap := filepath.Join(t.TempDir(), "corral.snapshot")
+	if out, err := exec.Command(bin, "etcd", "snapshot", "save", snap, "--etcd-endpoints", c.Etcd.ClientURL).CombinedOutput(); err != nil {
+		t.Fatalf("snapshot save: %v\n%s", err, out)
+	}
+	dataDir := filepath.Join(t.TempDir(), "restored")
+	peer := freeURL(t)
+	if out, err := exec.Command(bin, "etcd", "snapshot", "restore", snap, "--data-dir", dataDir, "--etcd-peer-url", peer).CombinedOutput(); err != nil {
+		t.Fatalf("snapshot restore: %v\n%s", err, out)
+	}
+	d, err := daemon.Start(ctx, daemon.Config{ListenAddr: "127.0.0.1:0", TemplatesFile: c.TemplatesFile,
+		Embedded:     etcdembed.Config{DataDir: dataDir, ClientURL: "http://127.0.0.1:0", PeerURL: peer, Quiet: true},
+		EtcdLogLevel: "off", Log: testenv.Logger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	restored, _ := client.New([]string{d.URL}, "")
+	after := snapshotOfAPI(t, restored)
+	for _, kind := range []string{"nodes", "groups", "instances"} {
+		if !slices.Equal(before[kind], after[kind]) {
+			t.Errorf("%s differ after restore:\n before %v\n after  %v", kind, before[kind], after[kind])
+		}
+	}
+	if len(before["instances"]) != 6 || len(before["nodes"]) != 2 || len(before["groups"]) != 2 {
+		t.Fatalf("unexpected source state %v", before)
+	}
+}
+
+// snapshotOfAPI lists ids of nodes, groups and instances as the API shows them.
+func snapshotOfAPI(t *testing.T, cl *client.Controller) map[string][]string {
+	ctx := context.Background()
+	nodes, err := cl.Nodes(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	items, err := cl.Instances(ctx, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string][]string{}
+	for _, n := range nodes {
+		out["nodes"] = append(out["nodes"], n.NodeID+"/"+n.NodeName)
+		for _, g := range n.Groups {
+			out["groups"] = append(out["groups"], g.ID+"/"+g.Name)
+		}
+	}
+	for _, it := range items {
+		out["instances"] = append(out["instances"], it.InstanceID+"/"+it.VM.VMID)
+	}
+	for k := range out {
+		slices.Sort(out[k])
+	}
+	return out
+}
+
+func TestEtcdStatusDefragAndPerf(t *testing.T) {
+	c := testenv.StartCluster(t, testenv.Options{})
+	ctx := context.Background()
+	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{c.Etcd.ClientURL}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	sts, err := etcdadmin.GetStatus(ctx, cli)
+	if err != nil || len(sts) != 1 || sts[0].DBSize <= 0 || !sts[0].IsLeader || sts[0].Revision <= 0 {
+		t.Fatalf("status %+v %v", sts, err)
+	}
+	// With an instance waiting for a node, defrag refuses unless forced.
+	if _, err := c.Client.StartInstances(ctx, map[string]any{"vmid": c.TemplateID}); err != nil {
+		t.Fatal(err)
+	}
+	st := store.New(cli, "")
+	if _, err := etcdadmin.Defrag(ctx, cli, st, false); !errors.Is(err, etcdadmin.ErrBusy) || !strings.Contains(err.Error(), "1 instances are Scheduling") {
+		t.Fatalf("defrag while busy: %v", err)
+	}
+	if done, err := etcdadmin.Defrag(ctx, cli, st, true); err != nil || len(done) != 1 {
+		t.Fatalf("forced defrag: %v %v", done, err)
+	}
+	res, err := etcdadmin.CheckPerf(ctx, cli, time.Second, etcdadmin.PerfLimits{Clients: 10, TargetRate: 100,
+		MaxSlowest: time.Minute, MaxStddev: time.Minute})
+	if err != nil || res.Writes < 50 || res.WritesPerS <= 0 || res.Slowest <= 0 {
+		t.Fatalf("perf %+v %v", res, err)
+	}
+	impossible := etcdadmin.PerfLimits{Clients: 2, TargetRate: 1e6, MaxSlowest: time.Nanosecond, MaxStddev: 0}
+	res, err = etcdadmin.CheckPerf(ctx, cli, 200*time.Millisecond, impossible)
+	if err != nil || len(res.Failures) != 3 {
+		t.Fatalf("impossible limits must FAIL on throughput, slowest and stddev: %+v %v", res, err)
+	}
+	if left, _ := cli.Get(ctx, "/corral-check-perf/", clientv3.WithPrefix(), clientv3.WithCountOnly()); left.Count != 0 {
+		t.Fatalf("check perf left %d keys", left.Count)
+	}
+}
