@@ -36,7 +36,7 @@ func (s *Service) ListNodes(ctx context.Context, id string) ([]apiv1.Node, error
 		}
 		u := used[r.NodeID]
 		node := apiv1.Node{
-			NodeID: r.NodeID, NodeName: r.NodeName, IPAddress: r.IPAddress, State: nodeState(n),
+			NodeID: r.NodeID, NodeName: r.NodeName, IPAddress: r.IPAddress, State: n.State(),
 			Capacity: n.Capacity(), CapacityMode: "number", CPUCount: r.CPUCount, RAM: r.RAMMB / 1024,
 			VMCount: u.vms, VCPUCount: u.vcpu, VRAM: u.vram, CPUUtil: r.CPUUtil, RAMUtil: r.RAMUtil,
 			FreeDiskSpace: max(r.FreeDiskSpace, 0), DiskSize: max(r.DiskSize, 0), HostArch: r.HostArch,
@@ -58,16 +58,6 @@ func (s *Service) ListNodes(ctx context.Context, id string) ([]apiv1.Node, error
 	}
 	slices.SortFunc(out, func(a, b apiv1.Node) int { return strings.Compare(a.NodeName, b.NodeName) })
 	return out, nil
-}
-
-func nodeState(n store.NodeEntry) string {
-	switch {
-	case !n.Alive:
-		return apiv1.NodeOffline
-	case n.Drain:
-		return apiv1.NodeDrain
-	}
-	return apiv1.NodeActive
 }
 
 // ConfigureNode changes a node's capacity, limits or drain mode.

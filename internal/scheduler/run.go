@@ -25,6 +25,8 @@ type Config struct {
 	Known TemplateKnown
 	// OnPass, when set, observes each pass's duration (metrics).
 	OnPass func(time.Duration)
+	// OnPlaced, when set, observes how long a placed instance waited.
+	OnPlaced func(time.Duration)
 }
 
 // Scheduler runs placement while this controller holds the leadership.
@@ -174,6 +176,9 @@ func (s *Scheduler) Pass(ctx context.Context, fence clientv3.Cmp) error {
 			continue
 		}
 		lastCommit[d.NodeID] = rev
+		if s.cfg.OnPlaced != nil {
+			s.cfg.OnPlaced(time.Since(in.CrTime))
+		}
 		s.log.Info("instance placed", "instance", in.InstanceID, "node", node.Report.NodeName, "priority", in.Priority)
 	}
 	if s.cfg.OnPass != nil {

@@ -25,6 +25,17 @@ type NodeEntry struct {
 	Alive  bool
 }
 
+// State is the node's state as the API names it.
+func (n NodeEntry) State() string {
+	switch {
+	case !n.Alive:
+		return apiv1.NodeOffline
+	case n.Drain:
+		return apiv1.NodeDrain
+	}
+	return apiv1.NodeActive
+}
+
 // InstanceEntry is an instance with its revision.
 type InstanceEntry struct {
 	InstanceRecord

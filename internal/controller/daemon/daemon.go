@@ -18,6 +18,7 @@ import (
 	"github.com/corral-build/corral/internal/controller"
 	"github.com/corral-build/corral/internal/controller/httpapi"
 	"github.com/corral-build/corral/internal/etcdembed"
+	"github.com/corral-build/corral/internal/metrics"
 	"github.com/corral-build/corral/internal/scheduler"
 	"github.com/corral-build/corral/internal/store"
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -113,13 +114,17 @@ func Start(ctx context.Context, cfg Config) (*Daemon, error) {
 		return nil, fmt.Errorf("listen %s: %w", cfg.ListenAddr, err)
 	}
 	d.URL = "http://" + advertised(ln.Addr().(*net.TCPAddr))
-	d.http = &http.Server{Handler: httpapi.New(d.Service, log), ReadHeaderTimeout: 10 * time.Second}
+	m := metrics.New(st)
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", m.Handler())
+	mux.Handle("/", m.Middleware(httpapi.New(d.Service, log)))
+	d.http = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 
 	runCtx, cancel := context.WithCancel(context.Background())
 	d.cancel = cancel
 	sched := scheduler.New(st, scheduler.Config{
 		ID: d.URL, SessionTTL: int(cfg.SchedulerTTL / time.Second), Retention: cfg.InstanceRetention,
-		Known: knownTemplates(runCtx, reg),
+		Known: knownTemplates(runCtx, reg), OnPass: m.ObservePass, OnPlaced: m.ObservePlacement,
 	}, log)
 	go func() {
 		defer close(d.done)

@@ -1,0 +1,66 @@
+package e2e
+
+import (
+	"io"
+	"net/http"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	apiv1 "github.com/corral-build/corral/api/v1"
+	"github.com/corral-build/corral/internal/testenv"
+)
+
+// TestMetrics scrapes /metrics after real traffic and checks the series an
+// operator graphs.
+func TestMetrics(t *testing.T) {
+	c := testenv.StartCluster(t, testenv.Options{Nodes: []testenv.NodeOptions{{Name: "n1", Capacity: 2}}})
+	base := c.Controllers[0].URL
+	ok(t, "POST", base+"/api/v1/vm", `{"vmid":"`+c.TemplateID+`","count":3}`) // capacity 2: one waits
+	deadline := time.Now().Add(10 * time.Second)
+	for len(ok(t, "GET", base+"/api/v1/vm?state=Started", "").([]any)) != 2 && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+	}
+	fail(t, "GET", base+"/api/v1/vm?id=nope", "", 200, apiv1.MsgNotFound)
+
+	resp, err := http.Get(base + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	text := string(body)
+	value := func(series string) float64 {
+		t.Helper()
+		m := regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(series) + ` ([0-9.e+]+)$`).FindStringSubmatch(text)
+		if m == nil {
+			t.Fatalf("no series %s in /metrics", series)
+		}
+		v, _ := strconv.ParseFloat(m[1], 64)
+		return v
+	}
+	if v := value(`corral_instances{state="Started"}`); v != 2 {
+		t.Errorf("Started instances %v", v)
+	}
+	if v := value(`corral_instances{state="Scheduling"}`); v != 1 {
+		t.Errorf("Scheduling instances %v", v)
+	}
+	if v := value(`corral_nodes{state="Active"}`); v != 1 {
+		t.Errorf("Active nodes %v", v)
+	}
+	if v := value(`corral_api_requests_total{code="200",method="POST",route="POST /api/v1/vm"}`); v != 1 {
+		t.Errorf("POST /api/v1/vm requests %v", v)
+	}
+	if v := value(`corral_scheduling_latency_seconds_count`); v < 2 {
+		t.Errorf("placements observed %v", v)
+	}
+	if v := value(`corral_etcd_db_total_size_in_bytes{endpoint="` + c.Etcd.ClientURL + `"}`); v <= 0 {
+		t.Errorf("etcd db size %v", v)
+	}
+	value(`corral_etcd_db_total_size_in_use_in_bytes{endpoint="` + c.Etcd.ClientURL + `"}`)
+	if !strings.Contains(text, "corral_scheduler_pass_duration_seconds_bucket") {
+		t.Error("no scheduler pass histogram")
+	}
+}

@@ -1,0 +1,143 @@
+// Package metrics exports the controller's Prometheus metrics: API traffic,
+// instances and nodes by state, scheduling latency, and etcd's database size
+// (for embedded and external etcd alike).
+package metrics
+
+import (
+	"context"
+	"net/http"
+	"strconv"
+	"time"
+
+	apiv1 "github.com/corral-build/corral/api/v1"
+	"github.com/corral-build/corral/internal/store"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// Metrics holds the controller's instruments.
+type Metrics struct {
+	reg            *prometheus.Registry
+	requests       *prometheus.CounterVec
+	requestSeconds *prometheus.HistogramVec
+	passSeconds    prometheus.Histogram
+	placeSeconds   prometheus.Histogram
+}
+
+// New registers the instruments; st feeds the state gauges at scrape time.
+func New(st *store.Store) *Metrics {
+	m := &Metrics{
+		reg: prometheus.NewRegistry(),
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "corral_api_requests_total", Help: "API requests by method, route and HTTP code.",
+		}, []string{"method", "route", "code"}),
+		requestSeconds: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "corral_api_request_duration_seconds", Help: "API latency by method and route.",
+			Buckets: prometheus.ExponentialBuckets(0.001, 2.5, 12),
+		}, []string{"method", "route"}),
+		passSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "corral_scheduler_pass_duration_seconds", Help: "Duration of one scheduling pass.",
+			Buckets: prometheus.ExponentialBuckets(0.001, 2.5, 12),
+		}),
+		placeSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "corral_scheduling_latency_seconds", Help: "From an instance's creation to its placement on a node.",
+			Buckets: prometheus.ExponentialBuckets(0.01, 2.5, 14),
+		}),
+	}
+	// Go and process metrics come from the default registry (see Handler).
+	m.reg.MustRegister(m.requests, m.requestSeconds, m.passSeconds, m.placeSeconds, stateCollector{st})
+	return m
+}
+
+// Handler serves /metrics: Corral's registry plus the default one, where an
+// embedded etcd registers its own etcd_* metrics.
+func (m *Metrics) Handler() http.Handler {
+	return promhttp.HandlerFor(prometheus.Gatherers{m.reg, prometheus.DefaultGatherer}, promhttp.HandlerOpts{})
+}
+
+// ObservePass records a scheduling pass.
+func (m *Metrics) ObservePass(d time.Duration) { m.passSeconds.Observe(d.Seconds()) }
+
+// ObservePlacement records how long an instance waited for a node.
+func (m *Metrics) ObservePlacement(d time.Duration) { m.placeSeconds.Observe(d.Seconds()) }
+
+// Middleware counts requests by route pattern (bounded cardinality).
+func (m *Metrics) Middleware(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		rec := &statusRecorder{ResponseWriter: w, code: http.StatusOK}
+		next.ServeHTTP(rec, r)
+		route := r.Pattern
+		if route == "" {
+			route = "unmatched"
+		}
+		m.requests.WithLabelValues(r.Method, route, strconv.Itoa(rec.code)).Inc()
+		m.requestSeconds.WithLabelValues(r.Method, route).Observe(time.Since(start).Seconds())
+	})
+}
+
+type statusRecorder struct {
+	http.ResponseWriter
+	code int
+}
+
+func (s *statusRecorder) WriteHeader(code int) {
+	s.code = code
+	s.ResponseWriter.WriteHeader(code)
+}
+
+// Flush keeps long responses streaming through the recorder.
+func (s *statusRecorder) Flush() {
+	if f, ok := s.ResponseWriter.(http.Flusher); ok {
+		f.Flush()
+	}
+}
+
+// stateCollector reads instances, nodes and etcd's size at scrape time, so
+// nothing is written to etcd for metrics.
+type stateCollector struct{ st *store.Store }
+
+var (
+	instancesDesc = prometheus.NewDesc("corral_instances", "Instances by state.", []string{"state"}, nil)
+	nodesDesc     = prometheus.NewDesc("corral_nodes", "Nodes by state.", []string{"state"}, nil)
+	dbSizeDesc    = prometheus.NewDesc("corral_etcd_db_total_size_in_bytes", "etcd backend database size (as etcd_mvcc_db_total_size_in_bytes).", []string{"endpoint"}, nil)
+	dbInUseDesc   = prometheus.NewDesc("corral_etcd_db_total_size_in_use_in_bytes", "etcd backend database bytes in use (as etcd_mvcc_db_total_size_in_use_in_bytes).", []string{"endpoint"}, nil)
+)
+
+func (c stateCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- instancesDesc
+	ch <- nodesDesc
+	ch <- dbSizeDesc
+	ch <- dbInUseDesc
+}
+
+func (c stateCollector) Collect(ch chan<- prometheus.Metric) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if snap, err := c.st.Snapshot(ctx); err == nil {
+		byState := map[string]int{}
+		for _, s := range apiv1.InstanceStates {
+			byState[s] = 0
+		}
+		for _, in := range snap.Instances {
+			byState[in.State]++
+		}
+		for s, n := range byState {
+			ch <- prometheus.MustNewConstMetric(instancesDesc, prometheus.GaugeValue, float64(n), s)
+		}
+		nodes := map[string]int{apiv1.NodeActive: 0, apiv1.NodeOffline: 0, apiv1.NodeDrain: 0}
+		for _, n := range snap.Nodes {
+			nodes[n.State()]++
+		}
+		for s, n := range nodes {
+			ch <- prometheus.MustNewConstMetric(nodesDesc, prometheus.GaugeValue, float64(n), s)
+		}
+	}
+	cli := c.st.Client()
+	for _, ep := range cli.Endpoints() {
+		if st, err := cli.Status(ctx, ep); err == nil {
+			ch <- prometheus.MustNewConstMetric(dbSizeDesc, prometheus.GaugeValue, float64(st.DbSize), ep)
+			ch <- prometheus.MustNewConstMetric(dbInUseDesc, prometheus.GaugeValue, float64(st.DbSizeInUse), ep)
+		}
+	}
+}
