@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/corral-build/corral/internal/etcdadmin"
+	"github.com/corral-build/corral/internal/etcdembed"
 	"github.com/corral-build/corral/internal/store"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
@@ -17,6 +18,7 @@ import (
 
 const etcdUsage = `Usage: corral etcd <command> [flags] (each has --help)
 
+  serve                              run an etcd member (for compose and Kubernetes)
   snapshot save FILE                 save a consistent snapshot while etcd runs
   snapshot restore FILE --data-dir D  seed a new data directory (a new host) from a snapshot
   status                             DB size, in-use size, revision, leader, compaction
@@ -26,6 +28,8 @@ const etcdUsage = `Usage: corral etcd <command> [flags] (each has --help)
 // runEtcd dispatches `corral etcd ...`.
 func runEtcd(ctx context.Context, args []string, out io.Writer) error {
 	switch {
+	case len(args) >= 1 && args[0] == "serve":
+		return etcdServe(ctx, args[1:], out)
 	case len(args) >= 2 && args[0] == "snapshot" && args[1] == "save":
 		return etcdSnapshotSave(ctx, args[2:], out)
 	case len(args) >= 2 && args[0] == "snapshot" && args[1] == "restore":
@@ -184,4 +188,48 @@ func etcdCheckPerf(ctx context.Context, args []string, out io.Writer) error {
 	}
 	fmt.Fprintln(out, "PASS")
 	return nil
+}
+
+// etcdServeFlags are the flags of `corral etcd serve` (also read by the test
+// that checks deploy/ env files).
+type etcdServeFlags struct {
+	cfg      etcdembed.Config
+	logLevel int
+}
+
+func (e *etcdServeFlags) register(f *flags) {
+	f.String(&e.cfg.Name, "etcd-name", "default", "member name (unique in the cluster)")
+	f.String(&e.cfg.DataDir, "data-dir", "corral-etcd", "member data directory")
+	f.String(&e.cfg.ClientURL, "etcd-advertise-client-url", "http://127.0.0.1:2379", "client URL other members and clients use")
+	f.String(&e.cfg.PeerURL, "etcd-advertise-peer-url", "http://127.0.0.1:2380", "peer URL other members use")
+	f.String(&e.cfg.ListenClientURL, "etcd-listen-client-url", "", "where to listen for clients (default: the advertised URL)")
+	f.String(&e.cfg.ListenPeerURL, "etcd-listen-peer-url", "", "where to listen for peers (default: the advertised URL)")
+	f.String(&e.cfg.InitialCluster, "etcd-initial-cluster", "", "name=peerURL,... of every member (empty: a single member)")
+	f.String(&e.cfg.InitialClusterState, "etcd-initial-cluster-state", "new", "new, or existing to join a running cluster")
+	f.Duration(&e.cfg.AutoCompactionRetention, "etcd-compaction", 30*time.Minute, "periodic history compaction retention")
+	f.Int(&e.logLevel, "log-level", 0, "log verbosity: 0 info, 1+ debug", "ANKA_V")
+}
+
+func etcdServe(ctx context.Context, args []string, out io.Writer) error {
+	var e etcdServeFlags
+	f := newFlags("etcd serve", "Run an etcd member in this process (the etcd service of compose and Kubernetes deployments).", out)
+	e.register(f)
+	if err := f.Parse(args, func() *slog.Logger { return newLogger(e.logLevel) }); err != nil {
+		return err
+	}
+	if e.logLevel >= 1 {
+		e.cfg.LogLevel = "info"
+	}
+	srv, err := etcdembed.Start(e.cfg)
+	if err != nil {
+		return err
+	}
+	defer srv.Close()
+	fmt.Fprintf(out, "etcd member %s serving clients at %s\n", e.cfg.Name, srv.ClientURL)
+	select {
+	case <-ctx.Done():
+		return nil
+	case err := <-srv.Err():
+		return err
+	}
 }

@@ -146,7 +146,7 @@ func (f *flags) Parse(args []string, log func() *slog.Logger) error {
 	}
 	for _, kv := range os.Environ() {
 		name, _, _ := strings.Cut(kv, "=")
-		if strings.HasPrefix(name, "CORRAL_") && !f.known[name] {
+		if strings.HasPrefix(name, "CORRAL_") && !f.known[name] && log != nil {
 			log().Warn("ignoring unknown environment variable", "name", name)
 		}
 	}

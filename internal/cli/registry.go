@@ -14,6 +14,7 @@ import (
 type registryFlags struct {
 	listen, dataDir, backend       string
 	gcInterval, gcGrace, uploadTTL time.Duration
+	logLevel                       int
 }
 
 func (r *registryFlags) register(f *flags, prefix, listenDefault, dirDefault string) {
@@ -23,6 +24,9 @@ func (r *registryFlags) register(f *flags, prefix, listenDefault, dirDefault str
 	f.Duration(&r.gcInterval, prefix+"gc-interval", time.Hour, "how often garbage collection frees unreferenced chunks (0 = never)")
 	f.Duration(&r.gcGrace, prefix+"gc-grace", time.Hour, "chunks written or used more recently than this are never collected")
 	f.Duration(&r.uploadTTL, prefix+"upload-ttl", 24*time.Hour, "idle upload leases older than this are purged")
+	if prefix == "" { // `corral up` has its own --log-level
+		f.Int(&r.logLevel, "log-level", 0, "log verbosity: 0 info, 1+ debug", "ANKA_V")
+	}
 }
 
 func aliasIf(cond bool, names ...string) []string {
@@ -43,13 +47,11 @@ func (r *registryFlags) config(log *slog.Logger) (daemon.Config, error) {
 func runRegistry(ctx context.Context, args []string, out io.Writer) error {
 	f := newFlags("registry", "Run the template registry (standalone: it needs no controller or etcd).", out)
 	var r registryFlags
-	var logLevel int
 	r.register(f, "", ":8089", "corral-registry")
-	f.Int(&logLevel, "log-level", 0, "log verbosity: 0 info, 1+ debug", "ANKA_V")
-	if err := f.Parse(args, func() *slog.Logger { return newLogger(logLevel) }); err != nil {
+	if err := f.Parse(args, func() *slog.Logger { return newLogger(r.logLevel) }); err != nil {
 		return err
 	}
-	log := newLogger(logLevel)
+	log := newLogger(r.logLevel)
 	cfg, err := r.config(log)
 	if err != nil {
 		return err

@@ -18,9 +18,16 @@ import (
 type Config struct {
 	Name    string // member name; "default" when empty
 	DataDir string
-	// ClientURL and PeerURL are http://host:port; port 0 picks a free loopback port.
+	// ClientURL and PeerURL are advertised as http://host:port; port 0 picks
+	// a free loopback port.
 	ClientURL string
 	PeerURL   string
+	// ListenClientURL and ListenPeerURL, when set, are where the member
+	// listens (e.g. http://0.0.0.0:2379 in a container advertising its name).
+	ListenClientURL string
+	ListenPeerURL   string
+	// InitialClusterState is "new" (default) or "existing" (joining a cluster).
+	InitialClusterState string
 	// InitialCluster lists every member as name=peerURL for multi-member clusters;
 	// empty means a single-member cluster.
 	InitialCluster string
@@ -64,6 +71,19 @@ func Start(cfg Config) (*Server, error) {
 	ec.AdvertiseClientUrls = []url.URL{*clientURL}
 	ec.ListenPeerUrls = []url.URL{*peerURL}
 	ec.AdvertisePeerUrls = []url.URL{*peerURL}
+	if cfg.ListenClientURL != "" {
+		if ec.ListenClientUrls, err = parseURLs(cfg.ListenClientURL); err != nil {
+			return nil, fmt.Errorf("etcd listen client url: %w", err)
+		}
+	}
+	if cfg.ListenPeerURL != "" {
+		if ec.ListenPeerUrls, err = parseURLs(cfg.ListenPeerURL); err != nil {
+			return nil, fmt.Errorf("etcd listen peer url: %w", err)
+		}
+	}
+	if cfg.InitialClusterState != "" {
+		ec.ClusterState = cfg.InitialClusterState
+	}
 	ec.InitialCluster = cfg.InitialCluster
 	if ec.InitialCluster == "" {
 		ec.InitialCluster = cfg.Name + "=" + peerURL.String()
@@ -102,6 +122,14 @@ func (s *Server) Close() { s.etcd.Close() }
 
 // Err reports a fatal server error after start.
 func (s *Server) Err() <-chan error { return s.etcd.Err() }
+
+func parseURLs(raw string) ([]url.URL, error) {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return nil, err
+	}
+	return []url.URL{*u}, nil
+}
 
 func orDefault(v, def string) string {
 	if v == "" {
