@@ -14,11 +14,11 @@ import (
 
 // controllerFlags are shared by `corral controller` and `corral up`.
 type controllerFlags struct {
-	listen, dataDir, etcdClientURL, etcdPeerURL, etcdName, registryURL, templatesFile, joinToken string
-	etcdEndpoints                                                                                []string
-	compaction, leaseTTL, schedulerTTL, retention                                                time.Duration
-	standalone                                                                                   bool
-	logLevel                                                                                     int
+	listen, dataDir, etcdClientURL, etcdPeerURL, etcdName, registryURL, localRegistryURL, templatesFile, joinToken string
+	etcdEndpoints                                                                                                  []string
+	compaction, leaseTTL, schedulerTTL, retention                                                                  time.Duration
+	standalone                                                                                                     bool
+	logLevel                                                                                                       int
 }
 
 func (c *controllerFlags) register(f *flags, listenDefault string) {
@@ -31,6 +31,7 @@ func (c *controllerFlags) register(f *flags, listenDefault string) {
 	f.String(&c.etcdPeerURL, "etcd-peer-url", "http://127.0.0.1:2380", "embedded etcd peer URL")
 	f.Duration(&c.compaction, "etcd-compaction", 30*time.Minute, "embedded etcd periodic history compaction retention")
 	f.String(&c.registryURL, "registry-url", "", "registry URL handed to nodes, e.g. http://10.0.0.5:8089 (no trailing slash)", "ANKA_ANKA_REGISTRY")
+	f.String(&c.localRegistryURL, "local-registry-url", "", "how this controller reaches the registry, when not by --registry-url (e.g. http://127.0.0.1:8089 in the same pod)", "ANKA_LOCAL_ANKA_REGISTRY")
 	f.String(&c.templatesFile, "templates-file", "", "JSON template list served until a registry is configured (default DATA_DIR/templates.json)")
 	f.String(&c.joinToken, "join-token", "", "token nodes present to join (default: generated once, kept in etcd)")
 	f.Duration(&c.leaseTTL, "node-lease-ttl", 15*time.Second, "a node that stays silent this long goes Offline and its instances fail")
@@ -43,6 +44,9 @@ func (c *controllerFlags) daemonConfig(log *slog.Logger) (daemon.Config, error) 
 	if err := ValidateRegistryURL(c.registryURL); err != nil {
 		return daemon.Config{}, fmt.Errorf("--registry-url: %w", err)
 	}
+	if err := ValidateRegistryURL(c.localRegistryURL); err != nil {
+		return daemon.Config{}, fmt.Errorf("--local-registry-url: %w", err)
+	}
 	if c.templatesFile == "" {
 		c.templatesFile = filepath.Join(c.dataDir, "templates.json")
 	}
@@ -54,7 +58,7 @@ func (c *controllerFlags) daemonConfig(log *slog.Logger) (daemon.Config, error) 
 		ListenAddr: c.listen, EtcdEndpoints: endpoints,
 		Embedded: etcdembed.Config{Name: c.etcdName, DataDir: filepath.Join(c.dataDir, "etcd"),
 			ClientURL: c.etcdClientURL, PeerURL: c.etcdPeerURL, AutoCompactionRetention: c.compaction},
-		RegistryURL: c.registryURL, TemplatesFile: c.templatesFile, JoinToken: c.joinToken,
+		RegistryURL: c.registryURL, LocalRegistryURL: c.localRegistryURL, TemplatesFile: c.templatesFile, JoinToken: c.joinToken,
 		NodeLeaseTTL: c.leaseTTL, SchedulerTTL: c.schedulerTTL, InstanceRetention: c.retention, Log: log,
 	}, nil
 }
