@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/url"
 	"strconv"
+	"sync"
 	"time"
 
 	"go.etcd.io/etcd/server/v3/embed"
@@ -42,6 +43,7 @@ type Config struct {
 type Server struct {
 	etcd      *embed.Etcd
 	ClientURL string
+	closeOnce sync.Once
 }
 
 // Start launches the member and waits until it serves clients.
@@ -117,8 +119,9 @@ func Start(cfg Config) (*Server, error) {
 	return &Server{etcd: e, ClientURL: clientURL.String()}, nil
 }
 
-// Close stops the member gracefully.
-func (s *Server) Close() { s.etcd.Close() }
+// Close stops the member gracefully; calling it again does nothing (etcd's
+// own Close panics on a second call).
+func (s *Server) Close() { s.closeOnce.Do(s.etcd.Close) }
 
 // Err reports a fatal server error after start.
 func (s *Server) Err() <-chan error { return s.etcd.Err() }
