@@ -107,7 +107,8 @@ func leaderURL(t *testing.T, cli *clientv3.Client) string {
 	if err != nil || len(resp.Kvs) == 0 {
 		t.Fatalf("no election key: %v", err)
 	}
-	return string(resp.Kvs[0].Value)
+	_, url, _ := strings.Cut(string(resp.Kvs[0].Value), " ") // "host url"
+	return url
 }
 
 func waitStarted(t *testing.T, c *testenv.Cluster, n int) {

@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"time"
 
 	"github.com/corral-build/corral/internal/controller"
@@ -123,7 +124,7 @@ func Start(ctx context.Context, cfg Config) (*Daemon, error) {
 	runCtx, cancel := context.WithCancel(context.Background())
 	d.cancel = cancel
 	sched := scheduler.New(st, scheduler.Config{
-		ID: d.URL, SessionTTL: int(cfg.SchedulerTTL / time.Second), Retention: cfg.InstanceRetention,
+		ID: electionID(d.URL), SessionTTL: int(cfg.SchedulerTTL / time.Second), Retention: cfg.InstanceRetention,
 		Known: knownTemplates(runCtx, reg), OnPass: m.ObservePass, OnPlaced: m.ObservePlacement,
 	}, log)
 	go func() {
@@ -156,6 +157,13 @@ func knownTemplates(ctx context.Context, reg controller.Registry) scheduler.Temp
 		}
 		return false
 	}
+}
+
+// electionID names this controller to the others: host and URL, since
+// controllers in containers all listen on the same address.
+func electionID(url string) string {
+	host, _ := os.Hostname()
+	return host + " " + url
 }
 
 // advertised turns a wildcard listen address into a dialable one.
