@@ -1,0 +1,95 @@
+package bench
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"strconv"
+	"testing"
+	"time"
+
+	apiv1 "github.com/corral-build/corral/api/v1"
+	"github.com/corral-build/corral/internal/testenv"
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+func envInt(name string, def int) int {
+	if v, err := strconv.Atoi(os.Getenv(name)); err == nil && v > 0 {
+		return v
+	}
+	return def
+}
+
+// soakBound is the stated bound on etcd's in-use database after compaction:
+// what stays is nodes, groups and unexpired instances, not history.
+const soakBound = 16 << 20
+
+// BenchmarkSoak runs CORRAL_SOAK_NODES synthetic nodes (200) through
+// CORRAL_SOAK_CYCLES instance start/terminate cycles (20000) and prints
+// etcd's database size before, after, and after compaction.
+func BenchmarkSoak(b *testing.B) {
+	nodes, cycles := envInt("CORRAL_SOAK_NODES", 200), envInt("CORRAL_SOAK_CYCLES", 20000)
+	for range b.N {
+		opts := testenv.Options{Retention: 2 * time.Second, LeaseTTL: 10 * time.Second}
+		for i := range nodes {
+			opts.Nodes = append(opts.Nodes, testenv.NodeOptions{Name: fmt.Sprint("soak-", i), Capacity: 2})
+		}
+		c := testenv.StartCluster(b, opts)
+		cli, err := clientv3.New(clientv3.Config{Endpoints: []string{c.Etcd.ClientURL}})
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer cli.Close()
+		ctx := context.Background()
+		size := func() (int64, int64, int64) {
+			st, err := cli.Status(ctx, c.Etcd.ClientURL)
+			if err != nil {
+				b.Fatal(err)
+			}
+			return st.DbSize, st.DbSizeInUse, st.Header.Revision
+		}
+		before, _, _ := size()
+		start := time.Now()
+		batch := min(nodes, 100) // a batch fits in the cloud's capacity
+		for done := 0; done < cycles; done += batch {
+			ids, err := c.Client.StartInstances(ctx, map[string]any{"vmid": c.TemplateID, "count": min(batch, cycles-done)})
+			if err != nil {
+				b.Fatal(err)
+			}
+			for _, id := range ids {
+				wctx, cancel := context.WithTimeout(ctx, time.Minute)
+				if _, err := c.Client.WaitState(wctx, id, apiv1.StateStarted); err != nil {
+					b.Fatal(err)
+				}
+				cancel()
+			}
+			for _, id := range ids {
+				if err := c.Client.Terminate(ctx, id); err != nil {
+					b.Fatal(err)
+				}
+			}
+		}
+		took := time.Since(start)
+		time.Sleep(6 * time.Second) // retention (2s) + a purge pass
+		after, afterInUse, rev := size()
+		if _, err := cli.Compact(ctx, rev); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := cli.Defragment(ctx, c.Etcd.ClientURL); err != nil {
+			b.Fatal(err)
+		}
+		compacted, compactedInUse, _ := size()
+		left, _ := c.Client.Instances(ctx, "")
+		fmt.Printf("soak: %d nodes, %d start/terminate cycles in %s (%.0f cycles/s), revision %d\n",
+			nodes, cycles, took.Round(time.Second), float64(cycles)/took.Seconds(), rev)
+		fmt.Printf("  etcd db: before %s; after %s (in use %s); after compaction+defrag %s (in use %s); instances left %d\n",
+			mib(before), mib(after), mib(afterInUse), mib(compacted), mib(compactedInUse), len(left))
+		fmt.Printf("  bound: in use after compaction <= %s, independent of the number of cycles\n", mib(soakBound))
+		if compactedInUse > soakBound {
+			b.Fatalf("etcd in-use size %s after compaction exceeds the %s bound", mib(compactedInUse), mib(soakBound))
+		}
+		b.ReportMetric(float64(compactedInUse)/(1<<20), "inuse_MiB")
+	}
+}
+
+func mib(n int64) string { return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20)) }
