@@ -144,4 +144,35 @@ func TestComposeStack(t *testing.T) {
 	if got, _ := os.ReadFile(filepath.Join(dest, "disk.img")); string(got) != string(disk) {
 		t.Fatal("pulled disk differs")
 	}
+
+	// The standalone registry: no controller, no etcd.
+	soloPort := freePort(t)
+	soloEnv := append(env[:len(env):len(env)], fmt.Sprint("CORRAL_REGISTRY_PORT=", soloPort),
+		"COMPOSE_PROJECT_NAME=corralsolo"+hex.EncodeToString(tag))
+	t.Cleanup(func() {
+		cmd := exec.Command("docker-compose", "-f", "docker-compose.registry.yml", "down", "-v")
+		cmd.Env = append(os.Environ(), soloEnv...)
+		cmd.Run()
+	})
+	run(t, soloEnv, "docker-compose", "-f", "docker-compose.registry.yml", "up", "-d")
+	solo, _ := client.NewRegistry(fmt.Sprintf("http://127.0.0.1:%d", soloPort))
+	for {
+		if _, err := solo.Status(ctx); err == nil {
+			break
+		}
+		if ctx.Err() != nil {
+			t.Fatal("standalone registry did not come up")
+		}
+		time.Sleep(300 * time.Millisecond)
+	}
+	if out := run(t, soloEnv, "docker-compose", "-f", "docker-compose.registry.yml", "ps", "--services"); strings.TrimSpace(out) != "registry" {
+		t.Fatalf("standalone stack runs %q, want only the registry", out)
+	}
+	res, err = solo.Push(ctx, client.PushOptions{Source: src, Template: "solo", Tag: "v1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := solo.Pull(ctx, client.PullOptions{TemplateID: res.TemplateID, Dest: t.TempDir()}); err != nil {
+		t.Fatal(err)
+	}
 }
