@@ -20,7 +20,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -280,23 +279,7 @@ func (v *vm) Info() apiv1.VMInfo {
 
 // RunScript runs the script in the guest with `anka run`, script on stdin.
 func (v *vm) RunScript(ctx context.Context, script []byte) (apiv1.ScriptResult, error) {
-	cmd := exec.CommandContext(ctx, v.d.cfg.Binary, "run", v.name, "/bin/sh", "-s")
-	cmd.Stdin = bytes.NewReader(script)
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	cmd.WaitDelay = time.Second
-	err := cmd.Run()
-	res := apiv1.ScriptResult{Stdout: stdout.String(), Stderr: stderr.String()}
-	var exit *exec.ExitError
-	switch {
-	case ctx.Err() != nil:
-		res.DidTimeout, res.ReturnCode = true, -1
-	case errors.As(err, &exit):
-		res.ReturnCode = exit.ExitCode()
-	case err != nil:
-		return res, fmt.Errorf("anka run: %w", err)
-	}
-	return res, nil
+	return driver.RunScript(ctx, exec.CommandContext(ctx, v.d.cfg.Binary, "run", v.name, "/bin/sh", "-s"), script)
 }
 
 func (v *vm) Stop(ctx context.Context) error {

@@ -5,9 +5,7 @@
 package synthetic
 
 import (
-	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -103,23 +101,8 @@ func (v *vm) RunScript(ctx context.Context, script []byte) (apiv1.ScriptResult, 
 	defer os.RemoveAll(dir)
 	cmd := exec.CommandContext(ctx, "/bin/sh", "-s")
 	cmd.Dir = dir
-	cmd.Stdin = bytes.NewReader(script)
 	cmd.Env = append(os.Environ(), "CORRAL_INSTANCE_ID="+v.spec.InstanceID, "CORRAL_VMID="+v.spec.VMID)
-	cmd.WaitDelay = time.Second
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	err = cmd.Run()
-	res := apiv1.ScriptResult{Stdout: stdout.String(), Stderr: stderr.String()}
-	var exit *exec.ExitError
-	switch {
-	case ctx.Err() != nil:
-		res.DidTimeout, res.ReturnCode = true, -1
-	case errors.As(err, &exit):
-		res.ReturnCode = exit.ExitCode()
-	case err != nil:
-		return res, fmt.Errorf("startup script: %w", err)
-	}
-	return res, nil
+	return driver.RunScript(ctx, cmd, script)
 }
 
 func (v *vm) Stop(context.Context) error {
