@@ -32,17 +32,22 @@ func (e *FailError) Error() string {
 var (
 	ErrDisjoined    = errors.New("node was disjoined by an administrator")
 	ErrLeaseExpired = errors.New("node lease expired")
-	ErrUnauthorized = errors.New("join token rejected")
+	ErrUnauthorized = errors.New("authentication required: credentials or join token rejected")
 )
 
 // Controller talks to one or more controller URLs, moving to the next URL
 // when one cannot be reached.
 type Controller struct {
-	urls  []string
-	token string
-	http  *http.Client
-	cur   atomic.Int64
+	urls      []string
+	token     string
+	rootToken string
+	http      *http.Client
+	cur       atomic.Int64
 }
+
+// UseRootToken authenticates API calls with the controller's root token
+// (HTTP Basic, user root), for controllers with --enable-auth.
+func (c *Controller) UseRootToken(token string) { c.rootToken = token }
 
 // New returns a client; token is the join token (agent calls) or empty.
 func New(urls []string, token string) (*Controller, error) {
@@ -80,8 +85,11 @@ func (c *Controller) do(ctx context.Context, method, path string, in, out any) e
 			return err
 		}
 		req.Header.Set("Content-Type", "application/json")
-		if c.token != "" {
+		switch {
+		case c.token != "":
 			req.Header.Set("Authorization", "Bearer "+c.token)
+		case c.rootToken != "":
+			req.SetBasicAuth("root", c.rootToken)
 		}
 		resp, err := c.http.Do(req)
 		if err != nil {

@@ -28,6 +28,7 @@ func commands() []command {
 		{"registry", "run the template registry (standalone, no etcd needed)", runRegistry},
 		{"template", "push, pull, list, describe, delete, revert templates in a registry", runTemplate},
 		{"node", "run a node agent that joins a controller and runs instances", runNode},
+		{"apikey", "create, list, delete API keys for /tap/v1 logins", runAPIKey},
 		{"etcd", "etcd care: snapshot save/restore, status, defrag, check perf", runEtcd},
 		{"version", "print the version", runVersion},
 	}

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/corral-build/corral/internal/controller"
 	"github.com/corral-build/corral/internal/controller/daemon"
 	"github.com/corral-build/corral/internal/etcdembed"
 )
@@ -17,7 +18,8 @@ type controllerFlags struct {
 	listen, dataDir, etcdClientURL, etcdPeerURL, etcdName, registryURL, localRegistryURL, templatesFile, joinToken string
 	etcdEndpoints                                                                                                  []string
 	compaction, leaseTTL, schedulerTTL, retention                                                                  time.Duration
-	standalone                                                                                                     bool
+	standalone, enableAuth, enableAPIKeys                                                                          bool
+	rootToken                                                                                                      string
 	logLevel                                                                                                       int
 }
 
@@ -38,6 +40,9 @@ func (c *controllerFlags) register(f *flags, listenDefault string) {
 	f.Duration(&c.schedulerTTL, "scheduler-ttl", 5*time.Second, "how long a crashed scheduler leader blocks the others")
 	f.Duration(&c.retention, "instance-retention", time.Minute, "how long Terminated instances are kept", "ANKA_INSTANCE_TIME_OUT")
 	f.Int(&c.logLevel, "log-level", 0, "log verbosity: 0 info, 1+ debug, -1 warnings only", "ANKA_V")
+	f.Bool(&c.enableAuth, "enable-auth", false, "require credentials on /api/v1 (HTTP 401 otherwise)", "ANKA_ENABLE_AUTH")
+	f.String(&c.rootToken, "root-token", "", "root token: HTTP Basic with user root and this password", "ANKA_ROOT_TOKEN")
+	f.Bool(&c.enableAPIKeys, "enable-api-keys", false, "allow API-key logins (/tap/v1/hand, /tap/v1/shake; keys from `corral apikey`)", "ANKA_ENABLE_API_KEYS")
 }
 
 func (c *controllerFlags) daemonConfig(log *slog.Logger) (daemon.Config, error) {
@@ -46,6 +51,9 @@ func (c *controllerFlags) daemonConfig(log *slog.Logger) (daemon.Config, error) 
 	}
 	if err := ValidateRegistryURL(c.localRegistryURL); err != nil {
 		return daemon.Config{}, fmt.Errorf("--local-registry-url: %w", err)
+	}
+	if c.enableAuth && c.rootToken == "" && !c.enableAPIKeys {
+		return daemon.Config{}, fmt.Errorf("--enable-auth needs --root-token or --enable-api-keys, or nobody could log in")
 	}
 	if c.templatesFile == "" {
 		c.templatesFile = filepath.Join(c.dataDir, "templates.json")
@@ -60,6 +68,7 @@ func (c *controllerFlags) daemonConfig(log *slog.Logger) (daemon.Config, error) 
 			ClientURL: c.etcdClientURL, PeerURL: c.etcdPeerURL, AutoCompactionRetention: c.compaction},
 		RegistryURL: c.registryURL, LocalRegistryURL: c.localRegistryURL, TemplatesFile: c.templatesFile, JoinToken: c.joinToken,
 		NodeLeaseTTL: c.leaseTTL, SchedulerTTL: c.schedulerTTL, InstanceRetention: c.retention, Log: log,
+		Auth: controller.AuthConfig{Enabled: c.enableAuth, RootToken: c.rootToken, APIKeys: c.enableAPIKeys},
 	}, nil
 }
 

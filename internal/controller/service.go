@@ -38,6 +38,7 @@ type Config struct {
 	NodeLeaseTTL time.Duration
 	// AssignmentPoll bounds one long-poll for a node's assignments.
 	AssignmentPoll time.Duration
+	Auth           AuthConfig
 }
 
 // Service implements the controller's operations over the store.

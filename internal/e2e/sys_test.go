@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"os"
 	"runtime"
 	"syscall"
 	"testing"
@@ -18,3 +19,8 @@ func allocated(t *testing.T, path string, st *syscall.Stat_t) int64 {
 }
 
 func runtimeArch() string { return runtime.GOARCH }
+
+func readFile(t *testing.T, path string) ([]byte, error) {
+	t.Helper()
+	return os.ReadFile(path)
+}

@@ -18,6 +18,7 @@ import (
 
 	apiv1 "github.com/corral-build/corral/api/v1"
 	"github.com/corral-build/corral/client"
+	"github.com/corral-build/corral/internal/controller"
 	"github.com/corral-build/corral/internal/controller/daemon"
 	"github.com/corral-build/corral/internal/driver"
 	"github.com/corral-build/corral/internal/driver/synthetic"
@@ -35,6 +36,7 @@ type Options struct {
 	Retention    time.Duration // default 1m
 	// Registry runs a real registry; nodes then pull templates from it.
 	Registry bool
+	Auth     controller.AuthConfig
 }
 
 // NodeOptions describe one synthetic node.
@@ -122,6 +124,9 @@ func StartCluster(t testing.TB, opts Options) *Cluster {
 		t.Fatal(err)
 	}
 	c.Client = cl
+	if opts.Auth.RootToken != "" {
+		cl.UseRootToken(opts.Auth.RootToken)
+	}
 	for _, n := range opts.Nodes {
 		c.StartNode(n)
 	}
@@ -136,8 +141,8 @@ func (c *Cluster) StartController(opts Options) *daemon.Daemon {
 		registryURL = c.Registry.URL
 	}
 	d, err := daemon.Start(context.Background(), daemon.Config{
-		RegistryURL: registryURL,
-		ListenAddr:  "127.0.0.1:0", EtcdEndpoints: []string{c.Etcd.ClientURL},
+		RegistryURL: registryURL, Auth: opts.Auth,
+		ListenAddr: "127.0.0.1:0", EtcdEndpoints: []string{c.Etcd.ClientURL},
 		TemplatesFile: c.TemplatesFile, JoinToken: "test-token", EtcdLogLevel: etcdLogLevel(),
 		NodeLeaseTTL: or(opts.LeaseTTL, 2*time.Second), SchedulerTTL: or(opts.SchedulerTTL, 2*time.Second),
 		InstanceRetention: or(opts.Retention, time.Minute), AssignmentLongPoll: 5 * time.Second,

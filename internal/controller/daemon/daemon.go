@@ -47,6 +47,7 @@ type Config struct {
 	SchedulerTTL       time.Duration
 	InstanceRetention  time.Duration
 	AssignmentLongPoll time.Duration
+	Auth               controller.AuthConfig
 
 	Log *slog.Logger
 }
@@ -106,7 +107,7 @@ func Start(ctx context.Context, cfg Config) (*Daemon, error) {
 	}
 	d.Service = controller.New(st, reg, controller.Config{
 		RegistryURL: cfg.RegistryURL, JoinToken: token,
-		NodeLeaseTTL: cfg.NodeLeaseTTL, AssignmentPoll: cfg.AssignmentLongPoll,
+		NodeLeaseTTL: cfg.NodeLeaseTTL, AssignmentPoll: cfg.AssignmentLongPoll, Auth: cfg.Auth,
 	}, log)
 
 	ln, err := net.Listen("tcp", cfg.ListenAddr)

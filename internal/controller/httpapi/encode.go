@@ -66,7 +66,7 @@ func (a *API) failure(r *http.Request, err error) (int, string) {
 		return http.StatusOK, apiv1.MsgNotFound
 	case errors.Is(err, controller.ErrNotInRegistry):
 		return http.StatusOK, apiv1.MsgNotInRegistry
-	case errors.Is(err, controller.ErrBadToken):
+	case errors.Is(err, controller.ErrBadToken), errors.Is(err, controller.ErrAuth):
 		return http.StatusUnauthorized, apiv1.MsgAuthRequired
 	case errors.Is(err, controller.ErrDisjoined):
 		return http.StatusGone, "node was disjoined"

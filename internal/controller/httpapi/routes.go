@@ -53,6 +53,9 @@ func New(svc *controller.Service, log *slog.Logger) http.Handler {
 	mux.Handle("POST /api/v1/agent/status", a.agent(h(a.agentStatus)))
 	mux.Handle("GET /api/v1/agent/assignments", a.agent(h(a.agentAssignments)))
 
+	mux.HandleFunc("POST /tap/v1/hand", a.tapHand)
+	mux.HandleFunc("POST /tap/v1/shake", a.tapShake)
+
 	mux.Handle("/api/v1/", h(a.notFound))
-	return recoverPanics(log, mux)
+	return recoverPanics(log, a.requireAuth(mux))
 }

@@ -1,0 +1,177 @@
+package controller
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/sha256"
+	"crypto/subtle"
+	"crypto/x509"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/corral-build/corral/internal/store"
+)
+
+// AuthConfig turns on authentication (off by default on a single machine).
+type AuthConfig struct {
+	Enabled    bool
+	RootToken  string        // HTTP Basic with user root (or empty) and this password
+	APIKeys    bool          // allow API-key handshakes (/tap/v1/hand, /tap/v1/shake)
+	SessionTTL time.Duration // how long a handshake's session lasts (1h)
+}
+
+// ErrAuth means the request has no valid credentials.
+var ErrAuth = errors.New("authentication required")
+
+// Session is the data a shake returns; clients send it back as
+// "Authorization: Bearer base64(json(data))".
+type Session struct {
+	UserName  string `json:"userName"`
+	Token     string `json:"token"`
+	SessionID string `json:"sessionId"`
+	ExpiresAt int64  `json:"expiresAt"`
+}
+
+func randomHex(n int) string {
+	b := make([]byte, n)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// Authenticate checks a request's credentials when auth is on.
+func (s *Service) Authenticate(ctx context.Context, header string) error {
+	a := s.cfg.Auth
+	if !a.Enabled {
+		return nil // and "Basic root:" or any header is tolerated
+	}
+	switch {
+	case strings.HasPrefix(header, "Basic "):
+		raw, err := base64.StdEncoding.DecodeString(strings.TrimPrefix(header, "Basic "))
+		if err != nil {
+			return ErrAuth
+		}
+		user, pass, _ := strings.Cut(string(raw), ":")
+		if (user == "root" || user == "") && a.RootToken != "" &&
+			subtle.ConstantTimeCompare([]byte(pass), []byte(a.RootToken)) == 1 {
+			return nil
+		}
+	case strings.HasPrefix(header, "Bearer ") && a.APIKeys:
+		raw, err := base64.StdEncoding.DecodeString(strings.TrimPrefix(header, "Bearer "))
+		if err != nil {
+			return ErrAuth
+		}
+		var sess Session
+		if json.Unmarshal(raw, &sess) != nil || sess.SessionID == "" {
+			return ErrAuth
+		}
+		token, err := s.st.Value(ctx, "auth/session/"+sess.SessionID)
+		if err == nil && subtle.ConstantTimeCompare([]byte(token), []byte(sess.UserName+"\n"+sess.Token)) == 1 {
+			return nil
+		}
+	}
+	return ErrAuth
+}
+
+// Hand starts an API-key handshake: a single-use secret, encrypted to the
+// key's public key (RSA-OAEP, SHA-256), returned base64-encoded.
+func (s *Service) Hand(ctx context.Context, id string) (string, error) {
+	if !s.cfg.Auth.APIKeys {
+		return "", ErrAuth
+	}
+	pemKey, err := s.st.APIKey(ctx, id)
+	if errors.Is(err, store.ErrNotFound) {
+		return "", ErrAuth
+	}
+	if err != nil {
+		return "", err
+	}
+	pub, err := parsePublicKey(pemKey)
+	if err != nil {
+		return "", fmt.Errorf("api key %s: %w", id, err)
+	}
+	secret := randomHex(24)
+	if err := s.st.PutExpiring(ctx, "auth/hand/"+id, secret, time.Minute); err != nil {
+		return "", err
+	}
+	enc, err := rsa.EncryptOAEP(sha256.New(), rand.Reader, pub, []byte(secret), nil)
+	if err != nil {
+		return "", err
+	}
+	return base64.StdEncoding.EncodeToString(enc), nil
+}
+
+// Shake completes a handshake: the decrypted secret proves the caller holds
+// the private key, and a session is issued.
+func (s *Service) Shake(ctx context.Context, id, secret string) (Session, error) {
+	if !s.cfg.Auth.APIKeys {
+		return Session{}, ErrAuth
+	}
+	want, err := s.st.TakeExpiring(ctx, "auth/hand/"+id)
+	if err != nil || subtle.ConstantTimeCompare([]byte(want), []byte(secret)) != 1 {
+		return Session{}, ErrAuth
+	}
+	ttl := s.cfg.Auth.SessionTTL
+	if ttl <= 0 {
+		ttl = time.Hour
+	}
+	sess := Session{UserName: id, Token: randomHex(24), SessionID: randomHex(16), ExpiresAt: time.Now().Add(ttl).Unix()}
+	if err := s.st.PutExpiring(ctx, "auth/session/"+sess.SessionID, sess.UserName+"\n"+sess.Token, ttl); err != nil {
+		return Session{}, err
+	}
+	return sess, nil
+}
+
+func parsePublicKey(p string) (*rsa.PublicKey, error) {
+	block, _ := pem.Decode([]byte(p))
+	if block == nil {
+		return nil, errors.New("not PEM")
+	}
+	key, err := x509.ParsePKIXPublicKey(block.Bytes)
+	if err != nil {
+		return nil, err
+	}
+	pub, ok := key.(*rsa.PublicKey)
+	if !ok {
+		return nil, errors.New("not an RSA key")
+	}
+	return pub, nil
+}
+
+// NewAPIKey creates an RSA key pair for id, stores the public half and
+// returns the private key PEM for the caller to keep.
+func NewAPIKey(ctx context.Context, st *store.Store, id string) ([]byte, error) {
+	if !validKeyID(id) {
+		return nil, fieldErr("id", "want 1-64 letters, digits, '.', '_' or '-'")
+	}
+	key, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		return nil, err
+	}
+	pubDER, err := x509.MarshalPKIXPublicKey(&key.PublicKey)
+	if err != nil {
+		return nil, err
+	}
+	if err := st.PutAPIKey(ctx, id, string(pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: pubDER}))); err != nil {
+		return nil, err
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "RSA PRIVATE KEY", Bytes: x509.MarshalPKCS1PrivateKey(key)}), nil
+}
+
+func validKeyID(id string) bool {
+	if id == "" || len(id) > 64 {
+		return false
+	}
+	for _, r := range id {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '.' || r == '_' || r == '-') {
+			return false
+		}
+	}
+	return true
+}

@@ -1,0 +1,118 @@
+package e2e
+
+import (
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/base64"
+	"encoding/json"
+	"encoding/pem"
+	"io"
+	"net/http"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	apiv1 "github.com/corral-build/corral/api/v1"
+	"github.com/corral-build/corral/internal/controller"
+	"github.com/corral-build/corral/internal/testenv"
+)
+
+func authCall(t *testing.T, method, url, auth, body string) (int, string) {
+	t.Helper()
+	req, _ := http.NewRequest(method, url, strings.NewReader(body))
+	if auth != "" {
+		req.Header.Set("Authorization", auth)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	data, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(data)
+}
+
+// TestAuthentication: with auth on, requests without valid credentials get
+// HTTP 401 "Authentication Required"; the root token and API-key sessions
+// (hand, decrypt, shake, Bearer) get in; nodes keep working.
+func TestAuthentication(t *testing.T) {
+	c := testenv.StartCluster(t, testenv.Options{Auth: controller.AuthConfig{Enabled: true, RootToken: "s3cret", APIKeys: true},
+		Nodes: []testenv.NodeOptions{{Name: "n1", Capacity: 2}}})
+	base := c.Controllers[0].URL
+	root := "Basic " + base64.StdEncoding.EncodeToString([]byte("root:s3cret"))
+	for _, bad := range []string{"", "Basic " + base64.StdEncoding.EncodeToString([]byte("root:")),
+		"Basic " + base64.StdEncoding.EncodeToString([]byte("root:wrong")), "Bearer bm9wZQ==", "Basic !!!"} {
+		code, body := authCall(t, "GET", base+"/api/v1/vm", bad, "")
+		if code != 401 || strings.TrimSpace(body) != `{"status":"FAIL","message":"Authentication Required"}` {
+			t.Errorf("credentials %q: HTTP %d %s", bad, code, body)
+		}
+	}
+	for _, good := range []string{root, "Basic " + base64.StdEncoding.EncodeToString([]byte(":s3cret"))} {
+		if code, body := authCall(t, "GET", base+"/api/v1/status", good, ""); code != 200 || !strings.Contains(body, `"status":"OK"`) {
+			t.Errorf("root token %q: HTTP %d %s", good, code, body)
+		}
+	}
+
+	// An API key made with the CLI, used as CI plugins use it.
+	bin := corralBinary(t)
+	keyFile := filepath.Join(t.TempDir(), "ci.pem")
+	if out, err := exec.Command(bin, "apikey", "create", "jenkins", "--private-key", keyFile, "--etcd-endpoints", c.Etcd.ClientURL).CombinedOutput(); err != nil {
+		t.Fatalf("apikey create: %v %s", err, out)
+	}
+	data, _ := readFile(t, keyFile)
+	block, _ := pem.Decode(data)
+	priv, err := x509.ParsePKCS1PrivateKey(block.Bytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	code, hand := authCall(t, "POST", base+"/tap/v1/hand", "", `{"id":"jenkins"}`)
+	if code != 200 {
+		t.Fatalf("hand: %d %s", code, hand)
+	}
+	enc, _ := base64.StdEncoding.DecodeString(hand)
+	secret, err := rsa.DecryptOAEP(sha256.New(), rand.Reader, priv, enc, nil)
+	if err != nil {
+		t.Fatalf("decrypt hand secret: %v", err)
+	}
+	shakeBody := `{"id":"jenkins","secret":"` + string(secret) + `"}`
+	code, shake := authCall(t, "POST", base+"/tap/v1/shake", "", shakeBody)
+	var resp struct {
+		ID   string          `json:"id"`
+		Data json.RawMessage `json:"data"`
+	}
+	if code != 200 || json.Unmarshal([]byte(shake), &resp) != nil || resp.ID != "jenkins" {
+		t.Fatalf("shake: %d %s", code, shake)
+	}
+	bearer := "Bearer " + base64.StdEncoding.EncodeToString(resp.Data)
+	ids := ""
+	if code, body := authCall(t, "POST", base+"/api/v1/vm", bearer, `{"vmid":"`+c.TemplateID+`"}`); code != 200 || !strings.Contains(body, `"OK"`) {
+		t.Fatalf("start with API-key session: %d %s", code, body)
+	} else {
+		var env struct{ Body []string }
+		json.Unmarshal([]byte(body), &env)
+		ids = env.Body[0]
+	}
+	// The secret is single-use; an unknown key gets nothing.
+	if code, _ := authCall(t, "POST", base+"/tap/v1/shake", "", shakeBody); code != 401 {
+		t.Errorf("replayed shake: HTTP %d", code)
+	}
+	if code, _ := authCall(t, "POST", base+"/tap/v1/hand", "", `{"id":"nobody"}`); code != 401 {
+		t.Errorf("hand for unknown key: HTTP %d", code)
+	}
+	// Nodes use their join token, unaffected: the instance starts.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		_, body := authCall(t, "GET", base+"/api/v1/vm?id="+ids, root, "")
+		if strings.Contains(body, `"instance_state":"`+apiv1.StateStarted+`"`) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("instance never started with auth on: %s", body)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
