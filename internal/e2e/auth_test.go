@@ -51,6 +51,13 @@ func TestAuthentication(t *testing.T) {
 			t.Errorf("credentials %q: HTTP %d %s", bad, code, body)
 		}
 	}
+	// The dashboard asks browsers for the root token.
+	if code, _ := authCall(t, "GET", base+"/", "", ""); code != 401 {
+		t.Errorf("dashboard without credentials: HTTP %d", code)
+	}
+	if code, body := authCall(t, "GET", base+"/", root, ""); code != 200 || !strings.Contains(body, "n1") {
+		t.Errorf("dashboard with the root token: HTTP %d", code)
+	}
 	for _, good := range []string{root, "Basic " + base64.StdEncoding.EncodeToString([]byte(":s3cret"))} {
 		if code, body := authCall(t, "GET", base+"/api/v1/status", good, ""); code != 200 || !strings.Contains(body, `"status":"OK"`) {
 			t.Errorf("root token %q: HTTP %d %s", good, code, body)

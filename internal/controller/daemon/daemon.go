@@ -18,6 +18,7 @@ import (
 
 	"github.com/corral-build/corral/internal/controller"
 	"github.com/corral-build/corral/internal/controller/httpapi"
+	"github.com/corral-build/corral/internal/controller/web"
 	"github.com/corral-build/corral/internal/etcdembed"
 	"github.com/corral-build/corral/internal/metrics"
 	"github.com/corral-build/corral/internal/scheduler"
@@ -120,6 +121,7 @@ func Start(ctx context.Context, cfg Config) (*Daemon, error) {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", m.Handler())
 	mux.Handle("/", m.Middleware(httpapi.New(d.Service, log)))
+	mux.Handle("GET /{$}", web.New(d.Service, log))
 	d.http = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 
 	runCtx, cancel := context.WithCancel(context.Background())
