@@ -61,6 +61,8 @@ type view struct {
 	Slots     int
 	Used      int
 	Error     string
+	NodeNames map[string]string // id -> name
+	TmplNames map[string]string // id -> name
 }
 
 type stateCount struct {
