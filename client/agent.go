@@ -36,3 +36,8 @@ func (c *Controller) Assignments(ctx context.Context, nodeID string, since int64
 	path := fmt.Sprintf("/api/v1/agent/assignments?node_id=%s&since=%d", url.QueryEscape(nodeID), since)
 	return a, c.do(ctx, http.MethodGet, path, nil, &a)
 }
+
+// PrefetchDone reports a distribute request's outcome on this node.
+func (c *Controller) PrefetchDone(ctx context.Context, r apiv1.PrefetchResult) error {
+	return c.do(ctx, http.MethodPost, "/api/v1/agent/prefetch", r, nil)
+}

@@ -56,6 +56,8 @@ type Assignment struct {
 type Assignments struct {
 	Revision    int64        `json:"revision"`
 	Assignments []Assignment `json:"assignments"`
+	// Prefetches are templates to pull ahead of any instance (distribute).
+	Prefetches []Prefetch `json:"prefetches,omitempty"`
 }
 
 // InstanceStatus is a node's report of one instance's actual state.

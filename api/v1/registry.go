@@ -81,3 +81,36 @@ type RegistryStatus struct {
 	Status  string `json:"status"`
 	Version string `json:"version"`
 }
+
+// DistributeRequest is the body of POST /api/v1/registry/vm/distribute:
+// pre-pull a template to nodes (all active nodes when neither is given).
+type DistributeRequest struct {
+	TemplateID string   `json:"template_id"`
+	Tag        string   `json:"tag"`
+	NodeIDs    []string `json:"node_ids"`
+	GroupID    string   `json:"group_id"`
+}
+
+// Distribution is a distribute request's status: each node's outcome is
+// "pending", "done" or "error: <reason>".
+type Distribution struct {
+	RequestID  string            `json:"request_id"`
+	TemplateID string            `json:"template_id"`
+	Tag        string            `json:"tag"`
+	Nodes      map[string]string `json:"nodes"`
+}
+
+// Prefetch tells a node to pull a template now.
+type Prefetch struct {
+	RequestID    string `json:"request_id"`
+	VMID         string `json:"vmid"`
+	Tag          string `json:"tag"`
+	TemplateName string `json:"template_name"`
+}
+
+// PrefetchResult is a node's report on a prefetch.
+type PrefetchResult struct {
+	NodeID    string `json:"node_id"`
+	RequestID string `json:"request_id"`
+	Error     string `json:"error,omitempty"`
+}

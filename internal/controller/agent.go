@@ -112,9 +112,12 @@ func (s *Service) WaitAssignments(ctx context.Context, nodeID string, since int6
 		wctx, cancel := context.WithTimeout(ctx, s.cfg.AssignmentPoll)
 		// Any event, a compaction error or the timeout ends the wait; the
 		// answer is always the full desired set, so nothing can be missed.
-		wch := s.st.Client().Watch(wctx, s.st.AssignPrefix(nodeID), clientv3.WithPrefix(), clientv3.WithRev(since+1))
+		cli := s.st.Client()
+		assigned := cli.Watch(wctx, s.st.AssignPrefix(nodeID), clientv3.WithPrefix(), clientv3.WithRev(since+1))
+		prefetch := cli.Watch(wctx, s.st.DistributePrefix(nodeID), clientv3.WithPrefix(), clientv3.WithRev(since+1))
 		select {
-		case <-wch:
+		case <-assigned:
+		case <-prefetch:
 		case <-wctx.Done():
 		}
 		cancel()
@@ -126,7 +129,12 @@ func (s *Service) WaitAssignments(ctx context.Context, nodeID string, since int6
 	if err != nil {
 		return apiv1.Assignments{}, err
 	}
-	return apiv1.Assignments{Revision: rev, Assignments: list}, nil
+	prefetches, err := s.st.Prefetches(ctx, nodeID)
+	if err != nil {
+		return apiv1.Assignments{}, err
+	}
+	// rev was read first, so changes between the two reads wake the next poll.
+	return apiv1.Assignments{Revision: rev, Assignments: list, Prefetches: prefetches}, nil
 }
 
 // ReportStatus applies a node's instance reports. Reports for instances no

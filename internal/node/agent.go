@@ -51,7 +51,9 @@ type Agent struct {
 	instances map[string]*instance
 	// lost holds instances this node ran before a restart: the controller
 	// may still want them, but their VMs are gone.
-	lost     map[string]bool
+	lost map[string]bool
+	// fetching holds distribute requests being pulled.
+	fetching map[string]bool
 	statusCh chan apiv1.InstanceStatus
 	reportCh chan struct{}
 	wg       sync.WaitGroup
@@ -69,7 +71,7 @@ func New(cfg Config) (*Agent, error) {
 	if err != nil {
 		return nil, err
 	}
-	a := &Agent{cfg: cfg, ctl: ctl, log: cfg.Log, instances: map[string]*instance{}, lost: map[string]bool{},
+	a := &Agent{cfg: cfg, ctl: ctl, log: cfg.Log, instances: map[string]*instance{}, lost: map[string]bool{}, fetching: map[string]bool{},
 		statusCh: make(chan apiv1.InstanceStatus, 256), reportCh: make(chan struct{}, 1)}
 	if err := a.describe(); err != nil {
 		return nil, err
@@ -251,6 +253,7 @@ func (a *Agent) assignmentLoop(ctx context.Context) error {
 		}
 		since = as.Revision
 		a.reconcile(as.Assignments)
+		a.prefetch(ctx, as.Prefetches)
 	}
 	return nil
 }
@@ -310,6 +313,40 @@ func (a *Agent) runningMarkers() []string {
 		ids = append(ids, e.Name())
 	}
 	return ids
+}
+
+// prefetch pulls distributed templates in the background and reports each
+// outcome; the controller then drops the request from this node's list.
+func (a *Agent) prefetch(ctx context.Context, list []apiv1.Prefetch) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for _, p := range list {
+		if a.fetching[p.RequestID] {
+			continue
+		}
+		a.fetching[p.RequestID] = true
+		go func() {
+			var err error
+			if !a.cfg.Templates.Has(p.VMID, p.Tag) {
+				err = a.cfg.Templates.Pull(ctx, p.VMID, p.Tag, p.TemplateName, func(float64) {})
+				a.templatesChanged()
+			}
+			if ctx.Err() != nil {
+				return // shutting down: the request stays pending for the next run
+			}
+			res := apiv1.PrefetchResult{NodeID: a.report.NodeID, RequestID: p.RequestID}
+			if err != nil {
+				res.Error = err.Error()
+				a.log.Warn("distributed template pull failed", "vmid", p.VMID, "tag", p.Tag, "err", err)
+			}
+			if err := a.ctl.PrefetchDone(ctx, res); err != nil {
+				a.log.Warn("report distribution", "err", err)
+			}
+			a.mu.Lock()
+			delete(a.fetching, p.RequestID)
+			a.mu.Unlock()
+		}()
+	}
 }
 
 // stopAll destroys every VM on shutdown; the controller learns they failed.

@@ -63,3 +63,11 @@ func (a *API) agentAssignments(r *http.Request) (any, error) {
 	}
 	return a.svc.WaitAssignments(r.Context(), q.Get("node_id"), since)
 }
+
+func (a *API) agentPrefetch(r *http.Request) (any, error) {
+	var req apiv1.PrefetchResult
+	if err := decode(r, &req); err != nil {
+		return nil, err
+	}
+	return okNoBody{}, a.svc.FinishPrefetch(r.Context(), req)
+}

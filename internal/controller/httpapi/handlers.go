@@ -155,3 +155,20 @@ func (a *API) registryRevert(r *http.Request) (any, error) {
 }
 
 func (a *API) registryDisk(r *http.Request) (any, error) { return a.svc.Registry().Disk(r.Context()) }
+
+func (a *API) distribute(r *http.Request) (any, error) {
+	var req apiv1.DistributeRequest
+	if err := decode(r, &req); err != nil {
+		return nil, err
+	}
+	id, err := a.svc.Distribute(r.Context(), req)
+	return map[string]string{"request_id": id}, err
+}
+
+func (a *API) distribution(r *http.Request) (any, error) {
+	id := r.URL.Query().Get("id")
+	if id == "" {
+		return nil, &apiv1.FieldError{Field: "id", Reason: "required as ?id="}
+	}
+	return a.svc.Distribution(r.Context(), id)
+}

@@ -45,6 +45,8 @@ func New(svc *controller.Service, log *slog.Logger) http.Handler {
 	mux.Handle("DELETE /api/v1/registry/vm", h(a.registryDelete))
 	mux.Handle("DELETE /api/v1/registry/revert", h(a.registryRevert))
 	mux.Handle("GET /api/v1/registry/disk", h(a.registryDisk))
+	mux.Handle("POST /api/v1/registry/vm/distribute", h(a.distribute))
+	mux.Handle("GET /api/v1/registry/vm/distribute", h(a.distribution))
 
 	// The node agents' protocol, authenticated by the join token.
 	mux.Handle("POST /api/v1/agent/join", a.agent(h(a.agentJoin)))
@@ -52,6 +54,7 @@ func New(svc *controller.Service, log *slog.Logger) http.Handler {
 	mux.Handle("POST /api/v1/agent/report", a.agent(h(a.agentReport)))
 	mux.Handle("POST /api/v1/agent/status", a.agent(h(a.agentStatus)))
 	mux.Handle("GET /api/v1/agent/assignments", a.agent(h(a.agentAssignments)))
+	mux.Handle("POST /api/v1/agent/prefetch", a.agent(h(a.agentPrefetch)))
 
 	mux.HandleFunc("POST /tap/v1/hand", a.tapHand)
 	mux.HandleFunc("POST /tap/v1/shake", a.tapShake)

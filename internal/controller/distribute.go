@@ -1,0 +1,79 @@
+package controller
+
+import (
+	"context"
+	"errors"
+
+	apiv1 "github.com/corral-build/corral/api/v1"
+	"github.com/corral-build/corral/internal/store"
+)
+
+// Distribute asks nodes to pull a template now, so the first instances of a
+// new tag start without waiting for the pull. Without node_ids or group_id
+// it targets every active node.
+func (s *Service) Distribute(ctx context.Context, req apiv1.DistributeRequest) (string, error) {
+	if req.TemplateID == "" {
+		return "", fieldErr("template_id", "required")
+	}
+	tmpl, err := s.registry.GetTemplate(ctx, req.TemplateID)
+	if err != nil {
+		return "", err
+	}
+	version, err := resolveTag(tmpl, apiv1.StartSpec{Tag: req.Tag})
+	if err != nil {
+		return "", err
+	}
+	snap, err := s.st.Snapshot(ctx)
+	if err != nil {
+		return "", err
+	}
+	d := apiv1.Distribution{RequestID: apiv1.NewID(), TemplateID: tmpl.ID, Tag: version.Tag, Nodes: map[string]string{}}
+	known := map[string]store.NodeEntry{}
+	for _, n := range snap.Nodes {
+		known[n.Report.NodeID] = n
+	}
+	switch {
+	case len(req.NodeIDs) > 0:
+		for _, id := range req.NodeIDs {
+			if _, ok := known[id]; !ok {
+				return "", fieldErr("node_ids", "no node with id %q", id)
+			}
+			d.Nodes[id] = "pending"
+		}
+	default:
+		if req.GroupID != "" {
+			if _, err := s.st.GetGroup(ctx, req.GroupID); errors.Is(err, store.ErrNotFound) {
+				return "", fieldErr("group_id", "no group with id %q", req.GroupID)
+			}
+		}
+		for _, n := range snap.Nodes {
+			if n.Alive && (req.GroupID == "" || n.InGroup(req.GroupID)) {
+				d.Nodes[n.Report.NodeID] = "pending"
+			}
+		}
+		if len(d.Nodes) == 0 {
+			return "", fieldErr("node_ids", "no active node to distribute to")
+		}
+	}
+	p := apiv1.Prefetch{RequestID: d.RequestID, VMID: tmpl.ID, Tag: version.Tag, TemplateName: tmpl.Name}
+	if err := s.st.CreateDistribution(ctx, d, p); err != nil {
+		return "", err
+	}
+	s.log.Info("template distribution requested", "template", tmpl.Name, "tag", version.Tag, "nodes", len(d.Nodes), "request", d.RequestID)
+	return d.RequestID, nil
+}
+
+// Distribution returns a distribute request's status.
+func (s *Service) Distribution(ctx context.Context, id string) (apiv1.Distribution, error) {
+	d, err := s.st.GetDistribution(ctx, id)
+	return d, notFound(err)
+}
+
+// FinishPrefetch records a node's outcome of a distribute request.
+func (s *Service) FinishPrefetch(ctx context.Context, r apiv1.PrefetchResult) error {
+	outcome := "done"
+	if r.Error != "" {
+		outcome = "error: " + r.Error
+	}
+	return notFound(s.st.FinishPrefetch(ctx, r.NodeID, r.RequestID, outcome))
+}

@@ -1,0 +1,87 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	apiv1 "github.com/corral-build/corral/api/v1"
+	"github.com/corral-build/corral/client"
+	"github.com/corral-build/corral/internal/testenv"
+)
+
+// TestDistribute: a template is pre-pulled to nodes (one group, then all),
+// and each node's outcome is reported.
+func TestDistribute(t *testing.T) {
+	c := testenv.StartCluster(t, testenv.Options{Registry: true, Nodes: []testenv.NodeOptions{
+		{Name: "a", Capacity: 1, Groups: []string{"fast"}}, {Name: "b", Capacity: 1}}})
+	rc, _ := client.NewRegistry(c.Registry.URL)
+	src := newVMDir(t, 0, 1)
+	os.WriteFile(filepath.Join(src, "config.json"), []byte(fmt.Sprintf(`{"arch":%q}`, runtimeArch())), 0o644)
+	res, err := rc.Push(context.Background(), client.PushOptions{Source: src, Template: "warm", Tag: "v1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	base := c.Controllers[0].URL + "/api/v1"
+	fail(t, "POST", base+"/registry/vm/distribute", `{"template_id":"nope"}`, 200, apiv1.MsgNotInRegistry)
+	fail(t, "POST", base+"/registry/vm/distribute", `{"template_id":"`+res.TemplateID+`","tag":"v9"}`, 200, "No such tag v9")
+	fail(t, "POST", base+"/registry/vm/distribute", `{"template_id":"`+res.TemplateID+`","node_ids":["x"]}`, 200, `node_ids: no node with id "x"`)
+	fail(t, "GET", base+"/registry/vm/distribute?id=nope", "", 200, apiv1.MsgNotFound)
+
+	var fast string
+	for _, n := range ok(t, "GET", base+"/node", "").([]any) {
+		for _, g := range n.(map[string]any)["groups"].([]any) {
+			fast = g.(map[string]any)["id"].(string)
+		}
+	}
+	req := ok(t, "POST", base+"/registry/vm/distribute", `{"template_id":"`+res.TemplateID+`","group_id":"`+fast+`"}`).(map[string]any)["request_id"].(string)
+	waitDistributed(t, base, req, 1)
+	// Nodes report held templates asynchronously: wait for node a's report.
+	for deadline := time.Now().Add(5 * time.Second); heldTemplates(t, base) != 1; time.Sleep(100 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("after distributing to group fast, %d nodes hold the template, want 1", heldTemplates(t, base))
+		}
+	}
+	req = ok(t, "POST", base+"/registry/vm/distribute", `{"template_id":"`+res.TemplateID+`"}`).(map[string]any)["request_id"].(string)
+	waitDistributed(t, base, req, 2)
+	deadline := time.Now().Add(5 * time.Second)
+	for heldTemplates(t, base) != 2 {
+		if time.Now().After(deadline) {
+			t.Fatal("not every node holds the distributed template")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func heldTemplates(t *testing.T, base string) int {
+	held := 0
+	for _, n := range ok(t, "GET", base+"/node", "").([]any) {
+		held += len(n.(map[string]any)["templates"].([]any))
+	}
+	return held
+}
+
+func waitDistributed(t *testing.T, base, req string, nodes int) {
+	t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		d := ok(t, "GET", base+"/registry/vm/distribute?id="+req, "").(map[string]any)
+		got := d["nodes"].(map[string]any)
+		done := 0
+		for _, outcome := range got {
+			if outcome == "done" {
+				done++
+			}
+		}
+		if len(got) == nodes && done == nodes {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("distribution %s: %v", req, got)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}

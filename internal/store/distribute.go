@@ -1,0 +1,58 @@
+package store
+
+import (
+	"context"
+	"fmt"
+
+	apiv1 "github.com/corral-build/corral/api/v1"
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// Distribution keys (under the prefix):
+//
+//	distribute/<node>/<request>   apiv1.Prefetch: a template the node should pull now
+//	distributions/<request>       apiv1.Distribution: the request and each node's outcome
+
+// CreateDistribution stores a request and one prefetch per node in one txn.
+func (s *Store) CreateDistribution(ctx context.Context, d apiv1.Distribution, p apiv1.Prefetch) error {
+	ops := []clientv3.Op{clientv3.OpPut(s.prefix+"distributions/"+d.RequestID, mustJSON(d))}
+	for node := range d.Nodes {
+		ops = append(ops, clientv3.OpPut(s.distributeKey(node, d.RequestID), mustJSON(p)))
+	}
+	if _, err := s.cli.Txn(ctx).Then(ops...).Commit(); err != nil {
+		return fmt.Errorf("create distribution %s: %w", d.RequestID, err)
+	}
+	return nil
+}
+
+func (s *Store) distributeKey(node, request string) string {
+	return s.prefix + "distribute/" + node + "/" + request
+}
+
+// DistributePrefix is the watched prefix of a node's pending pulls.
+func (s *Store) DistributePrefix(node string) string { return s.prefix + "distribute/" + node + "/" }
+
+// Prefetches returns a node's pending pulls.
+func (s *Store) Prefetches(ctx context.Context, node string) ([]apiv1.Prefetch, error) {
+	p, _, err := list[apiv1.Prefetch](ctx, s.cli, s.DistributePrefix(node))
+	return p, err
+}
+
+// GetDistribution returns a request's status.
+func (s *Store) GetDistribution(ctx context.Context, id string) (apiv1.Distribution, error) {
+	var d apiv1.Distribution
+	_, err := s.get(ctx, s.prefix+"distributions/"+id, &d)
+	return d, err
+}
+
+// FinishPrefetch records a node's outcome and removes its pending pull.
+func (s *Store) FinishPrefetch(ctx context.Context, node, request, outcome string) error {
+	_, err := update(ctx, s, s.prefix+"distributions/"+request, func(d *apiv1.Distribution) ([]clientv3.Op, error) {
+		if _, ok := d.Nodes[node]; !ok {
+			return nil, ErrNotFound
+		}
+		d.Nodes[node] = outcome
+		return []clientv3.Op{clientv3.OpDelete(s.distributeKey(node, request))}, nil
+	})
+	return err
+}
