@@ -136,3 +136,13 @@ func TestEtcdStatusDefragAndPerf(t *testing.T) {
 		t.Fatalf("check perf left %d keys", left.Count)
 	}
 }
+
+// TestControllerWithoutEtcd: a controller whose etcd is not there says so
+// and exits, instead of hanging.
+func TestControllerWithoutEtcd(t *testing.T) {
+	_, err := daemon.Start(context.Background(), daemon.Config{ListenAddr: "127.0.0.1:0",
+		EtcdEndpoints: []string{freeURL(t)}, EtcdTimeout: time.Second, EtcdLogLevel: "off", Log: testenv.Logger(t)})
+	if err == nil || !strings.Contains(err.Error(), "is not reachable (gave up after 1s)") {
+		t.Fatalf("got %v", err)
+	}
+}

@@ -49,6 +49,8 @@ type Config struct {
 	InstanceRetention  time.Duration
 	AssignmentLongPoll time.Duration
 	Auth               controller.AuthConfig
+	// EtcdTimeout bounds the wait for etcd at start (15s).
+	EtcdTimeout time.Duration
 
 	Log *slog.Logger
 }
@@ -92,9 +94,17 @@ func Start(ctx context.Context, cfg Config) (*Daemon, error) {
 	}
 	d.cli = cli
 	st := store.New(cli, cfg.EtcdPrefix)
-	token, err := joinToken(ctx, cli, st.Key("config/join-token"), cfg.JoinToken)
+	// The client connects lazily: the first request tells whether etcd is
+	// there, and a controller without it should say so, not hang.
+	wait := cmp.Or(cfg.EtcdTimeout, 15*time.Second)
+	startCtx, cancelStart := context.WithTimeout(ctx, wait)
+	token, err := joinToken(startCtx, cli, st.Key("config/join-token"), cfg.JoinToken)
+	cancelStart()
 	if err != nil {
 		d.closeEtcd()
+		if startCtx.Err() != nil && ctx.Err() == nil {
+			return nil, fmt.Errorf("etcd %v is not reachable (gave up after %s)", endpoints, wait)
+		}
 		return nil, err
 	}
 	d.JoinToken = token
@@ -181,6 +191,9 @@ func advertised(a *net.TCPAddr) string {
 // one stored there; all controllers on one etcd share it.
 func joinToken(ctx context.Context, cli *clientv3.Client, key, configured string) (string, error) {
 	if configured != "" {
+		if _, err := cli.Get(ctx, key); err != nil {
+			return "", fmt.Errorf("etcd: %w", err)
+		}
 		return configured, nil
 	}
 	buf := make([]byte, 16)
