@@ -8,14 +8,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
-	"net/url"
 	"os"
 	"path/filepath"
-	"runtime"
-	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	apiv1 "github.com/corral-build/corral/api/v1"
@@ -84,36 +79,6 @@ func New(cfg Config) (*Agent, error) {
 
 // ID is the node's id.
 func (a *Agent) ID() string { return a.report.NodeID }
-
-// describe fills the node's report from the machine.
-func (a *Agent) describe() error {
-	id := a.cfg.NodeID
-	if id == "" {
-		var err error
-		if id, err = persistentID(a.cfg.DataDir); err != nil {
-			return err
-		}
-	}
-	name := a.cfg.Name
-	if name == "" {
-		name, _ = os.Hostname()
-	}
-	ip := a.cfg.IP
-	if ip == "" {
-		ip = routeTo(a.cfg.ControllerURLs[0])
-	}
-	capacity := a.cfg.Capacity
-	if capacity <= 0 {
-		capacity = 2
-	}
-	total, free := diskSpace(a.cfg.DataDir)
-	a.report = apiv1.NodeReport{
-		NodeID: id, NodeName: name, IPAddress: ip, HostArch: runtime.GOARCH, CPUCount: runtime.NumCPU(),
-		RAMMB: memoryMB(), DiskSize: total, FreeDiskSpace: free, Capacity: capacity,
-		Driver: a.cfg.Driver.Name(), Groups: a.cfg.Groups, Templates: []apiv1.NodeTemplate{},
-	}
-	return nil
-}
 
 // Run joins and serves until ctx ends or the node is disjoined. On return
 // every VM this agent started has been destroyed.
@@ -258,97 +223,6 @@ func (a *Agent) assignmentLoop(ctx context.Context) error {
 	return nil
 }
 
-// reconcile starts instances that are desired and not running, and destroys
-// those no longer desired.
-func (a *Agent) reconcile(desired []apiv1.Assignment) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	want := map[string]bool{}
-	for _, as := range desired {
-		want[as.InstanceID] = true
-		if _, ok := a.instances[as.InstanceID]; !ok {
-			in := newInstance(a, as)
-			in.lost = a.lost[as.InstanceID]
-			delete(a.lost, as.InstanceID)
-			a.instances[as.InstanceID] = in
-			a.wg.Add(1)
-			go func() {
-				defer a.wg.Done()
-				in.run()
-				a.mu.Lock()
-				delete(a.instances, as.InstanceID)
-				a.mu.Unlock()
-			}()
-		}
-	}
-	for id, in := range a.instances {
-		if !want[id] {
-			in.terminate()
-		}
-	}
-	// Markers of instances terminated while this node was down.
-	for id := range a.lost {
-		if !want[id] {
-			delete(a.lost, id)
-			a.clearRunning(id)
-		}
-	}
-}
-
-func (a *Agent) markerDir() string { return filepath.Join(a.dataDir(), "running") }
-
-// markRunning records that this node holds a VM for the instance.
-func (a *Agent) markRunning(id string) {
-	if err := os.MkdirAll(a.markerDir(), 0o755); err == nil {
-		_ = os.WriteFile(filepath.Join(a.markerDir(), id), nil, 0o644)
-	}
-}
-
-func (a *Agent) clearRunning(id string) { _ = os.Remove(filepath.Join(a.markerDir(), id)) }
-
-func (a *Agent) runningMarkers() []string {
-	entries, _ := os.ReadDir(a.markerDir())
-	var ids []string
-	for _, e := range entries {
-		ids = append(ids, e.Name())
-	}
-	return ids
-}
-
-// prefetch pulls distributed templates in the background and reports each
-// outcome; the controller then drops the request from this node's list.
-func (a *Agent) prefetch(ctx context.Context, list []apiv1.Prefetch) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	for _, p := range list {
-		if a.fetching[p.RequestID] {
-			continue
-		}
-		a.fetching[p.RequestID] = true
-		go func() {
-			var err error
-			if !a.cfg.Templates.Has(p.VMID, p.Tag) {
-				err = a.cfg.Templates.Pull(ctx, p.VMID, p.Tag, p.TemplateName, func(float64) {})
-				a.templatesChanged()
-			}
-			if ctx.Err() != nil {
-				return // shutting down: the request stays pending for the next run
-			}
-			res := apiv1.PrefetchResult{NodeID: a.report.NodeID, RequestID: p.RequestID}
-			if err != nil {
-				res.Error = err.Error()
-				a.log.Warn("distributed template pull failed", "vmid", p.VMID, "tag", p.Tag, "err", err)
-			}
-			if err := a.ctl.PrefetchDone(ctx, res); err != nil {
-				a.log.Warn("report distribution", "err", err)
-			}
-			a.mu.Lock()
-			delete(a.fetching, p.RequestID)
-			a.mu.Unlock()
-		}()
-	}
-}
-
 // stopAll destroys every VM on shutdown; the controller learns they failed.
 func (a *Agent) stopAll() {
 	a.mu.Lock()
@@ -406,68 +280,4 @@ func (a *Agent) templatesChanged() {
 	case a.reportCh <- struct{}{}:
 	default:
 	}
-}
-
-// persistentID keeps the node's identity across restarts in dataDir.
-func persistentID(dataDir string) (string, error) {
-	if dataDir == "" {
-		return apiv1.NewID(), nil
-	}
-	path := filepath.Join(dataDir, "node-id")
-	if b, err := os.ReadFile(path); err == nil && len(strings.TrimSpace(string(b))) > 0 {
-		return strings.TrimSpace(string(b)), nil
-	}
-	if err := os.MkdirAll(dataDir, 0o755); err != nil {
-		return "", fmt.Errorf("node data dir: %w", err)
-	}
-	id := apiv1.NewID()
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, []byte(id+"\n"), 0o644); err != nil {
-		return "", fmt.Errorf("save node id: %w", err)
-	}
-	return id, os.Rename(tmp, path)
-}
-
-// routeTo returns the local address used to reach the controller.
-func routeTo(controllerURL string) string {
-	u, err := url.Parse(controllerURL)
-	if err != nil {
-		return "127.0.0.1"
-	}
-	host := u.Hostname()
-	port := u.Port()
-	if port == "" {
-		port = "80"
-	}
-	c, err := net.Dial("udp", net.JoinHostPort(host, port))
-	if err != nil {
-		return "127.0.0.1"
-	}
-	defer c.Close()
-	return c.LocalAddr().(*net.UDPAddr).IP.String()
-}
-
-func diskSpace(dir string) (total, free int64) {
-	if dir == "" {
-		dir = os.TempDir()
-	}
-	var st syscall.Statfs_t
-	if syscall.Statfs(dir, &st) != nil {
-		return 0, 0
-	}
-	return int64(st.Blocks) * st.Bsize, int64(st.Bavail) * st.Bsize
-}
-
-func memoryMB() int {
-	b, err := os.ReadFile("/proc/meminfo")
-	if err != nil {
-		return 0
-	}
-	var kb int
-	for _, line := range strings.Split(string(b), "\n") {
-		if strings.HasPrefix(line, "MemTotal:") {
-			fmt.Sscanf(strings.TrimPrefix(line, "MemTotal:"), "%d", &kb)
-		}
-	}
-	return kb / 1024
 }

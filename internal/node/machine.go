@@ -1,0 +1,107 @@
+package node
+
+import (
+	"fmt"
+	apiv1 "github.com/corral-build/corral/api/v1"
+	"net"
+	"net/url"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"syscall"
+)
+
+// describe fills the node's report from the machine.
+func (a *Agent) describe() error {
+	id := a.cfg.NodeID
+	if id == "" {
+		var err error
+		if id, err = persistentID(a.cfg.DataDir); err != nil {
+			return err
+		}
+	}
+	name := a.cfg.Name
+	if name == "" {
+		name, _ = os.Hostname()
+	}
+	ip := a.cfg.IP
+	if ip == "" {
+		ip = routeTo(a.cfg.ControllerURLs[0])
+	}
+	capacity := a.cfg.Capacity
+	if capacity <= 0 {
+		capacity = 2
+	}
+	total, free := diskSpace(a.cfg.DataDir)
+	a.report = apiv1.NodeReport{
+		NodeID: id, NodeName: name, IPAddress: ip, HostArch: runtime.GOARCH, CPUCount: runtime.NumCPU(),
+		RAMMB: memoryMB(), DiskSize: total, FreeDiskSpace: free, Capacity: capacity,
+		Driver: a.cfg.Driver.Name(), Groups: a.cfg.Groups, Templates: []apiv1.NodeTemplate{},
+	}
+	return nil
+}
+
+// persistentID keeps the node's identity across restarts in dataDir.
+func persistentID(dataDir string) (string, error) {
+	if dataDir == "" {
+		return apiv1.NewID(), nil
+	}
+	path := filepath.Join(dataDir, "node-id")
+	if b, err := os.ReadFile(path); err == nil && len(strings.TrimSpace(string(b))) > 0 {
+		return strings.TrimSpace(string(b)), nil
+	}
+	if err := os.MkdirAll(dataDir, 0o755); err != nil {
+		return "", fmt.Errorf("node data dir: %w", err)
+	}
+	id := apiv1.NewID()
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, []byte(id+"\n"), 0o644); err != nil {
+		return "", fmt.Errorf("save node id: %w", err)
+	}
+	return id, os.Rename(tmp, path)
+}
+
+// routeTo returns the local address used to reach the controller.
+func routeTo(controllerURL string) string {
+	u, err := url.Parse(controllerURL)
+	if err != nil {
+		return "127.0.0.1"
+	}
+	host := u.Hostname()
+	port := u.Port()
+	if port == "" {
+		port = "80"
+	}
+	c, err := net.Dial("udp", net.JoinHostPort(host, port))
+	if err != nil {
+		return "127.0.0.1"
+	}
+	defer c.Close()
+	return c.LocalAddr().(*net.UDPAddr).IP.String()
+}
+
+func diskSpace(dir string) (total, free int64) {
+	if dir == "" {
+		dir = os.TempDir()
+	}
+	var st syscall.Statfs_t
+	if syscall.Statfs(dir, &st) != nil {
+		return 0, 0
+	}
+	return int64(st.Blocks) * st.Bsize, int64(st.Bavail) * st.Bsize
+}
+
+func memoryMB() int {
+	b, err := os.ReadFile("/proc/meminfo")
+	if err != nil {
+		return 0
+	}
+	var kb int
+	for _, line := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(line, "MemTotal:") {
+			fmt.Sscanf(strings.TrimPrefix(line, "MemTotal:"), "%d", &kb)
+		}
+	}
+	return kb / 1024
+}

@@ -1,0 +1,99 @@
+package node
+
+import (
+	"context"
+	apiv1 "github.com/corral-build/corral/api/v1"
+	"os"
+	"path/filepath"
+)
+
+// reconcile starts instances that are desired and not running, and destroys
+// those no longer desired.
+func (a *Agent) reconcile(desired []apiv1.Assignment) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	want := map[string]bool{}
+	for _, as := range desired {
+		want[as.InstanceID] = true
+		if _, ok := a.instances[as.InstanceID]; !ok {
+			in := newInstance(a, as)
+			in.lost = a.lost[as.InstanceID]
+			delete(a.lost, as.InstanceID)
+			a.instances[as.InstanceID] = in
+			a.wg.Add(1)
+			go func() {
+				defer a.wg.Done()
+				in.run()
+				a.mu.Lock()
+				delete(a.instances, as.InstanceID)
+				a.mu.Unlock()
+			}()
+		}
+	}
+	for id, in := range a.instances {
+		if !want[id] {
+			in.terminate()
+		}
+	}
+	// Markers of instances terminated while this node was down.
+	for id := range a.lost {
+		if !want[id] {
+			delete(a.lost, id)
+			a.clearRunning(id)
+		}
+	}
+}
+
+func (a *Agent) markerDir() string { return filepath.Join(a.dataDir(), "running") }
+
+// markRunning records that this node holds a VM for the instance.
+func (a *Agent) markRunning(id string) {
+	if err := os.MkdirAll(a.markerDir(), 0o755); err == nil {
+		_ = os.WriteFile(filepath.Join(a.markerDir(), id), nil, 0o644)
+	}
+}
+
+func (a *Agent) clearRunning(id string) { _ = os.Remove(filepath.Join(a.markerDir(), id)) }
+
+func (a *Agent) runningMarkers() []string {
+	entries, _ := os.ReadDir(a.markerDir())
+	var ids []string
+	for _, e := range entries {
+		ids = append(ids, e.Name())
+	}
+	return ids
+}
+
+// prefetch pulls distributed templates in the background and reports each
+// outcome; the controller then drops the request from this node's list.
+func (a *Agent) prefetch(ctx context.Context, list []apiv1.Prefetch) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for _, p := range list {
+		if a.fetching[p.RequestID] {
+			continue
+		}
+		a.fetching[p.RequestID] = true
+		go func() {
+			var err error
+			if !a.cfg.Templates.Has(p.VMID, p.Tag) {
+				err = a.cfg.Templates.Pull(ctx, p.VMID, p.Tag, p.TemplateName, func(float64) {})
+				a.templatesChanged()
+			}
+			if ctx.Err() != nil {
+				return // shutting down: the request stays pending for the next run
+			}
+			res := apiv1.PrefetchResult{NodeID: a.report.NodeID, RequestID: p.RequestID}
+			if err != nil {
+				res.Error = err.Error()
+				a.log.Warn("distributed template pull failed", "vmid", p.VMID, "tag", p.Tag, "err", err)
+			}
+			if err := a.ctl.PrefetchDone(ctx, res); err != nil {
+				a.log.Warn("report distribution", "err", err)
+			}
+			a.mu.Lock()
+			delete(a.fetching, p.RequestID)
+			a.mu.Unlock()
+		}()
+	}
+}
