@@ -2,7 +2,6 @@ package node
 
 import (
 	"fmt"
-	apiv1 "github.com/corral-build/corral/api/v1"
 	"net"
 	"net/url"
 	"os"
@@ -10,6 +9,8 @@ import (
 	"runtime"
 	"strings"
 	"syscall"
+
+	apiv1 "github.com/corral-build/corral/api/v1"
 )
 
 // describe fills the node's report from the machine.

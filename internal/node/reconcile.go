@@ -2,9 +2,10 @@ package node
 
 import (
 	"context"
-	apiv1 "github.com/corral-build/corral/api/v1"
 	"os"
 	"path/filepath"
+
+	apiv1 "github.com/corral-build/corral/api/v1"
 )
 
 // reconcile starts instances that are desired and not running, and destroys
