@@ -71,6 +71,9 @@ type InstanceStatus struct {
 	// Released means the node no longer holds a VM for this instance, so its
 	// slot may be given to another instance.
 	Released bool `json:"released,omitempty"`
+	// Replace asks the controller to place the instance on another node
+	// (the failure was this node's, e.g. its template pull failed).
+	Replace bool `json:"replace,omitempty"`
 }
 
 // StatusReport carries instance updates from a node.

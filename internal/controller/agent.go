@@ -172,6 +172,12 @@ func applyStatus(r *store.InstanceRecord, st apiv1.InstanceStatus) store.Instanc
 		return store.InstanceUpdate{Unassign: true}
 	case r.State == apiv1.StateTerminating:
 		// Still waiting for the node to destroy the VM; keep the state.
+	case st.State == apiv1.StateError && st.Replace:
+		// Pulling -> Scheduling: another node may succeed where this one failed.
+		r.FailedNodes = append(r.FailedNodes, r.NodeID)
+		r.State, r.Message, r.Progress = apiv1.StateScheduling, fmt.Sprintf("%s; placing on another node", st.Message), 0
+		r.NodeID, r.SlotHeld, r.VMInfo = "", false, nil
+		return store.InstanceUpdate{Unassign: true}
 	default:
 		r.State, r.Message, r.Progress = st.State, st.Message, st.Progress
 	}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -83,5 +84,40 @@ func waitDistributed(t *testing.T, base, req string, nodes int) {
 			t.Fatalf("distribution %s: %v", req, got)
 		}
 		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// TestPullFailureReplaces: a pull that fails on one node places the instance
+// on another (Pulling -> Scheduling); when every node failed, it is Error
+// with the reason.
+func TestPullFailureReplaces(t *testing.T) {
+	c := testenv.StartCluster(t, testenv.Options{Registry: true, Nodes: []testenv.NodeOptions{
+		{Name: "a", Capacity: 1}, {Name: "b", Capacity: 1}}})
+	rc, _ := client.NewRegistry(c.Registry.URL)
+	src := newVMDir(t, 0)
+	os.WriteFile(filepath.Join(src, "config.json"), []byte(fmt.Sprintf(`{"arch":%q}`, runtimeArch())), 0o644)
+	res, err := rc.Push(context.Background(), client.PushOptions{Source: src, Template: "broken", Tag: "v1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Damage every chunk in the registry's store: every pull fails verification.
+	chunks, _ := filepath.Glob(filepath.Join(c.Dir, "registry", "chunks", "*", "*"))
+	for _, p := range chunks {
+		data, _ := os.ReadFile(p)
+		data[len(data)/2] ^= 0xff
+		os.WriteFile(p, data, 0o644)
+	}
+	base := c.Controllers[0].URL + "/api/v1"
+	id := ok(t, "POST", base+"/vm", `{"vmid":"`+res.TemplateID+`"}`).([]any)[0].(string)
+	in := c.WaitState(id, apiv1.StateError, 20*time.Second)
+	tried := strings.HasPrefix(in.Message, "failed on every eligible node (a, b): ") ||
+		strings.HasPrefix(in.Message, "failed on every eligible node (b, a): ")
+	if !tried || !strings.Contains(in.Message, "damaged") {
+		t.Fatalf("message %q", in.Message)
+	}
+	for _, n := range ok(t, "GET", base+"/node", "").([]any) {
+		if vms := n.(map[string]any)["vm_count"].(float64); vms != 0 {
+			t.Errorf("node %v still holds %v slots", n.(map[string]any)["node_name"], vms)
+		}
 	}
 }

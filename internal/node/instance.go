@@ -119,7 +119,9 @@ func (in *instance) boot() (driver.VM, bool) {
 			return nil, false
 		}
 		if err != nil {
-			in.fail(fmt.Sprintf("pull %s tag %s: %v", as.VMID, as.Tag, err), nil, nil, true)
+			in.a.log.Warn("template pull failed; asking for another node", "instance", as.InstanceID, "err", err)
+			in.report(apiv1.InstanceStatus{State: apiv1.StateError, Released: true, Replace: true,
+				Message: fmt.Sprintf("pull of %s tag %s failed on node %s: %v", spec.TemplateName, as.Tag, in.a.report.NodeName, err)})
 			return nil, true
 		}
 		in.a.templatesChanged()

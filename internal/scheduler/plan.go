@@ -17,7 +17,9 @@ import (
 type Decision struct {
 	Instance store.InstanceEntry
 	NodeID   string // empty when the instance must wait
-	Reason   string // human reason when waiting
+	Reason   string // human reason when waiting (or failing)
+	// Fail: every eligible node already failed this instance.
+	Fail bool
 }
 
 // usage is what a node has committed to instances.
@@ -55,7 +57,7 @@ func Plan(snap store.Snapshot, known TemplateKnown) []Decision {
 		if known != nil && !known(in.VMID, in.Tag) {
 			d.Reason = "template not in registry"
 		} else {
-			d.NodeID, d.Reason = placeOne(in.InstanceRecord, snap.Nodes, groups, used)
+			d.NodeID, d.Reason, d.Fail = placeOne(in.InstanceRecord, snap.Nodes, groups, used)
 		}
 		if d.NodeID != "" {
 			u := used[d.NodeID]
@@ -104,8 +106,9 @@ func tiers(in store.InstanceRecord, nodes []store.NodeEntry, groups map[string]a
 	return out
 }
 
-func placeOne(in store.InstanceRecord, nodes []store.NodeEntry, groups map[string]apiv1.Group, used map[string]usage) (string, string) {
-	var reasons []string
+func placeOne(in store.InstanceRecord, nodes []store.NodeEntry, groups map[string]apiv1.Group, used map[string]usage) (string, string, bool) {
+	var reasons, failedOn []string
+	untried := false
 	for _, t := range tiers(in, nodes, groups) {
 		var active, free []store.NodeEntry
 		otherArch := 0
@@ -117,6 +120,11 @@ func placeOne(in store.InstanceRecord, nodes []store.NodeEntry, groups map[strin
 				otherArch++
 				continue
 			}
+			if slices.Contains(in.FailedNodes, n.Report.NodeID) {
+				failedOn = append(failedOn, n.Report.NodeName)
+				continue
+			}
+			untried = true
 			active = append(active, n)
 			if fits(n.NodeRecord, used[n.Report.NodeID], in.Spec) {
 				free = append(free, n)
@@ -136,10 +144,14 @@ func placeOne(in store.InstanceRecord, nodes []store.NodeEntry, groups map[strin
 		case len(free) == 0:
 			reasons = append(reasons, fmt.Sprintf("all %d nodes%s at capacity", len(active), where))
 		default:
-			return best(free, in, used).Report.NodeID, ""
+			return best(free, in, used).Report.NodeID, "", false
 		}
 	}
-	return "", strings.Join(reasons, "; ")
+	if !untried && len(failedOn) > 0 {
+		return "", fmt.Sprintf("failed on every eligible node (%s): %s", strings.Join(failedOn, ", "),
+			strings.TrimSuffix(in.Message, "; placing on another node")), true
+	}
+	return "", strings.Join(reasons, "; "), false
 }
 
 func fits(n store.NodeRecord, u usage, spec apiv1.StartSpec) bool {

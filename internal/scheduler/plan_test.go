@@ -176,6 +176,23 @@ func TestPlan(t *testing.T) {
 	}
 }
 
+func TestPlanAvoidsNodesThatFailed(t *testing.T) {
+	failedOn := func(ids ...string) func(*store.InstanceRecord) {
+		return func(r *store.InstanceRecord) {
+			r.FailedNodes, r.Message = ids, "pull failed on node n1: boom; placing on another node"
+		}
+	}
+	nodes := []store.NodeEntry{mkNode(nodeSpec{id: "n1", capacity: 4, alive: true}), mkNode(nodeSpec{id: "n2", capacity: 4, alive: true})}
+	d := Plan(store.Snapshot{Nodes: nodes, Instances: []store.InstanceEntry{mkInstance("i1", 1, 0, failedOn("n1"))}}, nil)
+	if d[0].NodeID != "n2" {
+		t.Fatalf("after failing on n1: %+v", d[0])
+	}
+	d = Plan(store.Snapshot{Nodes: nodes, Instances: []store.InstanceEntry{mkInstance("i1", 1, 0, failedOn("n1", "n2"))}}, nil)
+	if !d[0].Fail || d[0].Reason != "failed on every eligible node (n1, n2): pull failed on node n1: boom" {
+		t.Fatalf("after failing everywhere: %+v", d[0])
+	}
+}
+
 func TestPlanUnknownTemplate(t *testing.T) {
 	snap := store.Snapshot{Nodes: []store.NodeEntry{mkNode(nodeSpec{id: "n1", capacity: 1, alive: true})},
 		Instances: []store.InstanceEntry{mkInstance("i1", 1, 0)}}

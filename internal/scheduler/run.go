@@ -151,10 +151,13 @@ func (s *Scheduler) Pass(ctx context.Context, fence clientv3.Cmp) error {
 	for _, d := range Plan(snap, s.cfg.Known) {
 		in := d.Instance
 		if d.NodeID == "" {
-			if in.Message == d.Reason {
+			if in.Message == d.Reason && !d.Fail {
 				continue // only write when the reason changes
 			}
 			in.Message, in.TS = d.Reason, time.Now().UTC()
+			if d.Fail {
+				in.State = apiv1.StateError
+			}
 			if err := s.st.SetWaiting(ctx, in.InstanceRecord, in.ModRev, fence); err != nil {
 				return err
 			}

@@ -19,6 +19,9 @@ type InstanceRecord struct {
 	// SlotHeld is true while the instance's assignment exists on NodeID; the
 	// scheduler counts a node's usage from it.
 	SlotHeld bool `json:"slot_held,omitempty"`
+	// FailedNodes failed to run the instance (a pull failed there); the
+	// scheduler places it elsewhere, and fails it when none is left.
+	FailedNodes []string `json:"failed_nodes,omitempty"`
 }
 
 // Finished reports whether the instance will never run again.
