@@ -5,6 +5,7 @@ package client
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -43,6 +44,13 @@ type Controller struct {
 	rootToken string
 	http      *http.Client
 	cur       atomic.Int64
+}
+
+// UseTLS sets how the client trusts the controllers and proves itself.
+func (c *Controller) UseTLS(cfg *tls.Config) {
+	if cfg != nil {
+		c.http = &http.Client{Transport: &http.Transport{TLSClientConfig: cfg, Proxy: http.ProxyFromEnvironment}}
+	}
 }
 
 // UseRootToken authenticates API calls with the controller's root token

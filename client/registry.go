@@ -3,6 +3,7 @@ package client
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -34,6 +35,13 @@ func NewRegistry(base string) (*Registry, error) {
 	tr := http.DefaultTransport.(*http.Transport).Clone()
 	tr.MaxIdleConnsPerHost = 64
 	return &Registry{base: strings.TrimRight(base, "/"), http: &http.Client{Transport: tr}, Retries: 5}, nil
+}
+
+// UseTLS sets how the client trusts the registry.
+func (r *Registry) UseTLS(cfg *tls.Config) {
+	if cfg != nil {
+		r.http.Transport.(*http.Transport).TLSClientConfig = cfg
+	}
 }
 
 // URL is the registry's base URL.

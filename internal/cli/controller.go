@@ -21,6 +21,8 @@ type controllerFlags struct {
 	standalone, enableAuth, enableAPIKeys                                                                          bool
 	rootToken                                                                                                      string
 	logLevel                                                                                                       int
+	tls                                                                                                            serverTLSFlags
+	registryTLS                                                                                                    clientTLSFlags
 }
 
 func (c *controllerFlags) register(f *flags, listenDefault string) {
@@ -42,6 +44,8 @@ func (c *controllerFlags) register(f *flags, listenDefault string) {
 	f.Int(&c.logLevel, "log-level", 0, "log verbosity: 0 info, 1+ debug, -1 warnings only", "ANKA_V")
 	f.Bool(&c.enableAuth, "enable-auth", false, "require credentials on /api/v1 (HTTP 401 otherwise)", "ANKA_ENABLE_AUTH")
 	f.String(&c.rootToken, "root-token", "", "root token: HTTP Basic with user root and this password", "ANKA_ROOT_TOKEN")
+	c.tls.register(f, true)
+	c.registryTLS.register(f, "registry-", false)
 	f.Bool(&c.enableAPIKeys, "enable-api-keys", false, "allow API-key logins (/tap/v1/hand, /tap/v1/shake; keys from `corral apikey`)", "ANKA_ENABLE_API_KEYS")
 }
 
@@ -54,6 +58,10 @@ func (c *controllerFlags) daemonConfig(log *slog.Logger) (daemon.Config, error) 
 	}
 	if c.enableAuth && c.rootToken == "" && !c.enableAPIKeys {
 		return daemon.Config{}, fmt.Errorf("--enable-auth needs --root-token or --enable-api-keys, or nobody could log in")
+	}
+	serverTLS, err := c.tls.config()
+	if err != nil {
+		return daemon.Config{}, err
 	}
 	if c.templatesFile == "" {
 		c.templatesFile = filepath.Join(c.dataDir, "templates.json")
@@ -69,6 +77,7 @@ func (c *controllerFlags) daemonConfig(log *slog.Logger) (daemon.Config, error) 
 		RegistryURL: c.registryURL, LocalRegistryURL: c.localRegistryURL, TemplatesFile: c.templatesFile, JoinToken: c.joinToken,
 		NodeLeaseTTL: c.leaseTTL, SchedulerTTL: c.schedulerTTL, InstanceRetention: c.retention, Log: log,
 		Auth: controller.AuthConfig{Enabled: c.enableAuth, RootToken: c.rootToken, APIKeys: c.enableAPIKeys},
+		TLS:  serverTLS, RegistryTLS: c.registryTLS.config(),
 	}, nil
 }
 

@@ -22,6 +22,7 @@ type nodeFlags struct {
 	capacity                               int
 	vnc                                    bool
 	bootTime, pullTime                     time.Duration
+	tls                                    clientTLSFlags
 }
 
 func (n *nodeFlags) register(f *flags, prefix string) {
@@ -34,6 +35,7 @@ func (n *nodeFlags) register(f *flags, prefix string) {
 	f.List(&n.groups, prefix+"groups", "", "groups to join on first registration, comma-separated names (created if missing)")
 	f.String(&n.dataDir, prefix+"data-dir", "corral-node", "node state: identity and template cache")
 	f.Duration(&n.bootTime, prefix+"synthetic-boot-time", 200*time.Millisecond, "synthetic driver: time a VM takes to boot")
+	n.tls.register(f, prefix, true)
 	f.Duration(&n.pullTime, prefix+"synthetic-pull-time", 0, "time a simulated template pull takes, when the cloud has no registry")
 }
 
@@ -54,8 +56,12 @@ func (n *nodeFlags) config(controllers []string, token string, log *slog.Logger)
 	if err != nil {
 		return node.Config{}, err
 	}
+	tlsCfg, err := n.tls.config().Config()
+	if err != nil {
+		return node.Config{}, err
+	}
 	return node.Config{
-		ControllerURLs: controllers, Token: token, Name: n.name, IP: n.ip, Capacity: n.capacity,
+		TLS: tlsCfg, ControllerURLs: controllers, Token: token, Name: n.name, IP: n.ip, Capacity: n.capacity,
 		Groups: n.groups, DataDir: n.dataDir, Driver: drv,
 		SimulatedPullTime: n.pullTime, Log: log,
 	}, nil

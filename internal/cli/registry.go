@@ -15,6 +15,7 @@ type registryFlags struct {
 	listen, dataDir, backend       string
 	gcInterval, gcGrace, uploadTTL time.Duration
 	logLevel                       int
+	tls                            serverTLSFlags
 }
 
 func (r *registryFlags) register(f *flags, prefix, listenDefault, dirDefault string) {
@@ -24,8 +25,9 @@ func (r *registryFlags) register(f *flags, prefix, listenDefault, dirDefault str
 	f.Duration(&r.gcInterval, prefix+"gc-interval", time.Hour, "how often garbage collection frees unreferenced chunks (0 = never)")
 	f.Duration(&r.gcGrace, prefix+"gc-grace", time.Hour, "chunks written or used more recently than this are never collected")
 	f.Duration(&r.uploadTTL, prefix+"upload-ttl", 24*time.Hour, "idle upload leases older than this are purged")
-	if prefix == "" { // `corral up` has its own --log-level
+	if prefix == "" { // `corral up` has its own --log-level and no TLS
 		f.Int(&r.logLevel, "log-level", 0, "log verbosity: 0 info, 1+ debug", "ANKA_V")
+		r.tls.register(f, false)
 	}
 }
 
@@ -40,8 +42,12 @@ func (r *registryFlags) config(log *slog.Logger) (daemon.Config, error) {
 	if r.backend != "disk" && r.backend != "filesystem" {
 		return daemon.Config{}, fmt.Errorf("--backend %q: only the disk backend is in this build (S3 is planned)", r.backend)
 	}
+	serverTLS, err := r.tls.config()
+	if err != nil {
+		return daemon.Config{}, err
+	}
 	return daemon.Config{ListenAddr: r.listen, DataDir: r.dataDir, GCInterval: r.gcInterval,
-		GCGrace: r.gcGrace, UploadTTL: r.uploadTTL, Log: log}, nil
+		GCGrace: r.gcGrace, UploadTTL: r.uploadTTL, TLS: serverTLS, Log: log}, nil
 }
 
 func runRegistry(ctx context.Context, args []string, out io.Writer) error {

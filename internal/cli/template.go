@@ -35,7 +35,9 @@ func runTemplate(ctx context.Context, args []string, out io.Writer) error {
 func templateFlags(name, summary string, out io.Writer, args []string, define func(f *flags)) (*client.Registry, []string, error) {
 	f := newFlags("template "+name, summary, out)
 	var url string
+	var tlsFlags clientTLSFlags
 	f.String(&url, "registry", "http://127.0.0.1:8089", "registry URL", "ANKA_ANKA_REGISTRY")
+	tlsFlags.register(f, "", false)
 	if define != nil {
 		define(f)
 	}
@@ -57,6 +59,11 @@ func templateFlags(name, summary string, out io.Writer, args []string, define fu
 		return nil, nil, fmt.Errorf("--registry: %w", err)
 	}
 	reg, err := client.NewRegistry(url)
+	if err != nil {
+		return nil, nil, err
+	}
+	tlsCfg, err := tlsFlags.config().Config()
+	reg.UseTLS(tlsCfg)
 	return reg, positional, err
 }
 

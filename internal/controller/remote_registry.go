@@ -2,6 +2,7 @@ package controller
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"strings"
 
@@ -13,11 +14,12 @@ import (
 type RemoteRegistry struct{ c *client.Registry }
 
 // NewRemoteRegistry talks to the registry at url.
-func NewRemoteRegistry(url string) (*RemoteRegistry, error) {
+func NewRemoteRegistry(url string, tlsCfg *tls.Config) (*RemoteRegistry, error) {
 	c, err := client.NewRegistry(url)
 	if err != nil {
 		return nil, err
 	}
+	c.UseTLS(tlsCfg)
 	c.Retries = 1
 	return &RemoteRegistry{c: c}, nil
 }

@@ -5,6 +5,7 @@ package node
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -30,6 +31,8 @@ type Config struct {
 	DataDir        string
 	Driver         driver.Driver
 	Templates      Templates // nil: the controller's registry, else simulated pulls
+	// TLS is how the node trusts HTTPS controllers and registries.
+	TLS *tls.Config
 	// SimulatedPullTime is how long a pull takes when the cloud has no registry.
 	SimulatedPullTime time.Duration
 	Log               *slog.Logger
@@ -66,6 +69,7 @@ func New(cfg Config) (*Agent, error) {
 	if err != nil {
 		return nil, err
 	}
+	ctl.UseTLS(cfg.TLS)
 	a := &Agent{cfg: cfg, ctl: ctl, log: cfg.Log, instances: map[string]*instance{}, lost: map[string]bool{}, fetching: map[string]bool{},
 		statusCh: make(chan apiv1.InstanceStatus, 256), reportCh: make(chan struct{}, 1)}
 	if err := a.describe(); err != nil {
@@ -150,6 +154,7 @@ func (a *Agent) join(ctx context.Context) (apiv1.JoinResponse, error) {
 func (a *Agent) useRegistry(url string) {
 	if url != "" {
 		if reg, err := client.NewRegistry(url); err == nil {
+			reg.UseTLS(a.cfg.TLS)
 			a.cfg.Templates = &RegistryTemplates{Client: reg, Dir: filepath.Join(a.dataDir(), "templates")}
 			a.log.Info("templates come from the registry", "registry", url)
 			a.templatesChanged()

@@ -7,6 +7,7 @@ import (
 	"cmp"
 	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -14,6 +15,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/corral-build/corral/internal/controller"
@@ -23,6 +25,7 @@ import (
 	"github.com/corral-build/corral/internal/metrics"
 	"github.com/corral-build/corral/internal/scheduler"
 	"github.com/corral-build/corral/internal/store"
+	"github.com/corral-build/corral/internal/tlsconfig"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 )
@@ -49,6 +52,10 @@ type Config struct {
 	InstanceRetention  time.Duration
 	AssignmentLongPoll time.Duration
 	Auth               controller.AuthConfig
+	// TLS serves HTTPS (with optional client-certificate auth); RegistryTLS is
+	// how the controller trusts an HTTPS registry.
+	TLS         tlsconfig.Server
+	RegistryTLS tlsconfig.Client
 	// EtcdTimeout bounds the wait for etcd at start (15s).
 	EtcdTimeout time.Duration
 
@@ -111,10 +118,20 @@ func Start(ctx context.Context, cfg Config) (*Daemon, error) {
 
 	var reg controller.Registry = controller.NewFileRegistry(cfg.TemplatesFile)
 	if url := cmp.Or(cfg.LocalRegistryURL, cfg.RegistryURL); url != "" {
-		if reg, err = controller.NewRemoteRegistry(url); err != nil {
+		regTLS, err := cfg.RegistryTLS.Config()
+		if err != nil {
 			d.closeEtcd()
 			return nil, err
 		}
+		if reg, err = controller.NewRemoteRegistry(url, regTLS); err != nil {
+			d.closeEtcd()
+			return nil, err
+		}
+	}
+	serverTLS, err := cfg.TLS.Config()
+	if err != nil {
+		d.closeEtcd()
+		return nil, err
 	}
 	d.Service = controller.New(st, reg, controller.Config{
 		RegistryURL: cfg.RegistryURL, JoinToken: token,
@@ -127,6 +144,10 @@ func Start(ctx context.Context, cfg Config) (*Daemon, error) {
 		return nil, fmt.Errorf("listen %s: %w", cfg.ListenAddr, err)
 	}
 	d.URL = "http://" + advertised(ln.Addr().(*net.TCPAddr))
+	if serverTLS != nil {
+		ln = tls.NewListener(ln, serverTLS)
+		d.URL = "https://" + strings.TrimPrefix(d.URL, "http://")
+	}
 	m := metrics.New(st)
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", m.Handler())

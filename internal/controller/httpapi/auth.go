@@ -13,7 +13,7 @@ import (
 func (a *API) requireAuth(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		guarded := strings.HasPrefix(r.URL.Path, "/api/v1/") && !strings.HasPrefix(r.URL.Path, "/api/v1/agent/")
-		if guarded && a.svc.Authenticate(r.Context(), r.Header.Get("Authorization")) != nil {
+		if guarded && a.svc.Authenticate(r.Context(), r.Header.Get("Authorization"), CertUser(r)) != nil {
 			writeJSON(w, http.StatusUnauthorized, apiv1.Envelope{Status: apiv1.StatusFAIL, Message: apiv1.MsgAuthRequired})
 			return
 		}
@@ -58,4 +58,17 @@ func (a *API) tapShake(w http.ResponseWriter, r *http.Request) {
 	}
 	w.Header().Set("Content-Type", "application/json")
 	json.NewEncoder(w).Encode(map[string]any{"id": req.ID, "data": sess})
+}
+
+// CertUser is the common name of the client certificate the server verified
+// against its client CA, or "" when the request carried none.
+func CertUser(r *http.Request) string {
+	if r.TLS == nil || len(r.TLS.VerifiedChains) == 0 {
+		return ""
+	}
+	cn := r.TLS.VerifiedChains[0][0].Subject.CommonName
+	if cn == "" {
+		cn = "client-certificate"
+	}
+	return cn
 }

@@ -14,6 +14,7 @@ import (
 
 	apiv1 "github.com/corral-build/corral/api/v1"
 	"github.com/corral-build/corral/internal/controller"
+	"github.com/corral-build/corral/internal/controller/httpapi"
 )
 
 //go:embed templates/*.html
@@ -76,7 +77,7 @@ func (d *Dashboard) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	ctx := r.Context()
-	if d.svc.Authenticate(ctx, r.Header.Get("Authorization")) != nil {
+	if d.svc.Authenticate(ctx, r.Header.Get("Authorization"), httpapi.CertUser(r)) != nil {
 		w.Header().Set("WWW-Authenticate", `Basic realm="Corral", charset="UTF-8"`)
 		http.Error(w, "Authentication Required", http.StatusUnauthorized)
 		return

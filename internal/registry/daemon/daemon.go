@@ -5,6 +5,7 @@ package daemon
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -15,6 +16,7 @@ import (
 	"github.com/corral-build/corral/internal/registry"
 	"github.com/corral-build/corral/internal/registry/httpapi"
 	"github.com/corral-build/corral/internal/registry/storage/filesystem"
+	"github.com/corral-build/corral/internal/tlsconfig"
 )
 
 // Config is everything a registry process needs.
@@ -24,6 +26,7 @@ type Config struct {
 	GCInterval time.Duration
 	GCGrace    time.Duration
 	UploadTTL  time.Duration
+	TLS        tlsconfig.Server // HTTPS when set
 	Log        *slog.Logger
 }
 
@@ -53,9 +56,17 @@ func Start(cfg Config) (*Daemon, error) {
 	if cfg.UploadTTL > 0 {
 		reg.UploadTTL = cfg.UploadTTL
 	}
+	serverTLS, err := cfg.TLS.Config()
+	if err != nil {
+		return nil, err
+	}
 	ln, err := net.Listen("tcp", cfg.ListenAddr)
 	if err != nil {
 		return nil, fmt.Errorf("listen %s: %w", cfg.ListenAddr, err)
+	}
+	scheme := "http://"
+	if serverTLS != nil {
+		ln, scheme = tls.NewListener(ln, serverTLS), "https://"
 	}
 	addr := ln.Addr().(*net.TCPAddr)
 	host := addr.IP.String()
@@ -64,7 +75,7 @@ func Start(cfg Config) (*Daemon, error) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	d := &Daemon{
-		URL: "http://" + net.JoinHostPort(host, fmt.Sprint(addr.Port)), Registry: reg, cancel: cancel,
+		URL: scheme + net.JoinHostPort(host, fmt.Sprint(addr.Port)), Registry: reg, cancel: cancel,
 		http: &http.Server{Handler: httpapi.New(reg, log), ReadHeaderTimeout: 30 * time.Second, IdleTimeout: 5 * time.Minute},
 		done: make(chan struct{}),
 	}

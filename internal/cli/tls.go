@@ -1,0 +1,66 @@
+package cli
+
+import (
+	"fmt"
+
+	"github.com/corral-build/corral/internal/tlsconfig"
+)
+
+// serverTLSFlags are a server's HTTPS settings, under the reference
+// product's names (ANKA_USE_HTTPS, ANKA_SERVER_CERT, ANKA_SERVER_KEY,
+// ANKA_CA_CERT).
+type serverTLSFlags struct {
+	useHTTPS            bool
+	cert, key, clientCA string
+}
+
+func (t *serverTLSFlags) register(f *flags, clientCerts bool) {
+	f.Bool(&t.useHTTPS, "use-https", false, "serve HTTPS (needs --server-cert and --server-key)", "ANKA_USE_HTTPS")
+	f.String(&t.cert, "server-cert", "", "PEM certificate for HTTPS", "ANKA_SERVER_CERT")
+	f.String(&t.key, "server-key", "", "PEM private key for HTTPS", "ANKA_SERVER_KEY")
+	if clientCerts {
+		f.String(&t.clientCA, "ca-cert", "", "CA whose client certificates authenticate requests (with --enable-auth)", "ANKA_CA_CERT")
+	}
+}
+
+func (t *serverTLSFlags) config() (tlsconfig.Server, error) {
+	if !t.useHTTPS {
+		if t.cert != "" || t.key != "" || t.clientCA != "" {
+			return tlsconfig.Server{}, fmt.Errorf("certificates are set but HTTPS is off: add --use-https (ANKA_USE_HTTPS=true)")
+		}
+		return tlsconfig.Server{}, nil
+	}
+	if t.cert == "" || t.key == "" {
+		return tlsconfig.Server{}, fmt.Errorf("--use-https needs --server-cert and --server-key")
+	}
+	s := tlsconfig.Server{CertFile: t.cert, KeyFile: t.key, ClientCAFile: t.clientCA}
+	if _, err := s.Config(); err != nil {
+		return s, err
+	}
+	return s, nil
+}
+
+// clientTLSFlags are how a client trusts HTTPS servers and proves itself.
+type clientTLSFlags struct {
+	caCert, cert, key string
+	skipVerify        bool
+}
+
+func (t *clientTLSFlags) register(f *flags, prefix string, withCert bool) {
+	aliases := func(names ...string) []string {
+		if prefix == "" {
+			return names
+		}
+		return nil
+	}
+	f.String(&t.caCert, prefix+"tls-ca", "", "extra CA certificate to trust for HTTPS")
+	f.Bool(&t.skipVerify, prefix+"skip-tls-verification", false, "do not verify HTTPS certificates (testing only)", aliases("ANKA_SKIP_TLS_VERIFICATION")...)
+	if withCert {
+		f.String(&t.cert, prefix+"client-cert", "", "client certificate for controllers that authenticate by certificate")
+		f.String(&t.key, prefix+"client-key", "", "client certificate's private key")
+	}
+}
+
+func (t *clientTLSFlags) config() tlsconfig.Client {
+	return tlsconfig.Client{CAFile: t.caCert, SkipVerify: t.skipVerify, CertFile: t.cert, KeyFile: t.key}
+}
