@@ -26,15 +26,11 @@ key to FILE for the CI system that will use it.`)
 		return errors.New("want create, list or delete")
 	}
 	var keyFile string
-	_, pos, endpoints, err := etcdFlags("apikey "+args[0], "Manage API keys.", out, args[1:], func(f *flags) {
+	cli, pos, err := etcdClient("apikey "+args[0], "Manage API keys.", out, args[1:], func(f *flags) {
 		if args[0] == "create" {
 			f.String(&keyFile, "private-key", "", "file to write the new private key to (mode 0600)")
 		}
 	})
-	if err != nil {
-		return err
-	}
-	cli, err := connect(endpoints)
 	if err != nil {
 		return err
 	}

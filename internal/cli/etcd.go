@@ -71,12 +71,26 @@ func etcdFlags(name, summary string, out io.Writer, args []string, define func(*
 	return f, positional, endpoints, nil
 }
 
-func connect(endpoints []string) (*clientv3.Client, error) {
+// etcdClient parses a command's flags like etcdFlags and connects to etcd;
+// the caller closes the client.
+func etcdClient(name, summary string, out io.Writer, args []string, define func(*flags)) (*clientv3.Client, []string, error) {
+	_, pos, endpoints, err := etcdFlags(name, summary, out, args, define)
+	if err != nil {
+		return nil, nil, err
+	}
 	cli, err := clientv3.New(clientv3.Config{Endpoints: endpoints, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
 	if err != nil {
-		return nil, fmt.Errorf("connect to etcd %v: %w", endpoints, err)
+		return nil, nil, fmt.Errorf("connect to etcd %v: %w", endpoints, err)
 	}
-	return cli, nil
+	// The client connects lazily; probe once so an unreachable etcd is an
+	// error now rather than a hang later.
+	probe, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := cli.Get(probe, "/corral/config/join-token", clientv3.WithKeysOnly()); err != nil {
+		cli.Close()
+		return nil, nil, fmt.Errorf("etcd %v is not reachable: %w", endpoints, err)
+	}
+	return cli, pos, nil
 }
 
 func etcdSnapshotSave(ctx context.Context, args []string, out io.Writer) error {
@@ -116,11 +130,7 @@ func etcdSnapshotRestore(args []string, out io.Writer) error {
 }
 
 func etcdStatus(ctx context.Context, args []string, out io.Writer) error {
-	_, _, endpoints, err := etcdFlags("status", "Show each member's DB size, in-use size, revision and leader.", out, args, nil)
-	if err != nil {
-		return err
-	}
-	cli, err := connect(endpoints)
+	cli, _, err := etcdClient("status", "Show each member's DB size, in-use size, revision and leader.", out, args, nil)
 	if err != nil {
 		return err
 	}
@@ -141,13 +151,9 @@ func etcdStatus(ctx context.Context, args []string, out io.Writer) error {
 
 func etcdDefrag(ctx context.Context, args []string, out io.Writer) error {
 	var force bool
-	_, _, endpoints, err := etcdFlags("defrag", "Defragment every member, one at a time. It blocks writes while it runs.", out, args, func(f *flags) {
+	cli, _, err := etcdClient("defrag", "Defragment every member, one at a time. It blocks writes while it runs.", out, args, func(f *flags) {
 		f.Bool(&force, "force", false, "run even while instances are Scheduling or Pulling")
 	})
-	if err != nil {
-		return err
-	}
-	cli, err := connect(endpoints)
 	if err != nil {
 		return err
 	}
@@ -161,13 +167,9 @@ func etcdDefrag(ctx context.Context, args []string, out io.Writer) error {
 
 func etcdCheckPerf(ctx context.Context, args []string, out io.Writer) error {
 	var d time.Duration
-	_, _, endpoints, err := etcdFlags("check perf", "Offer 150 writes/s from 50 clients (etcdctl's small load) and judge the result.", out, args, func(f *flags) {
+	cli, _, err := etcdClient("check perf", "Offer 150 writes/s from 50 clients (etcdctl's small load) and judge the result.", out, args, func(f *flags) {
 		f.Duration(&d, "duration", time.Minute, "how long to write")
 	})
-	if err != nil {
-		return err
-	}
-	cli, err := connect(endpoints)
 	if err != nil {
 		return err
 	}
