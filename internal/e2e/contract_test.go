@@ -262,6 +262,7 @@ func TestBadInput(t *testing.T) {
 		{"DELETE", "/node", `{}`, 200, "node_id: required"},
 		{"POST", "/node/group/nope", `{"node_ids":["x"]}`, 200, apiv1.MsgNotFound},
 		{"GET", "/no/such/endpoint", ``, 200, apiv1.MsgNotFound},
+		{"POST", "/image", `{"id":"x","tag":"t"}`, 200, "/api/v1/image: not supported by this controller yet (saving instances as templates)"},
 		{"POST", "/agent/join", `{}`, 401, apiv1.MsgAuthRequired},
 	}
 	for _, tc := range cases {

@@ -11,6 +11,10 @@ func (a *API) status(r *http.Request) (any, error) { return a.svc.Status(r.Conte
 
 func (a *API) notFound(r *http.Request) (any, error) { return nil, controller.ErrNotFound }
 
+func (a *API) notSupported(r *http.Request) (any, error) {
+	return nil, &apiv1.FieldError{Field: r.URL.Path, Reason: "not supported by this controller yet (saving instances as templates)"}
+}
+
 func (a *API) listNodes(r *http.Request) (any, error) {
 	return a.svc.ListNodes(r.Context(), r.URL.Query().Get("id"))
 }

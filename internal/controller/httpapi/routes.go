@@ -59,6 +59,10 @@ func New(svc *controller.Service, log *slog.Logger) http.Handler {
 	mux.HandleFunc("POST /tap/v1/hand", a.tapHand)
 	mux.HandleFunc("POST /tap/v1/shake", a.tapShake)
 
+	// Saving a running instance as a template is not built yet; say so
+	// rather than "Not found", which clients read as a missing instance.
+	mux.Handle("/api/v1/image", h(a.notSupported))
+
 	mux.Handle("/api/v1/", h(a.notFound))
 	return recoverPanics(log, a.requireAuth(mux))
 }
