@@ -34,9 +34,6 @@ func (s *Service) UpdateGroup(ctx context.Context, req apiv1.GroupRequest) (apiv
 	if req.ID == "" {
 		return apiv1.Group{}, fieldErr("id", "required")
 	}
-	if _, err := s.st.GetGroup(ctx, req.ID); err != nil {
-		return apiv1.Group{}, notFound(err)
-	}
 	var applyErr error
 	g, err := s.st.UpdateGroup(ctx, req.ID, func(cur *apiv1.Group) error {
 		applyErr = s.applyGroup(ctx, cur, req)

@@ -20,14 +20,7 @@ func (s *Service) ListNodes(ctx context.Context, id string) ([]apiv1.Node, error
 	for _, g := range snap.Groups {
 		groups[g.ID] = g
 	}
-	type use struct{ vms, vcpu, vram int }
-	used := map[string]use{}
-	for _, in := range snap.Instances {
-		if in.SlotHeld {
-			u := used[in.NodeID]
-			used[in.NodeID] = use{u.vms + 1, u.vcpu + in.Spec.VCPU, u.vram + in.Spec.VRAM}
-		}
-	}
+	used := snap.Usage()
 	out := []apiv1.Node{}
 	for _, n := range snap.Nodes {
 		r := n.Report
@@ -38,7 +31,7 @@ func (s *Service) ListNodes(ctx context.Context, id string) ([]apiv1.Node, error
 		node := apiv1.Node{
 			NodeID: r.NodeID, NodeName: r.NodeName, IPAddress: r.IPAddress, State: n.State(),
 			Capacity: n.Capacity(), CapacityMode: "number", CPUCount: r.CPUCount, RAM: r.RAMMB / 1024,
-			VMCount: u.vms, VCPUCount: u.vcpu, VRAM: u.vram, CPUUtil: r.CPUUtil, RAMUtil: r.RAMUtil,
+			VMCount: u.Slots, VCPUCount: u.VCPU, VRAM: u.VRAM, CPUUtil: r.CPUUtil, RAMUtil: r.RAMUtil,
 			FreeDiskSpace: max(r.FreeDiskSpace, 0), DiskSize: max(r.DiskSize, 0), HostArch: r.HostArch,
 			Templates: slices.Clone(r.Templates), Groups: []apiv1.Group{}, Driver: r.Driver,
 		}

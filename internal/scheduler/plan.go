@@ -22,9 +22,6 @@ type Decision struct {
 	Fail bool
 }
 
-// usage is what a node has committed to instances.
-type usage struct{ slots, vcpu, vram int }
-
 // TemplateKnown reports whether the registry has template vmid at tag.
 type TemplateKnown func(vmid, tag string) bool
 
@@ -32,13 +29,9 @@ type TemplateKnown func(vmid, tag string) bool
 // Scheduling instance goes. Lower-priority instances may fill capacity a
 // higher-priority one cannot use (a different group, or a smaller size).
 func Plan(snap store.Snapshot, known TemplateKnown) []Decision {
-	used := map[string]usage{}
+	used := snap.Usage()
 	var pending []store.InstanceEntry
 	for _, in := range snap.Instances {
-		if in.SlotHeld {
-			u := used[in.NodeID]
-			used[in.NodeID] = usage{u.slots + 1, u.vcpu + in.Spec.VCPU, u.vram + in.Spec.VRAM}
-		}
 		if in.State == apiv1.StateScheduling && in.NodeID == "" {
 			pending = append(pending, in)
 		}
@@ -51,17 +44,27 @@ func Plan(snap store.Snapshot, known TemplateKnown) []Decision {
 	for _, g := range snap.Groups {
 		groups[g.ID] = g
 	}
+	// One registry lookup per template+tag and pass, not per waiting instance.
+	knownMemo := map[[2]string]bool{}
+	isKnown := func(vmid, tag string) bool {
+		key := [2]string{vmid, tag}
+		ok, seen := knownMemo[key]
+		if !seen {
+			ok = known(vmid, tag)
+			knownMemo[key] = ok
+		}
+		return ok
+	}
 	decisions := make([]Decision, 0, len(pending))
 	for _, in := range pending {
 		d := Decision{Instance: in}
-		if known != nil && !known(in.VMID, in.Tag) {
+		if known != nil && !isKnown(in.VMID, in.Tag) {
 			d.Reason = "template not in registry"
 		} else {
 			d.NodeID, d.Reason, d.Fail = placeOne(in.InstanceRecord, snap.Nodes, groups, used)
 		}
 		if d.NodeID != "" {
-			u := used[d.NodeID]
-			used[d.NodeID] = usage{u.slots + 1, u.vcpu + in.Spec.VCPU, u.vram + in.Spec.VRAM}
+			used[d.NodeID] = used[d.NodeID].Add(in.Spec)
 		}
 		decisions = append(decisions, d)
 	}
@@ -106,7 +109,7 @@ func tiers(in store.InstanceRecord, nodes []store.NodeEntry, groups map[string]a
 	return out
 }
 
-func placeOne(in store.InstanceRecord, nodes []store.NodeEntry, groups map[string]apiv1.Group, used map[string]usage) (string, string, bool) {
+func placeOne(in store.InstanceRecord, nodes []store.NodeEntry, groups map[string]apiv1.Group, used map[string]store.NodeUsage) (string, string, bool) {
 	var reasons, failedOn []string
 	untried := false
 	for _, t := range tiers(in, nodes, groups) {
@@ -154,14 +157,14 @@ func placeOne(in store.InstanceRecord, nodes []store.NodeEntry, groups map[strin
 	return "", strings.Join(reasons, "; "), false
 }
 
-func fits(n store.NodeRecord, u usage, spec apiv1.StartSpec) bool {
-	if u.slots+1 > n.Capacity() {
+func fits(n store.NodeRecord, u store.NodeUsage, spec apiv1.StartSpec) bool {
+	if u.Slots+1 > n.Capacity() {
 		return false
 	}
-	if n.MaxVCPU > 0 && u.vcpu+spec.VCPU > n.MaxVCPU {
+	if n.MaxVCPU > 0 && u.VCPU+spec.VCPU > n.MaxVCPU {
 		return false
 	}
-	if n.MaxVRAM > 0 && u.vram+spec.VRAM > n.MaxVRAM {
+	if n.MaxVRAM > 0 && u.VRAM+spec.VRAM > n.MaxVRAM {
 		return false
 	}
 	return true
@@ -169,7 +172,7 @@ func fits(n store.NodeRecord, u usage, spec apiv1.StartSpec) bool {
 
 // best prefers nodes that already hold the template+tag (no pull), then the
 // least loaded node, then the lowest id for a stable order.
-func best(free []store.NodeEntry, in store.InstanceRecord, used map[string]usage) store.NodeEntry {
+func best(free []store.NodeEntry, in store.InstanceRecord, used map[string]store.NodeUsage) store.NodeEntry {
 	holds := func(n store.NodeEntry) int {
 		for _, t := range n.Report.Templates {
 			if t.UUID == in.VMID && t.Tag == in.Tag {
@@ -180,7 +183,7 @@ func best(free []store.NodeEntry, in store.InstanceRecord, used map[string]usage
 	}
 	return slices.MinFunc(free, func(a, b store.NodeEntry) int {
 		return cmp.Or(cmp.Compare(holds(a), holds(b)),
-			cmp.Compare(used[a.Report.NodeID].slots, used[b.Report.NodeID].slots),
+			cmp.Compare(used[a.Report.NodeID].Slots, used[b.Report.NodeID].Slots),
 			cmp.Compare(a.Report.NodeID, b.Report.NodeID))
 	})
 }

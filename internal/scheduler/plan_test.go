@@ -1,6 +1,7 @@
 package scheduler
 
 import (
+	"fmt"
 	"testing"
 	"time"
 
@@ -199,5 +200,19 @@ func TestPlanUnknownTemplate(t *testing.T) {
 	d := Plan(snap, func(string, string) bool { return false })
 	if d[0].NodeID != "" || d[0].Reason != "template not in registry" {
 		t.Fatalf("got %+v", d[0])
+	}
+}
+
+// TestPlanAsksTheRegistryOncePerTemplate: a pass with many waiting instances
+// of one template+tag makes one registry lookup, not one per instance.
+func TestPlanAsksTheRegistryOncePerTemplate(t *testing.T) {
+	snap := store.Snapshot{Nodes: []store.NodeEntry{mkNode(nodeSpec{id: "n1", capacity: 100, alive: true})}}
+	for i := range 50 {
+		snap.Instances = append(snap.Instances, mkInstance(fmt.Sprint("i", i), 1, 0))
+	}
+	calls := 0
+	d := Plan(snap, func(string, string) bool { calls++; return true })
+	if calls != 1 || len(d) != 50 || d[49].NodeID != "n1" {
+		t.Fatalf("%d lookups for 50 instances of one template (decisions %d)", calls, len(d))
 	}
 }

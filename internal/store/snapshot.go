@@ -81,6 +81,25 @@ func (s *Store) Snapshot(ctx context.Context) (Snapshot, error) {
 	return snap, err
 }
 
+// NodeUsage is what a node's instances hold.
+type NodeUsage struct{ Slots, VCPU, VRAM int }
+
+// Add counts one more instance of spec.
+func (u NodeUsage) Add(spec apiv1.StartSpec) NodeUsage {
+	return NodeUsage{u.Slots + 1, u.VCPU + spec.VCPU, u.VRAM + spec.VRAM}
+}
+
+// Usage sums, per node, the instances holding a slot there.
+func (snap Snapshot) Usage() map[string]NodeUsage {
+	used := map[string]NodeUsage{}
+	for _, in := range snap.Instances {
+		if in.SlotHeld {
+			used[in.NodeID] = used[in.NodeID].Add(in.Spec)
+		}
+	}
+	return used
+}
+
 // Placement binds a Scheduling instance to a node.
 type Placement struct {
 	Instance    InstanceRecord // the updated record to write
