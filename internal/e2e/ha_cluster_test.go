@@ -229,8 +229,17 @@ func TestHAKillOneOfEach(t *testing.T) {
 			t.Errorf("instance %s placed %d times", id, n)
 		}
 	}
-	if len(created) != len(ids) {
-		t.Errorf("%d placements for %d instances", len(created), len(ids))
+	for _, id := range ids {
+		if created[id] != 1 {
+			t.Errorf("instance %s was started but placed %d times", id, created[id])
+		}
+	}
+	// A controller killed after committing a start but before answering
+	// leaves an instance the client never heard of (the client then retries
+	// on the other controller). That is a lost response, not a double
+	// placement; at most one per stream worker in flight at the kill.
+	if extra := len(created) - len(ids); extra > 3 {
+		t.Errorf("%d placements for %d instances: %d more than requests in flight at the kill", len(created), len(ids), extra)
 	}
 	t.Logf("%d instances started and %d placements during the failures", len(ids), len(created))
 }
