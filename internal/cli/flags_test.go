@@ -87,3 +87,35 @@ func TestEveryCommandHasHelp(t *testing.T) {
 		}
 	}
 }
+
+func TestRegistryBackendConfig(t *testing.T) {
+	parse := func(env map[string]string) (*registryFlags, error) {
+		for k, v := range env {
+			t.Setenv(k, v)
+		}
+		f := newFlags("registry", "", &bytes.Buffer{})
+		var r registryFlags
+		r.register(f, "", ":8089", "dir")
+		if err := f.Parse(nil, nil); err != nil {
+			return nil, err
+		}
+		return &r, nil
+	}
+	r, _ := parse(map[string]string{"ANKA_BACKEND_TYPE": "s3"})
+	if _, err := r.config(nil); err == nil || !strings.Contains(err.Error(), "CORRAL_S3_BUCKET") {
+		t.Fatalf("s3 without a bucket: %v", err)
+	}
+	r, _ = parse(map[string]string{"ANKA_BACKEND_TYPE": "s3", "CORRAL_S3_BUCKET": "b", "CORRAL_S3_ENDPOINT": "http://minio:9000"})
+	cfg, err := r.config(nil)
+	if err != nil || cfg.S3 == nil || cfg.S3.Bucket != "b" || !cfg.S3.PathStyle {
+		t.Fatalf("s3 config %+v %v", cfg.S3, err)
+	}
+	r, _ = parse(map[string]string{"ANKA_BACKEND_TYPE": "disk"})
+	if cfg, err := r.config(nil); err != nil || cfg.S3 != nil || cfg.DataDir != "dir" {
+		t.Fatalf("disk config %+v %v", cfg, err)
+	}
+	r, _ = parse(map[string]string{"ANKA_BACKEND_TYPE": "nfs"})
+	if _, err := r.config(nil); err == nil || !strings.Contains(err.Error(), `"nfs"`) {
+		t.Fatalf("unknown backend: %v", err)
+	}
+}

@@ -8,20 +8,29 @@ import (
 	"time"
 
 	"github.com/corral-build/corral/internal/registry/daemon"
+	"github.com/corral-build/corral/internal/registry/storage/s3"
 )
 
 // registryFlags are shared by `corral registry` and `corral up`.
 type registryFlags struct {
+	prefix                         string // "registry-" in `corral up`
 	listen, dataDir, backend       string
+	s3                             s3.Config
 	gcInterval, gcGrace, uploadTTL time.Duration
 	logLevel                       int
 	tls                            serverTLSFlags
 }
 
 func (r *registryFlags) register(f *flags, prefix, listenDefault, dirDefault string) {
+	r.prefix = prefix
 	f.String(&r.listen, prefix+"listen", listenDefault, "registry REST API address", aliasIf(prefix == "", "ANKA_LISTEN_ADDR")...)
 	f.String(&r.dataDir, prefix+"data-dir", dirDefault, "registry store root (/mnt/vol in containers)", aliasIf(prefix == "", "ANKA_BASE_PATH")...)
-	f.String(&r.backend, prefix+"backend", "disk", "storage backend: disk", aliasIf(prefix == "", "ANKA_BACKEND_TYPE")...)
+	f.String(&r.backend, prefix+"backend", "disk", "storage backend: disk (the --data-dir volume) or s3 (a bucket; credentials from the standard AWS_* variables, shared config or instance role)", aliasIf(prefix == "", "ANKA_BACKEND_TYPE")...)
+	f.String(&r.s3.Bucket, prefix+"s3-bucket", "", "S3 bucket (--backend s3); it must exist")
+	f.String(&r.s3.Prefix, prefix+"s3-prefix", "", "key prefix inside the bucket, so several registries or tools can share one")
+	f.String(&r.s3.Endpoint, prefix+"s3-endpoint", "", "S3-compatible server URL (MinIO, versitygw, Ceph...); empty = AWS (or AWS_ENDPOINT_URL_S3)")
+	f.String(&r.s3.Region, prefix+"s3-region", "", "bucket region (default AWS_REGION, else us-east-1)")
+	f.Bool(&r.s3.PathStyle, prefix+"s3-path-style", false, "address the bucket in the URL path, not the host name (always on with --s3-endpoint)")
 	f.Duration(&r.gcInterval, prefix+"gc-interval", time.Hour, "how often garbage collection frees unreferenced chunks (0 = never)")
 	f.Duration(&r.gcGrace, prefix+"gc-grace", time.Hour, "chunks written or used more recently than this are never collected")
 	f.Duration(&r.uploadTTL, prefix+"upload-ttl", 24*time.Hour, "idle upload leases older than this are purged")
@@ -39,15 +48,23 @@ func aliasIf(cond bool, names ...string) []string {
 }
 
 func (r *registryFlags) config(log *slog.Logger) (daemon.Config, error) {
-	if r.backend != "disk" && r.backend != "filesystem" {
-		return daemon.Config{}, fmt.Errorf("--backend %q: only the disk backend is in this build (S3 is planned)", r.backend)
+	cfg := daemon.Config{ListenAddr: r.listen, DataDir: r.dataDir, GCInterval: r.gcInterval,
+		GCGrace: r.gcGrace, UploadTTL: r.uploadTTL, Log: log}
+	switch r.backend {
+	case "disk", "filesystem":
+	case "s3":
+		if r.s3.Bucket == "" {
+			return daemon.Config{}, fmt.Errorf("--%sbackend s3 needs --%[1]ss3-bucket (%s)", r.prefix, EnvName(r.prefix+"s3-bucket"))
+		}
+		s3cfg := r.s3
+		s3cfg.PathStyle = s3cfg.PathStyle || s3cfg.Endpoint != ""
+		cfg.S3 = &s3cfg
+	default:
+		return daemon.Config{}, fmt.Errorf("--%sbackend %q: want disk or s3", r.prefix, r.backend)
 	}
-	serverTLS, err := r.tls.config()
-	if err != nil {
-		return daemon.Config{}, err
-	}
-	return daemon.Config{ListenAddr: r.listen, DataDir: r.dataDir, GCInterval: r.gcInterval,
-		GCGrace: r.gcGrace, UploadTTL: r.uploadTTL, TLS: serverTLS, Log: log}, nil
+	var err error
+	cfg.TLS, err = r.tls.config()
+	return cfg, err
 }
 
 func runRegistry(ctx context.Context, args []string, out io.Writer) error {

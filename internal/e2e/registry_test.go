@@ -25,6 +25,7 @@ import (
 	apiv1 "github.com/corral-build/corral/api/v1"
 	"github.com/corral-build/corral/client"
 	"github.com/corral-build/corral/internal/registry/chunk"
+	regdaemon "github.com/corral-build/corral/internal/registry/daemon"
 	"github.com/corral-build/corral/internal/testenv"
 )
 
@@ -116,8 +117,15 @@ func allMiB(n int) []int64 {
 	return out
 }
 
-func TestPushPullRoundTrip(t *testing.T) {
-	reg := testenv.StartRegistry(t, t.TempDir())
+// eachStore runs test against a registry on a directory and one on S3.
+func eachStore(t *testing.T, test func(t *testing.T, reg *regdaemon.Daemon)) {
+	t.Run("filesystem", func(t *testing.T) { test(t, testenv.StartRegistry(t, t.TempDir())) })
+	t.Run("s3", func(t *testing.T) { test(t, testenv.StartS3(t).StartRegistry(t, "registry")) })
+}
+
+func TestPushPullRoundTrip(t *testing.T) { eachStore(t, testPushPullRoundTrip) }
+
+func testPushPullRoundTrip(t *testing.T, reg *regdaemon.Daemon) {
 	rc, _ := client.NewRegistry(reg.URL)
 	ctx := context.Background()
 
@@ -293,8 +301,9 @@ func TestRegistryKilledMidPush(t *testing.T) {
 
 // TestConcurrentPushesAndGC: two overlapping pushes at once, then a delete +
 // GC while a third push runs: nothing is lost.
-func TestConcurrentPushesAndGC(t *testing.T) {
-	reg := testenv.StartRegistry(t, t.TempDir())
+func TestConcurrentPushesAndGC(t *testing.T) { eachStore(t, testConcurrentPushesAndGC) }
+
+func testConcurrentPushesAndGC(t *testing.T, reg *regdaemon.Daemon) {
 	reg.Registry.Grace = 0
 	rc, _ := client.NewRegistry(reg.URL)
 	ctx := context.Background()
@@ -459,4 +468,44 @@ func TestInstanceOfPushedTemplate(t *testing.T) {
 	}
 	ok(t, "DELETE", base+"/registry/vm?id="+res.TemplateID+"&tag=v1", "")
 	fail(t, "DELETE", base+"/registry/revert?id="+res.TemplateID, "", 200, "No such tag ")
+}
+
+// TestS3Replicas: two registries on one bucket act as one store: a push
+// through either is pulled through the other, and concurrent pushes of one
+// template through both get one template and distinct tag numbers.
+func TestS3Replicas(t *testing.T) {
+	srv := testenv.StartS3(t)
+	regs := []*regdaemon.Daemon{srv.StartRegistry(t, "shared"), srv.StartRegistry(t, "shared")}
+	ctx := context.Background()
+	src := newVMDir(t, allMiB(8)...)
+	var wg sync.WaitGroup
+	results := make([]client.PushResult, 2)
+	for i, reg := range regs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			rc, _ := client.NewRegistry(reg.URL)
+			var err error
+			if results[i], err = rc.Push(ctx, client.PushOptions{Source: src, Template: "replicated", Tag: fmt.Sprint("r", i)}); err != nil {
+				t.Error(err)
+			}
+		}()
+	}
+	wg.Wait()
+	if t.Failed() {
+		t.FailNow()
+	}
+	if results[0].TemplateID != results[1].TemplateID || results[0].Number == results[1].Number {
+		t.Fatalf("concurrent pushes through two replicas: %+v / %+v", results[0], results[1])
+	}
+	other, _ := client.NewRegistry(regs[1].URL)
+	dest := t.TempDir()
+	if _, err := other.Pull(ctx, client.PullOptions{TemplateID: results[0].TemplateID, Tag: "r0", Dest: dest}); err != nil {
+		t.Fatal(err)
+	}
+	sameFiles(t, src, dest)
+	// Objects really live in the bucket, under the prefix.
+	if _, err := os.Stat(filepath.Join(srv.Root, srv.Bucket, "shared", "chunks")); err != nil {
+		t.Fatalf("no chunks under the bucket prefix: %v", err)
+	}
 }

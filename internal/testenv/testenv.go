@@ -191,7 +191,13 @@ func (c *Cluster) StartNode(o NodeOptions) *RunningNode {
 // StartRegistry runs a registry daemon on a free loopback port over dir.
 func StartRegistry(t testing.TB, dir string) *regdaemon.Daemon {
 	t.Helper()
-	r, err := regdaemon.Start(regdaemon.Config{ListenAddr: "127.0.0.1:0", DataDir: dir, Log: Logger(t)})
+	return startRegistry(t, regdaemon.Config{DataDir: dir})
+}
+
+func startRegistry(t testing.TB, cfg regdaemon.Config) *regdaemon.Daemon {
+	t.Helper()
+	cfg.ListenAddr, cfg.Log = "127.0.0.1:0", Logger(t)
+	r, err := regdaemon.Start(cfg)
 	if err != nil {
 		t.Fatalf("start registry: %v", err)
 	}

@@ -11,18 +11,22 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"path"
 	"time"
 
 	"github.com/corral-build/corral/internal/registry"
 	"github.com/corral-build/corral/internal/registry/httpapi"
+	"github.com/corral-build/corral/internal/registry/storage"
 	"github.com/corral-build/corral/internal/registry/storage/filesystem"
+	"github.com/corral-build/corral/internal/registry/storage/s3"
 	"github.com/corral-build/corral/internal/tlsconfig"
 )
 
 // Config is everything a registry process needs.
 type Config struct {
-	ListenAddr string // ":8089"
-	DataDir    string // the store's root ("/mnt/vol" in containers)
+	ListenAddr string     // ":8089"
+	DataDir    string     // the filesystem store's root ("/mnt/vol" in containers)
+	S3         *s3.Config // when set, the store is this bucket and DataDir is unused
 	GCInterval time.Duration
 	GCGrace    time.Duration
 	UploadTTL  time.Duration
@@ -45,7 +49,7 @@ func Start(cfg Config) (*Daemon, error) {
 	if log == nil {
 		log = slog.Default()
 	}
-	backend, err := filesystem.New(cfg.DataDir)
+	backend, where, err := openBackend(cfg)
 	if err != nil {
 		return nil, err
 	}
@@ -102,8 +106,19 @@ func Start(cfg Config) (*Daemon, error) {
 			}
 		}
 	}()
-	log.Info("registry listening", "url", d.URL, "data_dir", cfg.DataDir)
+	log.Info("registry listening", "url", d.URL, "store", where)
 	return d, nil
+}
+
+func openBackend(cfg Config) (storage.Backend, string, error) {
+	if cfg.S3 != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		b, err := s3.New(ctx, *cfg.S3)
+		return b, "s3://" + path.Join(cfg.S3.Bucket, cfg.S3.Prefix), err
+	}
+	b, err := filesystem.New(cfg.DataDir)
+	return b, cfg.DataDir, err
 }
 
 // Close stops serving; in-flight requests get a few seconds to finish.

@@ -6,7 +6,10 @@ package storage
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
+	"path"
+	"strings"
 	"time"
 )
 
@@ -49,7 +52,9 @@ type Backend interface {
 	List(ctx context.Context, prefix string) ([]string, error)
 	// Delete removes path; a missing path is not an error.
 	Delete(ctx context.Context, path string) error
-	// Rename moves an object atomically, replacing dst.
+	// Rename moves an object, replacing dst; dst appears whole, atomically.
+	// On object stores (copy, then delete) src may stay visible for a moment
+	// after dst appears: the registry re-checks chunks at commit, so that is safe.
 	Rename(ctx context.Context, src, dst string) error
 	// Touch sets path's modification time to now (GC protection).
 	Touch(ctx context.Context, path string) error
@@ -58,4 +63,13 @@ type Backend interface {
 	PurgeIncomplete(ctx context.Context, age time.Duration) (int, error)
 	// Usage reports total and free bytes of the store (0, 0 if unknown).
 	Usage(ctx context.Context) (total, free int64, err error)
+}
+
+// CheckPath refuses paths that every backend must refuse: empty, absolute,
+// not in canonical form, or climbing out of the store with "..".
+func CheckPath(p string) error {
+	if p == "" || strings.HasPrefix(p, "/") || strings.Contains(p, "..") || strings.Contains(p, `\`) || path.Clean(p) != p {
+		return fmt.Errorf("storage: invalid path %q", p)
+	}
+	return nil
 }

@@ -36,11 +36,13 @@ func New(dir string) (*Backend, error) {
 
 // path maps an object path to a file, refusing anything that escapes root.
 func (b *Backend) path(p string) (string, error) {
-	clean := filepath.Clean("/" + p)
-	if clean == "/" || strings.Contains(p, "..") || strings.HasPrefix(clean, "/.tmp") {
+	if err := storage.CheckPath(p); err != nil {
+		return "", err
+	}
+	if p == ".tmp" || strings.HasPrefix(p, ".tmp/") {
 		return "", fmt.Errorf("storage: invalid path %q", p)
 	}
-	return filepath.Join(b.root, clean), nil
+	return filepath.Join(b.root, filepath.FromSlash(p)), nil
 }
 
 func (b *Backend) Put(ctx context.Context, p string, r io.Reader, mode storage.PutMode) error {

@@ -1,0 +1,45 @@
+package s3_test
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"sync/atomic"
+	"testing"
+
+	"github.com/corral-build/corral/internal/registry/storage"
+	"github.com/corral-build/corral/internal/registry/storage/s3"
+	"github.com/corral-build/corral/internal/registry/storage/storagetest"
+	"github.com/corral-build/corral/internal/testenv"
+)
+
+func TestConformance(t *testing.T) {
+	srv := testenv.StartS3(t)
+	var n atomic.Int64
+	storagetest.Run(t, func(t *testing.T) storage.Backend {
+		// One bucket, a fresh prefix per case: also proves prefixes isolate.
+		b, err := s3.New(context.Background(), s3.Config{Endpoint: srv.Endpoint, Bucket: srv.Bucket,
+			Prefix: fmt.Sprintf("case%d", n.Add(1)), PathStyle: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	})
+}
+
+func TestNewRefusesBadConfig(t *testing.T) {
+	srv := testenv.StartS3(t)
+	for _, tc := range []struct {
+		cfg  s3.Config
+		want string
+	}{
+		{s3.Config{Endpoint: srv.Endpoint, PathStyle: true}, "bucket name is required"},
+		{s3.Config{Endpoint: "minio:9000", Bucket: srv.Bucket}, "want http(s)://host"},
+		{s3.Config{Endpoint: srv.Endpoint, Bucket: "no-such-bucket", PathStyle: true}, "s3 bucket no-such-bucket"},
+	} {
+		_, err := s3.New(context.Background(), tc.cfg)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%+v: got %v, want an error containing %q", tc.cfg, err, tc.want)
+		}
+	}
+}
