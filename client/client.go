@@ -194,6 +194,15 @@ func (c *Controller) AddNodesToGroup(ctx context.Context, groupID string, nodeID
 }
 
 // WaitState polls an instance until it reaches state or ctx ends.
+// PutPermissionGroup creates (create) or replaces a permission group.
+func (c *Controller) PutPermissionGroup(ctx context.Context, g apiv1.PermissionGroup, create bool) error {
+	method := http.MethodPut
+	if create {
+		method = http.MethodPost
+	}
+	return c.do(ctx, method, "/api/v1/permission-group", g, nil)
+}
+
 func (c *Controller) WaitState(ctx context.Context, id, state string) (apiv1.Instance, error) {
 	for {
 		in, err := c.Instance(ctx, id)

@@ -15,14 +15,14 @@ import (
 
 // controllerFlags are shared by `corral controller` and `corral up`.
 type controllerFlags struct {
-	listen, dataDir, etcdClientURL, etcdPeerURL, etcdName, registryURL, localRegistryURL, templatesFile, joinToken string
-	etcdEndpoints                                                                                                  []string
-	compaction, leaseTTL, schedulerTTL, retention                                                                  time.Duration
-	standalone, enableAuth, enableAPIKeys                                                                          bool
-	rootToken                                                                                                      string
-	logLevel                                                                                                       int
-	tls                                                                                                            serverTLSFlags
-	registryTLS                                                                                                    clientTLSFlags
+	listen, dataDir, etcdClientURL, etcdPeerURL, etcdName, registryURL, localRegistryURL, templatesFile, joinToken, defaultPermissionGroup string
+	etcdEndpoints                                                                                                                          []string
+	compaction, leaseTTL, schedulerTTL, retention                                                                                          time.Duration
+	standalone, enableAuth, enableAPIKeys                                                                                                  bool
+	rootToken                                                                                                                              string
+	logLevel                                                                                                                               int
+	tls                                                                                                                                    serverTLSFlags
+	registryTLS                                                                                                                            clientTLSFlags
 }
 
 func (c *controllerFlags) register(f *flags, listenDefault string) {
@@ -47,6 +47,7 @@ func (c *controllerFlags) register(f *flags, listenDefault string) {
 	c.tls.register(f, true)
 	c.registryTLS.register(f, "registry-", false)
 	f.Bool(&c.enableAPIKeys, "enable-api-keys", false, "allow API-key logins (/tap/v1/hand, /tap/v1/shake; keys from `corral apikey`)", "ANKA_ENABLE_API_KEYS")
+	f.String(&c.defaultPermissionGroup, "default-permission-group", "", "permission group for API keys and certificates no permission group names (empty: they may do everything)")
 }
 
 func (c *controllerFlags) daemonConfig(log *slog.Logger) (daemon.Config, error) {
@@ -76,8 +77,9 @@ func (c *controllerFlags) daemonConfig(log *slog.Logger) (daemon.Config, error) 
 			ClientURL: c.etcdClientURL, PeerURL: c.etcdPeerURL, AutoCompactionRetention: c.compaction},
 		RegistryURL: c.registryURL, LocalRegistryURL: c.localRegistryURL, TemplatesFile: c.templatesFile, JoinToken: c.joinToken,
 		NodeLeaseTTL: c.leaseTTL, SchedulerTTL: c.schedulerTTL, InstanceRetention: c.retention, Log: log,
-		Auth: controller.AuthConfig{Enabled: c.enableAuth, RootToken: c.rootToken, APIKeys: c.enableAPIKeys},
-		TLS:  serverTLS, RegistryTLS: c.registryTLS.config(),
+		Auth: controller.AuthConfig{Enabled: c.enableAuth, RootToken: c.rootToken, APIKeys: c.enableAPIKeys,
+			DefaultPermissionGroup: c.defaultPermissionGroup},
+		TLS: serverTLS, RegistryTLS: c.registryTLS.config(),
 	}, nil
 }
 

@@ -13,9 +13,11 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
+	apiv1 "github.com/corral-build/corral/api/v1"
 	"github.com/corral-build/corral/internal/store"
 )
 
@@ -25,6 +27,9 @@ type AuthConfig struct {
 	RootToken  string        // HTTP Basic with user root (or empty) and this password
 	APIKeys    bool          // allow API-key handshakes (/tap/v1/hand, /tap/v1/shake)
 	SessionTTL time.Duration // how long a handshake's session lasts (1h)
+	// DefaultPermissionGroup applies to identities no permission group
+	// names; empty = they have every permission.
+	DefaultPermissionGroup string
 }
 
 // ErrAuth means the request has no valid credentials.
@@ -45,41 +50,114 @@ func randomHex(n int) string {
 	return hex.EncodeToString(b)
 }
 
-// Authenticate checks a request's credentials when auth is on. certUser is
-// the subject of a client certificate the TLS layer verified ("" if none).
-func (s *Service) Authenticate(ctx context.Context, header, certUser string) error {
+// Identity is who a request authenticated as.
+type Identity struct {
+	Root bool // the root token, or auth off: every permission
+	// Subjects name the caller for permission groups: "key:<id>",
+	// "cert:<common name>", "cert-group:<organization or unit>".
+	Subjects []string
+}
+
+func (id Identity) String() string {
+	if id.Root || len(id.Subjects) == 0 {
+		return "root"
+	}
+	return id.Subjects[0]
+}
+
+// Authenticate checks a request's credentials when auth is on. cert is the
+// client certificate the TLS layer verified against the client CA, or nil.
+func (s *Service) Authenticate(ctx context.Context, header string, cert *x509.Certificate) (Identity, error) {
 	a := s.cfg.Auth
 	if !a.Enabled {
-		return nil // and "Basic root:" or any header is tolerated
+		return Identity{Root: true}, nil // and "Basic root:" or any header is tolerated
 	}
 	switch {
-	case certUser != "":
-		return nil
+	case cert != nil:
+		return certIdentity(cert), nil
 	case strings.HasPrefix(header, "Basic "):
 		raw, err := base64.StdEncoding.DecodeString(strings.TrimPrefix(header, "Basic "))
 		if err != nil {
-			return ErrAuth
+			return Identity{}, ErrAuth
 		}
 		user, pass, _ := strings.Cut(string(raw), ":")
 		if (user == "root" || user == "") && a.RootToken != "" &&
 			subtle.ConstantTimeCompare([]byte(pass), []byte(a.RootToken)) == 1 {
-			return nil
+			return Identity{Root: true}, nil
 		}
 	case strings.HasPrefix(header, "Bearer ") && a.APIKeys:
 		raw, err := base64.StdEncoding.DecodeString(strings.TrimPrefix(header, "Bearer "))
 		if err != nil {
-			return ErrAuth
+			return Identity{}, ErrAuth
 		}
 		var sess Session
 		if json.Unmarshal(raw, &sess) != nil || sess.SessionID == "" {
-			return ErrAuth
+			return Identity{}, ErrAuth
 		}
 		token, err := s.st.Value(ctx, "auth/session/"+sess.SessionID)
 		if err == nil && subtle.ConstantTimeCompare([]byte(token), []byte(sess.UserName+"\n"+sess.Token)) == 1 {
+			return Identity{Subjects: []string{"key:" + sess.UserName}}, nil
+		}
+	}
+	return Identity{}, ErrAuth
+}
+
+func certIdentity(cert *x509.Certificate) Identity {
+	cn := cert.Subject.CommonName
+	if cn == "" {
+		cn = "client-certificate"
+	}
+	id := Identity{Subjects: []string{"cert:" + cn}}
+	for _, g := range append(slices.Clone(cert.Subject.Organization), cert.Subject.OrganizationalUnit...) {
+		id.Subjects = append(id.Subjects, "cert-group:"+g)
+	}
+	return id
+}
+
+// PermissionError is a request its caller's permission groups do not allow.
+type PermissionError struct {
+	Identity   string
+	Permission string
+}
+
+func (e *PermissionError) Error() string {
+	return fmt.Sprintf("%s: %s does not have the %s permission", apiv1.MsgPermissionDenied, e.Identity, e.Permission)
+}
+
+// Authorize checks that id may use perm. Identities no permission group
+// names get AuthConfig.DefaultPermissionGroup, or every permission when that
+// is unset (as before permission groups were configured).
+func (s *Service) Authorize(ctx context.Context, id Identity, perm string) error {
+	if id.Root {
+		return nil
+	}
+	groups, err := s.st.ListPermissionGroups(ctx)
+	if err != nil {
+		return fmt.Errorf("authorize %s: %w", id, err)
+	}
+	var bound []apiv1.PermissionGroup
+	for _, g := range groups {
+		if slices.ContainsFunc(g.Members, func(m string) bool { return slices.Contains(id.Subjects, m) }) {
+			bound = append(bound, g)
+		}
+	}
+	if len(bound) == 0 {
+		def := s.cfg.Auth.DefaultPermissionGroup
+		if def == "" {
+			return nil
+		}
+		for _, g := range groups {
+			if g.Name == def {
+				bound = append(bound, g) // a missing default group grants nothing
+			}
+		}
+	}
+	for _, g := range bound {
+		if slices.Contains(g.Permissions, perm) || slices.Contains(g.Permissions, apiv1.PermAdmin) {
 			return nil
 		}
 	}
-	return ErrAuth
+	return &PermissionError{Identity: id.String(), Permission: perm}
 }
 
 // Hand starts an API-key handshake: a single-use secret, encrypted to the

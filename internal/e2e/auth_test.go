@@ -76,25 +76,7 @@ func TestAuthentication(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	code, hand := authCall(t, "POST", base+"/tap/v1/hand", "", `{"id":"jenkins"}`)
-	if code != 200 {
-		t.Fatalf("hand: %d %s", code, hand)
-	}
-	enc, _ := base64.StdEncoding.DecodeString(hand)
-	secret, err := rsa.DecryptOAEP(sha256.New(), rand.Reader, priv, enc, nil)
-	if err != nil {
-		t.Fatalf("decrypt hand secret: %v", err)
-	}
-	shakeBody := `{"id":"jenkins","secret":"` + string(secret) + `"}`
-	code, shake := authCall(t, "POST", base+"/tap/v1/shake", "", shakeBody)
-	var resp struct {
-		ID   string          `json:"id"`
-		Data json.RawMessage `json:"data"`
-	}
-	if code != 200 || json.Unmarshal([]byte(shake), &resp) != nil || resp.ID != "jenkins" {
-		t.Fatalf("shake: %d %s", code, shake)
-	}
-	bearer := "Bearer " + base64.StdEncoding.EncodeToString(resp.Data)
+	bearer, shakeBody := loginWithAPIKey(t, base, "jenkins", priv)
 	ids := ""
 	if code, body := authCall(t, "POST", base+"/api/v1/vm", bearer, `{"vmid":"`+c.TemplateID+`"}`); code != 200 || !strings.Contains(body, `"OK"`) {
 		t.Fatalf("start with API-key session: %d %s", code, body)
@@ -122,4 +104,29 @@ func TestAuthentication(t *testing.T) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+}
+
+// loginWithAPIKey does what CI plugins do with an API key: hand, decrypt the
+// secret, shake. It returns the Authorization header and the shake body.
+func loginWithAPIKey(t *testing.T, base, id string, priv *rsa.PrivateKey) (string, string) {
+	t.Helper()
+	code, hand := authCall(t, "POST", base+"/tap/v1/hand", "", `{"id":"`+id+`"}`)
+	if code != 200 {
+		t.Fatalf("hand: %d %s", code, hand)
+	}
+	enc, _ := base64.StdEncoding.DecodeString(hand)
+	secret, err := rsa.DecryptOAEP(sha256.New(), rand.Reader, priv, enc, nil)
+	if err != nil {
+		t.Fatalf("decrypt hand secret: %v", err)
+	}
+	shakeBody := `{"id":"` + id + `","secret":"` + string(secret) + `"}`
+	code, shake := authCall(t, "POST", base+"/tap/v1/shake", "", shakeBody)
+	var resp struct {
+		ID   string          `json:"id"`
+		Data json.RawMessage `json:"data"`
+	}
+	if code != 200 || json.Unmarshal([]byte(shake), &resp) != nil || resp.ID != id {
+		t.Fatalf("shake: %d %s", code, shake)
+	}
+	return "Bearer " + base64.StdEncoding.EncodeToString(resp.Data), shakeBody
 }

@@ -8,12 +8,14 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
+	"errors"
 	"fmt"
 	"math/big"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -58,9 +60,9 @@ func (p *pki) write(t *testing.T, name, typ string, der []byte) string {
 }
 
 // issue makes a leaf certificate; server ones are valid for 127.0.0.1.
-func (p *pki) issue(t *testing.T, cn string, server bool) (certFile, keyFile string) {
+func (p *pki) issue(t *testing.T, cn string, server bool, orgs ...string) (certFile, keyFile string) {
 	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(time.Now().UnixNano()), Subject: pkix.Name{CommonName: cn},
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(time.Now().UnixNano()), Subject: pkix.Name{CommonName: cn, Organization: orgs},
 		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), KeyUsage: x509.KeyUsageDigitalSignature}
 	if server {
 		tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}
@@ -145,6 +147,23 @@ func TestTLSAndClientCertificates(t *testing.T) {
 	}
 	if _, err := cl.WaitState(ctx, ids[0], apiv1.StateStarted); err != nil {
 		t.Fatal(err)
+	}
+	// A certificate's organization can be bound to a permission group.
+	if err := cl.PutPermissionGroup(ctx, apiv1.PermissionGroup{Name: "qa", Permissions: []string{apiv1.PermView},
+		Members: []string{"cert-group:qa"}}, true); err != nil {
+		t.Fatal(err)
+	}
+	qaCert, qaKey := p.issue(t, "qa-bot", false, "qa")
+	qaTLS, _ := tlsconfig.Client{CAFile: ca, CertFile: qaCert, KeyFile: qaKey}.Config()
+	qa, _ := client.New([]string{ctl.URL}, "")
+	qa.UseTLS(qaTLS)
+	if _, err := qa.Instance(ctx, ids[0]); err != nil {
+		t.Fatalf("qa certificate with view: %v", err)
+	}
+	var fe *client.FailError
+	if err := qa.Terminate(ctx, ids[0]); !errors.As(err, &fe) || fe.HTTPStatus != 403 ||
+		!strings.Contains(fe.Message, "cert:qa-bot does not have the terminate_instances permission") {
+		t.Fatalf("qa certificate terminating: %v", err)
 	}
 	// A certificate from another CA is not a credential.
 	other := newPKI(t)

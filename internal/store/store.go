@@ -26,6 +26,9 @@ import (
 // ErrNotFound is returned when a key does not exist.
 var ErrNotFound = errors.New("not found")
 
+// ErrExists is returned when creating what already exists.
+var ErrExists = errors.New("already exists")
+
 // errConflict means a compare failed; update loops retry on it.
 var errConflict = errors.New("concurrent update")
 

@@ -1,6 +1,7 @@
 package httpapi
 
 import (
+	"crypto/x509"
 	"encoding/json"
 	"net/http"
 	"strings"
@@ -8,17 +9,46 @@ import (
 	apiv1 "github.com/corral-build/corral/api/v1"
 )
 
-// requireAuth guards /api/v1 when authentication is on. The node agents'
+// requireAuth guards /api/v1 when authentication is on: the caller must
+// authenticate, then hold the permission the request needs. The node agents'
 // protocol has its own token, and /tap/v1 is how API keys log in.
 func (a *API) requireAuth(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		guarded := strings.HasPrefix(r.URL.Path, "/api/v1/") && !strings.HasPrefix(r.URL.Path, "/api/v1/agent/")
-		if guarded && a.svc.Authenticate(r.Context(), r.Header.Get("Authorization"), CertUser(r)) != nil {
-			writeJSON(w, http.StatusUnauthorized, apiv1.Envelope{Status: apiv1.StatusFAIL, Message: apiv1.MsgAuthRequired})
+		if !strings.HasPrefix(r.URL.Path, "/api/v1/") || strings.HasPrefix(r.URL.Path, "/api/v1/agent/") {
+			next.ServeHTTP(w, r)
+			return
+		}
+		id, err := a.svc.Authenticate(r.Context(), r.Header.Get("Authorization"), ClientCert(r))
+		if err == nil {
+			err = a.svc.Authorize(r.Context(), id, requiredPermission(r.Method, r.URL.Path))
+		}
+		if err != nil {
+			code, msg := a.failure(r, err)
+			writeJSON(w, code, apiv1.Envelope{Status: apiv1.StatusFAIL, Message: msg})
 			return
 		}
 		next.ServeHTTP(w, r)
 	})
+}
+
+// requiredPermission maps a request to the permission it needs.
+func requiredPermission(method, path string) string {
+	p := strings.TrimPrefix(path, "/api/v1/")
+	switch {
+	case strings.HasPrefix(p, "permission-group"):
+		return apiv1.PermAdmin
+	case method == http.MethodGet || method == http.MethodHead:
+		return apiv1.PermView
+	case p == "vm" && method == http.MethodDelete:
+		return apiv1.PermTerminateInstances
+	case p == "vm":
+		return apiv1.PermStartInstances
+	case strings.HasPrefix(p, "node") || strings.HasPrefix(p, "group"):
+		return apiv1.PermManageNodes
+	case strings.HasPrefix(p, "registry/") || strings.HasPrefix(p, "image"):
+		return apiv1.PermManageTemplates
+	}
+	return apiv1.PermAdmin
 }
 
 // tapHand answers raw text: the base64 secret encrypted to the key.
@@ -60,15 +90,11 @@ func (a *API) tapShake(w http.ResponseWriter, r *http.Request) {
 	json.NewEncoder(w).Encode(map[string]any{"id": req.ID, "data": sess})
 }
 
-// CertUser is the common name of the client certificate the server verified
-// against its client CA, or "" when the request carried none.
-func CertUser(r *http.Request) string {
+// ClientCert is the client certificate the server verified against its
+// client CA, or nil when the request carried none.
+func ClientCert(r *http.Request) *x509.Certificate {
 	if r.TLS == nil || len(r.TLS.VerifiedChains) == 0 {
-		return ""
+		return nil
 	}
-	cn := r.TLS.VerifiedChains[0][0].Subject.CommonName
-	if cn == "" {
-		cn = "client-certificate"
-	}
-	return cn
+	return r.TLS.VerifiedChains[0][0]
 }

@@ -55,7 +55,10 @@ func (a *API) failure(r *http.Request, err error) (int, string) {
 	var field *apiv1.FieldError
 	var noTag *controller.NoSuchTagError
 	var badBody errBadBody
+	var denied *controller.PermissionError
 	switch {
+	case errors.As(err, &denied):
+		return http.StatusForbidden, denied.Error()
 	case errors.As(err, &badBody):
 		return http.StatusBadRequest, badBody.Error()
 	case errors.As(err, &field):

@@ -176,3 +176,31 @@ func (a *API) distribution(r *http.Request) (any, error) {
 	}
 	return a.svc.Distribution(r.Context(), id)
 }
+
+func (a *API) listPermissionGroups(r *http.Request) (any, error) {
+	return a.svc.ListPermissionGroups(r.Context())
+}
+
+func (a *API) createPermissionGroup(r *http.Request) (any, error) { return a.putPermissionGroup(r, true) }
+
+func (a *API) replacePermissionGroup(r *http.Request) (any, error) {
+	return a.putPermissionGroup(r, false)
+}
+
+func (a *API) putPermissionGroup(r *http.Request, create bool) (any, error) {
+	var req apiv1.PermissionGroup
+	if err := decode(r, &req); err != nil {
+		return nil, err
+	}
+	return a.svc.PutPermissionGroup(r.Context(), req, create)
+}
+
+func (a *API) deletePermissionGroup(r *http.Request) (any, error) {
+	var req struct {
+		Name string `json:"name"`
+	}
+	if err := decode(r, &req); err != nil {
+		return nil, err
+	}
+	return okNoBody{}, a.svc.DeletePermissionGroup(r.Context(), req.Name)
+}

@@ -48,6 +48,11 @@ func New(svc *controller.Service, log *slog.Logger) http.Handler {
 	mux.Handle("POST /api/v1/registry/vm/distribute", h(a.distribute))
 	mux.Handle("GET /api/v1/registry/vm/distribute", h(a.distribution))
 
+	mux.Handle("GET /api/v1/permission-group", h(a.listPermissionGroups))
+	mux.Handle("POST /api/v1/permission-group", h(a.createPermissionGroup))
+	mux.Handle("PUT /api/v1/permission-group", h(a.replacePermissionGroup))
+	mux.Handle("DELETE /api/v1/permission-group", h(a.deletePermissionGroup))
+
 	// The node agents' protocol, authenticated by the join token.
 	mux.Handle("POST /api/v1/agent/join", a.agent(h(a.agentJoin)))
 	mux.Handle("POST /api/v1/agent/heartbeat", a.agent(h(a.agentHeartbeat)))

@@ -77,13 +77,17 @@ func (d *Dashboard) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	ctx := r.Context()
-	if d.svc.Authenticate(ctx, r.Header.Get("Authorization"), httpapi.CertUser(r)) != nil {
+	id, err := d.svc.Authenticate(ctx, r.Header.Get("Authorization"), httpapi.ClientCert(r))
+	if err != nil {
 		w.Header().Set("WWW-Authenticate", `Basic realm="Corral", charset="UTF-8"`)
 		http.Error(w, "Authentication Required", http.StatusUnauthorized)
 		return
 	}
+	if err := d.svc.Authorize(ctx, id, apiv1.PermView); err != nil {
+		http.Error(w, err.Error(), http.StatusForbidden)
+		return
+	}
 	v := view{Status: d.svc.Status(ctx)}
-	var err error
 	if v.Nodes, err = d.svc.ListNodes(ctx, ""); err != nil {
 		v.Error = err.Error()
 	}

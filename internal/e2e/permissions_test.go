@@ -1,0 +1,119 @@
+package e2e
+
+import (
+	"context"
+	"crypto/x509"
+	"encoding/base64"
+	"encoding/json"
+	"encoding/pem"
+	"strings"
+	"testing"
+
+	"github.com/corral-build/corral/internal/controller"
+	"github.com/corral-build/corral/internal/store"
+	"github.com/corral-build/corral/internal/testenv"
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// TestPermissionGroups: API keys bound to a permission group can do what it
+// grants and get HTTP 403 naming the missing permission otherwise; unbound
+// keys keep every permission unless a default group is configured, and a
+// missing default group grants nothing.
+func TestPermissionGroups(t *testing.T) {
+	c := testenv.StartCluster(t, testenv.Options{Auth: controller.AuthConfig{Enabled: true, RootToken: "s3cret", APIKeys: true},
+		Nodes: []testenv.NodeOptions{{Name: "n1", Capacity: 10}}})
+	base := c.Controllers[0].URL
+	root := "Basic " + base64.StdEncoding.EncodeToString([]byte("root:s3cret"))
+	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{c.Etcd.ClientURL}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	login := func(base, id string) string {
+		pemKey, err := controller.NewAPIKey(context.Background(), store.New(cli, ""), id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		block, _ := pem.Decode(pemKey)
+		priv, err := x509.ParsePKCS1PrivateKey(block.Bytes)
+		if err != nil {
+			t.Fatal(err)
+		}
+		bearer, _ := loginWithAPIKey(t, base, id, priv)
+		return bearer
+	}
+	type call struct{ method, path, auth, body string }
+	expect := func(wantCode int, wantBody string, calls ...call) {
+		t.Helper()
+		for _, cl := range calls {
+			code, body := authCall(t, cl.method, base+cl.path, cl.auth, cl.body)
+			if code != wantCode || !strings.Contains(body, wantBody) {
+				t.Errorf("%s %s: HTTP %d %s, want %d with %q", cl.method, cl.path, code, strings.TrimSpace(body), wantCode, wantBody)
+			}
+		}
+	}
+	start := func(auth string) string {
+		t.Helper()
+		code, body := authCall(t, "POST", base+"/api/v1/vm", auth, `{"vmid":"`+c.TemplateID+`"}`)
+		var env struct {
+			Status string
+			Body   []string
+		}
+		if code != 200 || json.Unmarshal([]byte(body), &env) != nil || env.Status != "OK" {
+			t.Fatalf("start: HTTP %d %s", code, body)
+		}
+		return env.Body[0]
+	}
+
+	jenkins := login(base, "jenkins")
+	expect(200, `"status":"OK"`, call{"POST", "/api/v1/permission-group", root,
+		`{"name":"ci","description":"CI jobs","permissions":["view","start_instances"],"members":["key:jenkins"]}`})
+	expect(200, `a permission group named \"ci\" exists`, call{"POST", "/api/v1/permission-group", root, `{"name":"ci"}`})
+	expect(200, `unknown permission \"fly\"`, call{"POST", "/api/v1/permission-group", root, `{"name":"x","permissions":["fly"]}`})
+	expect(200, `members`, call{"POST", "/api/v1/permission-group", root, `{"name":"x","members":["user:bob"]}`})
+	expect(200, `name`, call{"POST", "/api/v1/permission-group", root, `{"name":"../etc"}`})
+	expect(200, `Not found`, call{"PUT", "/api/v1/permission-group", root, `{"name":"nope"}`})
+
+	// What "ci" grants works; the rest is 403 naming the permission.
+	id := start(jenkins)
+	expect(200, `"status":"OK"`, call{"GET", "/api/v1/vm?id=" + id, jenkins, ""}, call{"GET", "/api/v1/node", jenkins, ""},
+		call{"PUT", "/api/v1/vm?id=" + id, jenkins, `{"external_id":"job-1"}`})
+	expect(403, `Permission denied: key:jenkins does not have the terminate_instances permission`,
+		call{"DELETE", "/api/v1/vm", jenkins, `{"id":"` + id + `"}`})
+	expect(403, `manage_nodes`, call{"DELETE", "/api/v1/node", jenkins, `{"node_id":"x"}`},
+		call{"POST", "/api/v1/group", jenkins, `{"name":"g"}`})
+	expect(403, `manage_templates`, call{"DELETE", "/api/v1/registry/vm?id=" + c.TemplateID, jenkins, ""})
+	expect(403, `admin`, call{"GET", "/api/v1/permission-group", jenkins, ""},
+		call{"POST", "/api/v1/permission-group", jenkins, `{"name":"mine","permissions":["admin"],"members":["key:jenkins"]}`})
+	expect(200, "n1", call{"GET", "/", jenkins, ""}) // the dashboard needs view
+
+	// Replacing the group takes effect on the next request.
+	expect(200, `"status":"OK"`, call{"PUT", "/api/v1/permission-group", root,
+		`{"name":"ci","permissions":["view","start_instances","terminate_instances"],"members":["key:jenkins"]}`})
+	expect(200, `"status":"OK"`, call{"DELETE", "/api/v1/vm", jenkins, `{"id":"` + id + `"}`})
+
+	// A key no group names may do everything, as before groups existed.
+	other := login(base, "other")
+	expect(200, `"status":"OK"`, call{"DELETE", "/api/v1/vm", other, `{"id":"` + start(other) + `"}`})
+
+	// With a default group, unbound keys get only that; a missing default
+	// group grants nothing (fail closed).
+	locked := c.StartController(testenv.Options{Auth: controller.AuthConfig{Enabled: true, RootToken: "s3cret", APIKeys: true,
+		DefaultPermissionGroup: "readonly"}})
+	base = locked.URL
+	other = login(base, "other")
+	expect(403, `key:other does not have the view permission`, call{"GET", "/api/v1/vm", other, ""})
+	expect(200, `"status":"OK"`, call{"POST", "/api/v1/permission-group", root, `{"name":"readonly","permissions":["view"]}`})
+	expect(200, `"status":"OK"`, call{"GET", "/api/v1/vm", other, ""})
+	expect(403, `start_instances`, call{"POST", "/api/v1/vm", other, `{"vmid":"` + c.TemplateID + `"}`})
+	expect(200, `"status":"OK"`, call{"POST", "/api/v1/vm", jenkins, `{"vmid":"` + c.TemplateID + `"}`}) // bound: "ci" applies
+
+	code, body := authCall(t, "GET", base+"/api/v1/permission-group", root, "")
+	if code != 200 || !strings.Contains(body, `"name":"ci","description":"","permissions":["view","start_instances","terminate_instances"],"members":["key:jenkins"]`) ||
+		!strings.Contains(body, `"members":[]`) {
+		t.Errorf("list: HTTP %d %s", code, body)
+	}
+	expect(200, `"status":"OK"`, call{"DELETE", "/api/v1/permission-group", root, `{"name":"ci"}`})
+	expect(200, `Not found`, call{"DELETE", "/api/v1/permission-group", root, `{"name":"ci"}`})
+	expect(403, `start_instances`, call{"POST", "/api/v1/vm", jenkins, `{"vmid":"` + c.TemplateID + `"}`}) // now unbound: readonly
+}
