@@ -41,3 +41,8 @@ func (c *Controller) Assignments(ctx context.Context, nodeID string, since int64
 func (c *Controller) PrefetchDone(ctx context.Context, r apiv1.PrefetchResult) error {
 	return c.do(ctx, http.MethodPost, "/api/v1/agent/prefetch", r, nil)
 }
+
+// ImageDone reports a save-image request's outcome on this node.
+func (c *Controller) ImageDone(ctx context.Context, r apiv1.ImageResult) error {
+	return c.do(ctx, http.MethodPost, "/api/v1/agent/image", r, nil)
+}

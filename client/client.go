@@ -194,6 +194,23 @@ func (c *Controller) AddNodesToGroup(ctx context.Context, groupID string, nodeID
 }
 
 // WaitState polls an instance until it reaches state or ctx ends.
+// SaveImage asks for a Started instance to be saved as a template tag and
+// returns the request id.
+func (c *Controller) SaveImage(ctx context.Context, req apiv1.ImageRequest) (string, error) {
+	var out struct {
+		RequestID string `json:"request_id"`
+	}
+	err := c.do(ctx, http.MethodPost, "/api/v1/image", req, &out)
+	return out.RequestID, err
+}
+
+// Image returns a save-image request's state.
+func (c *Controller) Image(ctx context.Context, requestID string) (apiv1.Image, error) {
+	var img apiv1.Image
+	err := c.do(ctx, http.MethodGet, "/api/v1/image?id="+url.QueryEscape(requestID), nil, &img)
+	return img, err
+}
+
 // PutPermissionGroup creates (create) or replaces a permission group.
 func (c *Controller) PutPermissionGroup(ctx context.Context, g apiv1.PermissionGroup, create bool) error {
 	method := http.MethodPut

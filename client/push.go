@@ -33,6 +33,9 @@ type PushOptions struct {
 	Arch        string // default: the config file's arch, else amd64
 	Concurrency int
 	Progress    func(Progress)
+	// BeforeCommit runs once, after every chunk is uploaded and before the
+	// tag is committed (saving an image drops the previous tag there).
+	BeforeCommit func(context.Context) error
 }
 
 // PushResult reports what a push published and sent.
@@ -118,6 +121,11 @@ func (r *Registry) Push(ctx context.Context, opts PushOptions) (PushResult, erro
 		}
 		res.SentChunks += m.chunks.Load()
 		res.SentBytes = m.wire.Load()
+		if opts.BeforeCommit != nil && attempt == 0 {
+			if err := opts.BeforeCommit(ctx); err != nil {
+				return res, err
+			}
+		}
 		resp, again, err := r.commit(ctx, req)
 		if err != nil {
 			return res, err

@@ -58,6 +58,8 @@ type Assignments struct {
 	Assignments []Assignment `json:"assignments"`
 	// Prefetches are templates to pull ahead of any instance (distribute).
 	Prefetches []Prefetch `json:"prefetches,omitempty"`
+	// Saves are instances to save as templates (POST /api/v1/image).
+	Saves []ImageSave `json:"saves,omitempty"`
 }
 
 // InstanceStatus is a node's report of one instance's actual state.

@@ -115,9 +115,11 @@ func (s *Service) WaitAssignments(ctx context.Context, nodeID string, since int6
 		cli := s.st.Client()
 		assigned := cli.Watch(wctx, s.st.AssignPrefix(nodeID), clientv3.WithPrefix(), clientv3.WithRev(since+1))
 		prefetch := cli.Watch(wctx, s.st.DistributePrefix(nodeID), clientv3.WithPrefix(), clientv3.WithRev(since+1))
+		saves := cli.Watch(wctx, s.st.SavePrefix(nodeID), clientv3.WithPrefix(), clientv3.WithRev(since+1))
 		select {
 		case <-assigned:
 		case <-prefetch:
+		case <-saves:
 		case <-wctx.Done():
 		}
 		cancel()
@@ -133,8 +135,12 @@ func (s *Service) WaitAssignments(ctx context.Context, nodeID string, since int6
 	if err != nil {
 		return apiv1.Assignments{}, err
 	}
-	// rev was read first, so changes between the two reads wake the next poll.
-	return apiv1.Assignments{Revision: rev, Assignments: list, Prefetches: prefetches}, nil
+	saves, err := s.st.Saves(ctx, nodeID)
+	if err != nil {
+		return apiv1.Assignments{}, err
+	}
+	// rev was read first, so changes between the reads wake the next poll.
+	return apiv1.Assignments{Revision: rev, Assignments: list, Prefetches: prefetches, Saves: saves}, nil
 }
 
 // ReportStatus applies a node's instance reports. Reports for instances no

@@ -4,6 +4,11 @@ package driver
 
 import (
 	"context"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"slices"
 
 	apiv1 "github.com/corral-build/corral/api/v1"
 )
@@ -42,4 +47,53 @@ type VM interface {
 	// Done is closed when the VM exits on its own; Err then says why.
 	Done() <-chan struct{}
 	Err() error
+}
+
+// Saver is a VM that can be written out as a template (POST /api/v1/image).
+type Saver interface {
+	// Save stops the VM (suspends it when suspend is set and the driver can)
+	// and writes its files into the empty directory dir in the layout the
+	// driver starts templates from. note says what was done differently from
+	// what was asked (e.g. stopped instead of suspended).
+	Save(ctx context.Context, dir string, suspend bool) (note string, err error)
+}
+
+// CopyTemplateFiles copies the regular files of src into dst (the parts of a
+// template a saved VM keeps unchanged), skipping names in except. Copies may
+// be hard links: list in except every file the caller will write.
+func CopyTemplateFiles(src, dst string, except ...string) error {
+	entries, err := os.ReadDir(src)
+	if err != nil {
+		return fmt.Errorf("copy template %s: %w", src, err)
+	}
+	for _, e := range entries {
+		if !e.Type().IsRegular() || slices.Contains(except, e.Name()) {
+			continue
+		}
+		if err := copyFile(filepath.Join(src, e.Name()), filepath.Join(dst, e.Name())); err != nil {
+			return fmt.Errorf("copy template %s: %w", src, err)
+		}
+	}
+	return nil
+}
+
+// copyFile hard-links (templates are immutable once pulled) or copies.
+func copyFile(src, dst string) error {
+	if os.Link(src, dst) == nil {
+		return nil
+	}
+	in, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	out, err := os.Create(dst)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(out, in); err != nil {
+		out.Close()
+		return err
+	}
+	return out.Close()
 }

@@ -262,7 +262,11 @@ func TestBadInput(t *testing.T) {
 		{"DELETE", "/node", `{}`, 200, "node_id: required"},
 		{"POST", "/node/group/nope", `{"node_ids":["x"]}`, 200, apiv1.MsgNotFound},
 		{"GET", "/no/such/endpoint", ``, 200, apiv1.MsgNotFound},
-		{"POST", "/image", `{"id":"x","tag":"t"}`, 200, "/api/v1/image: not supported by this controller yet (saving instances as templates)"},
+		{"POST", "/image", `{"id":"x","tag":"t"}`, 200, apiv1.MsgNotFound},
+		{"POST", "/image", `{"tag":"t"}`, 200, "id: required"},
+		{"POST", "/image", `{"id":"x","tag":"a/b"}`, 200, `tag: want 1-128 letters, digits or ._+@-, got "a/b"`},
+		{"POST", "/image", `{"id":"x","tag":"t","new_template_name":"n","target_vm_id":"v"}`, 200, "new_template_name: give new_template_name or target_vm_id, not both"},
+		{"GET", "/image?id=nope", ``, 200, apiv1.MsgNotFound},
 		{"POST", "/agent/join", `{}`, 401, apiv1.MsgAuthRequired},
 	}
 	for _, tc := range cases {

@@ -97,3 +97,53 @@ func TestQEMUInstanceEndToEnd(t *testing.T) {
 		}
 	}
 }
+
+// TestQEMUSaveImage: a QEMU instance's disk, changed by the pre-save script,
+// is saved as a new tag; an instance of that tag boots with the change and
+// the original tag is untouched.
+func TestQEMUSaveImage(t *testing.T) {
+	img := qemutest.Image(t)
+	drv, err := qemu.New(qemu.Config{StateDir: t.TempDir(), ForwardHost: "127.0.0.1", BootTimeout: 2 * time.Minute,
+		Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := testenv.StartCluster(t, testenv.Options{Registry: true, Nodes: []testenv.NodeOptions{{Name: "linux-1", Capacity: 2, Driver: drv}}})
+	rc, _ := client.NewRegistry(c.Registry.URL)
+	ctx := context.Background()
+	res, err := rc.Push(ctx, client.PushOptions{Source: img, Template: "tiny-linux", Tag: "v1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	readMarker := base64.StdEncoding.EncodeToString([]byte("dd if=/dev/vda bs=512 skip=8 count=1 2>/dev/null | head -c 15"))
+	start := func(tag string) apiv1.Instance {
+		t.Helper()
+		ids, err := c.Client.StartInstances(ctx, map[string]any{"vmid": res.TemplateID, "tag": tag,
+			"startup_script": readMarker, "script_monitoring": true, "script_timeout": 60})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c.WaitState(ids[0], apiv1.StateStarted, 3*time.Minute)
+	}
+
+	in := start("v1")
+	if in.StartupScript == nil || strings.Contains(in.StartupScript.Stdout, "saved-by-corral") {
+		t.Fatalf("v1 disk already marked: %+v", in.StartupScript)
+	}
+	req, err := c.Client.SaveImage(ctx, apiv1.ImageRequest{ID: in.InstanceID, Tag: "v2",
+		Script: "printf saved-by-corral | dd of=/dev/vda bs=512 seek=8 2>/dev/null"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if img := waitImage(t, c.Client, req, 2*time.Minute); img.Status != apiv1.ImageDone {
+		t.Fatalf("save: %+v", img)
+	}
+	c.WaitState(in.InstanceID, apiv1.StateTerminated, 30*time.Second)
+
+	if in := start("v2"); in.StartupScript == nil || in.StartupScript.Stdout != "saved-by-corral" {
+		t.Fatalf("v2 instance reads %+v", in.StartupScript)
+	}
+	if in := start("v1"); in.StartupScript == nil || strings.Contains(in.StartupScript.Stdout, "saved-by-corral") {
+		t.Fatalf("v1 changed by the save: %+v", in.StartupScript)
+	}
+}

@@ -50,8 +50,8 @@ type Agent struct {
 	// lost holds instances this node ran before a restart: the controller
 	// may still want them, but their VMs are gone.
 	lost map[string]bool
-	// fetching holds distribute requests being pulled.
-	fetching map[string]bool
+	// inFlight holds requests being worked on: distribute pulls, image saves.
+	inFlight map[string]bool
 	statusCh chan apiv1.InstanceStatus
 	reportCh chan struct{}
 	wg       sync.WaitGroup
@@ -70,7 +70,7 @@ func New(cfg Config) (*Agent, error) {
 		return nil, err
 	}
 	ctl.UseTLS(cfg.TLS)
-	a := &Agent{cfg: cfg, ctl: ctl, log: cfg.Log, instances: map[string]*instance{}, lost: map[string]bool{}, fetching: map[string]bool{},
+	a := &Agent{cfg: cfg, ctl: ctl, log: cfg.Log, instances: map[string]*instance{}, lost: map[string]bool{}, inFlight: map[string]bool{},
 		statusCh: make(chan apiv1.InstanceStatus, 256), reportCh: make(chan struct{}, 1)}
 	if err := a.describe(); err != nil {
 		return nil, err
@@ -224,6 +224,7 @@ func (a *Agent) assignmentLoop(ctx context.Context) error {
 		since = as.Revision
 		a.reconcile(as.Assignments)
 		a.prefetch(ctx, as.Prefetches)
+		a.saveImages(ctx, as.Saves)
 	}
 	return nil
 }

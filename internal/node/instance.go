@@ -22,6 +22,16 @@ type instance struct {
 	lost bool
 	// shutdown: the agent is stopping, not the controller terminating.
 	shutdown atomic.Bool
+
+	mu sync.Mutex
+	vm driver.VM // once booted
+}
+
+// runningVM is the instance's VM once it booted, else nil.
+func (in *instance) runningVM() driver.VM {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	return in.vm
 }
 
 func newInstance(a *Agent, as apiv1.Assignment) *instance {
@@ -72,6 +82,9 @@ func (in *instance) run() {
 		return
 	}
 	defer in.destroy(vm)
+	in.mu.Lock()
+	in.vm = vm
+	in.mu.Unlock()
 	if !in.startupScript(vm) {
 		<-in.ctx.Done()
 		return

@@ -71,10 +71,10 @@ func (a *Agent) prefetch(ctx context.Context, list []apiv1.Prefetch) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	for _, p := range list {
-		if a.fetching[p.RequestID] {
+		if a.inFlight[p.RequestID] {
 			continue
 		}
-		a.fetching[p.RequestID] = true
+		a.inFlight[p.RequestID] = true
 		go func() {
 			var err error
 			if !a.cfg.Templates.Has(p.VMID, p.Tag) {
@@ -93,7 +93,7 @@ func (a *Agent) prefetch(ctx context.Context, list []apiv1.Prefetch) {
 				a.log.Warn("report distribution", "err", err)
 			}
 			a.mu.Lock()
-			delete(a.fetching, p.RequestID)
+			delete(a.inFlight, p.RequestID)
 			a.mu.Unlock()
 		}()
 	}

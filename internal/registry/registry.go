@@ -23,9 +23,9 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"regexp"
 	"time"
 
+	apiv1 "github.com/corral-build/corral/api/v1"
 	"github.com/corral-build/corral/internal/registry/chunk"
 	"github.com/corral-build/corral/internal/registry/storage"
 )
@@ -50,7 +50,7 @@ func (e *MissingChunksError) Error() string {
 }
 
 // validName admits template, tag and file names: no slashes, no traversal.
-var validName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._+@-]{0,127}$`)
+var validName = apiv1.NamePattern
 
 // Registry is the template store.
 type Registry struct {

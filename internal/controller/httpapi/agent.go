@@ -71,3 +71,11 @@ func (a *API) agentPrefetch(r *http.Request) (any, error) {
 	}
 	return okNoBody{}, a.svc.FinishPrefetch(r.Context(), req)
 }
+
+func (a *API) agentImage(r *http.Request) (any, error) {
+	var req apiv1.ImageResult
+	if err := decode(r, &req); err != nil {
+		return nil, err
+	}
+	return okNoBody{}, a.svc.FinishImage(r.Context(), req)
+}

@@ -11,10 +11,6 @@ func (a *API) status(r *http.Request) (any, error) { return a.svc.Status(r.Conte
 
 func (a *API) notFound(r *http.Request) (any, error) { return nil, controller.ErrNotFound }
 
-func (a *API) notSupported(r *http.Request) (any, error) {
-	return nil, &apiv1.FieldError{Field: r.URL.Path, Reason: "not supported by this controller yet (saving instances as templates)"}
-}
-
 func (a *API) listNodes(r *http.Request) (any, error) {
 	return a.svc.ListNodes(r.Context(), r.URL.Query().Get("id"))
 }
@@ -203,4 +199,21 @@ func (a *API) deletePermissionGroup(r *http.Request) (any, error) {
 		return nil, err
 	}
 	return okNoBody{}, a.svc.DeletePermissionGroup(r.Context(), req.Name)
+}
+
+func (a *API) saveImage(r *http.Request) (any, error) {
+	var req apiv1.ImageRequest
+	if err := decode(r, &req); err != nil {
+		return nil, err
+	}
+	id, err := a.svc.SaveImage(r.Context(), req)
+	return map[string]string{"request_id": id}, err
+}
+
+// images lists requests, or with ?id= returns one ({status, ...}).
+func (a *API) images(r *http.Request) (any, error) {
+	if id := r.URL.Query().Get("id"); id != "" {
+		return a.svc.Image(r.Context(), id)
+	}
+	return a.svc.Images(r.Context())
 }

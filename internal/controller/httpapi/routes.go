@@ -60,13 +60,13 @@ func New(svc *controller.Service, log *slog.Logger) http.Handler {
 	mux.Handle("POST /api/v1/agent/status", a.agent(h(a.agentStatus)))
 	mux.Handle("GET /api/v1/agent/assignments", a.agent(h(a.agentAssignments)))
 	mux.Handle("POST /api/v1/agent/prefetch", a.agent(h(a.agentPrefetch)))
+	mux.Handle("POST /api/v1/agent/image", a.agent(h(a.agentImage)))
 
 	mux.HandleFunc("POST /tap/v1/hand", a.tapHand)
 	mux.HandleFunc("POST /tap/v1/shake", a.tapShake)
 
-	// Saving a running instance as a template is not built yet; say so
-	// rather than "Not found", which clients read as a missing instance.
-	mux.Handle("/api/v1/image", h(a.notSupported))
+	mux.Handle("POST /api/v1/image", h(a.saveImage))
+	mux.Handle("GET /api/v1/image", h(a.images))
 
 	mux.Handle("/api/v1/", h(a.notFound))
 	return recoverPanics(log, a.requireAuth(mux))

@@ -122,7 +122,7 @@ func (d *Driver) Start(ctx context.Context, spec driver.Spec) (driver.VM, error)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("qemu: %w", err)
 	}
-	vm := &vm{d: d, dir: dir, done: make(chan struct{})}
+	vm := &vm{d: d, dir: dir, templateDir: spec.TemplateDir, tmpl: tmpl, done: make(chan struct{})}
 	if err := vm.boot(ctx, spec, tmpl); err != nil {
 		vm.mu.Lock()
 		vm.stopped = true
@@ -138,12 +138,14 @@ func (d *Driver) Start(ctx context.Context, spec driver.Spec) (driver.VM, error)
 }
 
 type vm struct {
-	d      *Driver
-	dir    string
-	cmd    *exec.Cmd
-	ssh    *ssh.Client
-	done   chan struct{} // closed when the guest exits on its own
-	exited chan struct{} // closed whenever the QEMU process has exited
+	d           *Driver
+	dir         string
+	templateDir string
+	tmpl        TemplateConfig
+	cmd         *exec.Cmd
+	ssh         *ssh.Client
+	done        chan struct{} // closed when the guest exits on its own
+	exited      chan struct{} // closed whenever the QEMU process has exited
 
 	mu      sync.Mutex
 	info    apiv1.VMInfo
@@ -344,6 +346,31 @@ func (v *vm) kill() {
 	}
 	_ = v.cmd.Process.Kill()
 	<-v.exited
+}
+
+// Save flushes the guest's writes, shuts it down and writes the template
+// with the overlay flattened into a full (sparse) disk of the template's format.
+func (v *vm) Save(ctx context.Context, dir string, suspend bool) (string, error) {
+	if v.ssh != nil {
+		sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		_, _ = runScript(sctx, v.ssh, []byte("sync"))
+		cancel()
+	}
+	_ = v.Stop(ctx)
+	if err := driver.CopyTemplateFiles(v.templateDir, dir, v.tmpl.Disk); err != nil {
+		return "", err
+	}
+	if v.tmpl.Disk != "" {
+		out, err := exec.CommandContext(ctx, v.d.cfg.ImgBinary, "convert", "-q", "-O", diskFormat(v.tmpl.Disk),
+			filepath.Join(v.dir, "disk.qcow2"), filepath.Join(dir, v.tmpl.Disk)).CombinedOutput()
+		if err != nil {
+			return "", fmt.Errorf("qemu-img convert: %v: %s", err, out)
+		}
+	}
+	if suspend {
+		return "the qemu driver cannot suspend; the VM was shut down and its disk saved", nil
+	}
+	return "", nil
 }
 
 // Destroy stops the guest and deletes its overlay and state.

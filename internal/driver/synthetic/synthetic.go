@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"sync"
 	"time"
@@ -140,4 +141,26 @@ func (v *vm) Crash(reason error) {
 	v.ln.Close()
 	v.info.Status, v.info.StopDate = "stopped", time.Now().UTC()
 	close(v.done)
+}
+
+// Save stops the VM and writes the template it ran from plus a file that
+// records the save, so tests can tell the new tag from the old.
+func (v *vm) Save(ctx context.Context, dir string, suspend bool) (string, error) {
+	_ = v.Stop(ctx)
+	if v.spec.TemplateDir != "" {
+		// Files written below are left out: a copy may be a hard link.
+		if err := driver.CopyTemplateFiles(v.spec.TemplateDir, dir, "saved.img", "suspend.state"); err != nil {
+			return "", err
+		}
+	} else if err := os.WriteFile(filepath.Join(dir, "config.json"), []byte(`{"name":"`+v.spec.TemplateName+`"}`), 0o644); err != nil {
+		return "", err
+	}
+	record := fmt.Sprintf("synthetic VM %s saved from %s tag %s\n", v.spec.InstanceID, v.spec.VMID, v.spec.Tag)
+	if err := os.WriteFile(filepath.Join(dir, "saved.img"), []byte(record), 0o644); err != nil {
+		return "", err
+	}
+	if suspend {
+		return "", os.WriteFile(filepath.Join(dir, "suspend.state"), []byte(record), 0o644)
+	}
+	return "", nil
 }

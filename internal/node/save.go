@@ -1,0 +1,143 @@
+package node
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	apiv1 "github.com/corral-build/corral/api/v1"
+	"github.com/corral-build/corral/client"
+	"github.com/corral-build/corral/internal/driver"
+)
+
+// saveImages starts each new save-image request in the background; the
+// controller drops a request from this node's list once its outcome arrived.
+func (a *Agent) saveImages(ctx context.Context, saves []apiv1.ImageSave) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for _, s := range saves {
+		if a.inFlight[s.RequestID] {
+			continue
+		}
+		a.inFlight[s.RequestID] = true
+		go func() {
+			defer func() {
+				a.mu.Lock()
+				delete(a.inFlight, s.RequestID)
+				a.mu.Unlock()
+			}()
+			res := apiv1.ImageResult{NodeID: a.report.NodeID, RequestID: s.RequestID}
+			var err error
+			res.TemplateID, res.Note, err = a.saveImage(ctx, s)
+			if ctx.Err() != nil {
+				return // shutting down: the controller ends the request when the instance ends
+			}
+			if err != nil {
+				res.Error = err.Error()
+				a.log.Warn("save image failed", "request", s.RequestID, "instance", s.InstanceID, "err", err)
+			}
+			for attempt := 0; ; attempt++ {
+				err := a.ctl.ImageDone(ctx, res)
+				if err == nil || ctx.Err() != nil || attempt == 10 {
+					if err != nil {
+						a.log.Warn("report saved image", "request", s.RequestID, "err", err)
+					}
+					return
+				}
+				time.Sleep(time.Second)
+			}
+		}()
+	}
+}
+
+// saveImage runs the pre-save script, has the driver write the VM out as a
+// template and pushes it. Once the VM was stopped for saving, a failure also
+// fails the instance: it cannot go back to Started.
+func (a *Agent) saveImage(ctx context.Context, s apiv1.ImageSave) (templateID, note string, err error) {
+	a.mu.Lock()
+	in := a.instances[s.InstanceID]
+	a.mu.Unlock()
+	var vm driver.VM
+	if in != nil {
+		vm = in.runningVM()
+	}
+	if vm == nil {
+		return "", "", fmt.Errorf("instance %s is not running on node %s", s.InstanceID, a.report.NodeName)
+	}
+	saver, ok := vm.(driver.Saver)
+	if !ok {
+		return "", "", fmt.Errorf("the %s driver cannot save instances as templates", a.cfg.Driver.Name())
+	}
+	rt, ok := a.cfg.Templates.(*RegistryTemplates)
+	if !ok {
+		return "", "", errors.New("this cloud has no registry to save the image into")
+	}
+	if len(s.Script) > 0 {
+		sctx, cancel := context.WithTimeout(ctx, 10*time.Minute)
+		res, err := vm.RunScript(sctx, s.Script)
+		cancel()
+		switch {
+		case err != nil:
+			return "", "", fmt.Errorf("pre-save script could not run: %w", err)
+		case res.DidTimeout:
+			return "", "", errors.New("pre-save script timed out after 10m")
+		case res.ReturnCode != 0:
+			return "", "", fmt.Errorf("pre-save script failed with exit code %d: %s", res.ReturnCode, lastLine(res.Stderr))
+		}
+	}
+
+	dir := filepath.Join(a.dataDir(), "saves", s.RequestID)
+	_ = os.RemoveAll(dir)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return "", "", fmt.Errorf("save image: %w", err)
+	}
+	defer os.RemoveAll(dir)
+	a.log.Info("saving instance as a template", "instance", s.InstanceID, "template", s.TemplateName, "tag", s.Tag)
+	fail := func(err error) (string, string, error) {
+		info := vm.Info()
+		in.report(apiv1.InstanceStatus{State: apiv1.StateError, VMInfo: &info,
+			Message: fmt.Sprintf("save image failed: %v; VM stopped", err)})
+		return "", "", err
+	}
+	if note, err = saver.Save(ctx, dir, s.Suspend); err != nil {
+		return fail(fmt.Errorf("save VM: %w", err))
+	}
+	last := time.Time{}
+	res, err := rt.Client.Push(ctx, client.PushOptions{Source: dir, Template: s.TemplateName, Tag: s.Tag,
+		Description: s.Description, Concurrency: rt.Concurrency,
+		Progress: func(p client.Progress) {
+			if time.Since(last) > 5*time.Second {
+				last = time.Now()
+				a.log.Info("saving instance", "instance", s.InstanceID, "phase", p.Phase, "done_bytes", p.Done, "total_bytes", p.Total)
+			}
+		},
+		BeforeCommit: func(ctx context.Context) error {
+			if !s.RevertBeforePush {
+				return nil
+			}
+			list, err := rt.Client.Templates(ctx)
+			if err != nil {
+				return fmt.Errorf("revert before push: %w", err)
+			}
+			for _, t := range list {
+				if t.Name == s.TemplateName {
+					return rt.Client.Revert(ctx, t.ID)
+				}
+			}
+			return nil // a new template: no tag to drop
+		}})
+	if err != nil {
+		return fail(fmt.Errorf("push: %w", err))
+	}
+	a.log.Info("instance saved", "instance", s.InstanceID, "template", res.TemplateID, "tag", s.Tag, "sent_bytes", res.SentBytes)
+	return res.TemplateID, note, nil
+}
+
+func lastLine(s string) string {
+	lines := strings.Split(strings.TrimSpace(s), "\n")
+	return lines[len(lines)-1]
+}
