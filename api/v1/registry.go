@@ -97,7 +97,9 @@ type Distribution struct {
 	RequestID  string            `json:"request_id"`
 	TemplateID string            `json:"template_id"`
 	Tag        string            `json:"tag"`
-	Nodes      map[string]string `json:"nodes"`
+	Nodes      map[string]string `json:"nodes"` // node id -> "pending", "done" or "error: ..."
+	CrTime     time.Time         `json:"cr_time,omitzero"`
+	TS         time.Time         `json:"ts,omitzero"` // last change
 }
 
 // Prefetch tells a node to pull a template now.

@@ -3,6 +3,7 @@ package controller
 import (
 	"context"
 	"errors"
+	"time"
 
 	apiv1 "github.com/corral-build/corral/api/v1"
 	"github.com/corral-build/corral/internal/store"
@@ -27,7 +28,9 @@ func (s *Service) Distribute(ctx context.Context, req apiv1.DistributeRequest) (
 	if err != nil {
 		return "", err
 	}
-	d := apiv1.Distribution{RequestID: apiv1.NewID(), TemplateID: tmpl.ID, Tag: version.Tag, Nodes: map[string]string{}}
+	now := time.Now().UTC()
+	d := apiv1.Distribution{RequestID: apiv1.NewID(), TemplateID: tmpl.ID, Tag: version.Tag, Nodes: map[string]string{},
+		CrTime: now, TS: now}
 	known := map[string]store.NodeEntry{}
 	for _, n := range snap.Nodes {
 		known[n.Report.NodeID] = n

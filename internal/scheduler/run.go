@@ -113,6 +113,9 @@ func (s *Scheduler) lead(ctx context.Context, fence clientv3.Cmp) {
 			if _, err := s.st.PurgeFinishedImages(ctx, s.cfg.Retention); err != nil && ctx.Err() == nil {
 				s.log.Warn("purge save-image requests", "err", err)
 			}
+			if _, err := s.st.PurgeFinishedDistributions(ctx, s.cfg.Retention); err != nil && ctx.Err() == nil {
+				s.log.Warn("purge distribute requests", "err", err)
+			}
 			lastPurge = time.Now()
 		}
 		select {

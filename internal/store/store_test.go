@@ -148,3 +148,52 @@ func TestPurgeFinished(t *testing.T) {
 		}
 	}
 }
+
+// TestPurgeRequests: distribute and save-image requests end when their node
+// or instance is gone, and are deleted a retention after they finished.
+func TestPurgeRequests(t *testing.T) {
+	ctx := context.Background()
+	st := newStore(t)
+	if _, err := st.JoinNode(ctx, apiv1.NodeReport{NodeID: "n1", NodeName: "n1", Capacity: 1}, nil, 10); err != nil {
+		t.Fatal(err)
+	}
+	d := apiv1.Distribution{RequestID: "d1", Nodes: map[string]string{"n1": "pending", "ghost": "pending"}, TS: time.Now()}
+	if err := st.CreateDistribution(ctx, d, apiv1.Prefetch{RequestID: "d1"}); err != nil {
+		t.Fatal(err)
+	}
+	img := apiv1.Image{RequestID: "i1", InstanceID: "gone", NodeID: "n1", Status: apiv1.ImagePending}
+	if err := st.CreateImage(ctx, img, apiv1.ImageSave{RequestID: "i1"}); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("save of an unassigned instance: %v", err)
+	}
+	// Written directly: the instance left its node after the request.
+	if _, err := st.Client().Put(ctx, st.Key("images/i1"), `{"request_id":"i1","instance_id":"gone","node_id":"n1","status":"pending"}`); err != nil {
+		t.Fatal(err)
+	}
+
+	if _, err := st.PurgeFinishedDistributions(ctx, 0); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.PurgeFinishedImages(ctx, time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	got, err := st.GetDistribution(ctx, "d1")
+	if err != nil || got.Nodes["ghost"] != "error: the node left the cloud" || got.Nodes["n1"] != "pending" {
+		t.Fatalf("distribution %+v %v", got, err)
+	}
+	if i, err := st.GetImage(ctx, "i1"); err != nil || i.Status != apiv1.ImageError {
+		t.Fatalf("orphaned image request %+v %v", i, err)
+	}
+
+	if err := st.FinishPrefetch(ctx, "n1", "d1", "done"); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := st.PurgeFinishedDistributions(ctx, time.Hour); err != nil || n != 0 {
+		t.Fatalf("purged a fresh distribution: %d %v", n, err)
+	}
+	if n, err := st.PurgeFinishedDistributions(ctx, 0); err != nil || n != 1 {
+		t.Fatalf("purge finished distribution: %d %v", n, err)
+	}
+	if n, err := st.PurgeFinishedImages(ctx, 0); err != nil || n != 1 {
+		t.Fatalf("purge finished image request: %d %v", n, err)
+	}
+}
