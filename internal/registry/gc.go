@@ -185,6 +185,9 @@ func (r *Registry) referencedChunks(ctx context.Context, protectSince time.Time)
 		}
 	}
 	referenced := map[string]bool{}
+	if err := r.ociReferenced(ctx, protectSince, referenced); err != nil {
+		return nil, nil, fmt.Errorf("gc: oci: %w", err)
+	}
 	manifests, err := r.st.List(ctx, "manifests")
 	if err != nil {
 		return nil, nil, err

@@ -59,6 +59,7 @@ func New(reg *registry.Registry, log *slog.Logger) http.Handler {
 	mux.Handle("POST /registry/corral/v1/commit", h(a.commit))
 	mux.Handle("GET /registry/corral/v1/manifest", h(a.manifest))
 	mux.Handle("/registry/", h(func(*http.Request) (any, error) { return nil, registry.ErrNotFound }))
+	mux.HandleFunc("/v2/", a.oci)
 	return mux
 }
 

@@ -1,0 +1,624 @@
+package registry
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"path"
+	"regexp"
+	"slices"
+	"strings"
+	"time"
+
+	apiv1 "github.com/corral-build/corral/api/v1"
+	"github.com/corral-build/corral/internal/registry/chunk"
+	"github.com/corral-build/corral/internal/registry/storage"
+)
+
+// The OCI Distribution store lives beside the templates and shares their
+// chunks: a blob is a list of 1 MiB chunks (so a disk image pushed with
+// oras dedups against the same disk pushed as a template), manifests are
+// stored whole, tags and repository membership are small objects.
+//
+//	oci/blobs/<hex>.json                 ociBlob: size and chunk digests
+//	oci/manifests/<hex>.json             ociManifest: media type and bytes
+//	oci/repos/<name>/_manifests/<hex>    the repository holds this manifest
+//	oci/repos/<name>/_tags/<tag>         the tag's manifest digest (hex)
+//	oci/uploads/<id>/session.json        ociUpload: an upload in progress
+//	oci/uploads/<id>/tail-<size>         its bytes after the last full chunk
+//
+// An upload also holds a lease (uploads/<id>.json) like a template push, so
+// GC keeps the chunks it has written.
+
+// OCIError is an error of the distribution spec's error format.
+type OCIError struct {
+	Status  int
+	Code    string // BLOB_UNKNOWN, DIGEST_INVALID, ...
+	Message string
+}
+
+func (e *OCIError) Error() string { return e.Code + ": " + e.Message }
+
+func ociErr(status int, code, format string, args ...any) *OCIError {
+	return &OCIError{Status: status, Code: code, Message: fmt.Sprintf(format, args...)}
+}
+
+// MaxManifest bounds a manifest (the distribution spec suggests 4 MiB).
+const MaxManifest = 4 << 20
+
+var (
+	repoNamePattern = regexp.MustCompile(`^[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*(/[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*)*$`)
+	tagPattern      = regexp.MustCompile(`^[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}$`)
+)
+
+// CheckRepoName validates a repository name.
+func CheckRepoName(name string) error {
+	if len(name) > 255 || !repoNamePattern.MatchString(name) {
+		return ociErr(http.StatusBadRequest, "NAME_INVALID", "invalid repository name %q", name)
+	}
+	return nil
+}
+
+// ParseDigest accepts "sha256:<64 hex>" and returns the hex part.
+func ParseDigest(d string) (string, error) {
+	hexPart, ok := strings.CutPrefix(d, "sha256:")
+	if !ok || !chunk.ValidDigest(hexPart) {
+		return "", ociErr(http.StatusBadRequest, "DIGEST_INVALID", "%q is not a sha256 digest", d)
+	}
+	return hexPart, nil
+}
+
+type ociBlob struct {
+	Size   int64    `json:"size"`
+	Chunks []string `json:"chunks"` // "" for an all-zero chunk
+}
+
+type ociManifest struct {
+	MediaType string `json:"media_type"`
+	Data      []byte `json:"data"`
+}
+
+type ociUpload struct {
+	Repo      string    `json:"repo"`
+	Size      int64     `json:"size"`
+	Chunks    []string  `json:"chunks"`
+	HashState []byte    `json:"hash_state"` // sha256 of all Size bytes, marshaled
+	Started   time.Time `json:"started"`
+}
+
+func ociBlobPath(hexd string) string     { return "oci/blobs/" + hexd + ".json" }
+func ociManifestPath(hexd string) string { return "oci/manifests/" + hexd + ".json" }
+func ociSessionPath(id string) string    { return "oci/uploads/" + id + "/session.json" }
+func ociTailPath(id string, size int64) string {
+	return fmt.Sprintf("oci/uploads/%s/tail-%d", id, size)
+}
+func ociRepoPath(repo string) string { return "oci/repos/" + repo }
+
+var errUploadUnknown = ociErr(http.StatusNotFound, "BLOB_UPLOAD_UNKNOWN", "no such upload")
+
+// OCIStartUpload opens a blob upload session in repo.
+func (r *Registry) OCIStartUpload(ctx context.Context, repo string) (string, error) {
+	id := apiv1.NewID()
+	started, err := r.StartUpload(ctx, id)
+	if err != nil {
+		return "", err
+	}
+	h := sha256.New()
+	state, _ := h.(encoding.BinaryMarshaler).MarshalBinary()
+	return id, r.writeJSON(ctx, ociSessionPath(id), ociUpload{Repo: repo, HashState: state, Started: started}, storage.Replace)
+}
+
+func (r *Registry) ociSession(ctx context.Context, repo, id string) (ociUpload, error) {
+	var u ociUpload
+	if !validName.MatchString(id) {
+		return u, errUploadUnknown
+	}
+	err := r.readJSON(ctx, ociSessionPath(id), &u)
+	if errors.Is(err, storage.ErrNotFound) || (err == nil && u.Repo != repo) {
+		return u, errUploadUnknown
+	}
+	return u, err
+}
+
+// OCIUploadSize returns how many bytes an upload holds.
+func (r *Registry) OCIUploadSize(ctx context.Context, repo, id string) (int64, error) {
+	u, err := r.ociSession(ctx, repo, id)
+	return u.Size, err
+}
+
+// OCIAppend adds body to an upload. start is where the client says the
+// bytes begin (-1 if it did not say); it must be the current size.
+func (r *Registry) OCIAppend(ctx context.Context, repo, id string, start int64, body io.Reader) (int64, error) {
+	u, err := r.ociSession(ctx, repo, id)
+	if err != nil {
+		return 0, err
+	}
+	if start >= 0 && start != u.Size {
+		return u.Size, ociErr(http.StatusRequestedRangeNotSatisfiable, "BLOB_UPLOAD_INVALID",
+			"chunk starts at %d but the upload holds %d bytes", start, u.Size)
+	}
+	if err := r.ociWrite(ctx, id, &u, body, false); err != nil {
+		return 0, err
+	}
+	return u.Size, nil
+}
+
+// ociWrite streams body into u: full chunks are stored as they fill, the
+// remainder becomes the new tail (or, when final, the last chunk). The
+// session is rewritten last, so a crash leaves the previous state intact.
+func (r *Registry) ociWrite(ctx context.Context, id string, u *ociUpload, body io.Reader, final bool) error {
+	r.TouchUpload(ctx, id)
+	h := sha256.New()
+	if err := h.(encoding.BinaryUnmarshaler).UnmarshalBinary(u.HashState); err != nil {
+		return fmt.Errorf("upload %s: hash state: %w", id, err)
+	}
+	buf := make([]byte, 0, chunk.Size)
+	oldTail := ociTailPath(id, u.Size)
+	if u.Size%chunk.Size != 0 {
+		rc, err := r.st.Open(ctx, oldTail, 0)
+		if err != nil {
+			return fmt.Errorf("upload %s: tail: %w", id, err)
+		}
+		buf, err = io.ReadAll(io.LimitReader(rc, chunk.Size))
+		rc.Close()
+		if err != nil {
+			return fmt.Errorf("upload %s: tail: %w", id, err)
+		}
+		buf = slices.Grow(buf, chunk.Size-len(buf))
+	}
+	var enc, scratch []byte
+	flush := func() error {
+		d := ""
+		if !chunk.IsZero(buf) {
+			d = chunk.Digest(buf)
+			enc = chunk.Encode(enc, buf)
+			if scratch == nil {
+				scratch = make([]byte, 0, chunk.Size)
+			}
+			if err := r.PutChunk(ctx, d, enc, scratch); err != nil {
+				return fmt.Errorf("upload %s: %w", id, err)
+			}
+		}
+		u.Chunks = append(u.Chunks, d)
+		buf = buf[:0]
+		return nil
+	}
+	if body != nil {
+		for {
+			n, err := io.ReadFull(body, buf[len(buf):chunk.Size])
+			h.Write(buf[len(buf) : len(buf)+n])
+			buf = buf[:len(buf)+n]
+			u.Size += int64(n)
+			if len(buf) == chunk.Size {
+				if ferr := flush(); ferr != nil {
+					return ferr
+				}
+			}
+			if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+				break
+			}
+			if err != nil {
+				return fmt.Errorf("upload %s: read body: %w", id, err)
+			}
+		}
+	}
+	if final && len(buf) > 0 {
+		if err := flush(); err != nil {
+			return err
+		}
+	}
+	state, _ := h.(encoding.BinaryMarshaler).MarshalBinary()
+	u.HashState = state
+	if len(buf) > 0 {
+		if err := r.st.Put(ctx, ociTailPath(id, u.Size), bytes.NewReader(buf), storage.Replace); err != nil {
+			return fmt.Errorf("upload %s: tail: %w", id, err)
+		}
+	}
+	if err := r.writeJSON(ctx, ociSessionPath(id), u, storage.Replace); err != nil {
+		return err
+	}
+	if oldTail != ociTailPath(id, u.Size) {
+		_ = r.st.Delete(ctx, oldTail)
+	}
+	return nil
+}
+
+// OCIFinishUpload adds the last bytes, checks the whole blob against digest
+// and publishes it.
+func (r *Registry) OCIFinishUpload(ctx context.Context, repo, id, digest string, body io.Reader) error {
+	hexd, err := ParseDigest(digest)
+	if err != nil {
+		return err
+	}
+	u, err := r.ociSession(ctx, repo, id)
+	if err != nil {
+		return err
+	}
+	if err := r.ociWrite(ctx, id, &u, body, true); err != nil {
+		return err
+	}
+	h := sha256.New()
+	if err := h.(encoding.BinaryUnmarshaler).UnmarshalBinary(u.HashState); err != nil {
+		return err
+	}
+	if got := hex.EncodeToString(h.Sum(nil)); got != hexd {
+		r.OCICancelUpload(ctx, repo, id)
+		return ociErr(http.StatusBadRequest, "DIGEST_INVALID", "the upload's digest is sha256:%s, not %s", got, digest)
+	}
+	// Chunks land unsynced; make them durable before the blob points at them.
+	if err := r.st.Sync(ctx); err != nil {
+		return err
+	}
+	if err := r.writeJSON(ctx, ociBlobPath(hexd), ociBlob{Size: u.Size, Chunks: u.Chunks}, storage.Replace); err != nil {
+		return err
+	}
+	r.OCICancelUpload(ctx, repo, id)
+	return nil
+}
+
+// OCICancelUpload drops an upload session and its lease.
+func (r *Registry) OCICancelUpload(ctx context.Context, repo, id string) error {
+	if _, err := r.ociSession(ctx, repo, id); err != nil {
+		return err
+	}
+	r.dropOCISession(ctx, id)
+	return nil
+}
+
+func (r *Registry) dropOCISession(ctx context.Context, id string) {
+	paths, _ := r.st.List(ctx, "oci/uploads/"+id)
+	for _, p := range paths {
+		_ = r.st.Delete(ctx, p)
+	}
+	_ = r.st.Delete(ctx, "uploads/"+id+".json")
+}
+
+// OCIBlobSize returns a blob's size and refreshes its GC protection (a
+// client that finds a blob present will reference it next).
+func (r *Registry) OCIBlobSize(ctx context.Context, digest string) (int64, error) {
+	b, err := r.ociBlob(ctx, digest)
+	return b.Size, err
+}
+
+func (r *Registry) ociBlob(ctx context.Context, digest string) (ociBlob, error) {
+	var b ociBlob
+	hexd, err := ParseDigest(digest)
+	if err != nil {
+		return b, err
+	}
+	err = r.readJSON(ctx, ociBlobPath(hexd), &b)
+	if errors.Is(err, storage.ErrNotFound) {
+		return b, ociErr(http.StatusNotFound, "BLOB_UNKNOWN", "blob %s is not in this registry", digest)
+	}
+	if err == nil {
+		_ = r.st.Touch(ctx, ociBlobPath(hexd))
+	}
+	return b, err
+}
+
+// OCIMountBlob makes a blob available to repo. Blobs are shared by every
+// repository, so this only checks it exists.
+func (r *Registry) OCIMountBlob(ctx context.Context, digest string) bool {
+	_, err := r.ociBlob(ctx, digest)
+	return err == nil
+}
+
+// OCIOpenBlob streams a blob's bytes [offset, offset+length), decoding and
+// verifying one chunk at a time.
+func (r *Registry) OCIOpenBlob(ctx context.Context, digest string, offset, length int64) (io.ReadCloser, error) {
+	b, err := r.ociBlob(ctx, digest)
+	if err != nil {
+		return nil, err
+	}
+	pr, pw := io.Pipe()
+	go func() {
+		pw.CloseWithError(r.writeBlob(ctx, pw, b, offset, min(b.Size, offset+length)))
+	}()
+	return pr, nil
+}
+
+func (r *Registry) writeBlob(ctx context.Context, w io.Writer, b ociBlob, from, to int64) error {
+	zero := make([]byte, chunk.Size)
+	var raw []byte
+	for i := from / chunk.Size; i < int64(len(b.Chunks)) && i*chunk.Size < to; i++ {
+		lo, hi := i*chunk.Size, min((i+1)*chunk.Size, b.Size)
+		data := zero[:hi-lo]
+		if d := b.Chunks[i]; d != "" {
+			rc, _, err := r.OpenChunk(ctx, d, 0)
+			if err != nil {
+				return fmt.Errorf("blob chunk %s: %w", d, err)
+			}
+			enc, err := io.ReadAll(io.LimitReader(rc, chunk.MaxEncoded))
+			rc.Close()
+			if err != nil {
+				return err
+			}
+			if raw, err = chunk.Decode(raw, enc, d); err != nil {
+				return fmt.Errorf("blob chunk %s: %w", d, err)
+			}
+			data = raw
+		}
+		s, e := max(from, lo)-lo, min(to, hi)-lo
+		if _, err := w.Write(data[s:e]); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// OCIDeleteBlob removes a blob; its chunks go with the next GC.
+func (r *Registry) OCIDeleteBlob(ctx context.Context, digest string) error {
+	if _, err := r.ociBlob(ctx, digest); err != nil {
+		return err
+	}
+	hexd, _ := ParseDigest(digest)
+	return r.st.Delete(ctx, ociBlobPath(hexd))
+}
+
+// OCIPutManifest stores a manifest under repo, tagged when ref is a tag.
+// Every blob it names must be present, and every manifest an index names.
+func (r *Registry) OCIPutManifest(ctx context.Context, repo, ref, mediaType string, data []byte) (string, error) {
+	sum := sha256.Sum256(data)
+	hexd := hex.EncodeToString(sum[:])
+	digest := "sha256:" + hexd
+	isDigest := strings.HasPrefix(ref, "sha256:")
+	switch {
+	case isDigest && ref != digest:
+		return "", ociErr(http.StatusBadRequest, "DIGEST_INVALID", "the manifest's digest is %s, not %s", digest, ref)
+	case !isDigest && !tagPattern.MatchString(ref):
+		return "", ociErr(http.StatusBadRequest, "TAG_INVALID", "invalid tag %q", ref)
+	}
+	blobs, manifests, err := manifestReferences(data)
+	if err != nil {
+		return "", ociErr(http.StatusBadRequest, "MANIFEST_INVALID", "%v", err)
+	}
+	if mediaType == "" {
+		var m struct {
+			MediaType string `json:"mediaType"`
+		}
+		_ = json.Unmarshal(data, &m)
+		mediaType = m.MediaType
+	}
+	for _, d := range blobs {
+		if _, err := r.ociBlob(ctx, d); err != nil {
+			return "", ociErr(http.StatusBadRequest, "MANIFEST_BLOB_UNKNOWN", "blob %s is not in this registry", d)
+		}
+	}
+	for _, d := range manifests {
+		h, err := ParseDigest(d)
+		if err != nil {
+			return "", err
+		}
+		if _, err := r.st.Stat(ctx, ociRepoPath(repo)+"/_manifests/"+h); err != nil {
+			return "", ociErr(http.StatusBadRequest, "MANIFEST_UNKNOWN", "manifest %s is not in %s", d, repo)
+		}
+	}
+	if err := r.writeJSON(ctx, ociManifestPath(hexd), ociManifest{MediaType: mediaType, Data: data}, storage.Replace); err != nil {
+		return "", err
+	}
+	if err := r.st.Put(ctx, ociRepoPath(repo)+"/_manifests/"+hexd, strings.NewReader(""), storage.Replace); err != nil {
+		return "", err
+	}
+	if !isDigest {
+		if err := r.st.Put(ctx, ociRepoPath(repo)+"/_tags/"+ref, strings.NewReader(hexd), storage.Replace); err != nil {
+			return "", err
+		}
+	}
+	return digest, nil
+}
+
+// manifestReferences returns the blob and manifest digests a manifest or
+// index names (config, layers, artifact blobs; child manifests).
+func manifestReferences(data []byte) (blobs, manifests []string, err error) {
+	type desc struct {
+		Digest string `json:"digest"`
+	}
+	var m struct {
+		Config    *desc  `json:"config"`
+		Layers    []desc `json:"layers"`
+		Blobs     []desc `json:"blobs"`
+		Manifests []desc `json:"manifests"`
+	}
+	if err := json.Unmarshal(data, &m); err != nil {
+		return nil, nil, fmt.Errorf("not JSON: %w", err)
+	}
+	if m.Config != nil {
+		blobs = append(blobs, m.Config.Digest)
+	}
+	for _, l := range append(m.Layers, m.Blobs...) {
+		blobs = append(blobs, l.Digest)
+	}
+	for _, c := range m.Manifests {
+		manifests = append(manifests, c.Digest)
+	}
+	return blobs, manifests, nil
+}
+
+// OCIGetManifest resolves ref (tag or digest) in repo.
+func (r *Registry) OCIGetManifest(ctx context.Context, repo, ref string) (mediaType string, data []byte, digest string, err error) {
+	hexd, err := r.resolveRef(ctx, repo, ref)
+	if err != nil {
+		return "", nil, "", err
+	}
+	var m ociManifest
+	if err := r.readJSON(ctx, ociManifestPath(hexd), &m); err != nil {
+		if errors.Is(err, storage.ErrNotFound) {
+			return "", nil, "", ociErr(http.StatusNotFound, "MANIFEST_UNKNOWN", "manifest %s is not in %s", ref, repo)
+		}
+		return "", nil, "", err
+	}
+	return m.MediaType, m.Data, "sha256:" + hexd, nil
+}
+
+func (r *Registry) resolveRef(ctx context.Context, repo, ref string) (string, error) {
+	unknown := ociErr(http.StatusNotFound, "MANIFEST_UNKNOWN", "manifest %s is not in %s", ref, repo)
+	if strings.HasPrefix(ref, "sha256:") {
+		hexd, err := ParseDigest(ref)
+		if err != nil {
+			return "", err
+		}
+		if _, err := r.st.Stat(ctx, ociRepoPath(repo)+"/_manifests/"+hexd); err != nil {
+			return "", unknown
+		}
+		return hexd, nil
+	}
+	if !tagPattern.MatchString(ref) {
+		return "", ociErr(http.StatusBadRequest, "TAG_INVALID", "invalid tag %q", ref)
+	}
+	rc, err := r.st.Open(ctx, ociRepoPath(repo)+"/_tags/"+ref, 0)
+	if errors.Is(err, storage.ErrNotFound) {
+		return "", unknown
+	}
+	if err != nil {
+		return "", err
+	}
+	defer rc.Close()
+	hexd, err := io.ReadAll(io.LimitReader(rc, 128))
+	return string(hexd), err
+}
+
+// OCIDeleteManifest removes a tag, or a manifest (by digest) and the tags
+// pointing to it, from repo.
+func (r *Registry) OCIDeleteManifest(ctx context.Context, repo, ref string) error {
+	hexd, err := r.resolveRef(ctx, repo, ref)
+	if err != nil {
+		return err
+	}
+	if !strings.HasPrefix(ref, "sha256:") {
+		return r.st.Delete(ctx, ociRepoPath(repo)+"/_tags/"+ref)
+	}
+	tags, err := r.OCITags(ctx, repo)
+	if err != nil {
+		return err
+	}
+	for _, tag := range tags {
+		if h, err := r.resolveRef(ctx, repo, tag); err == nil && h == hexd {
+			if err := r.st.Delete(ctx, ociRepoPath(repo)+"/_tags/"+tag); err != nil {
+				return err
+			}
+		}
+	}
+	return r.st.Delete(ctx, ociRepoPath(repo)+"/_manifests/"+hexd)
+}
+
+// OCITags lists repo's tags, sorted.
+func (r *Registry) OCITags(ctx context.Context, repo string) ([]string, error) {
+	paths, err := r.st.List(ctx, ociRepoPath(repo)+"/_tags")
+	if err != nil {
+		return nil, err
+	}
+	tags := make([]string, 0, len(paths))
+	for _, p := range paths {
+		tags = append(tags, path.Base(p))
+	}
+	slices.Sort(tags)
+	return tags, nil
+}
+
+// OCIRepositories lists repositories holding at least one manifest.
+func (r *Registry) OCIRepositories(ctx context.Context) ([]string, error) {
+	paths, err := r.st.List(ctx, "oci/repos")
+	if err != nil {
+		return nil, err
+	}
+	var repos []string
+	for _, p := range paths {
+		if repo, _, ok := strings.Cut(strings.TrimPrefix(p, "oci/repos/"), "/_manifests/"); ok && !slices.Contains(repos, repo) {
+			repos = append(repos, repo)
+		}
+	}
+	slices.Sort(repos)
+	return repos, nil
+}
+
+// ociReferenced marks the chunks of live OCI blobs and uploads for GC, and
+// deletes what nothing holds any more: manifests no repository links, blobs
+// no linked manifest names (both untouched since protectSince), and upload
+// sessions whose lease was purged.
+func (r *Registry) ociReferenced(ctx context.Context, protectSince time.Time, referenced map[string]bool) error {
+	repoPaths, err := r.st.List(ctx, "oci/repos")
+	if err != nil {
+		return err
+	}
+	linked := map[string]bool{}
+	for _, p := range repoPaths {
+		if strings.Contains(p, "/_manifests/") {
+			linked[path.Base(p)] = true
+		}
+	}
+	stale := func(p string) bool {
+		info, err := r.st.Stat(ctx, p)
+		return err == nil && info.ModTime.Before(protectSince)
+	}
+	liveBlobs := map[string]bool{}
+	manifests, err := r.st.List(ctx, "oci/manifests")
+	if err != nil {
+		return err
+	}
+	for _, p := range manifests {
+		hexd := strings.TrimSuffix(path.Base(p), ".json")
+		if !linked[hexd] {
+			if stale(p) {
+				_ = r.st.Delete(ctx, p)
+			}
+			continue
+		}
+		var m ociManifest
+		if err := r.readJSON(ctx, p, &m); err != nil {
+			return fmt.Errorf("gc: %w", err)
+		}
+		blobs, _, _ := manifestReferences(m.Data)
+		for _, d := range blobs {
+			liveBlobs[strings.TrimPrefix(d, "sha256:")] = true
+		}
+	}
+	blobs, err := r.st.List(ctx, "oci/blobs")
+	if err != nil {
+		return err
+	}
+	for _, p := range blobs {
+		if !liveBlobs[strings.TrimSuffix(path.Base(p), ".json")] && stale(p) {
+			_ = r.st.Delete(ctx, p)
+			continue
+		}
+		var b ociBlob
+		if err := r.readJSON(ctx, p, &b); err != nil {
+			continue // deleted meanwhile
+		}
+		for _, c := range b.Chunks {
+			if c != "" {
+				referenced[c] = true
+			}
+		}
+	}
+	sessions, err := r.st.List(ctx, "oci/uploads")
+	if err != nil {
+		return err
+	}
+	for _, p := range sessions {
+		if path.Base(p) != "session.json" {
+			continue
+		}
+		id := path.Base(path.Dir(p))
+		if _, err := r.st.Stat(ctx, "uploads/"+id+".json"); errors.Is(err, storage.ErrNotFound) {
+			r.dropOCISession(ctx, id)
+			continue
+		}
+		var u ociUpload
+		if r.readJSON(ctx, p, &u) == nil {
+			for _, c := range u.Chunks {
+				if c != "" {
+					referenced[c] = true
+				}
+			}
+		}
+	}
+	return nil
+}
