@@ -17,9 +17,9 @@ import (
 type controllerFlags struct {
 	listen, dataDir, etcdClientURL, etcdPeerURL, etcdName, registryURL, localRegistryURL, templatesFile, joinToken, defaultPermissionGroup string
 	etcdEndpoints                                                                                                                          []string
-	compaction, leaseTTL, schedulerTTL, retention                                                                                          time.Duration
-	standalone, enableAuth, enableAPIKeys                                                                                                  bool
-	rootToken                                                                                                                              string
+	compaction, leaseTTL, schedulerTTL, retention, defragInterval                                                                          time.Duration
+	standalone, enableAuth, enableAPIKeys, enableMetrics                                                                                   bool
+	rootToken, metricsListen                                                                                                               string
 	logLevel                                                                                                                               int
 	tls                                                                                                                                    serverTLSFlags
 	registryTLS                                                                                                                            clientTLSFlags
@@ -44,10 +44,13 @@ func (c *controllerFlags) register(f *flags, listenDefault string) {
 	f.Int(&c.logLevel, "log-level", 0, "log verbosity: 0 info, 1+ debug, -1 warnings only", "ANKA_V")
 	f.Bool(&c.enableAuth, "enable-auth", false, "require credentials on /api/v1 (HTTP 401 otherwise)", "ANKA_ENABLE_AUTH")
 	f.String(&c.rootToken, "root-token", "", "root token: HTTP Basic with user root and this password", "ANKA_ROOT_TOKEN")
-	c.tls.register(f, true)
-	c.registryTLS.register(f, "registry-", false)
+	c.tls.register(f, "CA whose client certificates authenticate requests (with --enable-auth)")
+	c.registryTLS.register(f, "registry-", true, true)
 	f.Bool(&c.enableAPIKeys, "enable-api-keys", false, "allow API-key logins (/tap/v1/hand, /tap/v1/shake; keys from `corral apikey`)", "ANKA_ENABLE_API_KEYS")
 	f.String(&c.defaultPermissionGroup, "default-permission-group", "", "permission group for API keys and certificates no permission group names (empty: they may do everything)")
+	f.Duration(&c.defragInterval, "defrag-interval", 0, "defragment etcd this often (0 = never; it blocks writes, so it waits while instances are Scheduling or Pulling)", "ANKA_DEFRAG_DB_INTERVAL")
+	f.Bool(&c.enableMetrics, "enable-metrics", false, "also serve Prometheus /metrics on --metrics-listen (it is always on the API port)", "ANKA_ENABLE_METRICS")
+	f.String(&c.metricsListen, "metrics-listen", ":2112", "address of the extra /metrics listener (with --enable-metrics)")
 }
 
 func (c *controllerFlags) daemonConfig(log *slog.Logger) (daemon.Config, error) {
@@ -79,7 +82,8 @@ func (c *controllerFlags) daemonConfig(log *slog.Logger) (daemon.Config, error) 
 		NodeLeaseTTL: c.leaseTTL, SchedulerTTL: c.schedulerTTL, InstanceRetention: c.retention, Log: log,
 		Auth: controller.AuthConfig{Enabled: c.enableAuth, RootToken: c.rootToken, APIKeys: c.enableAPIKeys,
 			DefaultPermissionGroup: c.defaultPermissionGroup},
-		TLS: serverTLS, RegistryTLS: c.registryTLS.config(),
+		TLS: serverTLS, RegistryTLS: c.registryTLS.config(), DefragInterval: c.defragInterval,
+		MetricsListen: metricsListen(c.enableMetrics, c.metricsListen),
 	}, nil
 }
 
@@ -109,4 +113,12 @@ func runController(ctx context.Context, args []string, out io.Writer) error {
 	case err := <-d.EtcdErr():
 		return fmt.Errorf("embedded etcd: %w", err)
 	}
+}
+
+// metricsListen is the extra /metrics address, or "" when not enabled.
+func metricsListen(enabled bool, addr string) string {
+	if !enabled {
+		return ""
+	}
+	return addr
 }

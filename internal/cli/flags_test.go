@@ -119,3 +119,31 @@ func TestRegistryBackendConfig(t *testing.T) {
 		t.Fatalf("unknown backend: %v", err)
 	}
 }
+
+// TestReferenceEnvNamesAccepted: every variable existing users have in their
+// controller.env / registry.env (the reference product's names) is read by
+// the matching command, so those files keep working.
+func TestReferenceEnvNamesAccepted(t *testing.T) {
+	both := []string{"ANKA_V", "ANKA_USE_HTTPS", "ANKA_SERVER_CERT", "ANKA_SERVER_KEY", "ANKA_SKIP_TLS_VERIFICATION",
+		"ANKA_CA_CERT", "ANKA_ENABLE_METRICS", "ANKA_LISTEN_ADDR"}
+	for _, tc := range []struct {
+		command  string
+		register func(*flags)
+		names    []string
+	}{
+		{"controller", func(f *flags) { (&controllerFlags{}).register(f, ":80") }, append([]string{"ANKA_ANKA_REGISTRY",
+			"ANKA_LOCAL_ANKA_REGISTRY", "ANKA_ETCD_ENDPOINTS", "ANKA_STANDALONE", "ANKA_INSTANCE_TIME_OUT",
+			"ANKA_DEFRAG_DB_INTERVAL", "ANKA_ENABLE_AUTH", "ANKA_ROOT_TOKEN", "ANKA_ENABLE_API_KEYS"}, both...)},
+		{"registry", func(f *flags) { (&registryFlags{}).register(f, "", ":8089", "x") }, append([]string{"ANKA_BASE_PATH",
+			"ANKA_BACKEND_TYPE", "ANKA_BACKEND_S3_BUCKET", "ANKA_BACKEND_S3_USE_PATH_STYLE", "ANKA_BACKEND_S3_UPLOAD_PART_SIZE",
+			"ANKA_BACKEND_S3_UPLOAD_CONCURRENCY"}, both...)},
+	} {
+		f := newFlags(tc.command, "", &bytes.Buffer{})
+		tc.register(f)
+		for _, name := range tc.names {
+			if !f.known[name] {
+				t.Errorf("corral %s does not read %s", tc.command, name)
+			}
+		}
+	}
+}

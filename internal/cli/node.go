@@ -35,7 +35,7 @@ func (n *nodeFlags) register(f *flags, prefix string) {
 	f.List(&n.groups, prefix+"groups", "", "groups to join on first registration, comma-separated names (created if missing)")
 	f.String(&n.dataDir, prefix+"data-dir", "corral-node", "node state: identity and template cache")
 	f.Duration(&n.bootTime, prefix+"synthetic-boot-time", 200*time.Millisecond, "synthetic driver: time a VM takes to boot")
-	n.tls.register(f, prefix, true)
+	n.tls.register(f, prefix, true, prefix == "")
 	f.Duration(&n.pullTime, prefix+"synthetic-pull-time", 0, "time a simulated template pull takes, when the cloud has no registry")
 }
 

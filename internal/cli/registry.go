@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/http"
 	"time"
 
 	"github.com/corral-build/corral/internal/registry/daemon"
@@ -19,6 +20,9 @@ type registryFlags struct {
 	gcInterval, gcGrace, uploadTTL time.Duration
 	logLevel                       int
 	tls                            serverTLSFlags
+	s3TLS                          clientTLSFlags // how the registry trusts an HTTPS S3 endpoint
+	enableMetrics                  bool
+	metricsListen                  string
 }
 
 func (r *registryFlags) register(f *flags, prefix, listenDefault, dirDefault string) {
@@ -26,17 +30,26 @@ func (r *registryFlags) register(f *flags, prefix, listenDefault, dirDefault str
 	f.String(&r.listen, prefix+"listen", listenDefault, "registry REST API address", aliasIf(prefix == "", "ANKA_LISTEN_ADDR")...)
 	f.String(&r.dataDir, prefix+"data-dir", dirDefault, "registry store root (/mnt/vol in containers)", aliasIf(prefix == "", "ANKA_BASE_PATH")...)
 	f.String(&r.backend, prefix+"backend", "disk", "storage backend: disk (the --data-dir volume) or s3 (a bucket; credentials from the standard AWS_* variables, shared config or instance role)", aliasIf(prefix == "", "ANKA_BACKEND_TYPE")...)
-	f.String(&r.s3.Bucket, prefix+"s3-bucket", "", "S3 bucket (--backend s3); it must exist")
+	f.String(&r.s3.Bucket, prefix+"s3-bucket", "", "S3 bucket (--backend s3); it must exist", aliasIf(prefix == "", "ANKA_BACKEND_S3_BUCKET")...)
 	f.String(&r.s3.Prefix, prefix+"s3-prefix", "", "key prefix inside the bucket, so several registries or tools can share one")
 	f.String(&r.s3.Endpoint, prefix+"s3-endpoint", "", "S3-compatible server URL (MinIO, versitygw, Ceph...); empty = AWS (or AWS_ENDPOINT_URL_S3)")
 	f.String(&r.s3.Region, prefix+"s3-region", "", "bucket region (default AWS_REGION, else us-east-1)")
-	f.Bool(&r.s3.PathStyle, prefix+"s3-path-style", false, "address the bucket in the URL path, not the host name (always on with --s3-endpoint)")
+	f.Bool(&r.s3.PathStyle, prefix+"s3-path-style", false, "address the bucket in the URL path, not the host name (always on with --s3-endpoint)", aliasIf(prefix == "", "ANKA_BACKEND_S3_USE_PATH_STYLE")...)
 	f.Duration(&r.gcInterval, prefix+"gc-interval", time.Hour, "how often garbage collection frees unreferenced chunks (0 = never)")
 	f.Duration(&r.gcGrace, prefix+"gc-grace", time.Hour, "chunks written or used more recently than this are never collected")
 	f.Duration(&r.uploadTTL, prefix+"upload-ttl", 24*time.Hour, "idle upload leases older than this are purged")
-	if prefix == "" { // `corral up` has its own --log-level and no TLS
+	if prefix == "" { // `corral up` has its own --log-level, no TLS and metrics on the API ports
 		f.Int(&r.logLevel, "log-level", 0, "log verbosity: 0 info, 1+ debug", "ANKA_V")
-		r.tls.register(f, false)
+		r.tls.register(f, "CA whose client certificates may use the registry: with it, every request needs one")
+		r.tls.requireClientCert = true
+		r.s3TLS.register(f, "s3-", false, true)
+		f.Bool(&r.enableMetrics, "enable-metrics", false, "also serve Prometheus /metrics on --metrics-listen (it is always on the API port)", "ANKA_ENABLE_METRICS")
+		f.String(&r.metricsListen, "metrics-listen", ":2112", "address of the extra /metrics listener (with --enable-metrics)")
+		// The reference registry's multipart tuning: accepted so existing
+		// registry.env files keep working; Corral writes ~1 MiB objects in one PUT.
+		var ignored string
+		f.String(&ignored, "s3-upload-part-size", "", "ignored (accepted for compatibility: objects are single PUTs of about 1 MiB)", "ANKA_BACKEND_S3_UPLOAD_PART_SIZE")
+		f.String(&ignored, "s3-upload-concurrency", "", "ignored (accepted for compatibility: push/pull concurrency is the client's --concurrency)", "ANKA_BACKEND_S3_UPLOAD_CONCURRENCY")
 	}
 }
 
@@ -49,7 +62,7 @@ func aliasIf(cond bool, names ...string) []string {
 
 func (r *registryFlags) config(log *slog.Logger) (daemon.Config, error) {
 	cfg := daemon.Config{ListenAddr: r.listen, DataDir: r.dataDir, GCInterval: r.gcInterval,
-		GCGrace: r.gcGrace, UploadTTL: r.uploadTTL, Log: log}
+		GCGrace: r.gcGrace, UploadTTL: r.uploadTTL, Log: log, MetricsListen: metricsListen(r.enableMetrics, r.metricsListen)}
 	switch r.backend {
 	case "disk", "filesystem":
 	case "s3":
@@ -58,6 +71,13 @@ func (r *registryFlags) config(log *slog.Logger) (daemon.Config, error) {
 		}
 		s3cfg := r.s3
 		s3cfg.PathStyle = s3cfg.PathStyle || s3cfg.Endpoint != ""
+		s3TLS, err := r.s3TLS.config().Config()
+		if err != nil {
+			return daemon.Config{}, fmt.Errorf("S3 TLS: %w", err)
+		}
+		if s3TLS != nil {
+			s3cfg.HTTPClient = &http.Client{Transport: &http.Transport{TLSClientConfig: s3TLS, Proxy: http.ProxyFromEnvironment}}
+		}
 		cfg.S3 = &s3cfg
 	default:
 		return daemon.Config{}, fmt.Errorf("--%sbackend %q: want disk or s3", r.prefix, r.backend)

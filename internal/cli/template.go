@@ -37,7 +37,7 @@ func templateFlags(name, summary string, out io.Writer, args []string, define fu
 	var url string
 	var tlsFlags clientTLSFlags
 	f.String(&url, "registry", "http://127.0.0.1:8089", "registry URL", "ANKA_ANKA_REGISTRY")
-	tlsFlags.register(f, "", false)
+	tlsFlags.register(f, "", true, true)
 	if define != nil {
 		define(f)
 	}

@@ -12,15 +12,18 @@ import (
 type serverTLSFlags struct {
 	useHTTPS            bool
 	cert, key, clientCA string
+	// requireClientCert: a client certificate is the only way in (the
+	// registry, which has no other authentication).
+	requireClientCert bool
 }
 
-func (t *serverTLSFlags) register(f *flags, clientCerts bool) {
+// register defines the flags; clientCAUsage says what --ca-cert does for
+// this server.
+func (t *serverTLSFlags) register(f *flags, clientCAUsage string) {
 	f.Bool(&t.useHTTPS, "use-https", false, "serve HTTPS (needs --server-cert and --server-key)", "ANKA_USE_HTTPS")
 	f.String(&t.cert, "server-cert", "", "PEM certificate for HTTPS", "ANKA_SERVER_CERT")
 	f.String(&t.key, "server-key", "", "PEM private key for HTTPS", "ANKA_SERVER_KEY")
-	if clientCerts {
-		f.String(&t.clientCA, "ca-cert", "", "CA whose client certificates authenticate requests (with --enable-auth)", "ANKA_CA_CERT")
-	}
+	f.String(&t.clientCA, "ca-cert", "", clientCAUsage, "ANKA_CA_CERT")
 }
 
 func (t *serverTLSFlags) config() (tlsconfig.Server, error) {
@@ -33,7 +36,7 @@ func (t *serverTLSFlags) config() (tlsconfig.Server, error) {
 	if t.cert == "" || t.key == "" {
 		return tlsconfig.Server{}, fmt.Errorf("--use-https needs --server-cert and --server-key")
 	}
-	s := tlsconfig.Server{CertFile: t.cert, KeyFile: t.key, ClientCAFile: t.clientCA}
+	s := tlsconfig.Server{CertFile: t.cert, KeyFile: t.key, ClientCAFile: t.clientCA, RequireClientCert: t.requireClientCert}
 	if _, err := s.Config(); err != nil {
 		return s, err
 	}
@@ -46,17 +49,14 @@ type clientTLSFlags struct {
 	skipVerify        bool
 }
 
-func (t *clientTLSFlags) register(f *flags, prefix string, withCert bool) {
-	aliases := func(names ...string) []string {
-		if prefix == "" {
-			return names
-		}
-		return nil
-	}
+// register defines the flags under prefix; referenceNames also reads the
+// reference product's ANKA_SKIP_TLS_VERIFICATION (one client per command).
+func (t *clientTLSFlags) register(f *flags, prefix string, withCert, referenceNames bool) {
 	f.String(&t.caCert, prefix+"tls-ca", "", "extra CA certificate to trust for HTTPS")
-	f.Bool(&t.skipVerify, prefix+"skip-tls-verification", false, "do not verify HTTPS certificates (testing only)", aliases("ANKA_SKIP_TLS_VERIFICATION")...)
+	f.Bool(&t.skipVerify, prefix+"skip-tls-verification", false, "do not verify HTTPS certificates (testing only)",
+		aliasIf(referenceNames, "ANKA_SKIP_TLS_VERIFICATION")...)
 	if withCert {
-		f.String(&t.cert, prefix+"client-cert", "", "client certificate for controllers that authenticate by certificate")
+		f.String(&t.cert, prefix+"client-cert", "", "client certificate, for servers that authenticate by certificate")
 		f.String(&t.key, prefix+"client-key", "", "client certificate's private key")
 	}
 }

@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"os/exec"
 	"path/filepath"
@@ -144,5 +145,53 @@ func TestControllerWithoutEtcd(t *testing.T) {
 		EtcdEndpoints: []string{freeURL(t)}, EtcdTimeout: time.Second, EtcdLogLevel: "off", Log: testenv.Logger(t)})
 	if err == nil || !strings.Contains(err.Error(), "is not reachable (gave up after 1s)") {
 		t.Fatalf("got %v", err)
+	}
+}
+
+// TestScheduledDefrag: with --defrag-interval (ANKA_DEFRAG_DB_INTERVAL) the
+// scheduler leader defragments etcd, giving back the space compaction freed.
+func TestScheduledDefrag(t *testing.T) {
+	e := testenv.StartEtcd(t)
+	ctx := context.Background()
+	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{e.ClientURL}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	value := strings.Repeat("x", 8<<10)
+	for i := range 2000 {
+		if _, err := cli.Put(ctx, fmt.Sprintf("/junk/%d", i), value); err != nil {
+			t.Fatal(err)
+		}
+	}
+	resp, err := cli.Delete(ctx, "/junk/", clientv3.WithPrefix())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cli.Compact(ctx, resp.Header.Revision, clientv3.WithCompactPhysical()); err != nil {
+		t.Fatal(err)
+	}
+	dbSize := func() int64 {
+		st, err := cli.Status(ctx, e.ClientURL)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return st.DbSize
+	}
+	before := dbSize()
+	if before < 16<<20 {
+		t.Fatalf("test setup: db only %d bytes", before)
+	}
+	d, err := daemon.Start(ctx, daemon.Config{ListenAddr: "127.0.0.1:0", EtcdEndpoints: []string{e.ClientURL},
+		JoinToken: "t", SchedulerTTL: 2 * time.Second, DefragInterval: 300 * time.Millisecond,
+		EtcdLogLevel: "off", Log: testenv.Logger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	for deadline := time.Now().Add(20 * time.Second); dbSize() > before/2; time.Sleep(200 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("db still %d bytes (was %d): no defragmentation", dbSize(), before)
+		}
 	}
 }

@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"context"
 	"io"
 	"net/http"
 	"regexp"
@@ -10,6 +11,8 @@ import (
 	"time"
 
 	apiv1 "github.com/corral-build/corral/api/v1"
+	"github.com/corral-build/corral/internal/controller/daemon"
+	regdaemon "github.com/corral-build/corral/internal/registry/daemon"
 	"github.com/corral-build/corral/internal/testenv"
 )
 
@@ -62,5 +65,53 @@ func TestMetrics(t *testing.T) {
 	value(`corral_etcd_db_total_size_in_use_in_bytes{endpoint="` + c.Etcd.ClientURL + `"}`)
 	if !strings.Contains(text, "corral_scheduler_pass_duration_seconds_bucket") {
 		t.Error("no scheduler pass histogram")
+	}
+}
+
+// TestMetricsListeners: the registry serves its own series on its API port;
+// with --enable-metrics (ANKA_ENABLE_METRICS) controller and registry also
+// serve /metrics on a separate address, as Prometheus setups for :2112 expect.
+func TestMetricsListeners(t *testing.T) {
+	scrape := func(url string) string {
+		t.Helper()
+		resp, err := http.Get(url)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(resp.Body)
+		return string(body)
+	}
+	regMetrics := strings.TrimPrefix(freeURL(t), "http://")
+	reg, err := regdaemon.Start(regdaemon.Config{ListenAddr: "127.0.0.1:0", DataDir: t.TempDir(), MetricsListen: regMetrics,
+		GCInterval: 100 * time.Millisecond, Log: testenv.Logger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer reg.Close()
+	http.Get(reg.URL + "/registry/status")
+	time.Sleep(300 * time.Millisecond) // a few GC runs
+	for _, url := range []string{reg.URL + "/metrics", "http://" + regMetrics + "/metrics"} {
+		text := scrape(url)
+		for _, series := range []string{`corral_registry_requests_total{code="200",method="GET",route="GET /registry/status"} 1`,
+			"corral_registry_store_free_bytes ", "corral_registry_gc_runs_total "} {
+			if !strings.Contains(text, series) {
+				t.Errorf("%s: no %q", url, series)
+			}
+		}
+	}
+
+	e := testenv.StartEtcd(t)
+	ctlMetrics := strings.TrimPrefix(freeURL(t), "http://")
+	ctl, err := daemon.Start(context.Background(), daemon.Config{ListenAddr: "127.0.0.1:0", EtcdEndpoints: []string{e.ClientURL},
+		RegistryURL: reg.URL, JoinToken: "t", MetricsListen: ctlMetrics, EtcdLogLevel: "off", Log: testenv.Logger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ctl.Close()
+	http.Get(ctl.URL + "/api/v1/status")
+	if text := scrape("http://" + ctlMetrics + "/metrics"); !strings.Contains(text, `corral_api_requests_total{code="200",method="GET",route="GET /api/v1/status"} 1`) ||
+		!strings.Contains(text, `corral_nodes{state="Active"} 0`) {
+		t.Errorf("controller metrics listener:\n%.2000s", text)
 	}
 }

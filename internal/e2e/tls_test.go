@@ -173,3 +173,37 @@ func TestTLSAndClientCertificates(t *testing.T) {
 		t.Fatal("a certificate from an unknown CA was accepted")
 	}
 }
+
+// TestRegistryClientCertificates: a registry given a client CA
+// (ANKA_CA_CERT) serves only clients presenting a certificate from it.
+func TestRegistryClientCertificates(t *testing.T) {
+	p := newPKI(t)
+	ca := filepath.Join(p.dir, "ca.pem")
+	srvCert, srvKey := p.issue(t, "server", true)
+	cliCert, cliKey := p.issue(t, "node-1", false)
+	reg, err := regdaemon.Start(regdaemon.Config{ListenAddr: "127.0.0.1:0", DataDir: t.TempDir(), Log: testenv.Logger(t),
+		TLS: tlsconfig.Server{CertFile: srvCert, KeyFile: srvKey, ClientCAFile: ca, RequireClientCert: true}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer reg.Close()
+	src := newVMDir(t, 0)
+	push := func(cfg tlsconfig.Client) error {
+		tc, err := cfg.Config()
+		if err != nil {
+			t.Fatal(err)
+		}
+		rc, _ := client.NewRegistry(reg.URL)
+		rc.UseTLS(tc)
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_, err = rc.Push(ctx, client.PushOptions{Source: src, Template: "secure", Tag: fmt.Sprint(time.Now().UnixNano())})
+		return err
+	}
+	if err := push(tlsconfig.Client{CAFile: ca}); err == nil {
+		t.Fatal("push without a client certificate succeeded")
+	}
+	if err := push(tlsconfig.Client{CAFile: ca, CertFile: cliCert, KeyFile: cliKey}); err != nil {
+		t.Fatalf("push with a client certificate: %v", err)
+	}
+}

@@ -5,6 +5,7 @@ package metrics
 
 import (
 	"context"
+	"io"
 	"net/http"
 	"strconv"
 	"time"
@@ -17,24 +18,16 @@ import (
 
 // Metrics holds the controller's instruments.
 type Metrics struct {
-	reg            *prometheus.Registry
-	requests       *prometheus.CounterVec
-	requestSeconds *prometheus.HistogramVec
-	passSeconds    prometheus.Histogram
-	placeSeconds   prometheus.Histogram
+	*HTTP
+	reg          *prometheus.Registry
+	passSeconds  prometheus.Histogram
+	placeSeconds prometheus.Histogram
 }
 
 // New registers the instruments; st feeds the state gauges at scrape time.
 func New(st *store.Store) *Metrics {
 	m := &Metrics{
 		reg: prometheus.NewRegistry(),
-		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "corral_api_requests_total", Help: "API requests by method, route and HTTP code.",
-		}, []string{"method", "route", "code"}),
-		requestSeconds: prometheus.NewHistogramVec(prometheus.HistogramOpts{
-			Name: "corral_api_request_duration_seconds", Help: "API latency by method and route.",
-			Buckets: prometheus.ExponentialBuckets(0.001, 2.5, 12),
-		}, []string{"method", "route"}),
 		passSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name: "corral_scheduler_pass_duration_seconds", Help: "Duration of one scheduling pass.",
 			Buckets: prometheus.ExponentialBuckets(0.001, 2.5, 12),
@@ -44,15 +37,18 @@ func New(st *store.Store) *Metrics {
 			Buckets: prometheus.ExponentialBuckets(0.01, 2.5, 14),
 		}),
 	}
+	m.HTTP = NewHTTP(m.reg, "corral_api")
 	// Go and process metrics come from the default registry (see Handler).
-	m.reg.MustRegister(m.requests, m.requestSeconds, m.passSeconds, m.placeSeconds, stateCollector{st})
+	m.reg.MustRegister(m.passSeconds, m.placeSeconds, stateCollector{st})
 	return m
 }
 
 // Handler serves /metrics: Corral's registry plus the default one, where an
 // embedded etcd registers its own etcd_* metrics.
-func (m *Metrics) Handler() http.Handler {
-	return promhttp.HandlerFor(prometheus.Gatherers{m.reg, prometheus.DefaultGatherer}, promhttp.HandlerOpts{})
+func (m *Metrics) Handler() http.Handler { return handler(m.reg) }
+
+func handler(reg *prometheus.Registry) http.Handler {
+	return promhttp.HandlerFor(prometheus.Gatherers{reg, prometheus.DefaultGatherer}, promhttp.HandlerOpts{})
 }
 
 // ObservePass records a scheduling pass.
@@ -61,8 +57,30 @@ func (m *Metrics) ObservePass(d time.Duration) { m.passSeconds.Observe(d.Seconds
 // ObservePlacement records how long an instance waited for a node.
 func (m *Metrics) ObservePlacement(d time.Duration) { m.placeSeconds.Observe(d.Seconds()) }
 
-// Middleware counts requests by route pattern (bounded cardinality).
-func (m *Metrics) Middleware(next http.Handler) http.Handler {
+// HTTP counts a server's requests and their latency by route pattern
+// (bounded cardinality).
+type HTTP struct {
+	requests *prometheus.CounterVec
+	seconds  *prometheus.HistogramVec
+}
+
+// NewHTTP registers <prefix>_requests_total and <prefix>_request_duration_seconds.
+func NewHTTP(reg prometheus.Registerer, prefix string) *HTTP {
+	h := &HTTP{
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: prefix + "_requests_total", Help: "Requests by method, route and HTTP code.",
+		}, []string{"method", "route", "code"}),
+		seconds: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: prefix + "_request_duration_seconds", Help: "Latency by method and route.",
+			Buckets: prometheus.ExponentialBuckets(0.001, 2.5, 12),
+		}, []string{"method", "route"}),
+	}
+	reg.MustRegister(h.requests, h.seconds)
+	return h
+}
+
+// Middleware instruments next, a ServeMux (its matched pattern is the route).
+func (h *HTTP) Middleware(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
 		rec := &statusRecorder{ResponseWriter: w, code: http.StatusOK}
@@ -71,8 +89,8 @@ func (m *Metrics) Middleware(next http.Handler) http.Handler {
 		if route == "" {
 			route = "unmatched"
 		}
-		m.requests.WithLabelValues(r.Method, route, strconv.Itoa(rec.code)).Inc()
-		m.requestSeconds.WithLabelValues(r.Method, route).Observe(time.Since(start).Seconds())
+		h.requests.WithLabelValues(r.Method, route, strconv.Itoa(rec.code)).Inc()
+		h.seconds.WithLabelValues(r.Method, route).Observe(time.Since(start).Seconds())
 	})
 }
 
@@ -85,6 +103,17 @@ func (s *statusRecorder) WriteHeader(code int) {
 	s.code = code
 	s.ResponseWriter.WriteHeader(code)
 }
+
+// ReadFrom keeps io.Copy's sendfile path for chunk and blob downloads.
+func (s *statusRecorder) ReadFrom(r io.Reader) (int64, error) {
+	if rf, ok := s.ResponseWriter.(io.ReaderFrom); ok {
+		return rf.ReadFrom(r)
+	}
+	return io.Copy(struct{ io.Writer }{s.ResponseWriter}, r)
+}
+
+// Unwrap lets http.ResponseController reach the connection.
+func (s *statusRecorder) Unwrap() http.ResponseWriter { return s.ResponseWriter }
 
 // Flush keeps long responses streaming through the recorder.
 func (s *statusRecorder) Flush() {

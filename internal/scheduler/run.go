@@ -27,6 +27,9 @@ type Config struct {
 	OnPass func(time.Duration)
 	// OnPlaced, when set, observes how long a placed instance waited.
 	OnPlaced func(time.Duration)
+	// WhileLeading, when set, runs for as long as this controller leads:
+	// cloud-wide chores that one controller should do (defragmentation).
+	WhileLeading func(ctx context.Context)
 }
 
 // Scheduler runs placement while this controller holds the leadership.
@@ -81,6 +84,9 @@ func (s *Scheduler) campaignAndLead(ctx context.Context) error {
 		}
 	}()
 	fence := clientv3.Compare(clientv3.CreateRevision(election.Key()), "=", election.Rev())
+	if s.cfg.WhileLeading != nil {
+		go s.cfg.WhileLeading(leadCtx)
+	}
 	s.lead(leadCtx, fence)
 	if ctx.Err() != nil {
 		// Graceful stop: hand leadership over at once instead of after the TTL.

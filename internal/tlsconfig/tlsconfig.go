@@ -16,6 +16,9 @@ import (
 type Server struct {
 	CertFile, KeyFile string
 	ClientCAFile      string
+	// RequireClientCert refuses connections without a certificate from the
+	// client CA (servers with no other authentication, like the registry).
+	RequireClientCert bool
 }
 
 // Config returns the server's tls.Config, or nil when TLS is off.
@@ -39,6 +42,9 @@ func (s Server) Config() (*tls.Config, error) {
 		// Certificates are verified when given; whether one is required is
 		// the authentication settings' call.
 		cfg.ClientCAs, cfg.ClientAuth = pool, tls.VerifyClientCertIfGiven
+		if s.RequireClientCert {
+			cfg.ClientAuth = tls.RequireAndVerifyClientCert
+		}
 	}
 	return cfg, nil
 }

@@ -21,6 +21,7 @@ import (
 	"github.com/corral-build/corral/internal/controller"
 	"github.com/corral-build/corral/internal/controller/httpapi"
 	"github.com/corral-build/corral/internal/controller/web"
+	"github.com/corral-build/corral/internal/etcdadmin"
 	"github.com/corral-build/corral/internal/etcdembed"
 	"github.com/corral-build/corral/internal/metrics"
 	"github.com/corral-build/corral/internal/scheduler"
@@ -58,6 +59,11 @@ type Config struct {
 	RegistryTLS tlsconfig.Client
 	// EtcdTimeout bounds the wait for etcd at start (15s).
 	EtcdTimeout time.Duration
+	// DefragInterval, when set, has the scheduler leader defragment etcd
+	// this often (postponed while instances are Scheduling or Pulling).
+	DefragInterval time.Duration
+	// MetricsListen, when set, serves /metrics on this address too (":2112").
+	MetricsListen string
 
 	Log *slog.Logger
 }
@@ -68,12 +74,13 @@ type Daemon struct {
 	JoinToken string
 	Service   *controller.Service
 
-	etcd   *etcdembed.Server
-	cli    *clientv3.Client
-	http   *http.Server
-	cancel context.CancelFunc
-	done   chan struct{}
-	log    *slog.Logger
+	etcd    *etcdembed.Server
+	cli     *clientv3.Client
+	http    *http.Server
+	metrics *http.Server // with Config.MetricsListen
+	cancel  context.CancelFunc
+	done    chan struct{}
+	log     *slog.Logger
 }
 
 // Start brings the controller up; it serves until Close.
@@ -160,7 +167,21 @@ func Start(ctx context.Context, cfg Config) (*Daemon, error) {
 	sched := scheduler.New(st, scheduler.Config{
 		ID: electionID(d.URL), SessionTTL: int(cfg.SchedulerTTL / time.Second), Retention: cfg.InstanceRetention,
 		Known: knownTemplates(runCtx, reg), OnPass: m.ObservePass, OnPlaced: m.ObservePlacement,
+		WhileLeading: func(ctx context.Context) { defragLoop(ctx, d.cli, st, cfg.DefragInterval, log) },
 	}, log)
+	if cfg.MetricsListen != "" {
+		mln, err := net.Listen("tcp", cfg.MetricsListen)
+		if err != nil {
+			cancel()
+			d.closeEtcd()
+			return nil, fmt.Errorf("metrics listen %s: %w", cfg.MetricsListen, err)
+		}
+		metricsMux := http.NewServeMux()
+		metricsMux.Handle("GET /metrics", m.Handler())
+		d.metrics = &http.Server{Handler: metricsMux, ReadHeaderTimeout: 10 * time.Second}
+		go d.metrics.Serve(mln)
+		log.Info("metrics listening", "addr", mln.Addr().String())
+	}
 	go func() {
 		defer close(d.done)
 		_ = sched.Run(runCtx)
@@ -236,6 +257,9 @@ func (d *Daemon) Close() {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	_ = d.http.Shutdown(ctx)
+	if d.metrics != nil {
+		_ = d.metrics.Close()
+	}
 	d.cancel()
 	<-d.done
 	d.closeEtcd()
@@ -246,6 +270,9 @@ func (d *Daemon) Close() {
 func (d *Daemon) Kill() {
 	d.cli.Close()
 	_ = d.http.Close()
+	if d.metrics != nil {
+		_ = d.metrics.Close()
+	}
 	d.cancel()
 	<-d.done
 	if d.etcd != nil {
@@ -286,4 +313,33 @@ func etcdClientLogger(level string) *zap.Logger {
 		return zap.NewNop()
 	}
 	return l
+}
+
+// defragLoop defragments etcd every interval (0: never). Defragmenting
+// blocks writes, so a busy cloud (instances Scheduling or Pulling) postpones
+// it by a minute at a time.
+func defragLoop(ctx context.Context, cli *clientv3.Client, st *store.Store, interval time.Duration, log *slog.Logger) {
+	if interval <= 0 {
+		return
+	}
+	wait := interval
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(wait):
+		}
+		done, err := etcdadmin.Defrag(ctx, cli, st, false)
+		switch {
+		case errors.Is(err, etcdadmin.ErrBusy):
+			log.Info("etcd defragmentation postponed", "reason", err)
+			wait = min(time.Minute, interval)
+			continue
+		case err != nil && ctx.Err() == nil:
+			log.Warn("etcd defragmentation", "err", err, "done", done)
+		case err == nil:
+			log.Info("etcd defragmented", "endpoints", done)
+		}
+		wait = interval
+	}
 }

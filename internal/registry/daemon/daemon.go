@@ -14,6 +14,7 @@ import (
 	"path"
 	"time"
 
+	"github.com/corral-build/corral/internal/metrics"
 	"github.com/corral-build/corral/internal/registry"
 	"github.com/corral-build/corral/internal/registry/httpapi"
 	"github.com/corral-build/corral/internal/registry/storage"
@@ -31,7 +32,9 @@ type Config struct {
 	GCGrace    time.Duration
 	UploadTTL  time.Duration
 	TLS        tlsconfig.Server // HTTPS when set
-	Log        *slog.Logger
+	// MetricsListen, when set, serves /metrics on this address too (":2112").
+	MetricsListen string
+	Log           *slog.Logger
 }
 
 // Daemon is a running registry.
@@ -39,6 +42,7 @@ type Daemon struct {
 	URL      string
 	Registry *registry.Registry
 	http     *http.Server
+	metrics  *http.Server // with Config.MetricsListen
 	cancel   context.CancelFunc
 	done     chan struct{}
 }
@@ -64,8 +68,23 @@ func Start(cfg Config) (*Daemon, error) {
 	if err != nil {
 		return nil, err
 	}
+	m := metrics.NewRegistry(reg)
+	var metricsServer *http.Server
+	if cfg.MetricsListen != "" {
+		mln, err := net.Listen("tcp", cfg.MetricsListen)
+		if err != nil {
+			return nil, fmt.Errorf("metrics listen %s: %w", cfg.MetricsListen, err)
+		}
+		mux := http.NewServeMux()
+		mux.Handle("GET /metrics", m.Handler())
+		metricsServer = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+		go metricsServer.Serve(mln)
+	}
 	ln, err := net.Listen("tcp", cfg.ListenAddr)
 	if err != nil {
+		if metricsServer != nil {
+			metricsServer.Close()
+		}
 		return nil, fmt.Errorf("listen %s: %w", cfg.ListenAddr, err)
 	}
 	scheme := "http://"
@@ -80,7 +99,7 @@ func Start(cfg Config) (*Daemon, error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	d := &Daemon{
 		URL: scheme + net.JoinHostPort(host, fmt.Sprint(addr.Port)), Registry: reg, cancel: cancel,
-		http: &http.Server{Handler: httpapi.New(reg, log), ReadHeaderTimeout: 30 * time.Second, IdleTimeout: 5 * time.Minute},
+		http: &http.Server{Handler: withMetrics(m, httpapi.New(reg, log)), ReadHeaderTimeout: 30 * time.Second, IdleTimeout: 5 * time.Minute},
 		done: make(chan struct{}),
 	}
 	go func() {
@@ -100,8 +119,12 @@ func Start(cfg Config) (*Daemon, error) {
 			case <-ctx.Done():
 				return
 			case <-t.C:
-				if _, err := reg.GC(ctx); err != nil && !errors.Is(err, registry.ErrGCRunning) && ctx.Err() == nil {
+				stats, err := reg.GC(ctx)
+				if err != nil && !errors.Is(err, registry.ErrGCRunning) && ctx.Err() == nil {
 					log.Warn("garbage collection", "err", err)
+				}
+				if err == nil {
+					m.ObserveGC(stats)
 				}
 			}
 		}
@@ -126,6 +149,17 @@ func (d *Daemon) Close() {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	_ = d.http.Shutdown(ctx)
+	if d.metrics != nil {
+		_ = d.metrics.Close()
+	}
 	d.cancel()
 	<-d.done
+}
+
+// withMetrics serves /metrics beside the registry API and counts its requests.
+func withMetrics(m *metrics.Registry, api http.Handler) http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", m.Handler())
+	mux.Handle("/", api)
+	return m.Middleware(mux)
 }
