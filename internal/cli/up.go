@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"runtime"
 
 	"github.com/corral-build/corral/client"
@@ -80,8 +81,10 @@ func runUp(ctx context.Context, args []string, out io.Writer) error {
 		go func() { agentDone <- agent.Run(ctx) }()
 	}
 	fmt.Fprintf(out, `Corral is up.
+  dashboard:       %[1]s/
   controller API:  %[1]s/api/v1   (status: curl %[1]s/api/v1/status)
   registry:        %[2]s   (templates: curl %[2]s/registry/vm)
+  OCI registry:    %[6]s   (oras/crane/skopeo, plain HTTP)
   join token:      %[3]s
   local node:      %[4]s driver
   demo template:   %[5]s
@@ -92,7 +95,7 @@ List instances:
   curl -s %[1]s/api/v1/vm
 Push your own template:
   corral template push ./my-vm-dir --name my-vm --tag v1 --registry %[2]s
-`, d.URL, c.registryURL, d.JoinToken, n.driver, demoID)
+`, d.URL, c.registryURL, d.JoinToken, n.driver, demoID, strings.TrimPrefix(strings.TrimPrefix(c.registryURL, "http://"), "https://"))
 	select {
 	case <-ctx.Done():
 		log.Info("shutting down")
