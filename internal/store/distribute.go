@@ -2,7 +2,6 @@ package store
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"time"
@@ -64,17 +63,8 @@ func (s *Store) FinishPrefetch(ctx context.Context, node, request, outcome strin
 // PurgeFinishedDistributions deletes requests every node finished longer
 // than retention ago, and ends the pending part of nodes that left the cloud.
 func (s *Store) PurgeFinishedDistributions(ctx context.Context, retention time.Duration) (int, error) {
-	resp, err := s.cli.Get(ctx, s.prefix+"distributions/", clientv3.WithPrefix())
-	if err != nil {
-		return 0, fmt.Errorf("list distributions: %w", err)
-	}
 	cutoff := time.Now().Add(-retention)
-	n := 0
-	for _, kv := range resp.Kvs {
-		var d apiv1.Distribution
-		if json.Unmarshal(kv.Value, &d) != nil {
-			continue
-		}
+	return purge(ctx, s, "distributions/", func(d apiv1.Distribution) (bool, error) {
 		pending := false
 		for node, outcome := range d.Nodes {
 			if outcome != "pending" {
@@ -83,20 +73,12 @@ func (s *Store) PurgeFinishedDistributions(ctx context.Context, retention time.D
 			if _, err := s.GetNode(ctx, node); errors.Is(err, ErrNotFound) {
 				err = s.FinishPrefetch(ctx, node, d.RequestID, "error: the node left the cloud")
 				if err != nil && !errors.Is(err, ErrNotFound) {
-					return n, err
+					return false, err
 				}
 				continue
 			}
 			pending = true
 		}
-		if pending || d.TS.After(cutoff) {
-			continue
-		}
-		if _, err := s.cli.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(string(kv.Key)), "=", kv.ModRevision)).
-			Then(clientv3.OpDelete(string(kv.Key))).Commit(); err != nil {
-			return n, fmt.Errorf("purge distribution %s: %w", d.RequestID, err)
-		}
-		n++
-	}
-	return n, nil
+		return !pending && !d.TS.After(cutoff), nil
+	})
 }

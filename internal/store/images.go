@@ -2,7 +2,6 @@ package store
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"time"
 
@@ -72,35 +71,15 @@ func (s *Store) FinishImage(ctx context.Context, node, request string, fn func(*
 }
 
 // PurgeFinishedImages deletes finished requests older than retention, and
-// work items left for nodes that no longer run the instance.
+// ends pending ones whose instance left its node.
 func (s *Store) PurgeFinishedImages(ctx context.Context, retention time.Duration) (int, error) {
-	resp, err := s.cli.Get(ctx, s.prefix+"images/", clientv3.WithPrefix())
-	if err != nil {
-		return 0, fmt.Errorf("list images: %w", err)
-	}
 	cutoff := time.Now().Add(-retention)
-	n := 0
-	for _, kv := range resp.Kvs {
-		var img apiv1.Image
-		if json.Unmarshal(kv.Value, &img) != nil {
-			continue
-		}
+	return purge(ctx, s, "images/", func(img apiv1.Image) (bool, error) {
 		if img.Status == apiv1.ImagePending {
-			if err := s.failOrphanedImage(ctx, img); err != nil {
-				return n, err
-			}
-			continue
+			return false, s.failOrphanedImage(ctx, img)
 		}
-		if img.TS.After(cutoff) {
-			continue
-		}
-		if _, err := s.cli.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(string(kv.Key)), "=", kv.ModRevision)).
-			Then(clientv3.OpDelete(string(kv.Key))).Commit(); err != nil {
-			return n, fmt.Errorf("purge image request %s: %w", img.RequestID, err)
-		}
-		n++
-	}
-	return n, nil
+		return !img.TS.After(cutoff), nil
+	})
 }
 
 // failOrphanedImage ends a pending request whose instance is no longer

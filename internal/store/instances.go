@@ -105,32 +105,43 @@ func (s *Store) UpdateInstance(ctx context.Context, id string, fn func(*Instance
 	}
 }
 
-// DeleteFinished deletes a Terminated instance unless it changed since rev.
-func (s *Store) deleteIfUnchanged(ctx context.Context, id string, rev int64) error {
-	key := s.instanceKey(id)
-	_, err := s.cli.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(key), "=", rev)).
-		Then(clientv3.OpDelete(key)).Commit()
-	return err
-}
-
 // PurgeFinished deletes instances Terminated longer than retention ago, so
 // the database does not grow without bound. It returns how many it deleted.
 func (s *Store) PurgeFinished(ctx context.Context, retention time.Duration) (int, error) {
-	resp, err := s.cli.Get(ctx, s.prefix+"instances/", clientv3.WithPrefix())
-	if err != nil {
-		return 0, fmt.Errorf("list instances: %w", err)
-	}
 	cutoff := time.Now().Add(-retention)
+	return purge(ctx, s, "instances/", func(r InstanceRecord) (bool, error) {
+		return r.Finished() && !r.FinishedAt.After(cutoff), nil
+	})
+}
+
+// purge deletes the records under prefix that expired says may go, each
+// only if unchanged since it was read. expired may also act on a record.
+func purge[T any](ctx context.Context, s *Store, prefix string, expired func(T) (bool, error)) (int, error) {
+	resp, err := s.cli.Get(ctx, s.prefix+prefix, clientv3.WithPrefix())
+	if err != nil {
+		return 0, fmt.Errorf("list %s: %w", prefix, err)
+	}
 	n := 0
 	for _, kv := range resp.Kvs {
-		var r InstanceRecord
-		if json.Unmarshal(kv.Value, &r) != nil || !r.Finished() || r.FinishedAt.After(cutoff) {
+		var v T
+		if json.Unmarshal(kv.Value, &v) != nil {
 			continue
 		}
-		if err := s.deleteIfUnchanged(ctx, r.InstanceID, kv.ModRevision); err != nil {
-			return n, fmt.Errorf("purge instance %s: %w", r.InstanceID, err)
+		if ok, err := expired(v); err != nil || !ok {
+			if err != nil {
+				return n, err
+			}
+			continue
 		}
-		n++
+		key := string(kv.Key)
+		resp, err := s.cli.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(key), "=", kv.ModRevision)).
+			Then(clientv3.OpDelete(key)).Commit()
+		if err != nil {
+			return n, fmt.Errorf("purge %s: %w", key, err)
+		}
+		if resp.Succeeded { // else it changed meanwhile: judged again next time
+			n++
+		}
 	}
 	return n, nil
 }
