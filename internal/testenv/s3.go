@@ -1,7 +1,6 @@
 package testenv
 
 import (
-	"fmt"
 	"net"
 	"net/http"
 	"os"
@@ -83,7 +82,7 @@ func StartS3(t *testing.T) S3Server {
 type testWriter struct{ t *testing.T }
 
 func (w testWriter) Write(p []byte) (int, error) {
-	w.t.Log(fmt.Sprintf("%s", p))
+	w.t.Log(string(p))
 	return len(p), nil
 }
 

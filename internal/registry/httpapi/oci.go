@@ -198,7 +198,7 @@ func parseRange(h string, size int64) (from, to int64, partial bool, err error) 
 	if h == "" {
 		return 0, size, false, nil
 	}
-	bad := &registry.OCIError{Status: http.StatusRequestedRangeNotSatisfiable, Code: "BLOB_UNKNOWN",
+	bad := &registry.OCIError{Status: http.StatusRequestedRangeNotSatisfiable, Code: "SIZE_INVALID",
 		Message: fmt.Sprintf("range %q not satisfiable for %d bytes", h, size)}
 	spec, ok := strings.CutPrefix(h, "bytes=")
 	a, b, ok2 := strings.Cut(spec, "-")
