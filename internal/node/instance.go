@@ -121,10 +121,9 @@ func (in *instance) boot() (driver.VM, bool) {
 	tmpl := in.a.cfg.Templates
 	if !tmpl.Has(as.VMID, as.Tag) {
 		in.report(apiv1.InstanceStatus{State: apiv1.StatePulling, Progress: 0})
-		last := time.Time{}
+		var pace progressPace
 		err := tmpl.Pull(in.ctx, as.VMID, as.Tag, spec.TemplateName, func(p float64) {
-			if time.Since(last) > 500*time.Millisecond || p >= 1 {
-				last = time.Now()
+			if pace.due(p, time.Now()) {
 				in.report(apiv1.InstanceStatus{State: apiv1.StatePulling, Progress: p})
 			}
 		})
@@ -228,4 +227,20 @@ func (in *instance) destroy(vm driver.VM) {
 	info := vm.Info()
 	in.report(in.endState(&info))
 	in.a.log.Info("instance destroyed", "instance", in.as.InstanceID, "shutdown", in.shutdown.Load())
+}
+
+// progressPace decides which pull progress updates to send. Each one is an
+// etcd write, so a long pull reports every 5% and at least every 10 s
+// (a 10-minute pull: about 80 writes, not one every half second).
+type progressPace struct {
+	last   float64
+	lastAt time.Time
+}
+
+func (p *progressPace) due(progress float64, now time.Time) bool {
+	if progress < 1 && progress-p.last < 0.05 && now.Sub(p.lastAt) < 10*time.Second {
+		return false
+	}
+	p.last, p.lastAt = progress, now
+	return true
 }
