@@ -147,3 +147,17 @@ func TestReferenceEnvNamesAccepted(t *testing.T) {
 		}
 	}
 }
+
+func TestParseSize(t *testing.T) {
+	for in, want := range map[string]int64{"0": 0, "1024": 1024, "5G": 5 << 30, "5GiB": 5 << 30, "500m": 500 << 20,
+		"1.5T": 3 << 39, "64K": 64 << 10, "2 GB": 2 << 30} {
+		if got, err := parseSize(in); err != nil || got != want {
+			t.Errorf("parseSize(%q) = %d, %v; want %d", in, got, err, want)
+		}
+	}
+	for _, bad := range []string{"", "big", "-1G", "5X"} {
+		if _, err := parseSize(bad); err == nil {
+			t.Errorf("parseSize(%q) accepted", bad)
+		}
+	}
+}

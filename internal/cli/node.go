@@ -6,6 +6,8 @@ import (
 	"io"
 	"log/slog"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/corral-build/corral/internal/driver"
@@ -17,12 +19,12 @@ import (
 
 // nodeFlags are shared by `corral node` and `corral up`.
 type nodeFlags struct {
-	name, ip, driver, dataDir, forwardHost string
-	groups                                 []string
-	capacity                               int
-	vnc                                    bool
-	bootTime, pullTime                     time.Duration
-	tls                                    clientTLSFlags
+	name, ip, driver, dataDir, forwardHost, minFree string
+	groups                                          []string
+	capacity                                        int
+	vnc                                             bool
+	bootTime, pullTime                              time.Duration
+	tls                                             clientTLSFlags
 }
 
 func (n *nodeFlags) register(f *flags, prefix string) {
@@ -34,6 +36,7 @@ func (n *nodeFlags) register(f *flags, prefix string) {
 	f.Int(&n.capacity, prefix+"capacity", 2, "instance slots")
 	f.List(&n.groups, prefix+"groups", "", "groups to join on first registration, comma-separated names (created if missing)")
 	f.String(&n.dataDir, prefix+"data-dir", "corral-node", "node state: identity and template cache")
+	f.String(&n.minFree, prefix+"min-free-disk", "5G", "disk space template pulls leave free, deleting the least recently used unused templates (e.g. 50G, 500M; 0 = never delete)")
 	f.Duration(&n.bootTime, prefix+"synthetic-boot-time", 200*time.Millisecond, "synthetic driver: time a VM takes to boot")
 	n.tls.register(f, prefix, true, prefix == "")
 	f.Duration(&n.pullTime, prefix+"synthetic-pull-time", 0, "time a simulated template pull takes, when the cloud has no registry")
@@ -60,8 +63,13 @@ func (n *nodeFlags) config(controllers []string, token string, log *slog.Logger)
 	if err != nil {
 		return node.Config{}, err
 	}
+	minFree, err := parseSize(n.minFree)
+	if err != nil {
+		return node.Config{}, fmt.Errorf("--min-free-disk: %w", err)
+	}
 	return node.Config{
-		TLS: tlsCfg, ControllerURLs: controllers, Token: token, Name: n.name, IP: n.ip, Capacity: n.capacity,
+		MinFreeDisk: minFree,
+		TLS:         tlsCfg, ControllerURLs: controllers, Token: token, Name: n.name, IP: n.ip, Capacity: n.capacity,
 		Groups: n.groups, DataDir: n.dataDir, Driver: drv,
 		SimulatedPullTime: n.pullTime, Log: log,
 	}, nil
@@ -96,4 +104,32 @@ func runNode(ctx context.Context, args []string, out io.Writer) error {
 		return err
 	}
 	return agent.Run(ctx)
+}
+
+// parseSize reads a byte count: plain bytes, or with K, M, G, T (powers of
+// 1024; "GiB" and "GB" are read the same).
+func parseSize(s string) (int64, error) {
+	t := strings.ToUpper(strings.TrimSpace(s))
+	t = strings.TrimSuffix(strings.TrimSuffix(t, "B"), "I")
+	shift := 0
+	if t != "" {
+		switch t[len(t)-1] {
+		case 'K':
+			shift = 10
+		case 'M':
+			shift = 20
+		case 'G':
+			shift = 30
+		case 'T':
+			shift = 40
+		}
+		if shift > 0 {
+			t = t[:len(t)-1]
+		}
+	}
+	n, err := strconv.ParseFloat(strings.TrimSpace(t), 64)
+	if err != nil || n < 0 {
+		return 0, fmt.Errorf("%q is not a size (want e.g. 50G, 500M or a byte count)", s)
+	}
+	return int64(n * float64(int64(1)<<shift)), nil
 }

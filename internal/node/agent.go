@@ -35,6 +35,9 @@ type Config struct {
 	TLS *tls.Config
 	// SimulatedPullTime is how long a pull takes when the cloud has no registry.
 	SimulatedPullTime time.Duration
+	// MinFreeDisk is the space template pulls leave free on the data disk,
+	// deleting least recently used unused templates (0: never delete).
+	MinFreeDisk int64
 	Log               *slog.Logger
 }
 
@@ -155,7 +158,12 @@ func (a *Agent) useRegistry(url string) {
 	if url != "" {
 		if reg, err := client.NewRegistry(url); err == nil {
 			reg.UseTLS(a.cfg.TLS)
-			a.cfg.Templates = &RegistryTemplates{Client: reg, Dir: filepath.Join(a.dataDir(), "templates")}
+			a.cfg.Templates = &RegistryTemplates{Client: reg, Dir: filepath.Join(a.dataDir(), "templates"),
+				MinFree: a.cfg.MinFreeDisk, InUse: a.templateInUse,
+				Evicted: func(vmid, tag string) {
+					a.log.Info("template deleted from this node to make room", "vmid", vmid, "tag", tag)
+					a.templatesChanged()
+				}}
 			a.log.Info("templates come from the registry", "registry", url)
 			a.templatesChanged()
 			return
@@ -286,4 +294,17 @@ func (a *Agent) templatesChanged() {
 	case a.reportCh <- struct{}{}:
 	default:
 	}
+}
+
+// templateInUse reports whether any instance on this node (booting or
+// running) uses vmid/tag.
+func (a *Agent) templateInUse(vmid, tag string) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for _, in := range a.instances {
+		if in.as.VMID == vmid && in.as.Tag == tag {
+			return true
+		}
+	}
+	return false
 }

@@ -47,6 +47,10 @@ type NodeOptions struct {
 	PullTime time.Duration
 	// Driver runs the node's instances; nil means synthetic.
 	Driver driver.Driver
+	// DataDir holds the node's state and template cache (default: in the
+	// cluster's directory); MinFreeDisk is node.Config's.
+	DataDir     string
+	MinFreeDisk int64
 }
 
 // Cluster is a running test cloud.
@@ -170,9 +174,9 @@ func (c *Cluster) StartNode(o NodeOptions) *RunningNode {
 	c.t.Helper()
 	agent, err := node.New(node.Config{
 		ControllerURLs: c.URLs(), Token: "test-token", Name: o.Name, IP: "127.0.0.1",
-		Capacity: o.Capacity, Groups: o.Groups, DataDir: filepath.Join(c.Dir, "node-"+o.Name),
+		Capacity: o.Capacity, Groups: o.Groups, DataDir: cmp.Or(o.DataDir, filepath.Join(c.Dir, "node-"+o.Name)),
 		Driver: cmp.Or[driver.Driver](o.Driver, synthetic.New(20*time.Millisecond)), SimulatedPullTime: o.PullTime,
-		Log: Logger(c.t),
+		MinFreeDisk: o.MinFreeDisk, Log: Logger(c.t),
 	})
 	if err != nil {
 		c.t.Fatalf("node %s: %v", o.Name, err)
