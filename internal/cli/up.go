@@ -9,8 +9,8 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"strings"
 	"runtime"
+	"strings"
 
 	"github.com/corral-build/corral/client"
 	"github.com/corral-build/corral/internal/controller/daemon"

@@ -38,7 +38,7 @@ type Config struct {
 	// MinFreeDisk is the space template pulls leave free on the data disk,
 	// deleting least recently used unused templates (0: never delete).
 	MinFreeDisk int64
-	Log               *slog.Logger
+	Log         *slog.Logger
 }
 
 // Agent is a running node agent.

@@ -177,7 +177,9 @@ func (a *API) listPermissionGroups(r *http.Request) (any, error) {
 	return a.svc.ListPermissionGroups(r.Context())
 }
 
-func (a *API) createPermissionGroup(r *http.Request) (any, error) { return a.putPermissionGroup(r, true) }
+func (a *API) createPermissionGroup(r *http.Request) (any, error) {
+	return a.putPermissionGroup(r, true)
+}
 
 func (a *API) replacePermissionGroup(r *http.Request) (any, error) {
 	return a.putPermissionGroup(r, false)
