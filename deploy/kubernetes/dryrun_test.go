@@ -15,7 +15,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strings"
 	"testing"
 	"time"
 
@@ -39,20 +38,11 @@ var resources = map[string]struct {
 
 // TestServerSideDryRun sends every manifest to a real kube-apiserver (on an
 // embedded etcd) with dryRun=All and strict field validation: what `kubectl
-// apply --dry-run=server` checks. The binary is $CORRAL_TEST_KUBE_APISERVER
-// or kube-apiserver on PATH; without it the test is skipped, unless
-// CORRAL_TEST_KUBE=1 (.ci/run sets it when it built one) makes that fatal.
+// apply --dry-run=server` checks. .ci/run builds the binary and sets
+// CORRAL_TEST_KUBE=1 (see testenv.Binary).
 func TestServerSideDryRun(t *testing.T) {
-	bin := os.Getenv("CORRAL_TEST_KUBE_APISERVER")
-	if bin == "" {
-		bin, _ = exec.LookPath("kube-apiserver")
-	}
-	if bin == "" {
-		if os.Getenv("CORRAL_TEST_KUBE") == "1" {
-			t.Fatal("CORRAL_TEST_KUBE=1 but no kube-apiserver (CORRAL_TEST_KUBE_APISERVER or PATH)")
-		}
-		t.Skip("no kube-apiserver; .ci/run builds one from k8s.io/kubernetes")
-	}
+	bin := testenv.Binary(t, "kube-apiserver", "CORRAL_TEST_KUBE_APISERVER", "CORRAL_TEST_KUBE",
+		"deploy/kubernetes/testdata/build-kube-apiserver.sh builds one")
 	base, token := startAPIServer(t, bin)
 	hc := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{
 		TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}} //nolint:gosec // a throwaway loopback server
@@ -69,29 +59,14 @@ func TestServerSideDryRun(t *testing.T) {
 		return resp.StatusCode, string(data)
 	}
 
-	files, _ := filepath.Glob("*.yaml")
-	var docs [][]byte
-	for _, file := range files {
-		if file == "kustomization.yaml" {
-			continue
-		}
-		data, err := os.ReadFile(file)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, doc := range strings.Split(string(data), "\n---") {
-			if strings.TrimSpace(doc) != "" {
-				docs = append(docs, []byte(doc))
-			}
-		}
-	}
+	docs := documents(t)
 	checked := 0
 	// The namespace is created for real first: namespaced dry-runs need it.
 	for _, wantNamespace := range []bool{true, false} {
 		for _, doc := range docs {
-			js, err := yaml.YAMLToJSON(doc)
+			js, err := yaml.YAMLToJSON(doc.data)
 			if err != nil {
-				t.Fatal(err)
+				t.Fatalf("%s: %v", doc.where, err)
 			}
 			var obj struct {
 				Kind     string

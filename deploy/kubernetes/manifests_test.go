@@ -42,8 +42,15 @@ func strictDecode(t *testing.T, where string, doc []byte, v any) {
 	}
 }
 
-func load(t *testing.T) manifests {
-	m := manifests{configMaps: map[string]corev1.ConfigMap{}, claims: map[string]corev1.PersistentVolumeClaim{}}
+// document is one YAML document of the kustomization's resources.
+type document struct {
+	where string // file and position, for messages
+	data  []byte
+}
+
+// documents reads every resource document (not kustomization.yaml).
+func documents(t *testing.T) []document {
+	var docs []document
 	files, _ := filepath.Glob("*.yaml")
 	for _, file := range files {
 		if file == "kustomization.yaml" {
@@ -54,46 +61,54 @@ func load(t *testing.T) manifests {
 			t.Fatal(err)
 		}
 		for i, doc := range strings.Split(string(data), "\n---") {
-			if strings.TrimSpace(doc) == "" {
-				continue
+			if strings.TrimSpace(doc) != "" {
+				docs = append(docs, document{file + " doc " + strconv.Itoa(i), []byte(doc)})
 			}
-			var meta struct{ Kind string }
-			if err := yaml.Unmarshal([]byte(doc), &meta); err != nil {
-				t.Fatalf("%s doc %d: %v", file, i, err)
-			}
-			where := file + " doc " + string(rune('0'+i)) + " (" + meta.Kind + ")"
-			switch meta.Kind {
-			case "Namespace":
-				var v corev1.Namespace
-				strictDecode(t, where, []byte(doc), &v)
-				m.namespaces = append(m.namespaces, v)
-			case "Service":
-				var v corev1.Service
-				strictDecode(t, where, []byte(doc), &v)
-				m.services = append(m.services, v)
-			case "ConfigMap":
-				var v corev1.ConfigMap
-				strictDecode(t, where, []byte(doc), &v)
-				m.configMaps[v.Name] = v
-			case "PersistentVolumeClaim":
-				var v corev1.PersistentVolumeClaim
-				strictDecode(t, where, []byte(doc), &v)
-				m.claims[v.Name] = v
-			case "Deployment":
-				var v appsv1.Deployment
-				strictDecode(t, where, []byte(doc), &v)
-				m.deployments = append(m.deployments, v)
-			case "StatefulSet":
-				var v appsv1.StatefulSet
-				strictDecode(t, where, []byte(doc), &v)
-				m.statefulSets = append(m.statefulSets, v)
-			case "Ingress":
-				var v networkingv1.Ingress
-				strictDecode(t, where, []byte(doc), &v)
-				m.ingresses = append(m.ingresses, v)
-			default:
-				t.Fatalf("%s: unexpected kind %q", where, meta.Kind)
-			}
+		}
+	}
+	return docs
+}
+
+func load(t *testing.T) manifests {
+	m := manifests{configMaps: map[string]corev1.ConfigMap{}, claims: map[string]corev1.PersistentVolumeClaim{}}
+	for _, d := range documents(t) {
+		doc := d.data
+		var meta struct{ Kind string }
+		if err := yaml.Unmarshal(doc, &meta); err != nil {
+			t.Fatalf("%s: %v", d.where, err)
+		}
+		where := d.where + " (" + meta.Kind + ")"
+		switch meta.Kind {
+		case "Namespace":
+			var v corev1.Namespace
+			strictDecode(t, where, doc, &v)
+			m.namespaces = append(m.namespaces, v)
+		case "Service":
+			var v corev1.Service
+			strictDecode(t, where, doc, &v)
+			m.services = append(m.services, v)
+		case "ConfigMap":
+			var v corev1.ConfigMap
+			strictDecode(t, where, doc, &v)
+			m.configMaps[v.Name] = v
+		case "PersistentVolumeClaim":
+			var v corev1.PersistentVolumeClaim
+			strictDecode(t, where, doc, &v)
+			m.claims[v.Name] = v
+		case "Deployment":
+			var v appsv1.Deployment
+			strictDecode(t, where, doc, &v)
+			m.deployments = append(m.deployments, v)
+		case "StatefulSet":
+			var v appsv1.StatefulSet
+			strictDecode(t, where, doc, &v)
+			m.statefulSets = append(m.statefulSets, v)
+		case "Ingress":
+			var v networkingv1.Ingress
+			strictDecode(t, where, doc, &v)
+			m.ingresses = append(m.ingresses, v)
+		default:
+			t.Fatalf("%s: unexpected kind %q", where, meta.Kind)
 		}
 	}
 	return m

@@ -22,20 +22,12 @@ type S3Server struct {
 
 // StartS3 runs versitygw on a free loopback port with an empty bucket and
 // sets AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY for the test. The binary is
-// $CORRAL_TEST_VERSITYGW or versitygw on PATH; without it the test is skipped,
-// unless CORRAL_TEST_S3=1 (set by .ci/run, which installs it) makes that fatal.
+// $CORRAL_TEST_VERSITYGW or versitygw on PATH (see Binary; CORRAL_TEST_S3=1
+// makes its absence a failure).
 func StartS3(t *testing.T) S3Server {
 	t.Helper()
-	bin := os.Getenv("CORRAL_TEST_VERSITYGW")
-	if bin == "" {
-		bin, _ = exec.LookPath("versitygw")
-	}
-	if bin == "" {
-		if os.Getenv("CORRAL_TEST_S3") == "1" {
-			t.Fatal("CORRAL_TEST_S3=1 but no versitygw: install it with `go install github.com/versity/versitygw/cmd/versitygw@v1.8.0`")
-		}
-		t.Skip("no versitygw on PATH (go install github.com/versity/versitygw/cmd/versitygw@v1.8.0) and CORRAL_TEST_S3 unset")
-	}
+	bin := Binary(t, "versitygw", "CORRAL_TEST_VERSITYGW", "CORRAL_TEST_S3",
+		"go install github.com/versity/versitygw/cmd/versitygw@v1.8.0")
 	root := t.TempDir()
 	s := S3Server{Bucket: "corral-test", Root: root}
 	if err := os.Mkdir(filepath.Join(root, s.Bucket), 0o755); err != nil {
@@ -91,4 +83,22 @@ func (w testWriter) Write(p []byte) (int, error) {
 func (s S3Server) StartRegistry(t testing.TB, prefix string) *regdaemon.Daemon {
 	t.Helper()
 	return startRegistry(t, regdaemon.Config{S3: &s3.Config{Endpoint: s.Endpoint, Bucket: s.Bucket, Prefix: prefix, PathStyle: true}})
+}
+
+// Binary finds a program a test needs: $pathEnv, else name on PATH. Without
+// it the test is skipped, unless $requiredEnv=1 (set by .ci/run, which
+// installs it) makes that a failure. install says how to get it.
+func Binary(t testing.TB, name, pathEnv, requiredEnv, install string) string {
+	t.Helper()
+	bin := os.Getenv(pathEnv)
+	if bin == "" {
+		bin, _ = exec.LookPath(name)
+	}
+	if bin == "" {
+		if os.Getenv(requiredEnv) == "1" {
+			t.Fatalf("%s=1 but no %s ($%s or PATH): %s", requiredEnv, name, pathEnv, install)
+		}
+		t.Skipf("no %s ($%s or PATH; %s); set %s=1 to make this a failure", name, pathEnv, install, requiredEnv)
+	}
+	return bin
 }
