@@ -68,14 +68,8 @@ func (a *Agent) runningMarkers() []string {
 // prefetch pulls distributed templates in the background and reports each
 // outcome; the controller then drops the request from this node's list.
 func (a *Agent) prefetch(ctx context.Context, list []apiv1.Prefetch) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
 	for _, p := range list {
-		if a.inFlight[p.RequestID] {
-			continue
-		}
-		a.inFlight[p.RequestID] = true
-		go func() {
+		a.startRequest(p.RequestID, func() {
 			var err error
 			if !a.cfg.Templates.Has(p.VMID, p.Tag) {
 				err = a.cfg.Templates.Pull(ctx, p.VMID, p.Tag, p.TemplateName, func(float64) {})
@@ -92,9 +86,26 @@ func (a *Agent) prefetch(ctx context.Context, list []apiv1.Prefetch) {
 			if err := a.ctl.PrefetchDone(ctx, res); err != nil {
 				a.log.Warn("report distribution", "err", err)
 			}
+		})
+	}
+}
+
+// startRequest runs work for a controller request in the background unless
+// it is already under way: the controller repeats a pending request in every
+// answer until the node reports its outcome.
+func (a *Agent) startRequest(id string, work func()) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.inFlight[id] {
+		return
+	}
+	a.inFlight[id] = true
+	go func() {
+		defer func() {
 			a.mu.Lock()
-			delete(a.inFlight, p.RequestID)
+			delete(a.inFlight, id)
 			a.mu.Unlock()
 		}()
-	}
+		work()
+	}()
 }

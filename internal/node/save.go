@@ -17,19 +17,8 @@ import (
 // saveImages starts each new save-image request in the background; the
 // controller drops a request from this node's list once its outcome arrived.
 func (a *Agent) saveImages(ctx context.Context, saves []apiv1.ImageSave) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
 	for _, s := range saves {
-		if a.inFlight[s.RequestID] {
-			continue
-		}
-		a.inFlight[s.RequestID] = true
-		go func() {
-			defer func() {
-				a.mu.Lock()
-				delete(a.inFlight, s.RequestID)
-				a.mu.Unlock()
-			}()
+		a.startRequest(s.RequestID, func() {
 			res := apiv1.ImageResult{NodeID: a.report.NodeID, RequestID: s.RequestID}
 			var err error
 			res.TemplateID, res.Note, err = a.saveImage(ctx, s)
@@ -50,7 +39,7 @@ func (a *Agent) saveImages(ctx context.Context, saves []apiv1.ImageSave) {
 				}
 				time.Sleep(time.Second)
 			}
-		}()
+		})
 	}
 }
 
