@@ -41,11 +41,7 @@ func (s *Store) APIKeys(ctx context.Context) ([]string, error) {
 
 // DeleteAPIKey removes an API key.
 func (s *Store) DeleteAPIKey(ctx context.Context, id string) error {
-	resp, err := s.cli.Delete(ctx, s.prefix+"apikeys/"+id)
-	if err == nil && resp.Deleted == 0 {
-		return ErrNotFound
-	}
-	return err
+	return s.deleteExisting(ctx, s.prefix+"apikeys/"+id, "api key "+id)
 }
 
 // PutExpiring stores a value that etcd deletes after ttl.

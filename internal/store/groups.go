@@ -43,12 +43,5 @@ func (s *Store) UpdateGroup(ctx context.Context, id string, fn func(*apiv1.Group
 
 // DeleteGroup removes a group.
 func (s *Store) DeleteGroup(ctx context.Context, id string) error {
-	resp, err := s.cli.Delete(ctx, s.groupKey(id))
-	if err != nil {
-		return fmt.Errorf("delete group %s: %w", id, err)
-	}
-	if resp.Deleted == 0 {
-		return ErrNotFound
-	}
-	return nil
+	return s.deleteExisting(ctx, s.groupKey(id), "group "+id)
 }

@@ -39,12 +39,5 @@ func (s *Store) PutPermissionGroup(ctx context.Context, g apiv1.PermissionGroup,
 
 // DeletePermissionGroup removes a permission group.
 func (s *Store) DeletePermissionGroup(ctx context.Context, name string) error {
-	resp, err := s.cli.Delete(ctx, s.permissionGroupKey(name))
-	if err != nil {
-		return fmt.Errorf("delete permission group %s: %w", name, err)
-	}
-	if resp.Deleted == 0 {
-		return ErrNotFound
-	}
-	return nil
+	return s.deleteExisting(ctx, s.permissionGroupKey(name), "permission group "+name)
 }

@@ -131,3 +131,15 @@ func mustJSON(v any) string {
 	}
 	return string(b)
 }
+
+// deleteExisting deletes key, or returns ErrNotFound if it does not exist.
+func (s *Store) deleteExisting(ctx context.Context, key, what string) error {
+	resp, err := s.cli.Delete(ctx, key)
+	if err != nil {
+		return fmt.Errorf("delete %s: %w", what, err)
+	}
+	if resp.Deleted == 0 {
+		return ErrNotFound
+	}
+	return nil
+}
