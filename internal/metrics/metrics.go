@@ -5,7 +5,9 @@ package metrics
 
 import (
 	"context"
+	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"strconv"
 	"time"
@@ -46,6 +48,23 @@ func New(st *store.Store) *Metrics {
 // Handler serves /metrics: Corral's registry plus the default one, where an
 // embedded etcd registers its own etcd_* metrics.
 func (m *Metrics) Handler() http.Handler { return handler(m.reg) }
+
+// Listen serves h as GET /metrics on its own address (ANKA_ENABLE_METRICS's
+// :2112); "" serves nothing and returns nil.
+func Listen(addr string, h http.Handler) (*http.Server, error) {
+	if addr == "" {
+		return nil, nil
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("metrics listen %s: %w", addr, err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", h)
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	go srv.Serve(ln)
+	return srv, nil
+}
 
 func handler(reg *prometheus.Registry) http.Handler {
 	return promhttp.HandlerFor(prometheus.Gatherers{reg, prometheus.DefaultGatherer}, promhttp.HandlerOpts{})

@@ -169,18 +169,13 @@ func Start(ctx context.Context, cfg Config) (*Daemon, error) {
 		Known: knownTemplates(runCtx, reg), OnPass: m.ObservePass, OnPlaced: m.ObservePlacement,
 		WhileLeading: func(ctx context.Context) { defragLoop(ctx, d.cli, st, cfg.DefragInterval, log) },
 	}, log)
-	if cfg.MetricsListen != "" {
-		mln, err := net.Listen("tcp", cfg.MetricsListen)
-		if err != nil {
-			cancel()
-			d.closeEtcd()
-			return nil, fmt.Errorf("metrics listen %s: %w", cfg.MetricsListen, err)
-		}
-		metricsMux := http.NewServeMux()
-		metricsMux.Handle("GET /metrics", m.Handler())
-		d.metrics = &http.Server{Handler: metricsMux, ReadHeaderTimeout: 10 * time.Second}
-		go d.metrics.Serve(mln)
-		log.Info("metrics listening", "addr", mln.Addr().String())
+	if d.metrics, err = metrics.Listen(cfg.MetricsListen, m.Handler()); err != nil {
+		cancel()
+		d.closeEtcd()
+		return nil, err
+	}
+	if d.metrics != nil {
+		log.Info("metrics listening", "addr", cfg.MetricsListen)
 	}
 	go func() {
 		defer close(d.done)

@@ -69,16 +69,9 @@ func Start(cfg Config) (*Daemon, error) {
 		return nil, err
 	}
 	m := metrics.NewRegistry(reg)
-	var metricsServer *http.Server
-	if cfg.MetricsListen != "" {
-		mln, err := net.Listen("tcp", cfg.MetricsListen)
-		if err != nil {
-			return nil, fmt.Errorf("metrics listen %s: %w", cfg.MetricsListen, err)
-		}
-		mux := http.NewServeMux()
-		mux.Handle("GET /metrics", m.Handler())
-		metricsServer = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
-		go metricsServer.Serve(mln)
+	metricsServer, err := metrics.Listen(cfg.MetricsListen, m.Handler())
+	if err != nil {
+		return nil, err
 	}
 	ln, err := net.Listen("tcp", cfg.ListenAddr)
 	if err != nil {
