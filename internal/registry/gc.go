@@ -11,6 +11,7 @@ import (
 
 	apiv1 "github.com/corral-build/corral/api/v1"
 	"github.com/corral-build/corral/internal/registry/storage"
+	"github.com/corral-build/corral/internal/retry"
 )
 
 // GCStats reports what a GC run did.
@@ -18,106 +19,219 @@ type GCStats struct {
 	Referenced     int   // chunks referenced by tags or recent commits
 	Condemned      int   // chunks moved to trash this run
 	Deleted        int   // chunks deleted from trash (condemned at least Grace ago)
-	Rescued        int   // trashed chunks referenced again
+	Rescued        int   // trashed chunks and records referenced again
 	BytesFreed     int64 // bytes of deleted chunks
 	UploadsPurged  int   // stale upload leases and unfinished writes removed
-	ManifestsFreed int
+	ManifestsFreed int   // manifests and OCI blob records deleted from the attic
+	MetaCondemned  int   // manifests and OCI blob records moved to the attic this run
 }
 
 // ErrGCRunning means another replica holds the GC lock.
 var ErrGCRunning = errors.New("garbage collection already running")
 
-// GC frees chunks that no tag references, with no read-only window:
+// liveSet is what a GC pass must keep: chunks, and the metadata records
+// (template manifests, OCI manifests and blob records) by store path.
+type liveSet struct {
+	chunks map[string]bool
+	meta   map[string]bool
+	// candidates are metadata records nothing holds, untouched since
+	// protectSince: they go to the attic.
+	candidates []string
+}
+
+// GC frees chunks and records that no tag references, with no read-only
+// window:
 //
-//   - a chunk is only condemned if unreferenced and untouched since before the
-//     oldest live upload lease and the grace period (pushes touch every chunk
-//     they rely on, so an in-progress push keeps its chunks);
-//   - condemning renames it to trash/, and readers and commits that miss a
-//     chunk rescue it from there; it is deleted only by a later run, a grace
-//     period after condemnation, and only if still unreferenced.
+//   - it aborts on any storage error other than not-found: a record it could
+//     not read might be live, so nothing is condemned on a partial view;
+//   - a chunk or record is only condemned if unreferenced and untouched since
+//     before the oldest live upload lease and the grace period (pushes touch
+//     every chunk they rely on, so an in-progress push keeps its chunks);
+//   - condemning renames chunks to trash/ and records to attic/, and readers
+//     and commits that miss one rescue it from there; it is deleted only by a
+//     later run, a grace period after condemnation, and only if still
+//     unreferenced.
 func (r *Registry) GC(ctx context.Context) (GCStats, error) {
 	var s GCStats
 	if err := r.lockGC(ctx); err != nil {
 		return s, err
 	}
-	defer r.st.Delete(context.WithoutCancel(ctx), "gc/lock")
+	defer r.unlockGC(context.WithoutCancel(ctx))
 
 	now := time.Now()
 	protectSince, purged, err := r.purgeUploads(ctx, now)
 	if err != nil {
-		return s, err
+		return s, fmt.Errorf("gc: uploads: %w", err)
 	}
 	s.UploadsPurged = purged
 	if n, err := r.st.PurgeIncomplete(ctx, r.UploadTTL); err == nil {
 		s.UploadsPurged += n
 	}
-	referenced, tagManifests, err := r.referencedChunks(ctx, protectSince)
+	live, err := r.liveSet(ctx, protectSince)
 	if err != nil {
 		return s, err
 	}
-	s.Referenced = len(referenced)
+	s.Referenced = len(live.chunks)
 
+	if err := r.sweepAttic(ctx, now, live, &s); err != nil {
+		return s, err
+	}
+	if err := r.sweepTrash(ctx, now, live, &s); err != nil {
+		return s, err
+	}
+	if err := r.condemnChunks(ctx, protectSince, live, &s); err != nil {
+		return s, err
+	}
+	for _, p := range live.candidates {
+		if err := r.condemnMeta(ctx, p); err != nil {
+			if errors.Is(err, storage.ErrNotFound) {
+				continue // deleted or taken meanwhile
+			}
+			return s, fmt.Errorf("gc: condemn %s: %w", p, err)
+		}
+		s.MetaCondemned++
+	}
+	r.log.Info("garbage collection done", "referenced", s.Referenced, "condemned", s.Condemned,
+		"deleted", s.Deleted, "rescued", s.Rescued, "bytes_freed", s.BytesFreed,
+		"uploads_purged", s.UploadsPurged, "records_condemned", s.MetaCondemned, "records_freed", s.ManifestsFreed)
+	return s, nil
+}
+
+// sweepAttic rescues condemned records that are live again and deletes the
+// ones condemned at least Grace ago.
+func (r *Registry) sweepAttic(ctx context.Context, now time.Time, live liveSet, s *GCStats) error {
+	attic, err := r.st.List(ctx, "attic")
+	if err != nil {
+		return fmt.Errorf("gc: list attic: %w", err)
+	}
+	for _, p := range attic {
+		orig := strings.TrimPrefix(p, "attic/")
+		if live.meta[orig] {
+			if _, err := r.rescueMeta(ctx, orig); err != nil {
+				return fmt.Errorf("gc: rescue %s: %w", orig, err)
+			}
+			s.Rescued++
+			continue
+		}
+		info, err := r.st.Stat(ctx, p)
+		if errors.Is(err, storage.ErrNotFound) {
+			continue // rescued meanwhile
+		}
+		if err != nil {
+			return fmt.Errorf("gc: %w", err)
+		}
+		if info.ModTime.After(now.Add(-r.Grace)) {
+			continue
+		}
+		if err := r.st.Delete(ctx, p); err != nil {
+			return fmt.Errorf("gc: %w", err)
+		}
+		s.ManifestsFreed++
+	}
+	return nil
+}
+
+func (r *Registry) sweepTrash(ctx context.Context, now time.Time, live liveSet, s *GCStats) error {
 	trash, err := r.st.List(ctx, "trash")
 	if err != nil {
-		return s, err
+		return fmt.Errorf("gc: list trash: %w", err)
 	}
 	for _, p := range trash {
 		d := path.Base(p)
-		if referenced[d] {
+		if live.chunks[d] {
 			if err := r.st.Rename(ctx, p, chunkPath(d)); err == nil {
 				s.Rescued++
+			} else if !errors.Is(err, storage.ErrNotFound) {
+				return fmt.Errorf("gc: rescue chunk %s: %w", d, err)
 			}
 			continue
 		}
 		info, err := r.st.Stat(ctx, p)
-		if err != nil || info.ModTime.After(now.Add(-r.Grace)) {
-			continue // rescued meanwhile, or condemned too recently
+		if errors.Is(err, storage.ErrNotFound) {
+			continue // rescued meanwhile
+		}
+		if err != nil {
+			return fmt.Errorf("gc: %w", err)
+		}
+		if info.ModTime.After(now.Add(-r.Grace)) {
+			continue // condemned too recently
 		}
 		if err := r.st.Delete(ctx, p); err != nil {
-			return s, err
+			return fmt.Errorf("gc: %w", err)
 		}
 		s.Deleted++
 		s.BytesFreed += info.Size
 	}
+	return nil
+}
 
+func (r *Registry) condemnChunks(ctx context.Context, protectSince time.Time, live liveSet, s *GCStats) error {
 	chunks, err := r.st.List(ctx, "chunks")
 	if err != nil {
-		return s, err
+		return fmt.Errorf("gc: list chunks: %w", err)
 	}
 	for _, p := range chunks {
 		d := path.Base(p)
-		if referenced[d] {
+		if live.chunks[d] {
 			continue
 		}
 		info, err := r.st.Stat(ctx, p)
-		if err != nil || !info.ModTime.Before(protectSince) {
+		if errors.Is(err, storage.ErrNotFound) {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("gc: %w", err)
+		}
+		if !info.ModTime.Before(protectSince) {
 			continue
 		}
 		if err := r.st.Rename(ctx, p, trashPath(d)); err != nil {
-			continue // taken or deleted meanwhile
+			if errors.Is(err, storage.ErrNotFound) {
+				continue // taken or deleted meanwhile
+			}
+			return fmt.Errorf("gc: condemn chunk %s: %w", d, err)
 		}
 		_ = r.st.Touch(ctx, trashPath(d)) // the trash clock starts now
 		s.Condemned++
 	}
+	return nil
+}
 
-	manifests, err := r.st.List(ctx, "manifests")
+// condemnMeta moves a metadata record to the attic; the attic clock starts now.
+func (r *Registry) condemnMeta(ctx context.Context, p string) error {
+	if err := r.st.Rename(ctx, p, "attic/"+p); err != nil {
+		return err
+	}
+	return r.st.Touch(ctx, "attic/"+p)
+}
+
+// rescueMeta moves a record back from the attic, reporting whether it was there.
+func (r *Registry) rescueMeta(ctx context.Context, p string) (bool, error) {
+	err := r.st.Rename(ctx, "attic/"+p, p)
+	if errors.Is(err, storage.ErrNotFound) {
+		return false, nil
+	}
 	if err != nil {
-		return s, err
+		return false, err
 	}
-	for _, p := range manifests {
-		d := strings.TrimSuffix(path.Base(p), ".json")
-		if tagManifests[d] {
-			continue
-		}
-		if info, err := r.st.Stat(ctx, p); err == nil && info.ModTime.Before(protectSince) {
-			if r.st.Delete(ctx, p) == nil {
-				s.ManifestsFreed++
-			}
-		}
+	r.log.Info("record rescued from GC attic", "path", p)
+	return true, nil
+}
+
+// readMeta reads a record that GC may have condemned, rescuing it first if so.
+func (r *Registry) readMeta(ctx context.Context, p string, v any) error {
+	err := r.readJSON(ctx, p, v)
+	if !errors.Is(err, storage.ErrNotFound) {
+		return err
 	}
-	r.log.Info("garbage collection done", "referenced", s.Referenced, "condemned", s.Condemned,
-		"deleted", s.Deleted, "rescued", s.Rescued, "bytes_freed", s.BytesFreed, "uploads_purged", s.UploadsPurged)
-	return s, nil
+	ok, rerr := r.rescueMeta(ctx, p)
+	if rerr != nil {
+		return rerr
+	}
+	if !ok {
+		return err
+	}
+	return r.readJSON(ctx, p, v)
 }
 
 func (r *Registry) lockGC(ctx context.Context) error {
@@ -139,8 +253,19 @@ func (r *Registry) lockGC(ctx context.Context) error {
 	return ErrGCRunning
 }
 
+// unlockGC releases the lock; a transient error must not leave it held for
+// the hours after which a lock counts as abandoned.
+func (r *Registry) unlockGC(ctx context.Context) {
+	err := retry.Policy{Attempts: 5, Initial: 10 * time.Millisecond, Max: time.Second, PerAttempt: time.Minute}.
+		Do(ctx, func(ctx context.Context) error { return r.st.Delete(ctx, "gc/lock") })
+	if err != nil {
+		r.log.Error("could not release the GC lock; the next run waits until it is abandoned", "err", err)
+	}
+}
+
 // purgeUploads deletes leases idle longer than UploadTTL and returns the time
-// before which untouched chunks may be condemned.
+// before which untouched chunks may be condemned. A lease it cannot read
+// aborts the pass: it might protect a push's chunks.
 func (r *Registry) purgeUploads(ctx context.Context, now time.Time) (time.Time, int, error) {
 	protectSince := now.Add(-r.Grace)
 	paths, err := r.st.List(ctx, "uploads")
@@ -150,8 +275,11 @@ func (r *Registry) purgeUploads(ctx context.Context, now time.Time) (time.Time, 
 	purged := 0
 	for _, p := range paths {
 		info, err := r.st.Stat(ctx, p)
-		if err != nil {
+		if errors.Is(err, storage.ErrNotFound) {
 			continue
+		}
+		if err != nil {
+			return protectSince, purged, err
 		}
 		if info.ModTime.Before(now.Add(-r.UploadTTL)) {
 			if r.st.Delete(ctx, p) == nil {
@@ -160,57 +288,106 @@ func (r *Registry) purgeUploads(ctx context.Context, now time.Time) (time.Time, 
 			continue
 		}
 		var lease struct{ Started time.Time }
-		if r.readJSON(ctx, p, &lease) == nil && lease.Started.Before(protectSince) {
+		err = r.readJSON(ctx, p, &lease)
+		if errors.Is(err, storage.ErrNotFound) {
+			continue
+		}
+		if err != nil {
+			return protectSince, purged, err
+		}
+		if lease.Started.Before(protectSince) {
 			protectSince = lease.Started
 		}
 	}
 	return protectSince, purged, nil
 }
 
-// referencedChunks marks every chunk of a tagged manifest and of manifests
-// written since protectSince (commits that are publishing their tag now).
-func (r *Registry) referencedChunks(ctx context.Context, protectSince time.Time) (map[string]bool, map[string]bool, error) {
-	tagManifests := map[string]bool{}
+// liveSet marks every chunk of a tagged manifest and of manifests written
+// since protectSince (commits that are publishing their tag now), and of live
+// OCI blobs and uploads.
+func (r *Registry) liveSet(ctx context.Context, protectSince time.Time) (liveSet, error) {
+	live := liveSet{chunks: map[string]bool{}, meta: map[string]bool{}}
+	tagged := map[string]bool{}
 	paths, err := r.st.List(ctx, "templates")
 	if err != nil {
-		return nil, nil, err
+		return live, fmt.Errorf("gc: list templates: %w", err)
 	}
 	for _, p := range paths {
 		if path.Base(path.Dir(p)) != "tags" {
 			continue
 		}
 		var t tagRecord
-		if err := r.readJSON(ctx, p, &t); err == nil {
-			tagManifests[t.Manifest] = true
+		err := r.readJSON(ctx, p, &t)
+		if errors.Is(err, storage.ErrNotFound) {
+			continue // deleted meanwhile
 		}
+		if err != nil {
+			return live, fmt.Errorf("gc: tag %s: %w", p, err)
+		}
+		tagged[t.Manifest] = true
 	}
-	referenced := map[string]bool{}
-	if err := r.ociReferenced(ctx, protectSince, referenced); err != nil {
-		return nil, nil, fmt.Errorf("gc: oci: %w", err)
+	// Tagged manifests are read by name (rescuing any in the attic), then
+	// the untagged ones that are recent enough to be a commit in progress.
+	for d := range tagged {
+		if err := r.markManifest(ctx, manifestPath(d), live); err != nil {
+			return live, err
+		}
 	}
 	manifests, err := r.st.List(ctx, "manifests")
 	if err != nil {
-		return nil, nil, err
+		return live, fmt.Errorf("gc: list manifests: %w", err)
 	}
 	for _, p := range manifests {
-		d := strings.TrimSuffix(path.Base(p), ".json")
-		if !tagManifests[d] {
-			info, err := r.st.Stat(ctx, p)
-			if err != nil || info.ModTime.Before(protectSince) {
-				continue
-			}
+		if live.meta[p] {
+			continue
 		}
-		var m apiv1.Manifest
-		if err := r.readJSON(ctx, p, &m); err != nil {
-			return nil, nil, fmt.Errorf("gc: %w", err)
+		recent, err := r.recent(ctx, p, protectSince)
+		if err != nil {
+			return live, err
 		}
-		for _, f := range m.Files {
-			for _, c := range f.Chunks {
-				if c != "" {
-					referenced[c] = true
-				}
+		if !recent {
+			live.candidates = append(live.candidates, p)
+			continue
+		}
+		if err := r.markManifest(ctx, p, live); err != nil {
+			return live, err
+		}
+	}
+	if err := r.ociLive(ctx, protectSince, &live); err != nil {
+		return live, fmt.Errorf("gc: oci: %w", err)
+	}
+	return live, nil
+}
+
+func (r *Registry) markManifest(ctx context.Context, p string, live liveSet) error {
+	var m apiv1.Manifest
+	err := r.readMeta(ctx, p, &m)
+	if errors.Is(err, storage.ErrNotFound) {
+		return nil // an untagged manifest deleted meanwhile, or a tag's that is gone
+	}
+	if err != nil {
+		return fmt.Errorf("gc: %w", err)
+	}
+	live.meta[p] = true
+	for _, f := range m.Files {
+		for _, c := range f.Chunks {
+			if c != "" {
+				live.chunks[c] = true
 			}
 		}
 	}
-	return referenced, tagManifests, nil
+	return nil
+}
+
+// recent reports whether p was written or touched since protectSince; a
+// record gone meanwhile counts as recent (it is not a candidate).
+func (r *Registry) recent(ctx context.Context, p string, protectSince time.Time) (bool, error) {
+	info, err := r.st.Stat(ctx, p)
+	if errors.Is(err, storage.ErrNotFound) {
+		return true, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("gc: %w", err)
+	}
+	return !info.ModTime.Before(protectSince), nil
 }

@@ -293,7 +293,7 @@ func (r *Registry) ociBlob(ctx context.Context, digest string) (ociBlob, error) 
 	if err != nil {
 		return b, err
 	}
-	err = r.readJSON(ctx, ociBlobPath(hexd), &b)
+	err = r.readMeta(ctx, ociBlobPath(hexd), &b)
 	if errors.Is(err, storage.ErrNotFound) {
 		return b, ociErr(http.StatusNotFound, "BLOB_UNKNOWN", "blob %s is not in this registry", digest)
 	}
@@ -448,7 +448,7 @@ func (r *Registry) OCIGetManifest(ctx context.Context, repo, ref string) (mediaT
 		return "", nil, "", err
 	}
 	var m ociManifest
-	if err := r.readJSON(ctx, ociManifestPath(hexd), &m); err != nil {
+	if err := r.readMeta(ctx, ociManifestPath(hexd), &m); err != nil {
 		if errors.Is(err, storage.ErrNotFound) {
 			return "", nil, "", ociErr(http.StatusNotFound, "MANIFEST_UNKNOWN", "manifest %s is not in %s", ref, repo)
 		}
@@ -538,11 +538,11 @@ func (r *Registry) OCIRepositories(ctx context.Context) ([]string, error) {
 	return repos, nil
 }
 
-// ociReferenced marks the chunks of live OCI blobs and uploads for GC, and
-// deletes what nothing holds any more: manifests no repository links, blobs
-// no linked manifest names (both untouched since protectSince), and upload
-// sessions whose lease was purged.
-func (r *Registry) ociReferenced(ctx context.Context, protectSince time.Time, referenced map[string]bool) error {
+// ociLive marks the chunks of live OCI blobs and uploads, and lists as
+// candidates for the attic what nothing holds any more: manifests no
+// repository links and blob records no linked manifest names (both untouched
+// since protectSince). Upload sessions whose lease was purged are dropped.
+func (r *Registry) ociLive(ctx context.Context, protectSince time.Time, live *liveSet) error {
 	repoPaths, err := r.st.List(ctx, "oci/repos")
 	if err != nil {
 		return err
@@ -553,30 +553,75 @@ func (r *Registry) ociReferenced(ctx context.Context, protectSince time.Time, re
 			linked[path.Base(p)] = true
 		}
 	}
-	stale := func(p string) bool {
-		info, err := r.st.Stat(ctx, p)
-		return err == nil && info.ModTime.Before(protectSince)
-	}
 	liveBlobs := map[string]bool{}
+	for hexd := range linked {
+		var m ociManifest
+		err := r.readMeta(ctx, ociManifestPath(hexd), &m)
+		if errors.Is(err, storage.ErrNotFound) {
+			continue // a link whose manifest never landed: nothing to keep
+		}
+		if err != nil {
+			return err
+		}
+		live.meta[ociManifestPath(hexd)] = true
+		blobs, _, _ := manifestReferences(m.Data)
+		for _, d := range blobs {
+			liveBlobs[strings.TrimPrefix(d, "sha256:")] = true
+		}
+	}
 	manifests, err := r.st.List(ctx, "oci/manifests")
 	if err != nil {
 		return err
 	}
 	for _, p := range manifests {
-		hexd := strings.TrimSuffix(path.Base(p), ".json")
-		if !linked[hexd] {
-			if stale(p) {
-				_ = r.st.Delete(ctx, p)
-			}
+		if live.meta[p] {
+			continue
+		}
+		recent, err := r.recent(ctx, p, protectSince)
+		if err != nil {
+			return err
+		}
+		if !recent {
+			live.candidates = append(live.candidates, p)
 			continue
 		}
 		var m ociManifest
-		if err := r.readJSON(ctx, p, &m); err != nil {
-			return fmt.Errorf("gc: %w", err)
+		err = r.readJSON(ctx, p, &m)
+		if errors.Is(err, storage.ErrNotFound) {
+			continue
+		}
+		if err != nil {
+			return err
 		}
 		blobs, _, _ := manifestReferences(m.Data)
 		for _, d := range blobs {
 			liveBlobs[strings.TrimPrefix(d, "sha256:")] = true
+		}
+	}
+	markBlob := func(p string, rescue bool) error {
+		var b ociBlob
+		read := r.readJSON
+		if rescue {
+			read = r.readMeta
+		}
+		err := read(ctx, p, &b)
+		if errors.Is(err, storage.ErrNotFound) {
+			return nil // deleted meanwhile
+		}
+		if err != nil {
+			return err
+		}
+		live.meta[p] = true
+		for _, c := range b.Chunks {
+			if c != "" {
+				live.chunks[c] = true
+			}
+		}
+		return nil
+	}
+	for hexd := range liveBlobs {
+		if err := markBlob(ociBlobPath(hexd), true); err != nil {
+			return err
 		}
 	}
 	blobs, err := r.st.List(ctx, "oci/blobs")
@@ -584,18 +629,19 @@ func (r *Registry) ociReferenced(ctx context.Context, protectSince time.Time, re
 		return err
 	}
 	for _, p := range blobs {
-		if !liveBlobs[strings.TrimSuffix(path.Base(p), ".json")] && stale(p) {
-			_ = r.st.Delete(ctx, p)
+		if live.meta[p] {
 			continue
 		}
-		var b ociBlob
-		if err := r.readJSON(ctx, p, &b); err != nil {
-			continue // deleted meanwhile
+		recent, err := r.recent(ctx, p, protectSince)
+		if err != nil {
+			return err
 		}
-		for _, c := range b.Chunks {
-			if c != "" {
-				referenced[c] = true
-			}
+		if !recent {
+			live.candidates = append(live.candidates, p)
+			continue
+		}
+		if err := markBlob(p, false); err != nil {
+			return err
 		}
 	}
 	sessions, err := r.st.List(ctx, "oci/uploads")
@@ -607,16 +653,25 @@ func (r *Registry) ociReferenced(ctx context.Context, protectSince time.Time, re
 			continue
 		}
 		id := path.Base(path.Dir(p))
-		if _, err := r.st.Stat(ctx, "uploads/"+id+".json"); errors.Is(err, storage.ErrNotFound) {
+		_, err := r.st.Stat(ctx, "uploads/"+id+".json")
+		if errors.Is(err, storage.ErrNotFound) {
 			r.dropOCISession(ctx, id)
 			continue
 		}
+		if err != nil {
+			return err
+		}
 		var u ociUpload
-		if r.readJSON(ctx, p, &u) == nil {
-			for _, c := range u.Chunks {
-				if c != "" {
-					referenced[c] = true
-				}
+		err = r.readJSON(ctx, p, &u)
+		if errors.Is(err, storage.ErrNotFound) {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		for _, c := range u.Chunks {
+			if c != "" {
+				live.chunks[c] = true
 			}
 		}
 	}

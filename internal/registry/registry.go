@@ -12,6 +12,7 @@
 //	templates/<id>/template.json         {id, name, arch}
 //	templates/<id>/tags/<number>.json    tag record; exclusive create assigns numbers
 //	uploads/<id>.json                    upload lease (GC protection for a push)
+//	attic/<path>                         manifest or OCI record condemned by GC, deleted a grace period later unless rescued
 //	gc/lock                              held by the replica running GC
 package registry
 
@@ -178,8 +179,12 @@ func (r *Registry) OpenChunk(ctx context.Context, digest string, offset int64) (
 	}
 	info, err := r.st.Stat(ctx, chunkPath(digest))
 	if errors.Is(err, storage.ErrNotFound) {
-		if ok, rerr := r.ensureChunk(ctx, digest); rerr != nil || !ok {
-			return nil, 0, errors.Join(ErrNotFound, rerr)
+		ok, rerr := r.ensureChunk(ctx, digest)
+		if rerr != nil {
+			return nil, 0, fmt.Errorf("chunk %s: %w", digest, rerr) // an I/O error is not a 404
+		}
+		if !ok {
+			return nil, 0, ErrNotFound
 		}
 		info, err = r.st.Stat(ctx, chunkPath(digest))
 	}

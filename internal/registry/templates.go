@@ -129,7 +129,7 @@ func (r *Registry) GetTemplate(ctx context.Context, id string) (apiv1.TemplateDe
 	d := apiv1.TemplateDetail{Template: apiv1.Template{ID: t.ID, Name: t.Name, Arch: t.Arch}, Versions: []apiv1.TemplateVersion{}}
 	for _, tag := range tags {
 		var m apiv1.Manifest
-		if err := r.readJSON(ctx, manifestPath(tag.Manifest), &m); err != nil {
+		if err := r.readMeta(ctx, manifestPath(tag.Manifest), &m); err != nil {
 			return d, fmt.Errorf("template %s tag %s: %w", id, tag.Tag, err)
 		}
 		d.Versions = append(d.Versions, tag.version(m))
@@ -149,7 +149,7 @@ func (r *Registry) TagManifest(ctx context.Context, id, tag string) (apiv1.TagMa
 		return apiv1.TagManifest{}, err
 	}
 	out := apiv1.TagManifest{TemplateID: id, TemplateName: t.Name, Arch: t.Arch, Tag: rec.Tag, Number: rec.Number}
-	return out, r.readJSON(ctx, manifestPath(rec.Manifest), &out.Manifest)
+	return out, r.readMeta(ctx, manifestPath(rec.Manifest), &out.Manifest)
 }
 
 func (r *Registry) findTag(ctx context.Context, id, tag string) (tagRecord, error) {
