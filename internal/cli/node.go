@@ -19,18 +19,19 @@ import (
 
 // nodeFlags are shared by `corral node` and `corral up`.
 type nodeFlags struct {
-	name, ip, driver, dataDir, forwardHost, minFree string
-	groups                                          []string
-	capacity                                        int
-	vnc                                             bool
-	bootTime, pullTime                              time.Duration
-	tls                                             clientTLSFlags
+	name, ip, driver, dataDir, forwardHost, minFree, qemuAccel string
+	groups                                                     []string
+	capacity                                                   int
+	vnc                                                        bool
+	bootTime, pullTime                                         time.Duration
+	tls                                                        clientTLSFlags
 }
 
 func (n *nodeFlags) register(f *flags, prefix string) {
 	f.String(&n.driver, prefix+"driver", "synthetic", "VM driver: synthetic, qemu, anka (for `up`, none = no local node)")
 	f.String(&n.forwardHost, prefix+"forward-host", "0.0.0.0", "qemu: address guests' SSH port forwards listen on")
 	f.Bool(&n.vnc, prefix+"vnc", false, "qemu: give each guest a VNC display on 127.0.0.1")
+	f.String(&n.qemuAccel, prefix+"qemu-accel", "auto", "qemu: accelerator: auto (KVM only if a probe guest runs under it), kvm or tcg")
 	f.String(&n.name, prefix+"name", "", "node name (default: hostname)")
 	f.String(&n.ip, prefix+"ip", "", "address clients use to reach this node's VMs (default: the route to the controller)")
 	f.Int(&n.capacity, prefix+"capacity", 2, "instance slots")
@@ -47,7 +48,7 @@ func (n *nodeFlags) driverFor(log *slog.Logger) (driver.Driver, error) {
 	case "synthetic":
 		return synthetic.New(n.bootTime), nil
 	case "qemu":
-		return qemu.New(qemu.Config{StateDir: filepath.Join(n.dataDir, "qemu"), ForwardHost: n.forwardHost, VNC: n.vnc, Log: log})
+		return qemu.New(qemu.Config{StateDir: filepath.Join(n.dataDir, "qemu"), ForwardHost: n.forwardHost, VNC: n.vnc, Accel: n.qemuAccel, Log: log})
 	case "anka":
 		return anka.New(anka.Config{Log: log})
 	}

@@ -32,6 +32,7 @@ type Config struct {
 	ForwardHost string        // address the SSH forward listens on ("0.0.0.0" default)
 	VNC         bool          // give each guest a VNC display on 127.0.0.1
 	BootTimeout time.Duration // until the guest answers SSH (default 5m)
+	Accel       string        // auto (default: KVM only if a probe guest runs), kvm or tcg
 	Binary      string        // qemu-system-x86_64
 	ImgBinary   string        // qemu-img
 	Log         *slog.Logger
@@ -43,7 +44,8 @@ type Driver struct {
 	key ssh.Signer
 
 	mu       sync.Mutex
-	kvmBroke bool // KVM opened but failed to run a guest: use TCG from now on
+	accel    string // kvm or tcg, probed at New
+	kvmBroke bool   // KVM failed to run a guest after all: use TCG from now on
 }
 
 // New prepares the driver; it fails if QEMU is not installed.
@@ -72,27 +74,27 @@ func New(cfg Config) (*Driver, error) {
 	if err != nil {
 		return nil, fmt.Errorf("qemu driver: %w", err)
 	}
-	d := &Driver{cfg: cfg, key: key}
+	accel, why, err := chooseAccel(context.Background(), cfg.Binary, cfg.StateDir, cfg.Accel)
+	if err != nil {
+		return nil, err
+	}
+	cfg.Log.Info("qemu accelerator", "accel", accel, "reason", why)
+	d := &Driver{cfg: cfg, key: key, accel: accel}
 	d.cleanOrphans()
 	return d, nil
 }
 
 func (d *Driver) Name() string { return "qemu" }
 
-// Accelerator is what the next guest will use: kvm when /dev/kvm opens and
-// has not failed before, else tcg.
+// Accelerator is what the next guest will use: kvm when the probe at New ran
+// a guest under KVM and no guest has failed under it since, else tcg.
 func (d *Driver) Accelerator() string {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.kvmBroke {
-		return "tcg"
+		return AccelTCG
 	}
-	f, err := os.OpenFile("/dev/kvm", os.O_RDWR, 0)
-	if err != nil {
-		return "tcg"
-	}
-	f.Close()
-	return "kvm"
+	return d.accel
 }
 
 // cleanOrphans kills guests left by a previous node process and removes their

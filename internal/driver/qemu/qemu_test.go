@@ -108,9 +108,7 @@ func TestGuestDeathIsReported(t *testing.T) {
 }
 
 func TestBadTemplate(t *testing.T) {
-	if _, err := os.Stat("/usr/bin/qemu-img"); err != nil {
-		t.Skip("qemu-img not installed")
-	}
+	qemutest.Require(t)
 	d := newTestDriver(t)
 	dir := t.TempDir()
 	os.WriteFile(filepath.Join(dir, "config.json"), []byte(`{"kernel":"../../etc/passwd"}`), 0o644)
@@ -119,3 +117,5 @@ func TestBadTemplate(t *testing.T) {
 		t.Fatalf("got %v", err)
 	}
 }
+
+func requireQEMU(t *testing.T) { qemutest.Require(t) }

@@ -19,20 +19,29 @@ var (
 	buildErr string
 )
 
+// Require skips the test when QEMU is not installed, or fails it when
+// CORRAL_TEST_QEMU=1 says it must be (.ci/run installs it).
+func Require(t testing.TB, bins ...string) {
+	t.Helper()
+	if len(bins) == 0 {
+		bins = []string{"qemu-system-x86_64", "qemu-img"}
+	}
+	for _, bin := range bins {
+		if _, err := exec.LookPath(bin); err != nil {
+			if os.Getenv("CORRAL_TEST_QEMU") == "1" {
+				t.Fatalf("%s is not installed, and CORRAL_TEST_QEMU=1 requires it", bin)
+			}
+			t.Skipf("%s is not installed (apt-get install qemu-system-x86 qemu-utils binutils)", bin)
+		}
+	}
+}
+
 // Image returns a directory holding a bootable QEMU template, or skips the
-// test when QEMU or apt is not installed.
+// test when QEMU or apt is not installed (fails under CORRAL_TEST_QEMU=1).
 func Image(t testing.TB) string {
 	t.Helper()
-	for _, bin := range []string{"qemu-system-x86_64", "qemu-img"} {
-		if _, err := exec.LookPath(bin); err != nil {
-			t.Skipf("%s is not installed (apt-get install qemu-system-x86 qemu-utils)", bin)
-		}
-	}
-	for _, bin := range []string{"apt-get", "dpkg-deb", "readelf"} {
-		if _, err := exec.LookPath(bin); err != nil {
-			t.Skipf("%s is needed to build the QEMU test image from Debian packages", bin)
-		}
-	}
+	Require(t)
+	Require(t, "apt-get", "dpkg-deb", "readelf")
 	once.Do(build)
 	if buildErr != "" {
 		t.Fatalf("build QEMU test image: %s", buildErr)
