@@ -21,6 +21,8 @@ type NodeReport struct {
 	Templates     []NodeTemplate `json:"templates"`
 	CPUUtil       float64        `json:"cpu_util"`
 	RAMUtil       float64        `json:"ram_util"`
+	// TemplateDiskUsage is what the node's template cache holds (bytes).
+	TemplateDiskUsage int64 `json:"template_disk_usage"`
 }
 
 // JoinRequest registers (or re-registers) a node.

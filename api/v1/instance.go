@@ -3,6 +3,8 @@ package v1
 import (
 	"encoding/base64"
 	"encoding/json"
+	"strconv"
+	"strings"
 	"time"
 )
 
@@ -240,4 +242,23 @@ type UpdateRequest struct {
 // IDRequest is the body of DELETE /api/v1/vm and similar calls.
 type IDRequest struct {
 	ID string `json:"id"`
+}
+
+// RAMMB parses a VM's RAM as drivers and the reference report it ("4G",
+// "2048M", "8GB", a bare number of MB); ok is false when it cannot.
+func (v VMInfo) RAMMB() (int, bool) {
+	s := strings.ToUpper(strings.TrimSpace(v.RAM))
+	s = strings.TrimSuffix(s, "B")
+	mult := 1
+	switch {
+	case strings.HasSuffix(s, "G"):
+		mult, s = 1024, strings.TrimSuffix(s, "G")
+	case strings.HasSuffix(s, "M"):
+		s = strings.TrimSuffix(s, "M")
+	}
+	n, err := strconv.Atoi(s)
+	if err != nil || n < 0 {
+		return 0, false
+	}
+	return n * mult, true
 }

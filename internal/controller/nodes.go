@@ -38,7 +38,7 @@ func (s *Service) ListNodes(ctx context.Context, id string) ([]apiv1.Node, error
 		if node.Templates == nil {
 			node.Templates = []apiv1.NodeTemplate{}
 		}
-		node.AnkaDiskUsage = max(node.DiskSize-node.FreeDiskSpace, 0)
+		node.AnkaDiskUsage = max(r.TemplateDiskUsage, 0) // what the template cache holds, as the reference reports
 		for _, gid := range n.Groups {
 			if g, ok := groups[gid]; ok {
 				node.Groups = append(node.Groups, g)

@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"time"
 
@@ -47,6 +48,9 @@ type Agent struct {
 	ctl    *client.Controller
 	log    *slog.Logger
 	report apiv1.NodeReport
+
+	reportMu sync.Mutex // a.report's measured fields and templates
+	cpuPrev  [2]uint64  // busy, total CPU jiffies at the last measure
 
 	mu        sync.Mutex
 	instances map[string]*instance
@@ -106,6 +110,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	go func() { a.sendStatusLoop(sendCtx); close(sent) }()
 	go func() { errc <- a.heartbeatLoop(ctx, join) }()
 	go func() { errc <- a.assignmentLoop(ctx) }()
+	go a.reportLoop(ctx)
 	select {
 	case err = <-errc:
 	case <-ctx.Done():
@@ -131,10 +136,7 @@ func (a *Agent) flushStatus(max time.Duration) {
 func (a *Agent) join(ctx context.Context) (apiv1.JoinResponse, error) {
 	backoff := 200 * time.Millisecond
 	for {
-		if a.cfg.Templates != nil {
-			a.report.Templates = a.cfg.Templates.List()
-		}
-		resp, err := a.ctl.Join(ctx, a.report)
+		resp, err := a.ctl.Join(ctx, a.currentReport())
 		if err == nil {
 			a.log.Info("node joined", "controller", a.ctl.URL(), "node_id", resp.NodeID, "lease_ttl_s", resp.LeaseTTL)
 			return resp, nil
@@ -180,23 +182,27 @@ func (a *Agent) dataDir() string {
 	return filepath.Join(os.TempDir(), "corral-node-"+a.report.NodeID)
 }
 
-// heartbeatLoop renews the lease at a third of its TTL, re-joining when the
-// lease expired (e.g. after a network partition).
+// reportEvery is how often the node sends a fresh report (free disk, CPU and
+// RAM use) even when nothing else changed.
+const reportEvery = 15 * time.Second
+
+// heartbeatLoop renews the lease at a third of its TTL on a fixed ticker,
+// re-joining when the lease expired (e.g. after a network partition). Each
+// renewal is bounded by the interval, so a hung controller costs one
+// renewal, not the lease; reports run in their own loop and never delay it.
 func (a *Agent) heartbeatLoop(ctx context.Context, join apiv1.JoinResponse) error {
 	interval := time.Duration(join.LeaseTTL) * time.Second / 3
+	tick := time.NewTicker(interval)
+	defer tick.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
-		case <-time.After(interval):
-		case <-a.reportCh:
-			a.report.Templates = a.cfg.Templates.List()
-			if err := a.ctl.Report(ctx, a.report); err != nil && ctx.Err() == nil {
-				a.log.Warn("report failed", "err", err)
-			}
-			continue
+		case <-tick.C:
 		}
-		err := a.ctl.Heartbeat(ctx, join.NodeID, join.LeaseID)
+		hctx, cancel := context.WithTimeout(ctx, interval)
+		err := a.ctl.Heartbeat(hctx, join.NodeID, join.LeaseID)
+		cancel()
 		switch {
 		case err == nil:
 		case errors.Is(err, client.ErrDisjoined):
@@ -208,10 +214,47 @@ func (a *Agent) heartbeatLoop(ctx context.Context, join apiv1.JoinResponse) erro
 				return err
 			}
 			interval = time.Duration(join.LeaseTTL) * time.Second / 3
+			tick.Reset(interval)
 		default:
-			a.log.Warn("heartbeat failed", "err", err)
+			if ctx.Err() == nil {
+				a.log.Warn("heartbeat failed", "err", err)
+			}
 		}
 	}
+}
+
+// reportLoop sends the node's report when its templates change and every
+// reportEvery with fresh measurements.
+func (a *Agent) reportLoop(ctx context.Context) {
+	tick := time.NewTicker(reportEvery)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		case <-a.reportCh:
+		}
+		rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		err := a.ctl.Report(rctx, a.currentReport())
+		cancel()
+		if err != nil && ctx.Err() == nil {
+			a.log.Warn("report failed", "err", err)
+		}
+	}
+}
+
+// currentReport measures the machine and returns a copy of the report.
+func (a *Agent) currentReport() apiv1.NodeReport {
+	a.reportMu.Lock()
+	defer a.reportMu.Unlock()
+	if a.cfg.Templates != nil {
+		a.report.Templates = a.cfg.Templates.List()
+	}
+	a.measure(&a.report)
+	r := a.report
+	r.Templates = slices.Clone(r.Templates)
+	return r
 }
 
 // assignmentLoop long-polls the desired set and reconciles after each answer.

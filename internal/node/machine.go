@@ -2,11 +2,13 @@ package node
 
 import (
 	"fmt"
+	"math"
 	"net"
 	"net/url"
 	"os"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"syscall"
 
@@ -90,7 +92,7 @@ func diskSpace(dir string) (total, free int64) {
 	if syscall.Statfs(dir, &st) != nil {
 		return 0, 0
 	}
-	return int64(st.Blocks) * st.Bsize, int64(st.Bavail) * st.Bsize
+	return int64(st.Blocks) * int64(st.Bsize), int64(st.Bavail) * int64(st.Bsize)
 }
 
 func memoryMB() int {
@@ -105,4 +107,78 @@ func memoryMB() int {
 		}
 	}
 	return kb / 1024
+}
+
+// measure refreshes the report's changing figures: free disk, CPU and RAM
+// use, and what the template cache holds.
+func (a *Agent) measure(r *apiv1.NodeReport) {
+	r.DiskSize, r.FreeDiskSpace = diskSpace(a.cfg.DataDir)
+	if busy, total, ok := cpuTimes(); ok {
+		if d := total - a.cpuPrev[1]; a.cpuPrev[1] > 0 && d > 0 {
+			r.CPUUtil = math.Round(float64(busy-a.cpuPrev[0])/float64(d)*1000) / 1000
+		}
+		a.cpuPrev = [2]uint64{busy, total}
+	}
+	if used, ok := ramUsed(); ok {
+		r.RAMUtil = math.Round(used*1000) / 1000
+	}
+	if du, ok := a.cfg.Templates.(interface{ DiskUsage() int64 }); ok {
+		r.TemplateDiskUsage = du.DiskUsage()
+	}
+}
+
+// cpuTimes returns the busy and total jiffies of all CPUs (/proc/stat).
+func cpuTimes() (busy, total uint64, ok bool) {
+	data, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0, 0, false
+	}
+	line, _, _ := strings.Cut(string(data), "\n")
+	fields := strings.Fields(line)
+	if len(fields) < 5 || fields[0] != "cpu" {
+		return 0, 0, false
+	}
+	for i, f := range fields[1:] {
+		v, err := strconv.ParseUint(f, 10, 64)
+		if err != nil {
+			return 0, 0, false
+		}
+		total += v
+		if i != 3 && i != 4 { // idle, iowait
+			busy += v
+		}
+	}
+	return busy, total, true
+}
+
+// ramUsed returns the fraction of RAM in use (1 - MemAvailable/MemTotal).
+func ramUsed() (float64, bool) {
+	data, err := os.ReadFile("/proc/meminfo")
+	if err != nil {
+		return 0, false
+	}
+	var total, avail float64
+	for _, line := range strings.Split(string(data), "\n") {
+		k, v, _ := strings.Cut(line, ":")
+		n, _ := strconv.ParseFloat(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 64)
+		switch k {
+		case "MemTotal":
+			total = n
+		case "MemAvailable":
+			avail = n
+		}
+	}
+	if total <= 0 {
+		return 0, false
+	}
+	return 1 - avail/total, true
+}
+
+// allocated is the disk space a file takes (its blocks), or its size where
+// the platform does not say.
+func allocated(info os.FileInfo) int64 {
+	if st, ok := info.Sys().(*syscall.Stat_t); ok {
+		return int64(st.Blocks) * 512
+	}
+	return info.Size()
 }

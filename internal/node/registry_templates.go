@@ -170,3 +170,19 @@ func (t *RegistryTemplates) makeRoom(ctx context.Context, vmid, tag string) erro
 	return fmt.Errorf("not enough disk: the template needs %d MiB and %d MiB must stay free (--min-free-disk), but only %d MiB are free with every unused template deleted",
 		need>>20, t.MinFree>>20, free>>20)
 }
+
+// DiskUsage is the space the template cache takes on disk (allocated blocks,
+// so sparse disk images count what they really hold).
+func (t *RegistryTemplates) DiskUsage() int64 {
+	var n int64
+	_ = filepath.WalkDir(t.Dir, func(_ string, d os.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return nil
+		}
+		if info, err := d.Info(); err == nil {
+			n += allocated(info)
+		}
+		return nil
+	})
+	return n
+}

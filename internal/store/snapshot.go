@@ -89,12 +89,28 @@ func (u NodeUsage) Add(spec apiv1.StartSpec) NodeUsage {
 	return NodeUsage{u.Slots + 1, u.VCPU + spec.VCPU, u.VRAM + spec.VRAM}
 }
 
+// Resources is what an instance holds: its explicit vcpu/vram, or, where it
+// was started without them, what its VM really got (the template's cpu and
+// ram, as the node reports them in vminfo).
+func (r InstanceRecord) Resources() apiv1.StartSpec {
+	spec := r.Spec
+	if r.VMInfo != nil {
+		if spec.VCPU == 0 {
+			spec.VCPU = r.VMInfo.CPUCores
+		}
+		if mb, ok := r.VMInfo.RAMMB(); ok && spec.VRAM == 0 {
+			spec.VRAM = mb
+		}
+	}
+	return spec
+}
+
 // Usage sums, per node, the instances holding a slot there.
 func (snap Snapshot) Usage() map[string]NodeUsage {
 	used := map[string]NodeUsage{}
 	for _, in := range snap.Instances {
 		if in.SlotHeld {
-			used[in.NodeID] = used[in.NodeID].Add(in.Spec)
+			used[in.NodeID] = used[in.NodeID].Add(in.Resources())
 		}
 	}
 	return used

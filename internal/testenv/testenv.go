@@ -274,3 +274,10 @@ func etcdLogLevel() string {
 	}
 	return "warn"
 }
+
+// Nodes returns the cluster's running nodes in start order.
+func (c *Cluster) Nodes() []*RunningNode {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return append([]*RunningNode(nil), c.nodes...)
+}
