@@ -52,12 +52,19 @@ type Assignment struct {
 	VMID       string    `json:"vmid"`
 	Tag        string    `json:"tag"`
 	Spec       StartSpec `json:"spec"`
+	// Terminate marks a stored assignment the controller wants gone; the
+	// long poll lists such instances in Assignments.Terminate instead.
+	Terminate bool `json:"terminate,omitempty"`
 }
 
 // Assignments is the long-poll answer: the full desired set at Revision.
 type Assignments struct {
 	Revision    int64        `json:"revision"`
 	Assignments []Assignment `json:"assignments"`
+	// Terminate lists instances placed on the node and wanted gone: the node
+	// destroys the VM if it has one and reports each Terminated either way
+	// (it may never have seen the assignment), which frees the slot.
+	Terminate []string `json:"terminate,omitempty"`
 	// Prefetches are templates to pull ahead of any instance (distribute).
 	Prefetches []Prefetch `json:"prefetches,omitempty"`
 	// Saves are instances to save as templates (POST /api/v1/image).

@@ -140,7 +140,15 @@ func (s *Service) WaitAssignments(ctx context.Context, nodeID string, since int6
 		return apiv1.Assignments{}, err
 	}
 	// rev was read first, so changes between the reads wake the next poll.
-	return apiv1.Assignments{Revision: rev, Assignments: list, Prefetches: prefetches, Saves: saves}, nil
+	out := apiv1.Assignments{Revision: rev, Prefetches: prefetches, Saves: saves, Assignments: list[:0:0]}
+	for _, as := range list {
+		if as.Terminate {
+			out.Terminate = append(out.Terminate, as.InstanceID)
+		} else {
+			out.Assignments = append(out.Assignments, as)
+		}
+	}
+	return out, nil
 }
 
 // ReportStatus applies a node's instance reports. Reports for instances no

@@ -168,12 +168,12 @@ func (s *Service) Terminate(ctx context.Context, id string) error {
 		now := time.Now().UTC()
 		r.TS = now
 		if r.SlotHeld {
-			// The slot stays counted until the node reports the VM gone.
+			// The slot stays counted until the node confirms the VM gone; the
+			// terminate marker asks it to, whether or not it saw the placement.
 			r.State = apiv1.StateTerminating
-		} else {
-			r.State, r.FinishedAt = apiv1.StateTerminated, now
+			return store.InstanceUpdate{Terminate: true}, nil
 		}
-		// Deleting the assignment is the node's signal to destroy the VM.
+		r.State, r.FinishedAt = apiv1.StateTerminated, now
 		return store.InstanceUpdate{Unassign: true}, nil
 	})
 	if err == nil {

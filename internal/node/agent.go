@@ -273,7 +273,7 @@ func (a *Agent) assignmentLoop(ctx context.Context) error {
 			continue
 		}
 		since = as.Revision
-		a.reconcile(as.Assignments)
+		a.reconcile(as.Assignments, as.Terminate)
 		a.prefetch(ctx, as.Prefetches)
 		a.saveImages(ctx, as.Saves)
 	}

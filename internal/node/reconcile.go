@@ -9,10 +9,23 @@ import (
 )
 
 // reconcile starts instances that are desired and not running, and destroys
-// those no longer desired.
-func (a *Agent) reconcile(desired []apiv1.Assignment) {
+// those no longer desired. Those the controller wants terminated are
+// confirmed Terminated at once when this node holds no VM for them (it may
+// never have seen them placed); the others confirm once destroyed.
+func (a *Agent) reconcile(desired []apiv1.Assignment, terminate []string) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	for _, id := range terminate {
+		if in, ok := a.instances[id]; ok {
+			in.terminate()
+			continue
+		}
+		if a.lost[id] {
+			delete(a.lost, id)
+			a.clearRunning(id)
+		}
+		a.sendStatus(apiv1.InstanceStatus{InstanceID: id, State: apiv1.StateTerminated, Released: true})
+	}
 	want := map[string]bool{}
 	for _, as := range desired {
 		want[as.InstanceID] = true

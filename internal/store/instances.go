@@ -70,7 +70,11 @@ type InstanceUpdate struct {
 	// Unassign deletes the instance's assignment on its node: the node's signal
 	// to destroy the VM. The callback clears SlotHeld once the VM is gone.
 	Unassign bool
-	Skip     bool // leave the record unchanged
+	// Terminate replaces the assignment by a terminate marker in the same
+	// transaction: the node destroys the VM if it has one and confirms
+	// Terminated either way, even if it never saw the assignment.
+	Terminate bool
+	Skip      bool // leave the record unchanged
 }
 
 // UpdateInstance changes an instance atomically; the callback may also ask to
@@ -89,8 +93,12 @@ func (s *Store) UpdateInstance(ctx context.Context, id string, fn func(*Instance
 			return r, err
 		}
 		ops := []clientv3.Op{clientv3.OpPut(key, mustJSON(r))}
-		if u.Unassign && nodeBefore != "" {
+		switch {
+		case u.Unassign && nodeBefore != "":
 			ops = append(ops, clientv3.OpDelete(s.assignKey(nodeBefore, id)))
+		case u.Terminate && nodeBefore != "":
+			marker := apiv1.Assignment{InstanceID: id, VMID: r.VMID, Tag: r.Tag, Terminate: true}
+			ops = append(ops, clientv3.OpPut(s.assignKey(nodeBefore, id), mustJSON(marker)))
 		}
 		resp, err := s.cli.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(key), "=", rev)).Then(ops...).Commit()
 		if err != nil {

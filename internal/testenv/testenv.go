@@ -51,6 +51,9 @@ type NodeOptions struct {
 	// cluster's directory); MinFreeDisk is node.Config's.
 	DataDir     string
 	MinFreeDisk int64
+	// ControllerURLs overrides where the node finds the controllers (a
+	// faultproxy in front of them, say); default: every controller.
+	ControllerURLs []string
 }
 
 // Cluster is a running test cloud.
@@ -172,8 +175,12 @@ func (c *Cluster) URLs() []string {
 // StartNode joins a synthetic node to every controller and waits until it is listed.
 func (c *Cluster) StartNode(o NodeOptions) *RunningNode {
 	c.t.Helper()
+	urls := o.ControllerURLs
+	if urls == nil {
+		urls = c.URLs()
+	}
 	agent, err := node.New(node.Config{
-		ControllerURLs: c.URLs(), Token: "test-token", Name: o.Name, IP: "127.0.0.1",
+		ControllerURLs: urls, Token: "test-token", Name: o.Name, IP: "127.0.0.1",
 		Capacity: o.Capacity, Groups: o.Groups, DataDir: cmp.Or(o.DataDir, filepath.Join(c.Dir, "node-"+o.Name)),
 		Driver: cmp.Or[driver.Driver](o.Driver, synthetic.New(20*time.Millisecond)), SimulatedPullTime: o.PullTime,
 		MinFreeDisk: o.MinFreeDisk, Log: Logger(c.t),
