@@ -100,7 +100,9 @@ func TestComposeStack(t *testing.T) {
 			break
 		}
 		if ctx.Err() != nil {
-			logs, _ := exec.Command("sh", "-c", "docker-compose "+strings.Join(files, " ")+" logs --tail 20").CombinedOutput()
+			cmd := exec.Command("docker-compose", append(files, "logs", "--tail", "40")...)
+			cmd.Env = append(os.Environ(), env...)
+			logs, _ := cmd.CombinedOutput()
 			t.Fatalf("stack not ready: %v %v\n%s", nodes, err, logs)
 		}
 		time.Sleep(500 * time.Millisecond)
