@@ -85,6 +85,10 @@ type InstanceStatus struct {
 	// Replace asks the controller to place the instance on another node
 	// (the failure was this node's, e.g. its template pull failed).
 	Replace bool `json:"replace,omitempty"`
+	// Requeue gives back an instance whose VM this node never started (its
+	// agent is shutting down): it goes back to Scheduling, keeping its id
+	// and priority, for any node.
+	Requeue bool `json:"requeue,omitempty"`
 }
 
 // StatusReport carries instance updates from a node.

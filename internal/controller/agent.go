@@ -184,8 +184,14 @@ func applyStatus(r *store.InstanceRecord, st apiv1.InstanceStatus) store.Instanc
 	case st.State == apiv1.StateTerminated:
 		r.State, r.FinishedAt, r.SlotHeld = apiv1.StateTerminated, now, false
 		return store.InstanceUpdate{Unassign: true}
+	case st.Requeue && r.State == apiv1.StateTerminating:
+		r.State, r.FinishedAt, r.SlotHeld = apiv1.StateTerminated, now, false
+		return store.InstanceUpdate{Unassign: true}
 	case r.State == apiv1.StateTerminating:
 		// Still waiting for the node to destroy the VM; keep the state.
+	case st.Requeue:
+		r.Requeue(fmt.Sprintf("node %s gave it back before starting it: %s", r.NodeID, st.Message))
+		return store.InstanceUpdate{Unassign: true}
 	case st.State == apiv1.StateError && st.Replace:
 		// Pulling -> Scheduling: another node may succeed where this one failed.
 		r.FailedNodes = append(r.FailedNodes, r.NodeID)

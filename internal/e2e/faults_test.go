@@ -2,6 +2,9 @@ package e2e
 
 import (
 	"context"
+	"fmt"
+	"os/exec"
+	"strings"
 	"testing"
 	"time"
 
@@ -58,4 +61,101 @@ func TestTerminateBeforeNodeSawPlacement(t *testing.T) {
 		t.Fatal(err)
 	}
 	c.WaitState(ids[0], apiv1.StateStarted, 10*time.Second)
+}
+
+// nodeProcess runs a real `corral node` process (synthetic driver) and
+// waits until it is Active; the test kills it with SIGKILL when it likes.
+func nodeProcess(t *testing.T, c *testenv.Cluster, name, dataDir string, capacity int, pullTime time.Duration) *exec.Cmd {
+	t.Helper()
+	cmd := exec.Command(corralBinary(t), "node", "--controller", c.Controllers[0].URL, "--token", "test-token",
+		"--name", name, "--capacity", fmt.Sprint(capacity), "--ip", "127.0.0.1", "--data-dir", dataDir,
+		"--synthetic-pull-time", pullTime.String(), "--synthetic-boot-time", "10ms")
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		nodes, _ := c.Client.Nodes(context.Background())
+		for _, n := range nodes {
+			if n.NodeName == name && n.State == apiv1.NodeActive {
+				return cmd
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("node %s never became Active; its log:\n%s", name, stderr.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// TestNeverStartedWorkSurvivesNodeCrash: instances placed on a node that is
+// SIGKILLed while it still pulls their template never ran, so they are not
+// lost: the node restarted within its lease starts them, and those of a node
+// that stays dead go back to Scheduling and run elsewhere. (They used to go
+// to Error "VM lost" / "went offline".)
+func TestNeverStartedWorkSurvivesNodeCrash(t *testing.T) {
+	c := testenv.StartCluster(t, testenv.Options{LeaseTTL: 2 * time.Second})
+	ctx := context.Background()
+	startPulling := func(n int, node string) []string {
+		t.Helper()
+		ids, err := c.Client.StartInstances(ctx, map[string]any{"vmid": c.TemplateID, "count": n})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, id := range ids {
+			in := waitInstance(t, c, id, 10*time.Second, "pulling", func(in apiv1.Instance) bool { return in.State == apiv1.StatePulling })
+			if in.NodeID != node {
+				t.Fatalf("instance %s placed on %s, want %s", id, in.NodeID, node)
+			}
+		}
+		return ids
+	}
+	nodeID := func(name string) string {
+		nodes, _ := c.Client.Nodes(ctx)
+		for _, n := range nodes {
+			if n.NodeName == name {
+				return n.NodeID
+			}
+		}
+		t.Fatalf("no node %s", name)
+		return ""
+	}
+
+	// Restarted within its lease: the node starts what it never started.
+	dir := t.TempDir()
+	proc := nodeProcess(t, c, "phoenix", dir, 6, time.Hour)
+	ids := startPulling(6, nodeID("phoenix"))
+	proc.Process.Kill()
+	proc.Wait()
+	proc = nodeProcess(t, c, "phoenix", dir, 6, 0)
+	for _, id := range ids {
+		c.WaitState(id, apiv1.StateStarted, 10*time.Second)
+	}
+	for _, id := range ids {
+		c.Client.Terminate(ctx, id)
+	}
+	for _, id := range ids {
+		c.WaitState(id, apiv1.StateTerminated, 10*time.Second)
+	}
+
+	proc.Process.Kill()
+	proc.Wait()
+	c.WaitNodeState(nodeID("phoenix"), apiv1.NodeOffline, 10*time.Second)
+
+	// Dead for good: its lease expires, the work is placed again, keeping
+	// its id, and runs on another node.
+	doomed := nodeProcess(t, c, "doomed", t.TempDir(), 3, time.Hour)
+	ids = startPulling(3, nodeID("doomed"))
+	doomed.Process.Kill()
+	doomed.Wait()
+	c.StartNode(testenv.NodeOptions{Name: "rescue", Capacity: 3})
+	for _, id := range ids {
+		in := c.WaitState(id, apiv1.StateStarted, 15*time.Second)
+		if in.NodeID == nodeID("doomed") {
+			t.Fatalf("instance %s still on the dead node", id)
+		}
+	}
 }

@@ -61,8 +61,6 @@ func (in *instance) fail(msg string, vm driver.VM, script *apiv1.ScriptResult, r
 // run is the instance's whole life on this node. It ends when the controller
 // unassigns the instance or the agent shuts down (stopAll terminates it).
 func (in *instance) run() {
-	// The marker outlives a shutdown, so a restarted agent knows the VM was lost.
-	in.a.markRunning(in.as.InstanceID)
 	defer func() {
 		if !in.shutdown.Load() {
 			in.a.clearRunning(in.as.InstanceID)
@@ -75,8 +73,17 @@ func (in *instance) run() {
 	}
 	vm, ok := in.boot()
 	if vm == nil {
-		if !ok { // terminated before it ran
+		switch {
+		case ok: // failed, already reported
+		case in.shutdown.Load():
+			// Never started: another node (or this one, back) can run it.
+			in.a.clearRunning(in.as.InstanceID)
+			in.report(apiv1.InstanceStatus{State: apiv1.StateScheduling, Requeue: true, Released: true,
+				Message: "node agent shut down"})
+			return
+		default: // terminated before it ran
 			in.report(in.endState(nil))
+			return
 		}
 		in.waitTerminate()
 		return
@@ -142,6 +149,10 @@ func (in *instance) boot() (driver.VM, bool) {
 	if held, ok := tmpl.(interface{ Path(vmid, tag string) string }); ok {
 		templateDir = held.Path(as.VMID, as.Tag)
 	}
+	// From here a VM may exist; the marker outlives a crash or shutdown, so
+	// a restarted agent knows this VM was lost. Work it never reached is
+	// simply started again (or placed elsewhere).
+	in.a.markRunning(as.InstanceID)
 	vm, err := in.a.cfg.Driver.Start(in.ctx, driver.Spec{
 		InstanceID: as.InstanceID, VMID: as.VMID, Tag: as.Tag, TemplateName: spec.TemplateName,
 		VCPU: spec.VCPU, VRAMMB: spec.VRAM, HostIP: in.a.report.IPAddress, NodeID: in.a.report.NodeID,

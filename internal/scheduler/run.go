@@ -239,9 +239,14 @@ func (s *Scheduler) failLostNodes(ctx context.Context, snap store.Snapshot) erro
 			}
 			now := time.Now().UTC()
 			r.TS, r.SlotHeld = now, false
-			if r.State == apiv1.StateTerminating {
+			switch {
+			case r.State == apiv1.StateTerminating:
 				r.State, r.FinishedAt = apiv1.StateTerminated, now
-			} else {
+			case r.NeverStarted():
+				// Its VM never booted there: another node can run it.
+				r.Requeue(reason + " before starting it")
+				return store.InstanceUpdate{Unassign: true}, nil
+			default:
 				r.State, r.Message = apiv1.StateError, reason
 			}
 			if r.VMInfo != nil {

@@ -27,6 +27,19 @@ type InstanceRecord struct {
 // Finished reports whether the instance will never run again.
 func (r InstanceRecord) Finished() bool { return r.State == apiv1.StateTerminated }
 
+// NeverStarted reports whether a placed instance's VM has not booted yet:
+// it is still being placed or its template pulled.
+func (r InstanceRecord) NeverStarted() bool {
+	return r.State == apiv1.StateScheduling || r.State == apiv1.StatePulling
+}
+
+// Requeue sends an instance whose VM never started back to Scheduling,
+// keeping its id and priority, for any node; the caller unassigns it.
+func (r *InstanceRecord) Requeue(why string) {
+	r.State, r.Message, r.Progress = apiv1.StateScheduling, why+"; placing again", 0
+	r.NodeID, r.SlotHeld, r.VMInfo = "", false, nil
+}
+
 // CreateInstances stores new instances in one transaction.
 func (s *Store) CreateInstances(ctx context.Context, recs []InstanceRecord) error {
 	ops := make([]clientv3.Op, 0, len(recs))
