@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
+	"time"
 
 	apiv1 "github.com/corral-build/corral/api/v1"
 )
@@ -34,7 +35,8 @@ func (c *Controller) SendStatus(ctx context.Context, nodeID string, st []apiv1.I
 func (c *Controller) Assignments(ctx context.Context, nodeID string, since int64) (apiv1.Assignments, error) {
 	var a apiv1.Assignments
 	path := fmt.Sprintf("/api/v1/agent/assignments?node_id=%s&since=%d", url.QueryEscape(nodeID), since)
-	return a, c.do(ctx, http.MethodGet, path, nil, &a)
+	// The server answers within its poll interval (30 s at most).
+	return a, c.doWithin(ctx, 2*time.Minute, http.MethodGet, path, nil, &a)
 }
 
 // PrefetchDone reports a distribute request's outcome on this node.

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	apiv1 "github.com/corral-build/corral/api/v1"
+	"github.com/corral-build/corral/internal/retry"
 )
 
 // FailError is a FAIL envelope returned by the controller.
@@ -44,12 +45,17 @@ type Controller struct {
 	rootToken string
 	http      *http.Client
 	cur       atomic.Int64
+	// Retry governs idempotent calls (GET); others are tried once per
+	// controller URL. PerAttempt bounds every call.
+	Retry retry.Policy
 }
 
 // UseTLS sets how the client trusts the controllers and proves itself.
 func (c *Controller) UseTLS(cfg *tls.Config) {
 	if cfg != nil {
-		c.http = &http.Client{Transport: &http.Transport{TLSClientConfig: cfg, Proxy: http.ProxyFromEnvironment}}
+		tr := newTransport(8)
+		tr.TLSClientConfig = cfg
+		c.http = &http.Client{Transport: tr}
 	}
 }
 
@@ -62,21 +68,28 @@ func New(urls []string, token string) (*Controller, error) {
 	if len(urls) == 0 {
 		return nil, errors.New("no controller URL")
 	}
+	own := make([]string, len(urls)) // never the caller's slice
 	for i, u := range urls {
 		parsed, err := url.Parse(u)
 		if err != nil || parsed.Scheme == "" || parsed.Host == "" {
 			return nil, fmt.Errorf("controller URL %q: want http(s)://host:port", u)
 		}
-		urls[i] = strings.TrimRight(u, "/")
+		own[i] = strings.TrimRight(u, "/")
 	}
-	return &Controller{urls: urls, token: token, http: &http.Client{}}, nil
+	return &Controller{urls: own, token: token, http: &http.Client{Transport: newTransport(8)}, Retry: retry.Default}, nil
 }
 
 // URL is the controller currently in use.
 func (c *Controller) URL() string { return c.urls[int(c.cur.Load())%len(c.urls)] }
 
 // do sends a request and decodes the envelope's body into out (may be nil).
+// A GET is retried under c.Retry; every call is bounded by PerAttempt.
 func (c *Controller) do(ctx context.Context, method, path string, in, out any) error {
+	return c.doWithin(ctx, c.Retry.PerAttempt, method, path, in, out)
+}
+
+// doWithin is do with each attempt bounded by perAttempt (long polls).
+func (c *Controller) doWithin(ctx context.Context, perAttempt time.Duration, method, path string, in, out any) error {
 	var payload []byte
 	if in != nil {
 		var err error
@@ -84,6 +97,24 @@ func (c *Controller) do(ctx context.Context, method, path string, in, out any) e
 			return fmt.Errorf("encode %s %s: %w", method, path, err)
 		}
 	}
+	p := c.Retry
+	p.PerAttempt = perAttempt
+	if method != http.MethodGet {
+		p.Attempts = 1 // not idempotent: a lost answer must not start twice
+	}
+	return p.Do(ctx, func(ctx context.Context) error {
+		err := c.once(ctx, method, path, payload, out)
+		var fe *FailError
+		if errors.As(err, &fe) && fe.HTTPStatus < 500 || errors.Is(err, ErrDisjoined) ||
+			errors.Is(err, ErrLeaseExpired) || errors.Is(err, ErrUnauthorized) {
+			return retry.Permanent(err)
+		}
+		return err
+	})
+}
+
+// once tries each controller URL in turn until one answers.
+func (c *Controller) once(ctx context.Context, method, path string, payload []byte, out any) error {
 	var lastErr error
 	for attempt := 0; attempt < len(c.urls); attempt++ {
 		idx := int(c.cur.Load())

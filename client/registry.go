@@ -8,13 +8,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math/rand/v2"
 	"net/http"
 	"net/url"
 	"strings"
-	"time"
 
 	apiv1 "github.com/corral-build/corral/api/v1"
+	"github.com/corral-build/corral/internal/retry"
 )
 
 // Registry is a client of a Corral registry (or of the controller's
@@ -22,8 +21,9 @@ import (
 type Registry struct {
 	base string
 	http *http.Client
-	// Retries is how often a failed request is retried with backoff.
-	Retries int
+	// Retry is how failed requests are retried; every attempt is bounded by
+	// its PerAttempt deadline. Default: retry.Default.
+	Retry retry.Policy
 }
 
 // NewRegistry returns a client for the registry at base (http://host:8089).
@@ -32,9 +32,7 @@ func NewRegistry(base string) (*Registry, error) {
 	if err != nil || u.Scheme == "" || u.Host == "" {
 		return nil, fmt.Errorf("registry URL %q: want http(s)://host:port", base)
 	}
-	tr := http.DefaultTransport.(*http.Transport).Clone()
-	tr.MaxIdleConnsPerHost = 64
-	return &Registry{base: strings.TrimRight(base, "/"), http: &http.Client{Transport: tr}, Retries: 5}, nil
+	return &Registry{base: strings.TrimRight(base, "/"), http: &http.Client{Transport: newTransport(64)}, Retry: retry.Default}, nil
 }
 
 // UseTLS sets how the client trusts the registry.
@@ -47,31 +45,17 @@ func (r *Registry) UseTLS(cfg *tls.Config) {
 // URL is the registry's base URL.
 func (r *Registry) URL() string { return r.base }
 
-// retryable reports whether err is worth another attempt.
-func retryable(err error) bool {
-	var fe *FailError
-	if errors.As(err, &fe) {
-		return fe.HTTPStatus >= 500 || fe.HTTPStatus == http.StatusTooManyRequests
-	}
-	return !errors.Is(err, context.Canceled) && !errors.Is(err, context.DeadlineExceeded)
-}
-
-// withRetry runs fn with exponential backoff and jitter on transient errors.
-func (r *Registry) withRetry(ctx context.Context, what string, fn func() error) error {
-	backoff := 100 * time.Millisecond
-	var err error
-	for attempt := 0; ; attempt++ {
-		if err = fn(); err == nil || !retryable(err) || attempt >= r.Retries || ctx.Err() != nil {
-			break
+// withRetry runs fn under the client's retry policy: a FAIL answer other
+// than 5xx or 429 is final; network errors and attempt deadlines are retried.
+func (r *Registry) withRetry(ctx context.Context, what string, fn func(ctx context.Context) error) error {
+	err := r.Retry.Do(ctx, func(ctx context.Context) error {
+		err := fn(ctx)
+		var fe *FailError
+		if errors.As(err, &fe) && fe.HTTPStatus < 500 && fe.HTTPStatus != http.StatusTooManyRequests {
+			return retry.Permanent(err)
 		}
-		sleep := backoff + time.Duration(rand.Int64N(int64(backoff)))
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(sleep):
-		}
-		backoff = min(backoff*2, 5*time.Second)
-	}
+		return err
+	})
 	if err != nil {
 		return fmt.Errorf("%s: %w", what, err)
 	}
@@ -80,7 +64,7 @@ func (r *Registry) withRetry(ctx context.Context, what string, fn func() error) 
 
 // call does one JSON request against the registry envelope.
 func (r *Registry) call(ctx context.Context, method, path string, in, out any) error {
-	return r.withRetry(ctx, method+" "+path, func() error {
+	return r.withRetry(ctx, method+" "+path, func(ctx context.Context) error {
 		var body io.Reader
 		if in != nil {
 			data, err := json.Marshal(in)
@@ -177,7 +161,7 @@ func (r *Registry) missing(ctx context.Context, upload string, digests []string)
 }
 
 func (r *Registry) putChunk(ctx context.Context, upload, digest string, encoded []byte) error {
-	return r.withRetry(ctx, "upload chunk "+digest[:12], func() error {
+	return r.withRetry(ctx, "upload chunk "+digest[:12], func(ctx context.Context) error {
 		req, err := http.NewRequestWithContext(ctx, http.MethodPut,
 			r.base+"/registry/corral/v1/chunks/"+digest+"?upload="+url.QueryEscape(upload), bytes.NewReader(encoded))
 		if err != nil {
@@ -195,7 +179,7 @@ func (r *Registry) putChunk(ctx context.Context, upload, digest string, encoded 
 // getChunk downloads an encoded chunk, resuming with Range after a broken read.
 func (r *Registry) getChunk(ctx context.Context, digest string, buf []byte) ([]byte, error) {
 	buf = buf[:0]
-	err := r.withRetry(ctx, "download chunk "+digest[:12], func() error {
+	err := r.withRetry(ctx, "download chunk "+digest[:12], func(ctx context.Context) error {
 		req, err := http.NewRequestWithContext(ctx, http.MethodGet, r.base+"/registry/corral/v1/chunks/"+digest, nil)
 		if err != nil {
 			return err

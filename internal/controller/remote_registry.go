@@ -5,9 +5,11 @@ import (
 	"crypto/tls"
 	"errors"
 	"strings"
+	"time"
 
 	apiv1 "github.com/corral-build/corral/api/v1"
 	"github.com/corral-build/corral/client"
+	"github.com/corral-build/corral/internal/retry"
 )
 
 // RemoteRegistry is the controller's view of a Corral registry over HTTP.
@@ -20,7 +22,8 @@ func NewRemoteRegistry(url string, tlsCfg *tls.Config) (*RemoteRegistry, error) 
 		return nil, err
 	}
 	c.UseTLS(tlsCfg)
-	c.Retries = 1
+	// API calls wait on these: two quick tries, each bounded.
+	c.Retry = retry.Policy{Attempts: 2, Initial: 100 * time.Millisecond, Max: time.Second, PerAttempt: 10 * time.Second}
 	return &RemoteRegistry{c: c}, nil
 }
 

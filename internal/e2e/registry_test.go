@@ -26,6 +26,7 @@ import (
 	"github.com/corral-build/corral/client"
 	"github.com/corral-build/corral/internal/registry/chunk"
 	regdaemon "github.com/corral-build/corral/internal/registry/daemon"
+	"github.com/corral-build/corral/internal/retry"
 	"github.com/corral-build/corral/internal/testenv"
 )
 
@@ -214,7 +215,7 @@ func TestPullResumes(t *testing.T) {
 	}))
 	defer flaky.Close()
 	cut, _ := client.NewRegistry(flaky.URL)
-	cut.Retries = 0
+	cut.Retry = retry.Policy{Attempts: 1, PerAttempt: time.Minute}
 	dest := t.TempDir()
 	if _, err = cut.Pull(context.Background(), client.PullOptions{TemplateID: res.TemplateID, Dest: dest, Concurrency: 1}); err == nil {
 		t.Fatal("interrupted pull reported success")
@@ -242,7 +243,7 @@ func TestRegistryKilledMidPush(t *testing.T) {
 	addr := ln.Addr().String()
 	ln.Close()
 	rc, _ := client.NewRegistry("http://" + addr)
-	rc.Retries = 0
+	rc.Retry = retry.Policy{Attempts: 1, PerAttempt: time.Minute}
 	start := func() *exec.Cmd {
 		cmd := exec.Command(bin, "registry", "--listen", addr, "--data-dir", store)
 		if err := cmd.Start(); err != nil {
@@ -275,7 +276,7 @@ func TestRegistryKilledMidPush(t *testing.T) {
 	}))
 	defer front.Close()
 	viaProxy, _ := client.NewRegistry(front.URL)
-	viaProxy.Retries = 0
+	viaProxy.Retry = retry.Policy{Attempts: 1, PerAttempt: time.Minute}
 	_, err := viaProxy.Push(context.Background(), client.PushOptions{Source: src, Template: "big", Tag: "v1", Concurrency: 1})
 	if err == nil {
 		t.Fatal("push survived its registry being killed")

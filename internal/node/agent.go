@@ -18,6 +18,7 @@ import (
 	apiv1 "github.com/corral-build/corral/api/v1"
 	"github.com/corral-build/corral/client"
 	"github.com/corral-build/corral/internal/driver"
+	"github.com/corral-build/corral/internal/retry"
 )
 
 // Config is the agent's configuration.
@@ -132,26 +133,25 @@ func (a *Agent) flushStatus(max time.Duration) {
 	time.Sleep(50 * time.Millisecond) // the last batch in flight
 }
 
-// join retries until the controller accepts the node.
+// join retries (retry.Forever) until the controller accepts the node.
 func (a *Agent) join(ctx context.Context) (apiv1.JoinResponse, error) {
-	backoff := 200 * time.Millisecond
-	for {
-		resp, err := a.ctl.Join(ctx, a.currentReport())
-		if err == nil {
-			a.log.Info("node joined", "controller", a.ctl.URL(), "node_id", resp.NodeID, "lease_ttl_s", resp.LeaseTTL)
-			return resp, nil
-		}
+	var resp apiv1.JoinResponse
+	err := retry.Forever.Do(ctx, func(ctx context.Context) error {
+		var err error
+		resp, err = a.ctl.Join(ctx, a.currentReport())
 		if errors.Is(err, client.ErrUnauthorized) {
-			return resp, fmt.Errorf("join %s: the join token was rejected (see the controller's startup output)", a.ctl.URL())
+			return retry.Permanent(fmt.Errorf("join %s: the join token was rejected (see the controller's startup output)", a.ctl.URL()))
 		}
-		a.log.Warn("join failed, retrying", "err", err, "in", backoff)
-		select {
-		case <-ctx.Done():
-			return resp, ctx.Err()
-		case <-time.After(backoff):
+		if err != nil {
+			a.log.Warn("join failed, retrying", "err", err)
 		}
-		backoff = min(backoff*2, 5*time.Second)
+		return err
+	})
+	if err != nil {
+		return resp, err
 	}
+	a.log.Info("node joined", "controller", a.ctl.URL(), "node_id", resp.NodeID, "lease_ttl_s", resp.LeaseTTL)
+	return resp, nil
 }
 
 // useRegistry pulls templates from the registry the controller names, or
@@ -268,7 +268,7 @@ func (a *Agent) assignmentLoop(ctx context.Context) error {
 		if err != nil {
 			if ctx.Err() == nil {
 				a.log.Warn("fetch assignments", "err", err)
-				time.Sleep(time.Second)
+				_ = retry.Sleep(ctx, time.Second)
 			}
 			continue
 		}

@@ -12,6 +12,7 @@ import (
 	apiv1 "github.com/corral-build/corral/api/v1"
 	"github.com/corral-build/corral/client"
 	"github.com/corral-build/corral/internal/driver"
+	"github.com/corral-build/corral/internal/retry"
 )
 
 // saveImages starts each new save-image request in the background; the
@@ -29,15 +30,9 @@ func (a *Agent) saveImages(ctx context.Context, saves []apiv1.ImageSave) {
 				res.Error = err.Error()
 				a.log.Warn("save image failed", "request", s.RequestID, "instance", s.InstanceID, "err", err)
 			}
-			for attempt := 0; ; attempt++ {
-				err := a.ctl.ImageDone(ctx, res)
-				if err == nil || ctx.Err() != nil || attempt == 10 {
-					if err != nil {
-						a.log.Warn("report saved image", "request", s.RequestID, "err", err)
-					}
-					return
-				}
-				time.Sleep(time.Second)
+			report := retry.Policy{Attempts: 10, Initial: time.Second, Max: 10 * time.Second, PerAttempt: 30 * time.Second}
+			if err := report.Do(ctx, func(ctx context.Context) error { return a.ctl.ImageDone(ctx, res) }); err != nil {
+				a.log.Warn("report saved image", "request", s.RequestID, "err", err)
 			}
 		})
 	}

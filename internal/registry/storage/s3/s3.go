@@ -7,6 +7,7 @@ package s3
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -41,6 +42,9 @@ type Config struct {
 	PathStyle bool   // bucket in the path (most S3-compatible servers), not the host name
 	// HTTPClient overrides the client (TLS options); nil = the SDK's default.
 	HTTPClient *http.Client
+	// ResponseTimeout bounds the wait for an answer to each request
+	// (default 30 s).
+	ResponseTimeout time.Duration
 }
 
 // Backend is an S3-backed storage.Backend.
@@ -64,10 +68,19 @@ func New(ctx context.Context, cfg Config) (*Backend, error) {
 	if cfg.Prefix != "" && !strings.HasSuffix(cfg.Prefix, "/") {
 		cfg.Prefix += "/"
 	}
-	opts := []func(*config.LoadOptions) error{}
-	if cfg.HTTPClient != nil {
-		opts = append(opts, config.WithHTTPClient(cfg.HTTPClient))
+	// Every request has a deadline to its answer's headers, so a hung S3
+	// endpoint fails the call (and the SDK's standard retryer retries it)
+	// instead of blocking it; bodies stream without an overall limit.
+	hc := cfg.HTTPClient
+	if hc == nil {
+		hc = &http.Client{Transport: http.DefaultTransport.(*http.Transport).Clone()}
 	}
+	if tr, ok := hc.Transport.(*http.Transport); ok && tr.ResponseHeaderTimeout == 0 {
+		tr = tr.Clone()
+		tr.ResponseHeaderTimeout = cmp.Or(cfg.ResponseTimeout, 30*time.Second)
+		hc = &http.Client{Transport: tr, CheckRedirect: hc.CheckRedirect, Jar: hc.Jar, Timeout: hc.Timeout}
+	}
+	opts := []func(*config.LoadOptions) error{config.WithHTTPClient(hc)}
 	awsCfg, err := config.LoadDefaultConfig(ctx, opts...)
 	if err != nil {
 		return nil, fmt.Errorf("s3 config: %w", err)

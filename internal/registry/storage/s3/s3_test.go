@@ -2,15 +2,18 @@ package s3_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/corral-build/corral/internal/registry/storage"
 	"github.com/corral-build/corral/internal/registry/storage/s3"
 	"github.com/corral-build/corral/internal/registry/storage/storagetest"
 	"github.com/corral-build/corral/internal/testenv"
+	"github.com/corral-build/corral/internal/testenv/faultproxy"
 )
 
 func TestConformance(t *testing.T) {
@@ -41,5 +44,32 @@ func TestNewRefusesBadConfig(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%+v: got %v, want an error containing %q", tc.cfg, err, tc.want)
 		}
+	}
+}
+
+// TestHungEndpointFailsTheCall: an S3 endpoint that accepts requests and
+// never answers fails each call after the response deadline (and the SDK's
+// retries) instead of blocking the registry forever.
+func TestHungEndpointFailsTheCall(t *testing.T) {
+	srv := testenv.StartS3(t)
+	proxy := faultproxy.New(t, srv.Endpoint)
+	b, err := s3.New(context.Background(), s3.Config{Endpoint: proxy.URL, Bucket: srv.Bucket, PathStyle: true,
+		ResponseTimeout: 200 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	proxy.Set("/", faultproxy.Fault{Hang: true})
+	done := make(chan error, 1)
+	go func() {
+		_, err := b.Stat(context.Background(), "chunks/ab/cd")
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if err == nil || errors.Is(err, storage.ErrNotFound) {
+			t.Fatalf("Stat against a hung endpoint: %v, want a timeout error", err)
+		}
+	case <-time.After(time.Minute):
+		t.Fatal("Stat against a hung endpoint never returned")
 	}
 }
