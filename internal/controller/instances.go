@@ -16,7 +16,7 @@ import (
 // StartInstances validates spec against the registry, groups and nodes, and
 // stores Count instances in Scheduling; the scheduler places them.
 func (s *Service) StartInstances(ctx context.Context, spec apiv1.StartSpec) ([]string, error) {
-	tmpl, err := s.registry.GetTemplate(ctx, spec.VMID)
+	tmpl, err := s.catalog.Template(ctx, spec.VMID)
 	if err != nil {
 		return nil, err
 	}

@@ -45,6 +45,7 @@ type Config struct {
 type Service struct {
 	st       *store.Store
 	registry Registry
+	catalog  *Catalog
 	cfg      Config
 	log      *slog.Logger
 }
@@ -57,8 +58,11 @@ func New(st *store.Store, registry Registry, cfg Config, log *slog.Logger) *Serv
 	if cfg.AssignmentPoll <= 0 {
 		cfg.AssignmentPoll = 30 * time.Second
 	}
-	return &Service{st: st, registry: registry, cfg: cfg, log: log}
+	return &Service{st: st, registry: registry, catalog: NewCatalog(registry, log), cfg: cfg, log: log}
 }
+
+// Catalog is the cached registry view the scheduler plans from.
+func (s *Service) Catalog() *Catalog { return s.catalog }
 
 // Registry returns the controller's view of the registry.
 func (s *Service) Registry() Registry { return s.registry }

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	apiv1 "github.com/corral-build/corral/api/v1"
+	"github.com/corral-build/corral/client"
 	"github.com/corral-build/corral/internal/testenv"
 	"github.com/corral-build/corral/internal/testenv/faultproxy"
 )
@@ -157,5 +158,42 @@ func TestNeverStartedWorkSurvivesNodeCrash(t *testing.T) {
 		if in.NodeID == nodeID("doomed") {
 			t.Fatalf("instance %s still on the dead node", id)
 		}
+	}
+}
+
+// TestHungRegistryDoesNotStallScheduling: once the cloud knows a template,
+// a registry whose template API hangs forever delays neither new start
+// requests nor placements of it (the scheduler plans from a cached catalog
+// refreshed in the background; it used to ask synchronously, without a
+// deadline, on every pass).
+func TestHungRegistryDoesNotStallScheduling(t *testing.T) {
+	c := testenv.StartCluster(t, testenv.Options{Registry: true, RegistryProxy: true,
+		Nodes: []testenv.NodeOptions{{Name: "n1", Capacity: 8}}})
+	ctx := context.Background()
+	rc, _ := client.NewRegistry(c.Registry.URL)
+	res, err := rc.Push(ctx, client.PushOptions{Source: newVMDir(t, allMiB(1)...), Template: "steady", Tag: "v1", Arch: runtimeArch()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ids, err := c.Client.StartInstances(ctx, map[string]any{"vmid": res.TemplateID})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.WaitState(ids[0], apiv1.StateStarted, 20*time.Second)
+
+	// The controller's template lookups now hang; node pulls still work.
+	c.RegistryProxy.Set("/registry/vm", faultproxy.Fault{Hang: true})
+	c.RegistryProxy.Set("/registry/status", faultproxy.Fault{Hang: true})
+	sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	more, err := c.Client.StartInstances(sctx, map[string]any{"vmid": res.TemplateID, "count": 3})
+	if err != nil {
+		t.Fatalf("start while the registry hangs: %v", err)
+	}
+	for _, id := range more {
+		c.WaitState(id, apiv1.StateStarted, 30*time.Second)
+	}
+	if c.RegistryProxy.Hits("/registry/vm") == 0 {
+		t.Fatal("the controller never asked the hung registry: the fault was not exercised")
 	}
 }

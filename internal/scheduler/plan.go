@@ -22,8 +22,21 @@ type Decision struct {
 	Fail bool
 }
 
-// TemplateKnown reports whether the registry has template vmid at tag.
-type TemplateKnown func(vmid, tag string) bool
+// Verdict is what the registry catalog says of a template and tag.
+type Verdict int
+
+const (
+	// Known: the registry has it.
+	Known Verdict = iota
+	// Absent: the registry said it has not.
+	Absent
+	// Unconfirmed: not yet known either way (the catalog is asking).
+	Unconfirmed
+)
+
+// TemplateKnown says whether the registry has template vmid at tag. It must
+// not block: a pass does no I/O but etcd's (see controller.Catalog).
+type TemplateKnown func(vmid, tag string) Verdict
 
 // Plan decides, in priority order (lower first, then oldest), where each
 // Scheduling instance goes. Lower-priority instances may fill capacity a
@@ -45,8 +58,8 @@ func Plan(snap store.Snapshot, known TemplateKnown) []Decision {
 		groups[g.ID] = g
 	}
 	// One registry lookup per template+tag and pass, not per waiting instance.
-	knownMemo := map[[2]string]bool{}
-	isKnown := func(vmid, tag string) bool {
+	knownMemo := map[[2]string]Verdict{}
+	verdict := func(vmid, tag string) Verdict {
 		key := [2]string{vmid, tag}
 		ok, seen := knownMemo[key]
 		if !seen {
@@ -58,9 +71,16 @@ func Plan(snap store.Snapshot, known TemplateKnown) []Decision {
 	decisions := make([]Decision, 0, len(pending))
 	for _, in := range pending {
 		d := Decision{Instance: in}
-		if known != nil && !isKnown(in.VMID, in.Tag) {
+		v := Known
+		if known != nil {
+			v = verdict(in.VMID, in.Tag)
+		}
+		switch v {
+		case Absent:
 			d.Reason = "template not in registry"
-		} else {
+		case Unconfirmed:
+			d.Reason = "waiting for the registry to confirm the template"
+		default:
 			d.NodeID, d.Reason, d.Fail = placeOne(in.InstanceRecord, snap.Nodes, groups, used)
 		}
 		if d.NodeID != "" {

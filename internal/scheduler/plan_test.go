@@ -197,9 +197,13 @@ func TestPlanAvoidsNodesThatFailed(t *testing.T) {
 func TestPlanUnknownTemplate(t *testing.T) {
 	snap := store.Snapshot{Nodes: []store.NodeEntry{mkNode(nodeSpec{id: "n1", capacity: 1, alive: true})},
 		Instances: []store.InstanceEntry{mkInstance("i1", 1, 0)}}
-	d := Plan(snap, func(string, string) bool { return false })
+	d := Plan(snap, func(string, string) Verdict { return Absent })
 	if d[0].NodeID != "" || d[0].Reason != "template not in registry" {
 		t.Fatalf("got %+v", d[0])
+	}
+	d = Plan(snap, func(string, string) Verdict { return Unconfirmed })
+	if d[0].NodeID != "" || d[0].Reason != "waiting for the registry to confirm the template" {
+		t.Fatalf("unconfirmed: got %+v", d[0])
 	}
 }
 
@@ -211,7 +215,7 @@ func TestPlanAsksTheRegistryOncePerTemplate(t *testing.T) {
 		snap.Instances = append(snap.Instances, mkInstance(fmt.Sprint("i", i), 1, 0))
 	}
 	calls := 0
-	d := Plan(snap, func(string, string) bool { calls++; return true })
+	d := Plan(snap, func(string, string) Verdict { calls++; return Known })
 	if calls != 1 || len(d) != 50 || d[49].NodeID != "n1" {
 		t.Fatalf("%d lookups for 50 instances of one template (decisions %d)", calls, len(d))
 	}

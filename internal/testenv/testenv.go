@@ -25,6 +25,7 @@ import (
 	"github.com/corral-build/corral/internal/etcdembed"
 	"github.com/corral-build/corral/internal/node"
 	regdaemon "github.com/corral-build/corral/internal/registry/daemon"
+	"github.com/corral-build/corral/internal/testenv/faultproxy"
 )
 
 // Options shape a test cloud; zero values give quick defaults.
@@ -36,7 +37,10 @@ type Options struct {
 	Retention    time.Duration // default 1m
 	// Registry runs a real registry; nodes then pull templates from it.
 	Registry bool
-	Auth     controller.AuthConfig
+	// RegistryProxy puts a faultproxy between the cloud (controllers and
+	// nodes) and the registry: Cluster.RegistryProxy.
+	RegistryProxy bool
+	Auth          controller.AuthConfig
 }
 
 // NodeOptions describe one synthetic node.
@@ -66,7 +70,8 @@ type Cluster struct {
 	TemplatesFile string
 	Dir           string
 
-	Registry *regdaemon.Daemon // with Options.Registry
+	Registry      *regdaemon.Daemon // with Options.Registry
+	RegistryProxy *faultproxy.Proxy // with Options.RegistryProxy
 
 	mu    sync.Mutex
 	nodes []*RunningNode
@@ -120,6 +125,9 @@ func StartCluster(t testing.TB, opts Options) *Cluster {
 	c.TemplateID = writeTemplates(t, c.TemplatesFile)
 	if opts.Registry {
 		c.Registry = StartRegistry(t, filepath.Join(c.Dir, "registry"))
+		if opts.RegistryProxy {
+			c.RegistryProxy = faultproxy.New(t, c.Registry.URL)
+		}
 	}
 	var urls []string
 	for range opts.Controllers {
@@ -146,6 +154,9 @@ func (c *Cluster) StartController(opts Options) *daemon.Daemon {
 	registryURL := ""
 	if c.Registry != nil {
 		registryURL = c.Registry.URL
+	}
+	if c.RegistryProxy != nil {
+		registryURL = c.RegistryProxy.URL
 	}
 	d, err := daemon.Start(context.Background(), daemon.Config{
 		RegistryURL: registryURL, Auth: opts.Auth,

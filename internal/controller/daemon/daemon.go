@@ -166,7 +166,7 @@ func Start(ctx context.Context, cfg Config) (*Daemon, error) {
 	d.cancel = cancel
 	sched := scheduler.New(st, scheduler.Config{
 		ID: electionID(d.URL), SessionTTL: int(cfg.SchedulerTTL / time.Second), Retention: cfg.InstanceRetention,
-		Known: knownTemplates(runCtx, reg), OnPass: m.ObservePass, OnPlaced: m.ObservePlacement,
+		Known: d.Service.Catalog().Known, OnPass: m.ObservePass, OnPlaced: m.ObservePlacement,
 		WhileLeading: func(ctx context.Context) { defragLoop(ctx, d.cli, st, cfg.DefragInterval, log) },
 	}, log)
 	if d.metrics, err = metrics.Listen(cfg.MetricsListen, m.Handler()); err != nil {
@@ -188,25 +188,6 @@ func Start(ctx context.Context, cfg Config) (*Daemon, error) {
 	}()
 	log.Info("controller listening", "url", d.URL, "etcd", endpoints)
 	return d, nil
-}
-
-// knownTemplates lets the scheduler tell users when a template vanished.
-func knownTemplates(ctx context.Context, reg controller.Registry) scheduler.TemplateKnown {
-	return func(vmid, tag string) bool {
-		t, err := reg.GetTemplate(ctx, vmid)
-		if errors.Is(err, controller.ErrNotInRegistry) {
-			return false
-		}
-		if err != nil {
-			return true // registry unreachable: do not fail instances on a blip
-		}
-		for _, v := range t.Versions {
-			if v.Tag == tag {
-				return true
-			}
-		}
-		return false
-	}
 }
 
 // electionID names this controller to the others: host and URL, since
