@@ -136,18 +136,72 @@ func (r *Registry) OCIUploadSize(ctx context.Context, repo, id string) (int64, e
 // OCIAppend adds body to an upload. start is where the client says the
 // bytes begin (-1 if it did not say); it must be the current size.
 func (r *Registry) OCIAppend(ctx context.Context, repo, id string, start int64, body io.Reader) (int64, error) {
-	u, err := r.ociSession(ctx, repo, id)
+	u, release, err := r.claimSession(ctx, repo, id, start)
+	if err != nil {
+		return u.Size, err
+	}
+	err = r.ociWrite(ctx, id, &u, body, false)
+	release()
 	if err != nil {
 		return 0, err
 	}
-	if start >= 0 && start != u.Size {
-		return u.Size, ociErr(http.StatusRequestedRangeNotSatisfiable, "BLOB_UPLOAD_INVALID",
+	return u.Size, nil
+}
+
+// claimStale is how old a claim must be before another writer may take it
+// over: its writer crashed mid-write.
+const claimStale = 10 * time.Minute
+
+// claimSession makes the caller the only writer of upload id from its
+// current size on, and returns the session as of that claim. Writers that
+// race for one offset (concurrent PATCHes, or a PATCH racing the final PUT)
+// get one winner; the others get 416, as for a chunk at the wrong offset.
+// The claim is an exclusive object per starting offset, so this holds
+// across registry replicas sharing one store; release frees it once the
+// session is written. A writer re-reads the session after winning a claim,
+// so one that read it before an earlier writer moved it on is refused.
+func (r *Registry) claimSession(ctx context.Context, repo, id string, start int64) (ociUpload, func(), error) {
+	u, err := r.ociSession(ctx, repo, id)
+	if err != nil {
+		return u, nil, err
+	}
+	wrongOffset := func(u ociUpload, start int64) error {
+		return ociErr(http.StatusRequestedRangeNotSatisfiable, "BLOB_UPLOAD_INVALID",
 			"chunk starts at %d but the upload holds %d bytes", start, u.Size)
 	}
-	if err := r.ociWrite(ctx, id, &u, body, false); err != nil {
-		return 0, err
+	if start >= 0 && start != u.Size {
+		return u, nil, wrongOffset(u, start)
 	}
-	return u.Size, nil
+	from := u.Size
+	claim := fmt.Sprintf("oci/uploads/%s/claim-%d", id, from)
+	err = r.st.Put(ctx, claim, strings.NewReader(""), storage.Exclusive)
+	if errors.Is(err, storage.ErrExists) {
+		// Taken by a writer that is still at it, or finished (the session
+		// then moved on), or crashed long ago (take it over).
+		info, serr := r.st.Stat(ctx, claim)
+		if serr == nil && time.Since(info.ModTime) > claimStale {
+			_ = r.st.Delete(ctx, claim)
+			err = r.st.Put(ctx, claim, strings.NewReader(""), storage.Exclusive)
+		}
+	}
+	if errors.Is(err, storage.ErrExists) {
+		return u, nil, ociErr(http.StatusRequestedRangeNotSatisfiable, "BLOB_UPLOAD_INVALID",
+			"another request is writing this upload from byte %d; ask for its size and resume", from)
+	}
+	if err != nil {
+		return u, nil, fmt.Errorf("upload %s: claim: %w", id, err)
+	}
+	release := func() { _ = r.st.Delete(context.WithoutCancel(ctx), claim) }
+	// Re-read under the claim: a writer that won this offset before us has
+	// moved the session on.
+	if u, err = r.ociSession(ctx, repo, id); err != nil || u.Size != from {
+		release()
+		if err == nil {
+			err = wrongOffset(u, from)
+		}
+		return u, nil, err
+	}
+	return u, release, nil
 }
 
 // ociWrite streams body into u: full chunks are stored as they fill, the
@@ -237,11 +291,13 @@ func (r *Registry) OCIFinishUpload(ctx context.Context, repo, id, digest string,
 	if err != nil {
 		return err
 	}
-	u, err := r.ociSession(ctx, repo, id)
+	u, release, err := r.claimSession(ctx, repo, id, -1)
 	if err != nil {
 		return err
 	}
-	if err := r.ociWrite(ctx, id, &u, body, true); err != nil {
+	err = r.ociWrite(ctx, id, &u, body, true)
+	release()
+	if err != nil {
 		return err
 	}
 	h := sha256.New()

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
+	awshttp "github.com/aws/aws-sdk-go-v2/aws/transport/http"
 	"github.com/aws/aws-sdk-go-v2/config"
 	sdk "github.com/aws/aws-sdk-go-v2/service/s3"
 	"github.com/aws/aws-sdk-go-v2/service/s3/types"
@@ -71,14 +72,18 @@ func New(ctx context.Context, cfg Config) (*Backend, error) {
 	// Every request has a deadline to its answer's headers, so a hung S3
 	// endpoint fails the call (and the SDK's standard retryer retries it)
 	// instead of blocking it; bodies stream without an overall limit.
-	hc := cfg.HTTPClient
-	if hc == nil {
-		hc = &http.Client{Transport: http.DefaultTransport.(*http.Transport).Clone()}
-	}
-	if tr, ok := hc.Transport.(*http.Transport); ok && tr.ResponseHeaderTimeout == 0 {
-		tr = tr.Clone()
-		tr.ResponseHeaderTimeout = cmp.Or(cfg.ResponseTimeout, 30*time.Second)
-		hc = &http.Client{Transport: tr, CheckRedirect: hc.CheckRedirect, Jar: hc.Jar, Timeout: hc.Timeout}
+	wait := cmp.Or(cfg.ResponseTimeout, 30*time.Second)
+	var hc config.HTTPClient = awshttp.NewBuildableClient().WithTransportOptions(func(tr *http.Transport) {
+		tr.ResponseHeaderTimeout = wait
+	})
+	if cfg.HTTPClient != nil {
+		c := *cfg.HTTPClient
+		if tr, ok := c.Transport.(*http.Transport); ok && tr.ResponseHeaderTimeout == 0 {
+			tr = tr.Clone()
+			tr.ResponseHeaderTimeout = wait
+			c.Transport = tr
+		}
+		hc = &c
 	}
 	opts := []func(*config.LoadOptions) error{config.WithHTTPClient(hc)}
 	awsCfg, err := config.LoadDefaultConfig(ctx, opts...)
