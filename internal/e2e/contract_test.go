@@ -4,7 +4,6 @@ import (
 	"encoding/base64"
 	"fmt"
 	"slices"
-	"strings"
 	"testing"
 	"time"
 
@@ -276,7 +275,4 @@ func TestBadInput(t *testing.T) {
 	}
 	// Numbers as strings are accepted where the spec says so.
 	ok(t, "POST", base+"/vm", vm(`,"count":"1","priority":"5","script_timeout":"30","vcpu":"2","vram":"2048"`))
-	if !strings.HasPrefix(apiv1.MsgNoSuchTag("x"), "No such tag ") {
-		t.Fatal("message constant changed")
-	}
 }

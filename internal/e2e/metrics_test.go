@@ -90,14 +90,24 @@ func TestMetricsListeners(t *testing.T) {
 	}
 	defer reg.Close()
 	http.Get(reg.URL + "/registry/status")
-	time.Sleep(300 * time.Millisecond) // a few GC runs
+	// The GC counter is exported at 0 from the start: wait until it counts
+	// real runs (every 100 ms here).
+	for deadline := time.Now().Add(10 * time.Second); metricValue(scrape(reg.URL+"/metrics"), "corral_registry_gc_runs_total") < 2; {
+		if time.Now().After(deadline) {
+			t.Fatal("corral_registry_gc_runs_total never counted two GC runs")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 	for _, url := range []string{reg.URL + "/metrics", "http://" + regMetrics + "/metrics"} {
 		text := scrape(url)
-		for _, series := range []string{`corral_registry_requests_total{code="200",method="GET",route="GET /registry/status"} 1`,
-			"corral_registry_store_free_bytes ", "corral_registry_gc_runs_total "} {
-			if !strings.Contains(text, series) {
-				t.Errorf("%s: no %q", url, series)
-			}
+		if !strings.Contains(text, `corral_registry_requests_total{code="200",method="GET",route="GET /registry/status"} 1`) {
+			t.Errorf("%s: no status request counted", url)
+		}
+		if free := metricValue(text, "corral_registry_store_free_bytes"); free <= 0 {
+			t.Errorf("%s: corral_registry_store_free_bytes %v, want the volume's free space", url, free)
+		}
+		if runs := metricValue(text, "corral_registry_gc_runs_total"); runs < 2 {
+			t.Errorf("%s: corral_registry_gc_runs_total %v, want >= 2", url, runs)
 		}
 	}
 
@@ -114,4 +124,18 @@ func TestMetricsListeners(t *testing.T) {
 		!strings.Contains(text, `corral_nodes{state="Active"} 0`) {
 		t.Errorf("controller metrics listener:\n%.2000s", text)
 	}
+}
+
+// metricValue is the value of an unlabelled series in a Prometheus text
+// exposition, or -1 when absent.
+func metricValue(text, name string) float64 {
+	for _, line := range strings.Split(text, "\n") {
+		if v, ok := strings.CutPrefix(line, name+" "); ok {
+			f, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
+			if err == nil {
+				return f
+			}
+		}
+	}
+	return -1
 }

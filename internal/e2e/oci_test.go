@@ -69,7 +69,7 @@ func testOCIDistribution(t *testing.T, reg *regdaemon.Daemon) {
 	}
 	if gi, err := remote.Index(ref("ci/multi:latest")); err != nil {
 		t.Fatalf("pull index: %v", err)
-	} else if d, _ := gi.Digest(); d != mustDigest(idx.Digest()) {
+	} else if d, _ := gi.Digest(); d != mustDigest(t, idx) {
 		t.Fatal("index digest differs")
 	}
 	tags, err := remote.List(ref("ci/base:v1").Context())
@@ -89,7 +89,14 @@ func testOCIDistribution(t *testing.T, reg *regdaemon.Daemon) {
 	}
 }
 
-func mustDigest(h v1.Hash, err error) v1.Hash { return h }
+func mustDigest(t *testing.T, d interface{ Digest() (v1.Hash, error) }) v1.Hash {
+	t.Helper()
+	h, err := d.Digest()
+	if err != nil {
+		t.Fatalf("digest: %v", err)
+	}
+	return h
+}
 
 func sameLayer(t *testing.T, a, b v1.Layer) bool {
 	t.Helper()

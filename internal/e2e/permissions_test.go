@@ -43,12 +43,23 @@ func TestPermissionGroups(t *testing.T) {
 		return bearer
 	}
 	type call struct{ method, path, auth, body string }
-	expect := func(wantCode int, wantBody string, calls ...call) {
+	// expect checks the whole answer: HTTP code, envelope status and the
+	// exact message (wantMsg "OK" means an OK envelope with no message).
+	expect := func(wantCode int, wantMsg string, calls ...call) {
 		t.Helper()
+		wantStatus := "FAIL"
+		if wantMsg == "OK" {
+			wantStatus, wantMsg = "OK", ""
+		}
 		for _, cl := range calls {
 			code, body := authCall(t, cl.method, base+cl.path, cl.auth, cl.body)
-			if code != wantCode || !strings.Contains(body, wantBody) {
-				t.Errorf("%s %s: HTTP %d %s, want %d with %q", cl.method, cl.path, code, strings.TrimSpace(body), wantCode, wantBody)
+			var env struct{ Status, Message string }
+			if err := json.Unmarshal([]byte(body), &env); err != nil {
+				t.Errorf("%s %s: HTTP %d, not an envelope: %s", cl.method, cl.path, code, body)
+				continue
+			}
+			if code != wantCode || env.Status != wantStatus || env.Message != wantMsg {
+				t.Errorf("%s %s: HTTP %d %s %q, want %d %s %q", cl.method, cl.path, code, env.Status, env.Message, wantCode, wantStatus, wantMsg)
 			}
 		}
 	}
@@ -66,35 +77,37 @@ func TestPermissionGroups(t *testing.T) {
 	}
 
 	jenkins := login(base, "jenkins")
-	expect(200, `"status":"OK"`, call{"POST", "/api/v1/permission-group", root,
+	expect(200, "OK", call{"POST", "/api/v1/permission-group", root,
 		`{"name":"ci","description":"CI jobs","permissions":["view","start_instances"],"members":["key:jenkins"]}`})
-	expect(200, `a permission group named \"ci\" exists`, call{"POST", "/api/v1/permission-group", root, `{"name":"ci"}`})
-	expect(200, `unknown permission \"fly\"`, call{"POST", "/api/v1/permission-group", root, `{"name":"x","permissions":["fly"]}`})
-	expect(200, `members`, call{"POST", "/api/v1/permission-group", root, `{"name":"x","members":["user:bob"]}`})
-	expect(200, `name`, call{"POST", "/api/v1/permission-group", root, `{"name":"../etc"}`})
+	expect(200, `name: a permission group named "ci" exists`, call{"POST", "/api/v1/permission-group", root, `{"name":"ci"}`})
+	expect(200, `permissions: unknown permission "fly" (want view, start_instances, terminate_instances, manage_nodes, manage_templates, admin)`, call{"POST", "/api/v1/permission-group", root, `{"name":"x","permissions":["fly"]}`})
+	expect(200, `members: "user:bob": want key:<api key id>, cert:<common name> or cert-group:<organization>`, call{"POST", "/api/v1/permission-group", root, `{"name":"x","members":["user:bob"]}`})
+	expect(200, `name: want 1-64 letters, digits, '.', '_' or '-', got "../etc"`, call{"POST", "/api/v1/permission-group", root, `{"name":"../etc"}`})
 	expect(200, `Not found`, call{"PUT", "/api/v1/permission-group", root, `{"name":"nope"}`})
 
 	// What "ci" grants works; the rest is 403 naming the permission.
 	id := start(jenkins)
-	expect(200, `"status":"OK"`, call{"GET", "/api/v1/vm?id=" + id, jenkins, ""}, call{"GET", "/api/v1/node", jenkins, ""},
+	expect(200, "OK", call{"GET", "/api/v1/vm?id=" + id, jenkins, ""}, call{"GET", "/api/v1/node", jenkins, ""},
 		call{"PUT", "/api/v1/vm?id=" + id, jenkins, `{"external_id":"job-1"}`})
 	expect(403, `Permission denied: key:jenkins does not have the terminate_instances permission`,
 		call{"DELETE", "/api/v1/vm", jenkins, `{"id":"` + id + `"}`})
-	expect(403, `manage_nodes`, call{"DELETE", "/api/v1/node", jenkins, `{"node_id":"x"}`},
+	expect(403, `Permission denied: key:jenkins does not have the manage_nodes permission`, call{"DELETE", "/api/v1/node", jenkins, `{"node_id":"x"}`},
 		call{"POST", "/api/v1/group", jenkins, `{"name":"g"}`})
-	expect(403, `manage_templates`, call{"DELETE", "/api/v1/registry/vm?id=" + c.TemplateID, jenkins, ""})
-	expect(403, `admin`, call{"GET", "/api/v1/permission-group", jenkins, ""},
+	expect(403, `Permission denied: key:jenkins does not have the manage_templates permission`, call{"DELETE", "/api/v1/registry/vm?id=" + c.TemplateID, jenkins, ""})
+	expect(403, `Permission denied: key:jenkins does not have the admin permission`, call{"GET", "/api/v1/permission-group", jenkins, ""},
 		call{"POST", "/api/v1/permission-group", jenkins, `{"name":"mine","permissions":["admin"],"members":["key:jenkins"]}`})
-	expect(200, "n1", call{"GET", "/", jenkins, ""}) // the dashboard needs view
+	if code, page := authCall(t, "GET", base+"/", jenkins, ""); code != 200 || !strings.Contains(page, ">n1<") {
+		t.Errorf("dashboard with view: HTTP %d", code) // the dashboard needs view
+	}
 
 	// Replacing the group takes effect on the next request.
-	expect(200, `"status":"OK"`, call{"PUT", "/api/v1/permission-group", root,
+	expect(200, "OK", call{"PUT", "/api/v1/permission-group", root,
 		`{"name":"ci","permissions":["view","start_instances","terminate_instances"],"members":["key:jenkins"]}`})
-	expect(200, `"status":"OK"`, call{"DELETE", "/api/v1/vm", jenkins, `{"id":"` + id + `"}`})
+	expect(200, "OK", call{"DELETE", "/api/v1/vm", jenkins, `{"id":"` + id + `"}`})
 
 	// A key no group names may do everything, as before groups existed.
 	other := login(base, "other")
-	expect(200, `"status":"OK"`, call{"DELETE", "/api/v1/vm", other, `{"id":"` + start(other) + `"}`})
+	expect(200, "OK", call{"DELETE", "/api/v1/vm", other, `{"id":"` + start(other) + `"}`})
 
 	// With a default group, unbound keys get only that; a missing default
 	// group grants nothing (fail closed).
@@ -102,18 +115,18 @@ func TestPermissionGroups(t *testing.T) {
 		DefaultPermissionGroup: "readonly"}})
 	base = locked.URL
 	other = login(base, "other")
-	expect(403, `key:other does not have the view permission`, call{"GET", "/api/v1/vm", other, ""})
-	expect(200, `"status":"OK"`, call{"POST", "/api/v1/permission-group", root, `{"name":"readonly","permissions":["view"]}`})
-	expect(200, `"status":"OK"`, call{"GET", "/api/v1/vm", other, ""})
-	expect(403, `start_instances`, call{"POST", "/api/v1/vm", other, `{"vmid":"` + c.TemplateID + `"}`})
-	expect(200, `"status":"OK"`, call{"POST", "/api/v1/vm", jenkins, `{"vmid":"` + c.TemplateID + `"}`}) // bound: "ci" applies
+	expect(403, `Permission denied: key:other does not have the view permission`, call{"GET", "/api/v1/vm", other, ""})
+	expect(200, "OK", call{"POST", "/api/v1/permission-group", root, `{"name":"readonly","permissions":["view"]}`})
+	expect(200, "OK", call{"GET", "/api/v1/vm", other, ""})
+	expect(403, `Permission denied: key:other does not have the start_instances permission`, call{"POST", "/api/v1/vm", other, `{"vmid":"` + c.TemplateID + `"}`})
+	expect(200, "OK", call{"POST", "/api/v1/vm", jenkins, `{"vmid":"` + c.TemplateID + `"}`}) // bound: "ci" applies
 
 	code, body := authCall(t, "GET", base+"/api/v1/permission-group", root, "")
 	if code != 200 || !strings.Contains(body, `"name":"ci","description":"","permissions":["view","start_instances","terminate_instances"],"members":["key:jenkins"]`) ||
 		!strings.Contains(body, `"members":[]`) {
 		t.Errorf("list: HTTP %d %s", code, body)
 	}
-	expect(200, `"status":"OK"`, call{"DELETE", "/api/v1/permission-group", root, `{"name":"ci"}`})
+	expect(200, "OK", call{"DELETE", "/api/v1/permission-group", root, `{"name":"ci"}`})
 	expect(200, `Not found`, call{"DELETE", "/api/v1/permission-group", root, `{"name":"ci"}`})
-	expect(403, `start_instances`, call{"POST", "/api/v1/vm", jenkins, `{"vmid":"` + c.TemplateID + `"}`}) // now unbound: readonly
+	expect(403, `Permission denied: key:jenkins does not have the start_instances permission`, call{"POST", "/api/v1/vm", jenkins, `{"vmid":"` + c.TemplateID + `"}`}) // now unbound: readonly
 }

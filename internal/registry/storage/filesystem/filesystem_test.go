@@ -4,6 +4,7 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"syscall"
 	"testing"
 	"time"
 
@@ -42,5 +43,26 @@ func TestPurgeIncomplete(t *testing.T) {
 	}
 	if _, err := os.Stat(fresh); err != nil {
 		t.Fatal("in-progress temp file removed")
+	}
+}
+
+// TestUsageIsTheVolumes: the conformance suite accepts (0, 0) ("unknown",
+// as on S3); a directory always knows: its volume's size and free space.
+func TestUsageIsTheVolumes(t *testing.T) {
+	dir := t.TempDir()
+	b, err := New(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	total, free, err := b.Usage(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var st syscall.Statfs_t
+	if err := syscall.Statfs(dir, &st); err != nil {
+		t.Fatal(err)
+	}
+	if want := int64(st.Blocks) * int64(st.Bsize); total != want || free <= 0 || free > total {
+		t.Fatalf("usage total %d free %d, want total %d and 0 < free <= total", total, free, want)
 	}
 }

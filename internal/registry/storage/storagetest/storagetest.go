@@ -158,15 +158,37 @@ func Run(t *testing.T, newBackend func(t *testing.T) storage.Backend) {
 		}
 	})
 	t.Run("UnsyncedThenSync", func(t *testing.T) {
+		// Unsynced objects are whole and visible at once (a commit reads
+		// them back before Sync), replace atomically like any Put, and every
+		// one of them is still there, unchanged, after Sync.
 		b := newBackend(t)
-		if err := b.Put(ctx, "c/1", strings.NewReader("chunk"), storage.Unsynced); err != nil {
+		if err := b.Sync(ctx); err != nil {
+			t.Fatalf("Sync with nothing pending: %v", err)
+		}
+		if err := b.Put(ctx, "c/0", strings.NewReader("old"), storage.Replace); err != nil {
 			t.Fatal(err)
+		}
+		for i := range 40 {
+			if err := b.Put(ctx, fmt.Sprintf("c/%d", i), strings.NewReader(fmt.Sprintf("chunk %d", i)), storage.Unsynced); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if got := read(t, b, "c/0", 0); got != "chunk 0" {
+			t.Fatalf("before Sync: got %q, want the replacing unsynced object", got)
 		}
 		if err := b.Sync(ctx); err != nil {
 			t.Fatal(err)
 		}
-		if got := read(t, b, "c/1", 0); got != "chunk" {
-			t.Fatalf("got %q", got)
+		for i := range 40 {
+			if got, want := read(t, b, fmt.Sprintf("c/%d", i), 0), fmt.Sprintf("chunk %d", i); got != want {
+				t.Fatalf("after Sync: c/%d is %q, want %q", i, got, want)
+			}
+		}
+		if list, err := b.List(ctx, "c"); err != nil || len(list) != 40 {
+			t.Fatalf("after Sync: %d objects listed (%v), want 40", len(list), err)
+		}
+		if err := b.Sync(ctx); err != nil {
+			t.Fatalf("second Sync: %v", err)
 		}
 	})
 	t.Run("Usage", func(t *testing.T) {
