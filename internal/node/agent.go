@@ -351,3 +351,17 @@ func (a *Agent) templateInUse(vmid, tag string) bool {
 	}
 	return false
 }
+
+// Running lists the instances whose VM this agent has booted and not yet
+// destroyed.
+func (a *Agent) Running() []string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	var ids []string
+	for id, in := range a.instances {
+		if in.runningVM() != nil {
+			ids = append(ids, id)
+		}
+	}
+	return ids
+}

@@ -82,12 +82,19 @@ type RunningNode struct {
 	Agent  *node.Agent
 	cancel context.CancelFunc
 	done   chan error
+
+	stopOnce sync.Once
+	stopErr  error
 }
 
-// Stop shuts the agent down gracefully (it destroys its VMs first).
+// Stop shuts the agent down gracefully (it destroys its VMs first); later
+// calls return the first one's result.
 func (n *RunningNode) Stop() error {
-	n.cancel()
-	return <-n.done
+	n.stopOnce.Do(func() {
+		n.cancel()
+		n.stopErr = <-n.done
+	})
+	return n.stopErr
 }
 
 // Logger returns a logger that writes to the test log only when -v is set or
