@@ -1,9 +1,17 @@
-# The README's test command is `make test` (equivalently `go test ./...`).
-.PHONY: build test vet
+# The README's test command is `make test`: vet, every package's tests (each
+# package binary bounded by -timeout), then the core packages and the
+# fault-injection, HA and storm tests again under the race detector.
+RACE_PKGS = ./client/ ./internal/store/ ./internal/scheduler/ ./internal/node/ ./internal/registry/... ./internal/retry/ ./internal/testenv/...
+RACE_E2E  = TestLeaderKilled|TestHAKillOneOfEach|TestNodeKilledWithoutGoodbye|TestNodeRestartReconciles|TestTerminateBeforeNodeSawPlacement|TestNeverStartedWorkSurvivesNodeCrash|TestHungRegistryDoesNotStallScheduling|TestStorm
+
+.PHONY: build test race vet
 build:
 	go build -o bin/corral ./cmd/corral
-test:
-	go vet ./...
-	go test ./...
+test: vet
+	go test -timeout 15m ./...
+	$(MAKE) race
+race:
+	go test -race -timeout 15m $(RACE_PKGS)
+	go test -race -timeout 15m -run '$(RACE_E2E)' ./internal/e2e/
 vet:
 	go vet ./...
