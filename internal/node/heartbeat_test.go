@@ -7,6 +7,7 @@ import (
 
 	apiv1 "github.com/corral-build/corral/api/v1"
 	"github.com/corral-build/corral/internal/testenv"
+	"github.com/corral-build/corral/internal/testenv/faultproxy"
 )
 
 // TestBusyNodeStaysActive: reports used to restart the heartbeat timer, so a
@@ -55,5 +56,32 @@ func TestNodeReportsMeasurements(t *testing.T) {
 			t.Fatalf("node reports cpu_util %v ram_util %v free_disk_space %d", nodes[0].CPUUtil, nodes[0].RAMUtil, nodes[0].FreeDiskSpace)
 		}
 		time.Sleep(200 * time.Millisecond) // polling interval, not synchronisation
+	}
+}
+
+// TestHungReportsDoNotStopHeartbeats: a controller whose report and status
+// endpoints hang forever must not block the node's heartbeats: the node
+// stays Active for several lease TTLs.
+func TestHungReportsDoNotStopHeartbeats(t *testing.T) {
+	c := testenv.StartCluster(t, testenv.Options{LeaseTTL: time.Second})
+	proxy := faultproxy.New(t, c.Controllers[0].URL)
+	n := c.StartNode(testenv.NodeOptions{Name: "patient", Capacity: 2, ControllerURLs: []string{proxy.URL}})
+	proxy.Set("/api/v1/agent/report", faultproxy.Fault{Hang: true})
+	proxy.Set("/api/v1/agent/status", faultproxy.Fault{Hang: true})
+	ctx := context.Background()
+	deadline := time.Now().Add(5 * time.Second) // five lease TTLs
+	for time.Now().Before(deadline) {
+		n.Agent.TemplatesChanged() // a report, which hangs
+		nodes, err := c.Client.Nodes(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if nodes[0].State != apiv1.NodeActive {
+			t.Fatalf("with its reports hung, the node went %s", nodes[0].State)
+		}
+		time.Sleep(100 * time.Millisecond) // polling interval, not synchronisation
+	}
+	if proxy.Hits("/api/v1/agent/report") == 0 {
+		t.Fatal("no report reached the hung endpoint: the fault was not exercised")
 	}
 }
