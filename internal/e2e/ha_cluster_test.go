@@ -141,6 +141,7 @@ func TestHAKillOneOfEach(t *testing.T) {
 	var ids []string
 	var mu sync.Mutex
 	var failures []error
+	pushes := 0
 	stop := make(chan struct{})
 	var stream sync.WaitGroup
 	for w := range 3 {
@@ -180,17 +181,41 @@ func TestHAKillOneOfEach(t *testing.T) {
 				mu.Lock()
 				failures = append(failures, fmt.Errorf("push %d: %w", i, err))
 				mu.Unlock()
+			} else {
+				mu.Lock()
+				pushes++
+				mu.Unlock()
 			}
 		}
 	}()
+	// progress waits until the stream has started n more instances and made
+	// one more push: each fault below lands on a cloud under load, and the
+	// cloud keeps serving after it.
+	progress := func(what string, n int) {
+		t.Helper()
+		mu.Lock()
+		wantIDs, wantPushes := len(ids)+n, pushes+1
+		mu.Unlock()
+		for deadline := time.Now().Add(60 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+			mu.Lock()
+			done := len(ids) >= wantIDs && pushes >= wantPushes
+			mu.Unlock()
+			if done {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("no progress %s: want %d instances and %d pushes", what, wantIDs, wantPushes)
+			}
+		}
+	}
 
-	time.Sleep(time.Second)
+	progress("before the faults", 5)
 	members[2].Close() // one etcd member
-	time.Sleep(500 * time.Millisecond)
+	progress("after an etcd member died", 5)
 	ctls[0].Kill() // one controller, without resigning
-	time.Sleep(500 * time.Millisecond)
+	progress("after a controller died", 5)
 	regs[0].Close() // one registry
-	time.Sleep(3 * time.Second)
+	progress("after a registry died", 10)
 	close(stop)
 	stream.Wait()
 
