@@ -161,3 +161,19 @@ func TestParseSize(t *testing.T) {
 		}
 	}
 }
+
+// TestUpListensOnLoopbackByDefault: `corral up` used to listen on :8090 (every
+// interface) with auth off: remote code execution for anyone on the network.
+func TestUpListensOnLoopbackByDefault(t *testing.T) {
+	var out bytes.Buffer
+	runUp(t.Context(), []string{"--help"}, &out)
+	help := out.String()
+	i := strings.Index(help, "  -listen string\n")
+	if i < 0 {
+		t.Fatalf("no --listen in up's help:\n%s", help)
+	}
+	usage, _, _ := strings.Cut(help[i+len("  -listen string\n"):], "\n")
+	if !strings.Contains(usage, `(default "127.0.0.1:8090")`) {
+		t.Fatalf("up --listen: %q, want the loopback default", usage)
+	}
+}

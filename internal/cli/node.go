@@ -19,7 +19,7 @@ import (
 
 // nodeFlags are shared by `corral node` and `corral up`.
 type nodeFlags struct {
-	name, ip, driver, dataDir, forwardHost, minFree, qemuAccel string
+	name, ip, driver, dataDir, forwardHost, minFree, qemuAccel, scriptUser string
 	groups                                                     []string
 	capacity                                                   int
 	vnc                                                        bool
@@ -38,6 +38,7 @@ func (n *nodeFlags) register(f *flags, prefix string) {
 	f.List(&n.groups, prefix+"groups", "", "groups to join on first registration, comma-separated names (created if missing)")
 	f.String(&n.dataDir, prefix+"data-dir", "corral-node", "node state: identity and template cache")
 	f.String(&n.minFree, prefix+"min-free-disk", "5G", "disk space template pulls leave free, deleting the least recently used unused templates (e.g. 50G, 500M; 0 = never delete)")
+	f.String(&n.scriptUser, prefix+"synthetic-script-user", synthetic.DefaultScriptUser, "synthetic driver: user startup scripts run as when the node runs as root (root only if you name it)")
 	f.Duration(&n.bootTime, prefix+"synthetic-boot-time", 200*time.Millisecond, "synthetic driver: time a VM takes to boot")
 	n.tls.register(f, prefix, true, prefix == "")
 	f.Duration(&n.pullTime, prefix+"synthetic-pull-time", 0, "time a simulated template pull takes, when the cloud has no registry")
@@ -46,7 +47,9 @@ func (n *nodeFlags) register(f *flags, prefix string) {
 func (n *nodeFlags) driverFor(log *slog.Logger) (driver.Driver, error) {
 	switch n.driver {
 	case "synthetic":
-		return synthetic.New(n.bootTime), nil
+		d := synthetic.New(n.bootTime)
+		d.ScriptUser = n.scriptUser
+		return d, nil
 	case "qemu":
 		return qemu.New(qemu.Config{StateDir: filepath.Join(n.dataDir, "qemu"), ForwardHost: n.forwardHost, VNC: n.vnc, Accel: n.qemuAccel, Log: log})
 	case "anka":

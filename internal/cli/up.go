@@ -23,7 +23,8 @@ func runUp(ctx context.Context, args []string, out io.Writer) error {
 	var c controllerFlags
 	var n nodeFlags
 	var r registryFlags
-	c.register(f, ":8090")
+	// One machine: reachable only from it unless --listen says otherwise.
+	c.register(f, "127.0.0.1:8090")
 	n.register(f, "node-")
 	f.String(&n.driver, "driver", n.driver, "the local node's VM driver (same as --node-driver)")
 	r.register(f, "registry-", "127.0.0.1:8089", "")

@@ -23,6 +23,7 @@ import (
 	"github.com/corral-build/corral/internal/controller/web"
 	"github.com/corral-build/corral/internal/etcdadmin"
 	"github.com/corral-build/corral/internal/etcdembed"
+	"github.com/corral-build/corral/internal/httpserve"
 	"github.com/corral-build/corral/internal/metrics"
 	"github.com/corral-build/corral/internal/scheduler"
 	"github.com/corral-build/corral/internal/store"
@@ -64,6 +65,8 @@ type Config struct {
 	DefragInterval time.Duration
 	// MetricsListen, when set, serves /metrics on this address too (":2112").
 	MetricsListen string
+	// Timeouts bound client connections (httpserve defaults when zero).
+	Timeouts httpserve.Timeouts
 
 	Log *slog.Logger
 }
@@ -160,7 +163,9 @@ func Start(ctx context.Context, cfg Config) (*Daemon, error) {
 	mux.Handle("GET /metrics", m.Handler())
 	mux.Handle("/", m.Middleware(httpapi.New(d.Service, log)))
 	mux.Handle("GET /{$}", web.New(d.Service, log))
-	d.http = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	d.http = cfg.Timeouts.Server(mux)
+	httpserve.WarnIfOpen(log, "the controller", ln.Addr(), cfg.Auth.Enabled,
+		"anyone who can reach it can start instances and run startup scripts on the nodes (use --enable-auth, or --listen 127.0.0.1:PORT)")
 
 	runCtx, cancel := context.WithCancel(context.Background())
 	d.cancel = cancel

@@ -23,6 +23,9 @@ import (
 type Driver struct {
 	BootTime   time.Duration
 	ListenHost string // where SSH endpoints listen; 127.0.0.1 by default
+	// ScriptUser runs startup scripts when the node runs as root (default
+	// DefaultScriptUser; "root" only when an operator says so).
+	ScriptUser string
 }
 
 // New returns a synthetic driver whose VMs boot in bootTime.
@@ -50,7 +53,7 @@ func (d *Driver) Start(ctx context.Context, spec driver.Spec) (driver.VM, error)
 	if ram == 0 {
 		ram = 4096
 	}
-	vm := &vm{ln: ln, done: make(chan struct{}), spec: spec, info: apiv1.VMInfo{
+	vm := &vm{d: d, ln: ln, done: make(chan struct{}), spec: spec, info: apiv1.VMInfo{
 		UUID: spec.InstanceID, Name: "synthetic-" + spec.InstanceID[:min(8, len(spec.InstanceID))],
 		Status: "running", CPUCores: cpus, RAM: strconv.Itoa(ram/1024) + "G", NodeID: spec.NodeID,
 		HostIP: spec.HostIP, IP: fakeGuestIP(port), CreationDate: now, StartDate: now, Version: spec.Tag,
@@ -65,6 +68,7 @@ func (d *Driver) Start(ctx context.Context, spec driver.Spec) (driver.VM, error)
 func fakeGuestIP(port int) string { return fmt.Sprintf("192.168.%d.%d", 64+port/250%64, 2+port%250) }
 
 type vm struct {
+	d    *Driver
 	spec driver.Spec
 	ln   net.Listener
 	done chan struct{}
@@ -93,7 +97,10 @@ func (v *vm) Info() apiv1.VMInfo {
 	return v.info
 }
 
-// RunScript runs the script with /bin/sh on the node, in a temporary directory.
+// RunScript runs the script with /bin/sh on the node, in a private
+// throwaway directory, with nothing of the node's environment; when the
+// node runs as root, as Driver.ScriptUser (default nobody) in its own
+// namespaces.
 func (v *vm) RunScript(ctx context.Context, script []byte) (apiv1.ScriptResult, error) {
 	dir, err := os.MkdirTemp("", "corral-script-")
 	if err != nil {
@@ -101,8 +108,9 @@ func (v *vm) RunScript(ctx context.Context, script []byte) (apiv1.ScriptResult, 
 	}
 	defer os.RemoveAll(dir)
 	cmd := exec.CommandContext(ctx, "/bin/sh", "-s")
-	cmd.Dir = dir
-	cmd.Env = append(os.Environ(), "CORRAL_INSTANCE_ID="+v.spec.InstanceID, "CORRAL_VMID="+v.spec.VMID)
+	if err := v.d.prepareScript(cmd, dir, v); err != nil {
+		return apiv1.ScriptResult{}, err
+	}
 	return driver.RunScript(ctx, cmd, script)
 }
 

@@ -3,7 +3,9 @@ package synthetic
 import (
 	"context"
 	"net"
+	"os"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -57,3 +59,44 @@ type testErr struct{}
 func (testErr) Error() string { return "test crash" }
 
 var errTest = testErr{}
+
+// TestScriptsAreConfined: a startup script is anyone's input. It sees none
+// of the node's environment, runs in a private directory that is gone
+// afterwards, and, when the node runs as root, runs as nobody in its own PID
+// namespace (it used to run as the node's user, root here, with its env).
+func TestScriptsAreConfined(t *testing.T) {
+	t.Setenv("CORRAL_SECRET_OF_THE_NODE", "hunter2")
+	d := New(0)
+	m, err := d.Start(t.Context(), driver.Spec{InstanceID: "0123456789", HostIP: "127.0.0.1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Destroy(t.Context())
+	res, err := m.RunScript(t.Context(), []byte(`id -u; echo "pid $$"; pwd; env | grep -c SECRET; touch ./mine && echo writable`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(strings.TrimSpace(res.Stdout), "\n")
+	if len(lines) != 5 || lines[3] != "0" || lines[4] != "writable" || !strings.Contains(lines[2], "corral-script-") {
+		t.Fatalf("script saw %q (stderr %q)", lines, res.Stderr)
+	}
+	if _, err := os.Stat(lines[2]); !os.IsNotExist(err) {
+		t.Errorf("script directory %s outlived the script: %v", lines[2], err)
+	}
+	if os.Geteuid() != 0 {
+		t.Logf("not root: scripts run as this user (uid %s)", lines[0])
+		return
+	}
+	if lines[0] != "65534" {
+		t.Errorf("as root, scripts ran as uid %s, want nobody (65534)", lines[0])
+	}
+	if lines[1] != "pid 1" {
+		t.Errorf("script shell is %q, want pid 1 of its own PID namespace", lines[1])
+	}
+	// An operator may choose root explicitly.
+	d.ScriptUser = "root"
+	res, err = m.RunScript(t.Context(), []byte(`id -u`))
+	if err != nil || strings.TrimSpace(res.Stdout) != "0" {
+		t.Fatalf("ScriptUser root: %+v %v", res, err)
+	}
+}

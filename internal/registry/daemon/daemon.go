@@ -14,6 +14,7 @@ import (
 	"path"
 	"time"
 
+	"github.com/corral-build/corral/internal/httpserve"
 	"github.com/corral-build/corral/internal/metrics"
 	"github.com/corral-build/corral/internal/registry"
 	"github.com/corral-build/corral/internal/registry/httpapi"
@@ -34,7 +35,10 @@ type Config struct {
 	TLS        tlsconfig.Server // HTTPS when set
 	// MetricsListen, when set, serves /metrics on this address too (":2112").
 	MetricsListen string
-	Log           *slog.Logger
+	// Timeouts bound client connections (httpserve defaults when zero;
+	// Read defaults to 10 min here).
+	Timeouts httpserve.Timeouts
+	Log      *slog.Logger
 }
 
 // Daemon is a running registry.
@@ -84,6 +88,13 @@ func Start(cfg Config) (*Daemon, error) {
 	if serverTLS != nil {
 		ln, scheme = tls.NewListener(ln, serverTLS), "https://"
 	}
+	httpserve.WarnIfOpen(log, "the registry", ln.Addr(), serverTLS != nil && serverTLS.ClientCAs != nil,
+		"anyone who can reach it can push, overwrite and delete templates (bind it to loopback or require client certificates)")
+	if cfg.Timeouts.Read == 0 {
+		// Chunk PUTs and OCI PATCHes are short; a monolithic OCI upload of a
+		// large blob must finish within this (use chunked uploads beyond).
+		cfg.Timeouts.Read = 10 * time.Minute
+	}
 	addr := ln.Addr().(*net.TCPAddr)
 	host := addr.IP.String()
 	if addr.IP.IsUnspecified() {
@@ -92,7 +103,7 @@ func Start(cfg Config) (*Daemon, error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	d := &Daemon{
 		URL: scheme + net.JoinHostPort(host, fmt.Sprint(addr.Port)), Registry: reg, cancel: cancel,
-		http: &http.Server{Handler: withMetrics(m, httpapi.New(reg, log)), ReadHeaderTimeout: 30 * time.Second, IdleTimeout: 5 * time.Minute},
+		http: cfg.Timeouts.Server(withMetrics(m, httpapi.New(reg, log))),
 		done: make(chan struct{}),
 	}
 	go func() {
