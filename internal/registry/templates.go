@@ -307,11 +307,11 @@ func (r *Registry) resolveTemplate(ctx context.Context, req apiv1.CommitRequest)
 func validateCommit(req apiv1.CommitRequest) error {
 	switch {
 	case req.TemplateID == "" && !validName.MatchString(req.Template):
-		return &InvalidError{"template", fmt.Sprintf("%q: want 1-128 letters, digits, '.', '_', '-' (no slashes)", req.Template)}
+		return &InvalidError{"template", fmt.Sprintf("%q: want 1-128 letters, digits, '.', '_', '-' (no slashes, no '..')", req.Template)}
 	case req.TemplateID != "" && !validName.MatchString(req.TemplateID):
 		return &InvalidError{"template_id", "invalid"}
 	case !validName.MatchString(req.Tag):
-		return &InvalidError{"tag", fmt.Sprintf("%q: want 1-128 letters, digits, '.', '_', '-' (no slashes)", req.Tag)}
+		return &InvalidError{"tag", fmt.Sprintf("%q: want 1-128 letters, digits, '.', '_', '-' (no slashes, no '..')", req.Tag)}
 	case req.Arch != apiv1.ArchAMD64 && req.Arch != apiv1.ArchARM64:
 		return &InvalidError{"arch", fmt.Sprintf("%q: want amd64 or arm64", req.Arch)}
 	case req.Manifest.ChunkSize != chunk.Size:
