@@ -17,7 +17,7 @@ import (
 type controllerFlags struct {
 	listen, dataDir, etcdClientURL, etcdPeerURL, etcdName, registryURL, localRegistryURL, templatesFile, joinToken, defaultPermissionGroup string
 	etcdEndpoints                                                                                                                          []string
-	compaction, leaseTTL, schedulerTTL, retention, defragInterval                                                                          time.Duration
+	compaction, leaseTTL, schedulerTTL, retention, defragInterval, sessionTTL                                                              time.Duration
 	standalone, enableAuth, enableAPIKeys, enableMetrics                                                                                   bool
 	rootToken, metricsListen                                                                                                               string
 	logLevel                                                                                                                               int
@@ -47,6 +47,7 @@ func (c *controllerFlags) register(f *flags, listenDefault string) {
 	c.tls.register(f, "CA whose client certificates authenticate requests (with --enable-auth)")
 	c.registryTLS.register(f, "registry-", true, true)
 	f.Bool(&c.enableAPIKeys, "enable-api-keys", false, "allow API-key logins (/tap/v1/hand, /tap/v1/shake; keys from `corral apikey`)", "ANKA_ENABLE_API_KEYS")
+	f.Duration(&c.sessionTTL, "api-keys-session-ttl", time.Hour, "how long an API-key login lasts (deleting the key ends its sessions at once)", "ANKA_API_KEYS_SESSION_TTL")
 	f.String(&c.defaultPermissionGroup, "default-permission-group", "", "permission group for API keys and certificates no permission group names (empty: they may do everything)")
 	f.Duration(&c.defragInterval, "defrag-interval", 0, "defragment etcd this often (0 = never; it blocks writes, so it waits while instances are Scheduling or Pulling)", "ANKA_DEFRAG_DB_INTERVAL")
 	f.Bool(&c.enableMetrics, "enable-metrics", false, "also serve Prometheus /metrics on --metrics-listen (it is always on the API port)", "ANKA_ENABLE_METRICS")
@@ -81,7 +82,7 @@ func (c *controllerFlags) daemonConfig(log *slog.Logger) (daemon.Config, error) 
 		RegistryURL: c.registryURL, LocalRegistryURL: c.localRegistryURL, TemplatesFile: c.templatesFile, JoinToken: c.joinToken,
 		NodeLeaseTTL: c.leaseTTL, SchedulerTTL: c.schedulerTTL, InstanceRetention: c.retention, Log: log,
 		Auth: controller.AuthConfig{Enabled: c.enableAuth, RootToken: c.rootToken, APIKeys: c.enableAPIKeys,
-			DefaultPermissionGroup: c.defaultPermissionGroup},
+			DefaultPermissionGroup: c.defaultPermissionGroup, SessionTTL: c.sessionTTL},
 		TLS: serverTLS, RegistryTLS: c.registryTLS.config(), DefragInterval: c.defragInterval,
 		MetricsListen: metricsListen(c.enableMetrics, c.metricsListen),
 	}, nil

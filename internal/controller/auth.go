@@ -91,11 +91,11 @@ func (s *Service) Authenticate(ctx context.Context, header string, cert *x509.Ce
 			return Identity{}, ErrAuth
 		}
 		var sess Session
-		if json.Unmarshal(raw, &sess) != nil || sess.SessionID == "" {
+		if json.Unmarshal(raw, &sess) != nil || !validSecretID(sess.SessionID) || !validSecretID(sess.UserName) {
 			return Identity{}, ErrAuth
 		}
-		token, err := s.st.Value(ctx, "auth/session/"+sess.SessionID)
-		if err == nil && subtle.ConstantTimeCompare([]byte(token), []byte(sess.UserName+"\n"+sess.Token)) == 1 {
+		hash, err := s.st.Value(ctx, store.SessionPrefix(sess.UserName)+sess.SessionID)
+		if err == nil && subtle.ConstantTimeCompare([]byte(hash), []byte(secretHash(sess.Token))) == 1 {
 			return Identity{Subjects: []string{"key:" + sess.UserName}}, nil
 		}
 	}
@@ -163,7 +163,7 @@ func (s *Service) Authorize(ctx context.Context, id Identity, perm string) error
 // Hand starts an API-key handshake: a single-use secret, encrypted to the
 // key's public key (RSA-OAEP, SHA-256), returned base64-encoded.
 func (s *Service) Hand(ctx context.Context, id string) (string, error) {
-	if !s.cfg.Auth.APIKeys {
+	if !s.cfg.Auth.APIKeys || !validSecretID(id) {
 		return "", ErrAuth
 	}
 	pemKey, err := s.st.APIKey(ctx, id)
@@ -178,7 +178,7 @@ func (s *Service) Hand(ctx context.Context, id string) (string, error) {
 		return "", fmt.Errorf("api key %s: %w", id, err)
 	}
 	secret := randomHex(24)
-	if err := s.st.PutExpiring(ctx, "auth/hand/"+id, secret, time.Minute); err != nil {
+	if err := s.st.PutExpiring(ctx, "auth/hand/"+id, secretHash(secret), time.Minute); err != nil {
 		return "", err
 	}
 	enc, err := rsa.EncryptOAEP(sha256.New(), rand.Reader, pub, []byte(secret), nil)
@@ -194,8 +194,11 @@ func (s *Service) Shake(ctx context.Context, id, secret string) (Session, error)
 	if !s.cfg.Auth.APIKeys {
 		return Session{}, ErrAuth
 	}
+	if !validSecretID(id) {
+		return Session{}, ErrAuth
+	}
 	want, err := s.st.TakeExpiring(ctx, "auth/hand/"+id)
-	if err != nil || subtle.ConstantTimeCompare([]byte(want), []byte(secret)) != 1 {
+	if err != nil || subtle.ConstantTimeCompare([]byte(want), []byte(secretHash(secret))) != 1 {
 		return Session{}, ErrAuth
 	}
 	ttl := s.cfg.Auth.SessionTTL
@@ -203,7 +206,7 @@ func (s *Service) Shake(ctx context.Context, id, secret string) (Session, error)
 		ttl = time.Hour
 	}
 	sess := Session{UserName: id, Token: randomHex(24), SessionID: randomHex(16), ExpiresAt: time.Now().Add(ttl).Unix()}
-	if err := s.st.PutExpiring(ctx, "auth/session/"+sess.SessionID, sess.UserName+"\n"+sess.Token, ttl); err != nil {
+	if err := s.st.PutExpiring(ctx, store.SessionPrefix(id)+sess.SessionID, secretHash(sess.Token), ttl); err != nil {
 		return Session{}, err
 	}
 	return sess, nil
@@ -255,4 +258,16 @@ func validKeyID(id string) bool {
 		}
 	}
 	return true
+}
+
+// secretHash is how session tokens and handshake secrets are stored: they
+// are random (96+ bits), so a plain SHA-256 suffices.
+func secretHash(secret string) string {
+	sum := sha256.Sum256([]byte(secret))
+	return hex.EncodeToString(sum[:])
+}
+
+// validSecretID admits API key and session ids that are safe in a key path.
+func validSecretID(id string) bool {
+	return id != "" && len(id) <= 128 && !strings.ContainsAny(id, "/\\") && !strings.Contains(id, "..")
 }

@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"context"
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/sha256"
@@ -18,7 +19,9 @@ import (
 
 	apiv1 "github.com/corral-build/corral/api/v1"
 	"github.com/corral-build/corral/internal/controller"
+	"github.com/corral-build/corral/internal/store"
 	"github.com/corral-build/corral/internal/testenv"
+	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
 func authCall(t *testing.T, method, url, auth, body string) (int, string) {
@@ -129,4 +132,52 @@ func loginWithAPIKey(t *testing.T, base, id string, priv *rsa.PrivateKey) (strin
 		t.Fatalf("shake: %d %s", code, shake)
 	}
 	return "Bearer " + base64.StdEncoding.EncodeToString(resp.Data), shakeBody
+}
+
+// TestDeletedAPIKeyStopsAtOnce: deleting an API key ends its sessions at
+// once (they used to stay valid for up to an hour), and etcd holds only
+// hashes of session tokens, nothing usable as a credential.
+func TestDeletedAPIKeyStopsAtOnce(t *testing.T) {
+	c := testenv.StartCluster(t, testenv.Options{Auth: controller.AuthConfig{Enabled: true, RootToken: "s3cret", APIKeys: true}})
+	base := c.Controllers[0].URL
+	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{c.Etcd.ClientURL}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	st := store.New(cli, "")
+	pemKey, err := controller.NewAPIKey(context.Background(), st, "ci")
+	if err != nil {
+		t.Fatal(err)
+	}
+	block, _ := pem.Decode(pemKey)
+	priv, err := x509.ParsePKCS1PrivateKey(block.Bytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bearer, _ := loginWithAPIKey(t, base, "ci", priv)
+	if code, body := authCall(t, "GET", base+"/api/v1/vm", bearer, ""); code != 200 {
+		t.Fatalf("with a fresh session: HTTP %d %s", code, body)
+	}
+
+	// Nothing in etcd is the token the client holds.
+	raw, _ := base64.StdEncoding.DecodeString(strings.TrimPrefix(bearer, "Bearer "))
+	var sess struct{ Token string }
+	json.Unmarshal(raw, &sess)
+	resp, err := cli.Get(context.Background(), "/corral/auth/", clientv3.WithPrefix())
+	if err != nil || len(resp.Kvs) == 0 {
+		t.Fatalf("no session stored: %v", err)
+	}
+	for _, kv := range resp.Kvs {
+		if sess.Token == "" || strings.Contains(string(kv.Value), sess.Token) || strings.Contains(string(kv.Key), sess.Token) {
+			t.Fatalf("etcd holds the session token in the clear at %s", kv.Key)
+		}
+	}
+
+	if err := st.DeleteAPIKey(context.Background(), "ci"); err != nil {
+		t.Fatal(err)
+	}
+	if code, body := authCall(t, "GET", base+"/api/v1/vm", bearer, ""); code != 401 {
+		t.Fatalf("after deleting the key: HTTP %d %s, want 401", code, body)
+	}
 }

@@ -12,8 +12,11 @@ import (
 // Auth keys (under the prefix):
 //
 //	apikeys/<id>        PEM public key of an API key
-//	auth/hand/<id>      pending handshake secret (lease-bound, 60 s)
-//	auth/session/<sid>  session token issued by a handshake (lease-bound)
+//	auth/hand/<id>            SHA-256 of a pending handshake secret (lease-bound, 60 s)
+//	auth/session/<id>/<sid>   SHA-256 of a session token issued to key <id> (lease-bound)
+//
+// Secrets are stored hashed: a copy of etcd holds nothing usable as a
+// credential.
 
 // PutAPIKey stores an API key's public key.
 func (s *Store) PutAPIKey(ctx context.Context, id, publicPEM string) error {
@@ -39,10 +42,24 @@ func (s *Store) APIKeys(ctx context.Context) ([]string, error) {
 	return ids, nil
 }
 
-// DeleteAPIKey removes an API key.
+// DeleteAPIKey removes an API key and, in the same transaction, every
+// session issued to it: a deleted key stops working at once.
 func (s *Store) DeleteAPIKey(ctx context.Context, id string) error {
-	return s.deleteExisting(ctx, s.prefix+"apikeys/"+id, "api key "+id)
+	key := s.prefix + "apikeys/" + id
+	resp, err := s.cli.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(key), ">", 0)).
+		Then(clientv3.OpDelete(key), clientv3.OpDelete(s.prefix+"auth/hand/"+id),
+			clientv3.OpDelete(s.prefix+SessionPrefix(id), clientv3.WithPrefix())).Commit()
+	if err != nil {
+		return fmt.Errorf("delete api key %s: %w", id, err)
+	}
+	if !resp.Succeeded {
+		return ErrNotFound
+	}
+	return nil
 }
+
+// SessionPrefix is where the sessions of API key id live (relative).
+func SessionPrefix(id string) string { return "auth/session/" + id + "/" }
 
 // PutExpiring stores a value that etcd deletes after ttl.
 func (s *Store) PutExpiring(ctx context.Context, rel, value string, ttl time.Duration) error {
