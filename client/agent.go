@@ -26,6 +26,11 @@ func (c *Controller) Report(ctx context.Context, report apiv1.NodeReport) error 
 	return c.do(ctx, http.MethodPost, "/api/v1/agent/report", report, nil)
 }
 
+// Leave ends the node's lease now: it is shutting down.
+func (c *Controller) Leave(ctx context.Context, nodeID string, leaseID int64) error {
+	return c.do(ctx, http.MethodPost, "/api/v1/agent/leave", apiv1.HeartbeatRequest{NodeID: nodeID, LeaseID: leaseID}, nil)
+}
+
 // SendStatus reports instance states.
 func (c *Controller) SendStatus(ctx context.Context, nodeID string, st []apiv1.InstanceStatus) error {
 	return c.do(ctx, http.MethodPost, "/api/v1/agent/status", apiv1.StatusReport{NodeID: nodeID, Instances: st}, nil)

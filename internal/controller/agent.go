@@ -90,6 +90,26 @@ func (s *Service) Heartbeat(ctx context.Context, req apiv1.HeartbeatRequest) err
 	return s.st.KeepAlive(ctx, req.LeaseID)
 }
 
+// Leave ends a stopping node's lease at once, so no new work is placed on
+// it while it would otherwise stay Active until the TTL.
+func (s *Service) Leave(ctx context.Context, req apiv1.HeartbeatRequest) error {
+	n, err := s.st.GetNode(ctx, req.NodeID)
+	if errors.Is(err, store.ErrNotFound) {
+		return ErrDisjoined
+	}
+	if err != nil {
+		return err
+	}
+	if n.LeaseID != req.LeaseID {
+		return ErrLeaseExpired
+	}
+	if err := s.st.ReleaseLease(ctx, req.LeaseID); err != nil {
+		return err
+	}
+	s.log.Info("node left", "node", n.Report.NodeName, "id", req.NodeID)
+	return nil
+}
+
 // UpdateReport stores a node's changed report (templates, disk, utilization).
 func (s *Service) UpdateReport(ctx context.Context, r apiv1.NodeReport) error {
 	_, err := s.st.UpdateNode(ctx, r.NodeID, func(n *store.NodeRecord) error {

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os/exec"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -196,4 +197,47 @@ func TestHungRegistryDoesNotStallScheduling(t *testing.T) {
 	if c.RegistryProxy.Hits("/registry/vm") == 0 {
 		t.Fatal("the controller never asked the hung registry: the fault was not exercised")
 	}
+}
+
+// TestStoppedNodeGoesOfflineAtOnce: a node process stopped with SIGTERM
+// releases its lease before it exits, so it is Offline (and given no new
+// work) at once, not after its 30 s lease TTL.
+func TestStoppedNodeGoesOfflineAtOnce(t *testing.T) {
+	c := testenv.StartCluster(t, testenv.Options{LeaseTTL: 30 * time.Second})
+	proc := nodeProcess(t, c, "leaver", t.TempDir(), 2, 0)
+	nodes, _ := c.Client.Nodes(context.Background())
+	stoppedAt := time.Now()
+	if err := proc.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	proc.Wait()
+	c.WaitNodeState(nodes[0].NodeID, apiv1.NodeOffline, 10*time.Second)
+	t.Logf("Offline %s after SIGTERM (lease TTL 30 s)", time.Since(stoppedAt).Round(time.Millisecond))
+}
+
+// TestPartitionedNodeFencesItself: a node cut off from every controller
+// stops its VMs itself once its lease has certainly expired (the cloud has
+// already failed those instances); it used to keep them running for as long
+// as the partition lasted.
+func TestPartitionedNodeFencesItself(t *testing.T) {
+	c := testenv.StartCluster(t, testenv.Options{LeaseTTL: 2 * time.Second})
+	proxy := faultproxy.New(t, c.Controllers[0].URL)
+	n := c.StartNode(testenv.NodeOptions{Name: "island", Capacity: 2, ControllerURLs: []string{proxy.URL}})
+	ids, err := c.Client.StartInstances(context.Background(), map[string]any{"vmid": c.TemplateID, "count": 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range ids {
+		c.WaitState(id, apiv1.StateStarted, 10*time.Second)
+	}
+	proxy.Set("/api/v1/agent/", faultproxy.Fault{Hang: true}) // the partition
+	for _, id := range ids {
+		c.WaitState(id, apiv1.StateError, 10*time.Second) // the cloud gave up on them
+	}
+	for deadline := time.Now().Add(10 * time.Second); len(n.Agent.Running()) > 0; time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("partitioned node still runs %v 10 s after the cloud failed them", n.Agent.Running())
+		}
+	}
+	proxy.Heal() // the partition ends: the node rejoins and shuts down quickly
 }

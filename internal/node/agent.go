@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	apiv1 "github.com/corral-build/corral/api/v1"
@@ -58,6 +59,10 @@ type Agent struct {
 	// lost holds instances this node ran before a restart: the controller
 	// may still want them, but their VMs are gone.
 	lost map[string]bool
+	// leaseID is the current lease, released when the agent stops.
+	leaseID atomic.Int64
+	// fenced: the lease was lost; start nothing until the node is back.
+	fenced atomic.Bool
 	// inFlight holds requests being worked on: distribute pulls, image saves.
 	inFlight map[string]bool
 	statusCh chan apiv1.InstanceStatus
@@ -121,6 +126,14 @@ func (a *Agent) Run(ctx context.Context) error {
 	a.flushStatus(5 * time.Second)
 	stopSending()
 	<-sent
+	if !errors.Is(err, client.ErrDisjoined) {
+		// Go Offline now rather than be given work until the lease expires.
+		lctx, lcancel := context.WithTimeout(context.Background(), 5*time.Second)
+		if lerr := a.ctl.Leave(lctx, a.report.NodeID, a.leaseID.Load()); lerr != nil {
+			a.log.Warn("could not release the node's lease; it goes Offline when it expires", "err", lerr)
+		}
+		lcancel()
+	}
 	return err
 }
 
@@ -194,6 +207,8 @@ func (a *Agent) heartbeatLoop(ctx context.Context, join apiv1.JoinResponse) erro
 	interval := time.Duration(join.LeaseTTL) * time.Second / 3
 	tick := time.NewTicker(interval)
 	defer tick.Stop()
+	a.leaseID.Store(join.LeaseID)
+	renewed, fenced := time.Now(), false
 	for {
 		select {
 		case <-ctx.Done():
@@ -203,8 +218,17 @@ func (a *Agent) heartbeatLoop(ctx context.Context, join apiv1.JoinResponse) erro
 		hctx, cancel := context.WithTimeout(ctx, interval)
 		err := a.ctl.Heartbeat(hctx, join.NodeID, join.LeaseID)
 		cancel()
+		if err != nil && !fenced && time.Since(renewed) > time.Duration(join.LeaseTTL)*time.Second+interval {
+			// The lease has certainly expired: the cloud has failed or
+			// re-queued this node's instances, so their VMs must not run on.
+			fenced = true
+			a.fenced.Store(true)
+			a.fence()
+		}
 		switch {
 		case err == nil:
+			renewed, fenced = time.Now(), false
+			a.fenced.Store(false)
 		case errors.Is(err, client.ErrDisjoined):
 			a.log.Warn("this node was disjoined from the cloud; stopping")
 			return client.ErrDisjoined
@@ -213,6 +237,9 @@ func (a *Agent) heartbeatLoop(ctx context.Context, join apiv1.JoinResponse) erro
 			if join, err = a.join(ctx); err != nil {
 				return err
 			}
+			a.leaseID.Store(join.LeaseID)
+			renewed, fenced = time.Now(), false
+			a.fenced.Store(false)
 			interval = time.Duration(join.LeaseTTL) * time.Second / 3
 			tick.Reset(interval)
 		default:
@@ -278,6 +305,18 @@ func (a *Agent) assignmentLoop(ctx context.Context) error {
 		a.saveImages(ctx, as.Saves)
 	}
 	return nil
+}
+
+// fence destroys every VM after the node lost its lease without being able
+// to tell (a partition): the controller already counts them as gone.
+func (a *Agent) fence() {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.log.Warn("lease lost: stopping every VM on this node (self-fencing)", "vms", len(a.instances))
+	for _, in := range a.instances {
+		in.fenced.Store(true)
+		in.terminate()
+	}
 }
 
 // stopAll destroys every VM on shutdown; the controller learns they failed.

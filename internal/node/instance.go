@@ -22,6 +22,8 @@ type instance struct {
 	lost bool
 	// shutdown: the agent is stopping, not the controller terminating.
 	shutdown atomic.Bool
+	// fenced: the node lost its lease and stops the VM itself.
+	fenced atomic.Bool
 
 	mu sync.Mutex
 	vm driver.VM // once booted
@@ -114,6 +116,10 @@ func (in *instance) waitTerminate() {
 // endState is the report once the VM is gone: Terminated when the controller
 // asked, Error when the node agent itself is shutting down.
 func (in *instance) endState(info *apiv1.VMInfo) apiv1.InstanceStatus {
+	if in.fenced.Load() {
+		return apiv1.InstanceStatus{State: apiv1.StateError, VMInfo: info, Released: true,
+			Message: "VM stopped by its node: the node could not reach the controller for longer than its lease (self-fencing)"}
+	}
 	if in.shutdown.Load() {
 		return apiv1.InstanceStatus{State: apiv1.StateError, Message: "node agent shut down; VM destroyed",
 			VMInfo: info, Released: true}

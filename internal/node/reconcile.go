@@ -26,6 +26,9 @@ func (a *Agent) reconcile(desired []apiv1.Assignment, terminate []string) {
 		}
 		a.sendStatus(apiv1.InstanceStatus{InstanceID: id, State: apiv1.StateTerminated, Released: true})
 	}
+	if a.fenced.Load() {
+		desired = nil // a stale answer from before the lease was lost
+	}
 	want := map[string]bool{}
 	for _, as := range desired {
 		want[as.InstanceID] = true

@@ -108,6 +108,19 @@ func (s *Store) KeepAlive(ctx context.Context, leaseID int64) error {
 	return nil
 }
 
+// ReleaseLease ends a node's lease now (the node is leaving): its alive key
+// goes with it, so the node is Offline at once instead of after the TTL.
+func (s *Store) ReleaseLease(ctx context.Context, leaseID int64) error {
+	_, err := s.cli.Revoke(ctx, clientv3.LeaseID(leaseID))
+	if err == rpctypes.ErrLeaseNotFound {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("revoke lease %x: %w", leaseID, err)
+	}
+	return nil
+}
+
 // AliveNodes returns the ids of nodes whose lease is live.
 func (s *Store) AliveNodes(ctx context.Context) (map[string]bool, error) {
 	resp, err := s.cli.Get(ctx, s.prefix+"alive/", clientv3.WithPrefix(), clientv3.WithKeysOnly())

@@ -36,6 +36,14 @@ func (a *API) agentHeartbeat(r *http.Request) (any, error) {
 	return okNoBody{}, a.svc.Heartbeat(r.Context(), req)
 }
 
+func (a *API) agentLeave(r *http.Request) (any, error) {
+	var req apiv1.HeartbeatRequest
+	if err := decode(r, &req); err != nil {
+		return nil, err
+	}
+	return okNoBody{}, a.svc.Leave(r.Context(), req)
+}
+
 func (a *API) agentReport(r *http.Request) (any, error) {
 	var req apiv1.NodeReport
 	if err := decode(r, &req); err != nil {

@@ -56,6 +56,7 @@ func New(svc *controller.Service, log *slog.Logger) http.Handler {
 	// The node agents' protocol, authenticated by the join token.
 	mux.Handle("POST /api/v1/agent/join", a.agent(h(a.agentJoin)))
 	mux.Handle("POST /api/v1/agent/heartbeat", a.agent(h(a.agentHeartbeat)))
+	mux.Handle("POST /api/v1/agent/leave", a.agent(h(a.agentLeave)))
 	mux.Handle("POST /api/v1/agent/report", a.agent(h(a.agentReport)))
 	mux.Handle("POST /api/v1/agent/status", a.agent(h(a.agentStatus)))
 	mux.Handle("GET /api/v1/agent/assignments", a.agent(h(a.agentAssignments)))
