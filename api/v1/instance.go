@@ -3,6 +3,7 @@ package v1
 import (
 	"encoding/base64"
 	"encoding/json"
+	"fmt"
 	"strconv"
 	"strings"
 	"time"
@@ -147,6 +148,53 @@ const (
 	MaxCount             = 1000
 )
 
+// Bounds on one instance's spec, so every instance record fits an etcd
+// request with room to spare and a start is refused with a clear FAIL
+// naming the field and the limit instead of failing deep in etcd.
+const (
+	MaxScriptBytes   = 128 << 10 // startup_script, decoded
+	MaxMetadataBytes = 16 << 10  // metadata, as JSON
+	MaxMetadataDepth = 32        // nesting of metadata objects and arrays
+	MaxTextField     = 256       // name, name_template, external_id (bytes)
+)
+
+// CheckMetadata validates a metadata value: a JSON object within
+// MaxMetadataBytes and MaxMetadataDepth. null or empty means none.
+func CheckMetadata(raw json.RawMessage) (json.RawMessage, error) {
+	if len(raw) == 0 || string(raw) == "null" {
+		return nil, nil
+	}
+	if len(raw) > MaxMetadataBytes {
+		return nil, &FieldError{"metadata", fmt.Sprintf("at most %d bytes of JSON, got %d", MaxMetadataBytes, len(raw))}
+	}
+	depth, deepest := 0, 0
+	inString, escaped := false, false
+	for _, c := range raw {
+		switch {
+		case escaped:
+			escaped = false
+		case inString && c == '\\':
+			escaped = true
+		case c == '"':
+			inString = !inString
+		case inString:
+		case c == '{' || c == '[':
+			depth++
+			deepest = max(deepest, depth)
+		case c == '}' || c == ']':
+			depth--
+		}
+	}
+	if deepest > MaxMetadataDepth {
+		return nil, &FieldError{"metadata", fmt.Sprintf("nested at most %d deep, got %d", MaxMetadataDepth, deepest)}
+	}
+	var obj map[string]any
+	if json.Unmarshal(raw, &obj) != nil {
+		return nil, &FieldError{"metadata", "must be a JSON object"}
+	}
+	return raw, nil
+}
+
 // StartSpec is a validated start request with defaults applied: what a node
 // needs to run one instance.
 type StartSpec struct {
@@ -185,6 +233,12 @@ func (r *StartRequest) Normalize() (StartSpec, error) {
 	if s.VMID == "" {
 		return s, &FieldError{"vmid", "required"}
 	}
+	for _, f := range []struct{ name, v string }{{"vmid", r.VMID}, {"tag", r.Tag}, {"name", r.Name},
+		{"name_template", r.NameTemplate}, {"external_id", r.ExternalID}, {"node_id", r.NodeID}, {"group_id", r.GroupID}} {
+		if len(f.v) > MaxTextField {
+			return s, &FieldError{f.name, fmt.Sprintf("at most %d bytes, got %d", MaxTextField, len(f.v))}
+		}
+	}
 	var err error
 	intField := func(name string, v *FlexInt, lo, hi int64, dst *int) {
 		if err != nil || v == nil {
@@ -216,20 +270,20 @@ func (r *StartRequest) Normalize() (StartSpec, error) {
 		s.DiskSize = int64(*r.Disk.Size)
 	}
 	if r.StartupScript != "" {
+		if n := base64.StdEncoding.DecodedLen(len(r.StartupScript)); n > MaxScriptBytes+2 {
+			return s, &FieldError{"startup_script", fmt.Sprintf("at most %d bytes (decoded), got about %d", MaxScriptBytes, n)}
+		}
 		script, derr := base64.StdEncoding.DecodeString(r.StartupScript)
 		if derr != nil {
 			return s, &FieldError{"startup_script", "must be base64: " + derr.Error()}
 		}
+		if len(script) > MaxScriptBytes {
+			return s, &FieldError{"startup_script", fmt.Sprintf("at most %d bytes (decoded), got %d", MaxScriptBytes, len(script))}
+		}
 		s.StartupScript = script
 	}
-	if len(r.Metadata) > 0 && string(r.Metadata) != "null" {
-		var obj map[string]any
-		if json.Unmarshal(r.Metadata, &obj) != nil {
-			return s, &FieldError{"metadata", "must be a JSON object"}
-		}
-		s.Metadata = r.Metadata
-	}
-	return s, nil
+	s.Metadata, err = CheckMetadata(r.Metadata)
+	return s, err
 }
 
 // UpdateRequest is the body of PUT /api/v1/vm?id=.

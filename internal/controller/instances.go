@@ -2,7 +2,6 @@ package controller
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"slices"
 	"strconv"
@@ -133,15 +132,19 @@ func (s *Service) ListInstances(ctx context.Context, f InstanceFilter) ([]apiv1.
 
 // UpdateInstance changes an instance's external_id, name or metadata.
 func (s *Service) UpdateInstance(ctx context.Context, id string, req apiv1.UpdateRequest) error {
-	var meta json.RawMessage
-	if len(req.Metadata) > 0 && string(req.Metadata) != "null" {
-		var obj map[string]any
-		if json.Unmarshal(req.Metadata, &obj) != nil {
-			return fieldErr("metadata", "must be a JSON object")
-		}
-		meta = req.Metadata
+	meta, err := apiv1.CheckMetadata(req.Metadata)
+	if err != nil {
+		return err
 	}
-	_, err := s.st.UpdateInstance(ctx, id, func(r *store.InstanceRecord) (store.InstanceUpdate, error) {
+	for _, f := range []struct {
+		name string
+		v    *string
+	}{{"external_id", req.ExternalID}, {"name", req.Name}} {
+		if f.v != nil && len(*f.v) > apiv1.MaxTextField {
+			return fieldErr(f.name, "at most %d bytes, got %d", apiv1.MaxTextField, len(*f.v))
+		}
+	}
+	_, err = s.st.UpdateInstance(ctx, id, func(r *store.InstanceRecord) (store.InstanceUpdate, error) {
 		if req.ExternalID != nil {
 			r.ExternalID = *req.ExternalID
 		}

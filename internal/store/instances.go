@@ -42,27 +42,39 @@ func (r *InstanceRecord) Requeue(why string) {
 
 // CreateInstances stores new instances in one transaction.
 func (s *Store) CreateInstances(ctx context.Context, recs []InstanceRecord) error {
-	ops := make([]clientv3.Op, 0, len(recs))
-	cmps := make([]clientv3.Cmp, 0, len(recs))
-	for _, r := range recs {
-		key := s.instanceKey(r.InstanceID)
-		cmps = append(cmps, clientv3.Compare(clientv3.CreateRevision(key), "=", 0))
-		ops = append(ops, clientv3.OpPut(key, mustJSON(r)))
-	}
-	// etcd caps operations per transaction (128 by default); chunk large counts.
-	const maxOps = 100
-	for len(ops) > 0 {
-		n := min(len(ops), maxOps)
-		resp, err := s.cli.Txn(ctx).If(cmps[:n]...).Then(ops[:n]...).Commit()
+	// etcd caps a transaction's operations (128 by default) and a request's
+	// bytes (1.5 MiB by default): batch by both.
+	const maxOps, maxBytes = 100, 1 << 20
+	var ops []clientv3.Op
+	var cmps []clientv3.Cmp
+	size := 0
+	flush := func() error {
+		if len(ops) == 0 {
+			return nil
+		}
+		resp, err := s.cli.Txn(ctx).If(cmps...).Then(ops...).Commit()
 		if err != nil {
 			return fmt.Errorf("create instances: %w", err)
 		}
 		if !resp.Succeeded {
 			return fmt.Errorf("create instances: id collision")
 		}
-		ops, cmps = ops[n:], cmps[n:]
+		ops, cmps, size = ops[:0], cmps[:0], 0
+		return nil
 	}
-	return nil
+	for _, r := range recs {
+		key := s.instanceKey(r.InstanceID)
+		val := mustJSON(r)
+		if len(ops) == maxOps || size+len(key)+len(val) > maxBytes {
+			if err := flush(); err != nil {
+				return err
+			}
+		}
+		cmps = append(cmps, clientv3.Compare(clientv3.CreateRevision(key), "=", 0))
+		ops = append(ops, clientv3.OpPut(key, val))
+		size += len(key) + len(val)
+	}
+	return flush()
 }
 
 // GetInstance returns one instance.
