@@ -271,3 +271,19 @@ func mustID(t *testing.T, r *registry.Registry, name string) string {
 	t.Fatalf("no template %s", name)
 	return ""
 }
+
+// TestCommitStopsWhenTheClientGoesAway: a commit whose request context ends
+// stops checking its chunks at once (it used to run to the end).
+func TestCommitStopsWhenTheClientGoesAway(t *testing.T) {
+	r := newRegistry(t)
+	var digests []string
+	for i := range 2000 {
+		digests = append(digests, fmt.Sprintf("%064x", i+1))
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	_, err := r.Commit(ctx, commitReq("gone", "v1", digests...))
+	if !errors.Is(err, context.Canceled) {
+		t.Fatalf("commit with its client gone: %v, want context.Canceled", err)
+	}
+}

@@ -224,6 +224,9 @@ func (r *Registry) Commit(ctx context.Context, req apiv1.CommitRequest) (apiv1.C
 				continue
 			}
 			seen[d] = true
+			if err := ctx.Err(); err != nil {
+				return apiv1.CommitResponse{}, err // the client went away: stop the work
+			}
 			ok, err := r.ensureChunk(ctx, d)
 			if err != nil {
 				return apiv1.CommitResponse{}, err

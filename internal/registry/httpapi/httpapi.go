@@ -280,10 +280,23 @@ func (a *api) getChunk(w http.ResponseWriter, r *http.Request) {
 	_, _ = io.Copy(w, rc)
 }
 
+// MaxCommitBytes bounds a commit request: a manifest of a 1 TiB disk of
+// non-zero data is ~70 MB of digests (zero chunks cost 3 bytes each).
+const MaxCommitBytes = 96 << 20
+
+// commitSlots bounds how many commits decode at once: each holds its body
+// and the decoded manifest in memory.
+var commitSlots = make(chan struct{}, 2)
+
 func (a *api) commit(r *http.Request) (any, error) {
+	select {
+	case commitSlots <- struct{}{}:
+		defer func() { <-commitSlots }()
+	case <-r.Context().Done():
+		return nil, r.Context().Err()
+	}
 	var req apiv1.CommitRequest
-	// A manifest of a 1 TiB disk is ~70 MB of digests; bound it there.
-	if err := decode(r, 128<<20, &req); err != nil {
+	if err := decode(r, MaxCommitBytes, &req); err != nil {
 		return nil, err
 	}
 	return a.reg.Commit(r.Context(), req)
