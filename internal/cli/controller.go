@@ -18,7 +18,7 @@ type controllerFlags struct {
 	listen, dataDir, etcdClientURL, etcdPeerURL, etcdName, registryURL, localRegistryURL, templatesFile, joinToken, defaultPermissionGroup string
 	etcdEndpoints                                                                                                                          []string
 	compaction, leaseTTL, schedulerTTL, retention, defragInterval, sessionTTL                                                              time.Duration
-	standalone, enableAuth, enableAPIKeys, enableMetrics                                                                                   bool
+	standalone, enableAuth, enableAPIKeys, enableMetrics, showJoinToken                                                                    bool
 	rootToken, metricsListen                                                                                                               string
 	logLevel                                                                                                                               int
 	tls                                                                                                                                    serverTLSFlags
@@ -47,6 +47,7 @@ func (c *controllerFlags) register(f *flags, listenDefault string) {
 	c.tls.register(f, "CA whose client certificates authenticate requests (with --enable-auth)")
 	c.registryTLS.register(f, "registry-", true, true)
 	f.Bool(&c.enableAPIKeys, "enable-api-keys", false, "allow API-key logins (/tap/v1/hand, /tap/v1/shake; keys from `corral apikey`)", "ANKA_ENABLE_API_KEYS")
+	f.Bool(&c.showJoinToken, "show-join-token", false, "print the join token at start (it is printed unasked only on the start that generates it)")
 	f.Duration(&c.sessionTTL, "api-keys-session-ttl", time.Hour, "how long an API-key login lasts (deleting the key ends its sessions at once)", "ANKA_API_KEYS_SESSION_TTL")
 	f.String(&c.defaultPermissionGroup, "default-permission-group", "", "permission group for API keys and certificates no permission group names (empty: they may do everything)")
 	f.Duration(&c.defragInterval, "defrag-interval", 0, "defragment etcd this often (0 = never; it blocks writes, so it waits while instances are Scheduling or Pulling)", "ANKA_DEFRAG_DB_INTERVAL")
@@ -106,7 +107,7 @@ func runController(ctx context.Context, args []string, out io.Writer) error {
 		return err
 	}
 	defer d.Close()
-	fmt.Fprintf(out, "controller: %s/api/v1\njoin token: %s\n", d.URL, d.JoinToken)
+	fmt.Fprintf(out, "controller: %s/api/v1\njoin token: %s\n", d.URL, shownJoinToken(d, c.showJoinToken))
 	select {
 	case <-ctx.Done():
 		log.Info("shutting down")
@@ -122,4 +123,14 @@ func metricsListen(enabled bool, addr string) string {
 		return ""
 	}
 	return addr
+}
+
+// shownJoinToken is what start-up output says of the join token: the token
+// itself only on the start that generated it or when asked, so it does not
+// land in every log of every restart.
+func shownJoinToken(d *daemon.Daemon, show bool) string {
+	if show || d.JoinTokenCreated {
+		return d.JoinToken
+	}
+	return "kept in etcd (start with --show-join-token to print it)"
 }

@@ -96,7 +96,7 @@ List instances:
   curl -s %[1]s/api/v1/vm
 Push your own template:
   corral template push ./my-vm-dir --name my-vm --tag v1 --registry %[2]s
-`, d.URL, c.registryURL, d.JoinToken, n.driver, demoID, strings.TrimPrefix(strings.TrimPrefix(c.registryURL, "http://"), "https://"))
+`, d.URL, c.registryURL, shownJoinToken(d, c.showJoinToken), n.driver, demoID, strings.TrimPrefix(strings.TrimPrefix(c.registryURL, "http://"), "https://"))
 	select {
 	case <-ctx.Done():
 		log.Info("shutting down")

@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"bufio"
 	"context"
 	"fmt"
 	"os/exec"
@@ -240,4 +241,42 @@ func TestPartitionedNodeFencesItself(t *testing.T) {
 		}
 	}
 	proxy.Heal() // the partition ends: the node rejoins and shuts down quickly
+}
+
+// TestJoinTokenShownOnce: the controller prints the join token only on the
+// start that generates it (or when asked), not into the log of every start.
+func TestJoinTokenShownOnce(t *testing.T) {
+	e := testenv.StartEtcd(t)
+	tokenLine := func(extra ...string) string {
+		t.Helper()
+		args := append([]string{"controller", "--etcd-endpoints", e.ClientURL, "--listen", "127.0.0.1:0",
+			"--data-dir", t.TempDir()}, extra...)
+		cmd := exec.Command(corralBinary(t), args...)
+		out, err := cmd.StdoutPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		defer func() { cmd.Process.Kill(); cmd.Wait() }()
+		sc := bufio.NewScanner(out)
+		for sc.Scan() {
+			if line, ok := strings.CutPrefix(sc.Text(), "join token: "); ok {
+				return line
+			}
+		}
+		t.Fatal("the controller printed no join token line")
+		return ""
+	}
+	first := tokenLine()
+	if len(first) != 32 {
+		t.Fatalf("first start: %q, want the generated token", first)
+	}
+	if again := tokenLine(); strings.Contains(again, first) {
+		t.Fatalf("second start printed the token again: %q", again)
+	}
+	if asked := tokenLine("--show-join-token"); asked != first {
+		t.Fatalf("--show-join-token printed %q, want %q", asked, first)
+	}
 }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"sync/atomic"
 	"time"
 
 	apiv1 "github.com/corral-build/corral/api/v1"
@@ -37,7 +38,15 @@ type Scheduler struct {
 	st  *store.Store
 	cfg Config
 	log *slog.Logger
+	// abandoned: the process is "crashing" (tests' crash-like kill): leave
+	// the election lease to expire, never resign or revoke it.
+	abandoned atomic.Bool
 }
+
+// Abandon makes the scheduler stop like a crashed process would: it keeps
+// its election lease alive no longer, and neither resigns nor revokes it,
+// so the others take over only when the lease expires.
+func (s *Scheduler) Abandon() { s.abandoned.Store(true) }
 
 // New returns a Scheduler; call Run to take part in the election.
 func New(st *store.Store, cfg Config, log *slog.Logger) *Scheduler {
@@ -54,8 +63,8 @@ func New(st *store.Store, cfg Config, log *slog.Logger) *Scheduler {
 // Two controllers on one etcd never both commit: each placement is fenced on
 // the leader key's revision.
 func (s *Scheduler) Run(ctx context.Context) error {
-	for ctx.Err() == nil {
-		if err := s.campaignAndLead(ctx); err != nil && ctx.Err() == nil {
+	for ctx.Err() == nil && !s.abandoned.Load() {
+		if err := s.campaignAndLead(ctx); err != nil && ctx.Err() == nil && !s.abandoned.Load() {
 			s.log.Warn("scheduler leadership lost", "err", err)
 			time.Sleep(time.Second)
 		}
@@ -68,7 +77,13 @@ func (s *Scheduler) campaignAndLead(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("election session: %w", err)
 	}
-	defer session.Close()
+	defer func() {
+		if s.abandoned.Load() {
+			session.Orphan()
+		} else {
+			session.Close()
+		}
+	}()
 	election := concurrency.NewElection(session, s.st.Key("election/scheduler"))
 	if err := election.Campaign(ctx, s.cfg.ID); err != nil {
 		return fmt.Errorf("campaign: %w", err)
@@ -88,7 +103,7 @@ func (s *Scheduler) campaignAndLead(ctx context.Context) error {
 		go s.cfg.WhileLeading(leadCtx)
 	}
 	s.lead(leadCtx, fence)
-	if ctx.Err() != nil {
+	if ctx.Err() != nil && !s.abandoned.Load() {
 		// Graceful stop: hand leadership over at once instead of after the TTL.
 		rctx, rcancel := context.WithTimeout(context.Background(), 2*time.Second)
 		defer rcancel()

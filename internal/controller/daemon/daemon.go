@@ -75,12 +75,16 @@ type Config struct {
 type Daemon struct {
 	URL       string
 	JoinToken string
+	// JoinTokenCreated: this start generated the join token (the first
+	// start on this etcd); only then is it shown without being asked for.
+	JoinTokenCreated bool
 	Service   *controller.Service
 
 	etcd    *etcdembed.Server
 	cli     *clientv3.Client
 	http    *http.Server
 	metrics *http.Server // with Config.MetricsListen
+	sched   *scheduler.Scheduler
 	cancel  context.CancelFunc
 	done    chan struct{}
 	log     *slog.Logger
@@ -115,7 +119,7 @@ func Start(ctx context.Context, cfg Config) (*Daemon, error) {
 	// there, and a controller without it should say so, not hang.
 	wait := cmp.Or(cfg.EtcdTimeout, 15*time.Second)
 	startCtx, cancelStart := context.WithTimeout(ctx, wait)
-	token, err := joinToken(startCtx, cli, st.Key("config/join-token"), cfg.JoinToken)
+	token, created, err := joinToken(startCtx, cli, st.Key("config/join-token"), cfg.JoinToken)
 	cancelStart()
 	if err != nil {
 		d.closeEtcd()
@@ -124,7 +128,7 @@ func Start(ctx context.Context, cfg Config) (*Daemon, error) {
 		}
 		return nil, err
 	}
-	d.JoinToken = token
+	d.JoinToken, d.JoinTokenCreated = token, created
 
 	var reg controller.Registry = controller.NewFileRegistry(cfg.TemplatesFile)
 	if url := cmp.Or(cfg.LocalRegistryURL, cfg.RegistryURL); url != "" {
@@ -182,6 +186,7 @@ func Start(ctx context.Context, cfg Config) (*Daemon, error) {
 	if d.metrics != nil {
 		log.Info("metrics listening", "addr", cfg.MetricsListen)
 	}
+	d.sched = sched
 	go func() {
 		defer close(d.done)
 		_ = sched.Run(runCtx)
@@ -212,12 +217,12 @@ func advertised(a *net.TCPAddr) string {
 
 // joinToken returns the configured token, or the one stored in etcd, or a new
 // one stored there; all controllers on one etcd share it.
-func joinToken(ctx context.Context, cli *clientv3.Client, key, configured string) (string, error) {
+func joinToken(ctx context.Context, cli *clientv3.Client, key, configured string) (string, bool, error) {
 	if configured != "" {
 		if _, err := cli.Get(ctx, key); err != nil {
-			return "", fmt.Errorf("etcd: %w", err)
+			return "", false, fmt.Errorf("etcd: %w", err)
 		}
-		return configured, nil
+		return configured, false, nil
 	}
 	buf := make([]byte, 16)
 	_, _ = rand.Read(buf)
@@ -225,12 +230,12 @@ func joinToken(ctx context.Context, cli *clientv3.Client, key, configured string
 	resp, err := cli.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
 		Then(clientv3.OpPut(key, fresh)).Else(clientv3.OpGet(key)).Commit()
 	if err != nil {
-		return "", fmt.Errorf("join token: %w", err)
+		return "", false, fmt.Errorf("join token: %w", err)
 	}
 	if resp.Succeeded {
-		return fresh, nil
+		return fresh, true, nil
 	}
-	return string(resp.Responses[0].GetResponseRange().Kvs[0].Value), nil
+	return string(resp.Responses[0].GetResponseRange().Kvs[0].Value), false, nil
 }
 
 // Close shuts down gracefully: stop HTTP, resign leadership, close etcd.
@@ -249,6 +254,7 @@ func (d *Daemon) Close() {
 // Kill stops the controller the way a crash would: no resignation, so the
 // other controllers take over only when its election lease expires.
 func (d *Daemon) Kill() {
+	d.sched.Abandon()
 	d.cli.Close()
 	_ = d.http.Close()
 	if d.metrics != nil {
