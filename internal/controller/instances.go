@@ -2,6 +2,9 @@ package controller
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"slices"
 	"strconv"
@@ -58,7 +61,12 @@ func (s *Service) StartInstances(ctx context.Context, spec apiv1.StartSpec) ([]s
 			Spec: spec,
 		}
 	}
-	if err := s.st.CreateInstances(ctx, recs); err != nil {
+	// All or nothing, and not cut short by a client that goes away: the
+	// batches are written under their own deadline, and rolled back if one
+	// fails.
+	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
+	defer cancel()
+	if err := s.st.CreateInstances(cctx, recs); err != nil {
 		return nil, err
 	}
 	s.log.Info("instances requested", "count", spec.Count, "vmid", spec.VMID, "tag", spec.Tag,
@@ -183,4 +191,41 @@ func (s *Service) Terminate(ctx context.Context, id string) error {
 		s.log.Info("instance terminate requested", "instance", id)
 	}
 	return notFound(err)
+}
+
+// StartInstancesOnce is StartInstances made idempotent by the client's
+// Idempotency-Key: a repeat of the same request with the same key (a retry
+// after a lost answer) returns the first answer's ids and creates nothing;
+// the same key with a different request is refused. Keys are kept a day.
+func (s *Service) StartInstancesOnce(ctx context.Context, key string, spec apiv1.StartSpec) ([]string, error) {
+	if len(key) > apiv1.MaxTextField {
+		return nil, fieldErr("Idempotency-Key", "at most %d bytes, got %d", apiv1.MaxTextField, len(key))
+	}
+	body, _ := json.Marshal(spec)
+	sum := sha256.Sum256(body)
+	fingerprint := hex.EncodeToString(sum[:])
+	keySum := sha256.Sum256([]byte(key))
+	rel := "idempotency/" + hex.EncodeToString(keySum[:])
+	prev, claimed, err := s.st.ClaimIdempotencyKey(ctx, rel, fingerprint, 24*time.Hour)
+	if err != nil {
+		return nil, err
+	}
+	if !claimed {
+		switch {
+		case prev.Fingerprint != fingerprint:
+			return nil, fieldErr("Idempotency-Key", "already used for a different start request")
+		case prev.IDs == nil:
+			return nil, fieldErr("Idempotency-Key", "a request with this key is still being processed; retry shortly")
+		}
+		return prev.IDs, nil
+	}
+	ids, err := s.StartInstances(ctx, spec)
+	if err != nil {
+		s.st.ReleaseIdempotencyKey(context.WithoutCancel(ctx), rel)
+		return nil, err
+	}
+	if err := s.st.CompleteIdempotencyKey(context.WithoutCancel(ctx), rel, fingerprint, ids, 24*time.Hour); err != nil {
+		s.log.Warn("record idempotency key", "err", err)
+	}
+	return ids, nil
 }

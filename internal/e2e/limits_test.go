@@ -1,10 +1,13 @@
 package e2e
 
 import (
+	"context"
 	"encoding/base64"
 	"fmt"
+	"net/http"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/corral-build/corral/internal/testenv"
 )
@@ -34,4 +37,59 @@ func TestStartSizeLimits(t *testing.T) {
 	} {
 		fail(t, "POST", base+"/vm", start(tc.extra), 200, tc.msg)
 	}
+}
+
+// TestIdempotentStart: a start retried with the same Idempotency-Key (the
+// answer was lost) returns the same ids and creates nothing more; the same
+// key with another request is refused.
+func TestIdempotentStart(t *testing.T) {
+	c := testenv.StartCluster(t, testenv.Options{})
+	base := c.Controllers[0].URL + "/api/v1"
+	body := `{"vmid":"` + c.TemplateID + `","count":150}`
+	post := func(body string) map[string]any {
+		t.Helper()
+		_, env := callH(t, "POST", base+"/vm", body, map[string]string{"Content-Type": "application/json", "Idempotency-Key": "job-42-attempt"})
+		return env
+	}
+	first, again := post(body), post(body)
+	if first["status"] != "OK" || fmt.Sprint(first["body"]) != fmt.Sprint(again["body"]) {
+		t.Fatalf("retry with the same key: %v then %v", first["status"], again)
+	}
+	if n := len(ok(t, "GET", base+"/vm", "").([]any)); n != 150 {
+		t.Fatalf("%d instances after a retried start of 150", n)
+	}
+	other := post(`{"vmid":"` + c.TemplateID + `","count":2}`)
+	if other["status"] != "FAIL" || other["message"] != "Idempotency-Key: already used for a different start request" {
+		t.Fatalf("same key, other request: %v", other)
+	}
+}
+
+// TestStartIsAllOrNothing: a client that gives up in the middle of a large
+// start leaves either every instance or none, never part of the batch.
+func TestStartIsAllOrNothing(t *testing.T) {
+	c := testenv.StartCluster(t, testenv.Options{})
+	base := c.Controllers[0].URL + "/api/v1"
+	body := fmt.Sprintf(`{"vmid":%q,"count":1000,"startup_script":%q}`, c.TemplateID,
+		base64.StdEncoding.EncodeToString([]byte(strings.Repeat("#", 8<<10))))
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Millisecond)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, "POST", base+"/vm", strings.NewReader(body))
+	if resp, err := http.DefaultClient.Do(req); err == nil {
+		resp.Body.Close()
+	}
+	// Whatever the client saw, the controller settles on all or none.
+	var n int
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		n = len(ok(t, "GET", base+"/vm", "").([]any))
+		if n == 0 || n == 1000 {
+			time.Sleep(500 * time.Millisecond) // a settled count stays settled (not synchronisation)
+			if m := len(ok(t, "GET", base+"/vm", "").([]any)); m == n {
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of 1000 instances exist after the client gave up", n)
+		}
+	}
+	t.Logf("client gave up; %d instances exist", n)
 }

@@ -62,19 +62,33 @@ func (s *Store) CreateInstances(ctx context.Context, recs []InstanceRecord) erro
 		ops, cmps, size = ops[:0], cmps[:0], 0
 		return nil
 	}
-	for _, r := range recs {
+	written := 0
+	rollback := func(err error) error {
+		// All or nothing: remove the batches already written.
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+		defer cancel()
+		for _, r := range recs[:written] {
+			_, _ = s.cli.Delete(rctx, s.instanceKey(r.InstanceID))
+		}
+		return err
+	}
+	for i, r := range recs {
 		key := s.instanceKey(r.InstanceID)
 		val := mustJSON(r)
 		if len(ops) == maxOps || size+len(key)+len(val) > maxBytes {
 			if err := flush(); err != nil {
-				return err
+				return rollback(err)
 			}
+			written = i
 		}
 		cmps = append(cmps, clientv3.Compare(clientv3.CreateRevision(key), "=", 0))
 		ops = append(ops, clientv3.OpPut(key, val))
 		size += len(key) + len(val)
 	}
-	return flush()
+	if err := flush(); err != nil {
+		return rollback(err)
+	}
+	return nil
 }
 
 // GetInstance returns one instance.
@@ -185,4 +199,47 @@ func (s *Store) AssignPrefix(node string) string { return s.assignPrefix(node) }
 // Assignments returns a node's desired instances and the revision read at.
 func (s *Store) Assignments(ctx context.Context, node string) ([]apiv1.Assignment, int64, error) {
 	return list[apiv1.Assignment](ctx, s.cli, s.assignPrefix(node))
+}
+
+// IdempotencyRecord is what a start's Idempotency-Key stands for: the
+// request's fingerprint and, once created, its instance ids.
+type IdempotencyRecord struct {
+	Fingerprint string   `json:"fingerprint"`
+	IDs         []string `json:"ids,omitempty"`
+}
+
+// ClaimIdempotencyKey records that a request with this key is under way,
+// unless the key exists: then it returns the existing record.
+func (s *Store) ClaimIdempotencyKey(ctx context.Context, rel, fingerprint string, ttl time.Duration) (IdempotencyRecord, bool, error) {
+	var prev IdempotencyRecord
+	lease, err := s.cli.Grant(ctx, int64(ttl/time.Second))
+	if err != nil {
+		return prev, false, fmt.Errorf("idempotency key: %w", err)
+	}
+	key := s.prefix + rel
+	resp, err := s.cli.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
+		Then(clientv3.OpPut(key, mustJSON(IdempotencyRecord{Fingerprint: fingerprint}), clientv3.WithLease(lease.ID))).
+		Else(clientv3.OpGet(key)).Commit()
+	if err != nil {
+		return prev, false, fmt.Errorf("idempotency key: %w", err)
+	}
+	if resp.Succeeded {
+		return prev, true, nil
+	}
+	_, _ = s.cli.Revoke(ctx, lease.ID)
+	kvs := resp.Responses[0].GetResponseRange().Kvs
+	if len(kvs) == 0 || json.Unmarshal(kvs[0].Value, &prev) != nil {
+		return prev, false, fmt.Errorf("idempotency key: unreadable record")
+	}
+	return prev, false, nil
+}
+
+// CompleteIdempotencyKey stores the ids a keyed request created.
+func (s *Store) CompleteIdempotencyKey(ctx context.Context, rel, fingerprint string, ids []string, ttl time.Duration) error {
+	return s.PutExpiring(ctx, rel, mustJSON(IdempotencyRecord{Fingerprint: fingerprint, IDs: ids}), ttl)
+}
+
+// ReleaseIdempotencyKey forgets a key whose request failed, so a retry runs.
+func (s *Store) ReleaseIdempotencyKey(ctx context.Context, rel string) {
+	_, _ = s.cli.Delete(ctx, s.prefix+rel)
 }

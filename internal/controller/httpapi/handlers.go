@@ -83,7 +83,11 @@ func (a *API) startInstances(r *http.Request) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	return a.svc.StartInstances(r.Context(), spec)
+	key := r.Header.Get("Idempotency-Key")
+	if key == "" {
+		return a.svc.StartInstances(r.Context(), spec)
+	}
+	return a.svc.StartInstancesOnce(r.Context(), key, spec)
 }
 
 func (a *API) getInstances(r *http.Request) (any, error) {
