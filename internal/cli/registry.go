@@ -14,15 +14,16 @@ import (
 
 // registryFlags are shared by `corral registry` and `corral up`.
 type registryFlags struct {
-	prefix                         string // "registry-" in `corral up`
-	listen, dataDir, backend       string
-	s3                             s3.Config
-	gcInterval, gcGrace, uploadTTL time.Duration
-	logLevel                       int
-	tls                            serverTLSFlags
-	s3TLS                          clientTLSFlags // how the registry trusts an HTTPS S3 endpoint
-	enableMetrics                  bool
-	metricsListen                  string
+	prefix                                        string // "registry-" in `corral up`
+	listen, dataDir, backend                      string
+	s3                                            s3.Config
+	gcInterval, gcGrace, uploadTTL, lowSpaceGrace time.Duration
+	lowSpace                                      string
+	logLevel                                      int
+	tls                                           serverTLSFlags
+	s3TLS                                         clientTLSFlags // how the registry trusts an HTTPS S3 endpoint
+	enableMetrics                                 bool
+	metricsListen                                 string
 }
 
 func (r *registryFlags) register(f *flags, prefix, listenDefault, dirDefault string) {
@@ -38,6 +39,8 @@ func (r *registryFlags) register(f *flags, prefix, listenDefault, dirDefault str
 	f.Duration(&r.gcInterval, prefix+"gc-interval", time.Hour, "how often garbage collection frees unreferenced chunks (0 = never)")
 	f.Duration(&r.gcGrace, prefix+"gc-grace", time.Hour, "chunks written or used more recently than this are never collected")
 	f.Duration(&r.uploadTTL, prefix+"upload-ttl", 24*time.Hour, "idle upload leases older than this are purged")
+	f.String(&r.lowSpace, prefix+"gc-low-space", "", "free space under which GC runs at once with --gc-low-space-grace, e.g. 20G (default: 5% of the volume)")
+	f.Duration(&r.lowSpaceGrace, prefix+"gc-low-space-grace", 2*time.Minute, "the grace period of those early collections")
 	if prefix == "" { // `corral up` has its own --log-level, no TLS and metrics on the API ports
 		f.Int(&r.logLevel, "log-level", 0, "log verbosity: 0 info, 1+ debug", "ANKA_V")
 		r.tls.register(f, "CA whose client certificates may use the registry: with it, every request needs one")
@@ -62,7 +65,15 @@ func aliasIf(cond bool, names ...string) []string {
 
 func (r *registryFlags) config(log *slog.Logger) (daemon.Config, error) {
 	cfg := daemon.Config{ListenAddr: r.listen, DataDir: r.dataDir, GCInterval: r.gcInterval,
-		GCGrace: r.gcGrace, UploadTTL: r.uploadTTL, Log: log, MetricsListen: metricsListen(r.enableMetrics, r.metricsListen)}
+		GCGrace: r.gcGrace, UploadTTL: r.uploadTTL, Log: log, MetricsListen: metricsListen(r.enableMetrics, r.metricsListen),
+		LowSpaceGrace: r.lowSpaceGrace}
+	if r.lowSpace != "" {
+		n, err := parseSize(r.lowSpace)
+		if err != nil {
+			return daemon.Config{}, fmt.Errorf("--%sgc-low-space: %w", r.prefix, err)
+		}
+		cfg.LowSpace = n
+	}
 	switch r.backend {
 	case "disk", "filesystem":
 	case "s3":

@@ -2,13 +2,18 @@ package e2e
 
 import (
 	"context"
+	"crypto/rand"
 	"encoding/base64"
 	"fmt"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/corral-build/corral/internal/registry/chunk"
+	regdaemon "github.com/corral-build/corral/internal/registry/daemon"
 	"github.com/corral-build/corral/internal/testenv"
 )
 
@@ -92,4 +97,51 @@ func TestStartIsAllOrNothing(t *testing.T) {
 		}
 	}
 	t.Logf("client gave up; %d instances exist", n)
+}
+
+// TestLowSpaceFreesAbortedPushesSoon: on a store low on space, the chunks
+// of a push that was aborted (its upload lease ended, nothing committed)
+// are freed within seconds, not after the hour-long grace period.
+func TestLowSpaceFreesAbortedPushesSoon(t *testing.T) {
+	dir := t.TempDir()
+	d, err := regdaemon.Start(regdaemon.Config{ListenAddr: "127.0.0.1:0", DataDir: dir, GCInterval: time.Hour, GCGrace: time.Hour,
+		LowSpace: 1 << 62, LowSpaceGrace: time.Millisecond, LowSpaceCheck: 50 * time.Millisecond, Log: testenv.Logger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	ctx := context.Background()
+	if _, err := d.Registry.StartUpload(ctx, "aborted-push"); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 3 {
+		raw := make([]byte, chunk.Size)
+		rand.Read(raw)
+		raw[0] = byte(i + 1)
+		if err := d.Registry.PutChunk(ctx, chunk.Digest(raw), chunk.Encode(nil, raw), nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	chunks := func() int {
+		n := 0
+		filepath.WalkDir(filepath.Join(dir, "chunks"), func(_ string, e os.DirEntry, _ error) error {
+			if e != nil && !e.IsDir() {
+				n++
+			}
+			return nil
+		})
+		return n
+	}
+	// While the push's lease lives, low-space passes keep its chunks.
+	if n := chunks(); n != 3 {
+		t.Fatalf("%d chunks stored during the push, want 3", n)
+	}
+	if err := d.Registry.EndUpload(ctx, "aborted-push"); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(15 * time.Second); chunks() > 0; time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d chunks of the aborted push still stored 15 s later on a store low on space", chunks())
+		}
+	}
 }

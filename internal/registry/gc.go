@@ -51,7 +51,11 @@ type liveSet struct {
 //     and commits that miss one rescue it from there; it is deleted only by a
 //     later run, a grace period after condemnation, and only if still
 //     unreferenced.
-func (r *Registry) GC(ctx context.Context) (GCStats, error) {
+func (r *Registry) GC(ctx context.Context) (GCStats, error) { return r.GCWithGrace(ctx, r.Grace) }
+
+// GCWithGrace is a GC pass with another grace period: a store running out
+// of space frees aborted pushes' chunks and condemned data sooner.
+func (r *Registry) GCWithGrace(ctx context.Context, grace time.Duration) (GCStats, error) {
 	var s GCStats
 	if err := r.lockGC(ctx); err != nil {
 		return s, err
@@ -59,7 +63,7 @@ func (r *Registry) GC(ctx context.Context) (GCStats, error) {
 	defer r.unlockGC(context.WithoutCancel(ctx))
 
 	now := time.Now()
-	protectSince, purged, err := r.purgeUploads(ctx, now)
+	protectSince, purged, err := r.purgeUploads(ctx, now, grace)
 	if err != nil {
 		return s, fmt.Errorf("gc: uploads: %w", err)
 	}
@@ -73,10 +77,10 @@ func (r *Registry) GC(ctx context.Context) (GCStats, error) {
 	}
 	s.Referenced = len(live.chunks)
 
-	if err := r.sweepAttic(ctx, now, live, &s); err != nil {
+	if err := r.sweepAttic(ctx, now.Add(-grace), live, &s); err != nil {
 		return s, err
 	}
-	if err := r.sweepTrash(ctx, now, live, &s); err != nil {
+	if err := r.sweepTrash(ctx, now.Add(-grace), live, &s); err != nil {
 		return s, err
 	}
 	if err := r.condemnChunks(ctx, protectSince, live, &s); err != nil {
@@ -99,7 +103,7 @@ func (r *Registry) GC(ctx context.Context) (GCStats, error) {
 
 // sweepAttic rescues condemned records that are live again and deletes the
 // ones condemned at least Grace ago.
-func (r *Registry) sweepAttic(ctx context.Context, now time.Time, live liveSet, s *GCStats) error {
+func (r *Registry) sweepAttic(ctx context.Context, condemnedBefore time.Time, live liveSet, s *GCStats) error {
 	attic, err := r.st.List(ctx, "attic")
 	if err != nil {
 		return fmt.Errorf("gc: list attic: %w", err)
@@ -120,7 +124,7 @@ func (r *Registry) sweepAttic(ctx context.Context, now time.Time, live liveSet, 
 		if err != nil {
 			return fmt.Errorf("gc: %w", err)
 		}
-		if info.ModTime.After(now.Add(-r.Grace)) {
+		if info.ModTime.After(condemnedBefore) {
 			continue
 		}
 		if err := r.st.Delete(ctx, p); err != nil {
@@ -131,7 +135,7 @@ func (r *Registry) sweepAttic(ctx context.Context, now time.Time, live liveSet, 
 	return nil
 }
 
-func (r *Registry) sweepTrash(ctx context.Context, now time.Time, live liveSet, s *GCStats) error {
+func (r *Registry) sweepTrash(ctx context.Context, condemnedBefore time.Time, live liveSet, s *GCStats) error {
 	trash, err := r.st.List(ctx, "trash")
 	if err != nil {
 		return fmt.Errorf("gc: list trash: %w", err)
@@ -153,7 +157,7 @@ func (r *Registry) sweepTrash(ctx context.Context, now time.Time, live liveSet, 
 		if err != nil {
 			return fmt.Errorf("gc: %w", err)
 		}
-		if info.ModTime.After(now.Add(-r.Grace)) {
+		if info.ModTime.After(condemnedBefore) {
 			continue // condemned too recently
 		}
 		if err := r.st.Delete(ctx, p); err != nil {
@@ -266,8 +270,8 @@ func (r *Registry) unlockGC(ctx context.Context) {
 // purgeUploads deletes leases idle longer than UploadTTL and returns the time
 // before which untouched chunks may be condemned. A lease it cannot read
 // aborts the pass: it might protect a push's chunks.
-func (r *Registry) purgeUploads(ctx context.Context, now time.Time) (time.Time, int, error) {
-	protectSince := now.Add(-r.Grace)
+func (r *Registry) purgeUploads(ctx context.Context, now time.Time, grace time.Duration) (time.Time, int, error) {
+	protectSince := now.Add(-grace)
 	paths, err := r.st.List(ctx, "uploads")
 	if err != nil {
 		return protectSince, 0, err

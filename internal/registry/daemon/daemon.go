@@ -4,6 +4,7 @@
 package daemon
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -31,8 +32,17 @@ type Config struct {
 	S3         *s3.Config // when set, the store is this bucket and DataDir is unused
 	GCInterval time.Duration
 	GCGrace    time.Duration
-	UploadTTL  time.Duration
-	TLS        tlsconfig.Server // HTTPS when set
+	// LowSpace: when the store's free space falls below this many bytes
+	// (default 5% of the volume), GC runs at once with LowSpaceGrace
+	// (default 2 min) instead of GCGrace, so aborted pushes' chunks and
+	// condemned data go within minutes, not hours. Checked every
+	// LowSpaceCheck (default 30 s). Stores that do not report usage (S3)
+	// are never low.
+	LowSpace      int64
+	LowSpaceGrace time.Duration
+	LowSpaceCheck time.Duration
+	UploadTTL     time.Duration
+	TLS           tlsconfig.Server // HTTPS when set
 	// MetricsListen, when set, serves /metrics on this address too (":2112").
 	MetricsListen string
 	// Timeouts bound client connections (httpserve defaults when zero;
@@ -118,18 +128,34 @@ func Start(cfg Config) (*Daemon, error) {
 		}
 		t := time.NewTicker(cfg.GCInterval)
 		defer t.Stop()
+		low := time.NewTicker(cmp.Or(cfg.LowSpaceCheck, 30*time.Second))
+		defer low.Stop()
+		gc := func(grace time.Duration) {
+			stats, err := reg.GCWithGrace(ctx, grace)
+			if err != nil && !errors.Is(err, registry.ErrGCRunning) && ctx.Err() == nil {
+				log.Warn("garbage collection", "err", err)
+			}
+			if err == nil {
+				m.ObserveGC(stats)
+			}
+		}
 		for {
 			select {
 			case <-ctx.Done():
 				return
 			case <-t.C:
-				stats, err := reg.GC(ctx)
-				if err != nil && !errors.Is(err, registry.ErrGCRunning) && ctx.Err() == nil {
-					log.Warn("garbage collection", "err", err)
+				gc(reg.Grace)
+			case <-low.C:
+				total, free, err := backend.Usage(ctx)
+				threshold := cfg.LowSpace
+				if threshold == 0 {
+					threshold = total / 20
 				}
-				if err == nil {
-					m.ObserveGC(stats)
+				if err != nil || total == 0 || free >= threshold {
+					continue
 				}
+				log.Warn("store low on space: collecting garbage early", "free_bytes", free, "threshold_bytes", threshold)
+				gc(min(reg.Grace, cmp.Or(cfg.LowSpaceGrace, 2*time.Minute)))
 			}
 		}
 	}()
