@@ -13,8 +13,10 @@ import (
 // Join registers the node.
 func (c *Controller) Join(ctx context.Context, report apiv1.NodeReport) (apiv1.JoinResponse, error) {
 	var resp apiv1.JoinResponse
-	return resp, c.do(ctx, http.MethodPost, "/api/v1/agent/join", apiv1.JoinRequest{Report: report}, &resp)
+	return resp, c.do(ctx, http.MethodPost, joinPath, apiv1.JoinRequest{Report: report}, &resp)
 }
+
+const joinPath = "/api/v1/agent/join"
 
 // Heartbeat renews the node's lease.
 func (c *Controller) Heartbeat(ctx context.Context, nodeID string, leaseID int64) error {

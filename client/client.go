@@ -45,6 +45,7 @@ type Controller struct {
 	rootToken string
 	http      *http.Client
 	cur       atomic.Int64
+	nodeToken atomic.Value // string: the node's own credential, after join
 	// Retry governs idempotent calls (GET); others are tried once per
 	// controller URL. PerAttempt bounds every call.
 	Retry retry.Policy
@@ -58,6 +59,10 @@ func (c *Controller) UseTLS(cfg *tls.Config) {
 		c.http = &http.Client{Transport: tr}
 	}
 }
+
+// UseNodeToken makes every agent call but joining present the node's own
+// credential (JoinResponse.NodeToken) instead of the join token.
+func (c *Controller) UseNodeToken(token string) { c.nodeToken.Store(token) }
 
 // UseRootToken authenticates API calls with the controller's root token
 // (HTTP Basic, user root), for controllers with --enable-auth.
@@ -124,7 +129,10 @@ func (c *Controller) once(ctx context.Context, method, path string, payload []by
 			return err
 		}
 		req.Header.Set("Content-Type", "application/json")
+		nodeToken, _ := c.nodeToken.Load().(string)
 		switch {
+		case nodeToken != "" && path != joinPath:
+			req.Header.Set("Authorization", "Bearer "+nodeToken)
 		case c.token != "":
 			req.Header.Set("Authorization", "Bearer "+c.token)
 		case c.rootToken != "":

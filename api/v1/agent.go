@@ -36,6 +36,10 @@ type JoinResponse struct {
 	LeaseID     int64  `json:"lease_id"`
 	LeaseTTL    int64  `json:"lease_ttl"` // seconds; heartbeat at a third of it
 	RegistryURL string `json:"registry_url"`
+	// NodeToken is this node's own credential for every later agent call
+	// (Authorization: Bearer <token>); the join token only joins. A new
+	// join issues a new one.
+	NodeToken string `json:"node_token"`
 }
 
 // HeartbeatRequest renews the node's lease.

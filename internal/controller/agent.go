@@ -5,6 +5,7 @@ import (
 	"crypto/subtle"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	apiv1 "github.com/corral-build/corral/api/v1"
@@ -12,12 +13,39 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
-// AuthorizeNode checks a node agent's join token.
+// AuthorizeNode checks a node agent's join token (joining only).
 func (s *Service) AuthorizeNode(token string) error {
 	if subtle.ConstantTimeCompare([]byte(token), []byte(s.cfg.JoinToken)) != 1 {
 		return ErrBadToken
 	}
 	return nil
+}
+
+// AuthenticateNode checks a node's own credential ("<node id>.<secret>",
+// issued at join) and returns the node it belongs to.
+func (s *Service) AuthenticateNode(ctx context.Context, token string) (string, error) {
+	id, secret, ok := strings.Cut(token, ".")
+	if !ok || !validSecretID(id) || secret == "" {
+		return "", ErrBadToken
+	}
+	n, err := s.st.GetNode(ctx, id)
+	if errors.Is(err, store.ErrNotFound) {
+		return "", ErrDisjoined
+	}
+	if err != nil {
+		return "", err
+	}
+	if n.CredentialHash == "" || subtle.ConstantTimeCompare([]byte(n.CredentialHash), []byte(secretHash(secret))) != 1 {
+		return "", ErrBadToken
+	}
+	return id, nil
+}
+
+// NodeMismatchError is a node's call about another node.
+type NodeMismatchError struct{ Caller, Target string }
+
+func (e *NodeMismatchError) Error() string {
+	return fmt.Sprintf("Permission denied: node %s may act only for itself, not for node %s", e.Caller, e.Target)
 }
 
 // Join registers a node and grants it a liveness lease. Groups named in the
@@ -41,8 +69,16 @@ func (s *Service) Join(ctx context.Context, req apiv1.JoinRequest) (apiv1.JoinRe
 	if err != nil {
 		return apiv1.JoinResponse{}, err
 	}
+	secret := randomHex(32)
+	if _, err := s.st.UpdateNode(ctx, r.NodeID, func(n *store.NodeRecord) error {
+		n.CredentialHash = secretHash(secret)
+		return nil
+	}); err != nil {
+		return apiv1.JoinResponse{}, fmt.Errorf("issue node credential: %w", err)
+	}
 	s.log.Info("node joined", "node", r.NodeName, "id", r.NodeID, "ip", r.IPAddress, "capacity", r.Capacity, "driver", r.Driver)
-	return apiv1.JoinResponse{NodeID: r.NodeID, LeaseID: lease, LeaseTTL: max(ttl, 1), RegistryURL: s.cfg.RegistryURL}, nil
+	return apiv1.JoinResponse{NodeID: r.NodeID, LeaseID: lease, LeaseTTL: max(ttl, 1), RegistryURL: s.cfg.RegistryURL,
+		NodeToken: r.NodeID + "." + secret}, nil
 }
 
 // resolveGroups maps group names or ids to ids, creating named groups that do

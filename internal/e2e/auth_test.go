@@ -18,6 +18,7 @@ import (
 	"time"
 
 	apiv1 "github.com/corral-build/corral/api/v1"
+	"github.com/corral-build/corral/client"
 	"github.com/corral-build/corral/internal/controller"
 	"github.com/corral-build/corral/internal/store"
 	"github.com/corral-build/corral/internal/testenv"
@@ -179,5 +180,74 @@ func TestDeletedAPIKeyStopsAtOnce(t *testing.T) {
 	}
 	if code, body := authCall(t, "GET", base+"/api/v1/vm", bearer, ""); code != 401 {
 		t.Fatalf("after deleting the key: HTTP %d %s, want 401", code, body)
+	}
+}
+
+// TestNodeCredentials: the join token only joins; every later agent call
+// needs the node's own credential, and a node reads and updates only its
+// own assignments and instances. (With the join token anyone could read
+// every node's assignments, startup scripts included, and set any
+// instance's state.)
+func TestNodeCredentials(t *testing.T) {
+	c := testenv.StartCluster(t, testenv.Options{Nodes: []testenv.NodeOptions{{Name: "a", Capacity: 2}, {Name: "b", Capacity: 2}}})
+	base := c.Controllers[0].URL
+	ctx := context.Background()
+	ids, err := c.Client.StartInstances(ctx, map[string]any{"vmid": c.TemplateID, "count": 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range ids {
+		c.WaitState(id, apiv1.StateStarted, 10*time.Second)
+	}
+	nodes := c.Nodes()
+	a, b := nodes[0].Agent.ID(), nodes[1].Agent.ID()
+
+	// A third party with the join token joins as "mallory" and gets its own credential.
+	joiner, _ := client.New([]string{base}, "test-token")
+	resp, err := joiner.Join(ctx, apiv1.NodeReport{NodeID: "mallory", NodeName: "mallory", Capacity: 1})
+	if err != nil || !strings.HasPrefix(resp.NodeToken, "mallory.") {
+		t.Fatalf("join: %+v %v", resp, err)
+	}
+	mallory := "Bearer " + resp.NodeToken
+	join := "Bearer test-token"
+	for _, tc := range []struct {
+		what, method, path, auth, body string
+		code                           int
+		msg                            string
+	}{
+		{"join token reads assignments", "GET", "/api/v1/agent/assignments?node_id=" + a, join, "", 401, apiv1.MsgAuthRequired},
+		{"join token heartbeats", "POST", "/api/v1/agent/heartbeat", join, `{"node_id":"` + a + `"}`, 401, apiv1.MsgAuthRequired},
+		{"another node's assignments", "GET", "/api/v1/agent/assignments?node_id=" + a, mallory, "", 403,
+			"Permission denied: node mallory may act only for itself, not for node " + a},
+		{"another node's instances", "POST", "/api/v1/agent/status", mallory,
+			`{"node_id":"` + a + `","instances":[{"instance_id":"` + ids[0] + `","state":"Terminated"}]}`, 403,
+			"Permission denied: node mallory may act only for itself, not for node " + a},
+		{"another node's report", "POST", "/api/v1/agent/report", mallory, `{"node_id":"` + b + `","node_name":"b"}`, 403,
+			"Permission denied: node mallory may act only for itself, not for node " + b},
+		{"a forged credential", "GET", "/api/v1/agent/assignments?node_id=" + a, "Bearer " + a + ".00ff", "", 401, apiv1.MsgAuthRequired},
+	} {
+		code, body := authCall(t, tc.method, base+tc.path, tc.auth, tc.body)
+		var env struct{ Status, Message string }
+		json.Unmarshal([]byte(body), &env)
+		if code != tc.code || env.Status != "FAIL" || env.Message != tc.msg {
+			t.Errorf("%s: HTTP %d %s %q, want %d FAIL %q", tc.what, code, env.Status, env.Message, tc.code, tc.msg)
+		}
+	}
+	// Its own calls work.
+	if code, body := authCall(t, "GET", base+"/api/v1/agent/assignments?node_id=mallory", mallory, ""); code != 200 {
+		t.Errorf("own assignments: HTTP %d %s", code, body)
+	}
+	// Nothing changed for the real instances.
+	for _, id := range ids {
+		if in, _ := c.Client.Instance(ctx, id); in.State != apiv1.StateStarted {
+			t.Errorf("instance %s is %s after the attempts", id, in.State)
+		}
+	}
+	// The credential is stored hashed.
+	cli, _ := clientv3.New(clientv3.Config{Endpoints: []string{c.Etcd.ClientURL}})
+	defer cli.Close()
+	kv, _ := cli.Get(ctx, "/corral/nodes/mallory")
+	if len(kv.Kvs) == 0 || strings.Contains(string(kv.Kvs[0].Value), strings.TrimPrefix(resp.NodeToken, "mallory.")) {
+		t.Errorf("node record missing or holding the credential in the clear")
 	}
 }

@@ -163,6 +163,7 @@ func (a *Agent) join(ctx context.Context) (apiv1.JoinResponse, error) {
 	if err != nil {
 		return resp, err
 	}
+	a.ctl.UseNodeToken(resp.NodeToken)
 	a.log.Info("node joined", "controller", a.ctl.URL(), "node_id", resp.NodeID, "lease_ttl_s", resp.LeaseTTL)
 	return resp, nil
 }

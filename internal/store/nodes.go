@@ -21,6 +21,9 @@ type NodeRecord struct {
 	Groups           []string         `json:"groups"` // group ids
 	LeaseID          int64            `json:"lease_id"`
 	JoinedAt         time.Time        `json:"joined_at"`
+	// CredentialHash is the SHA-256 of the node's own credential, issued
+	// at its last join.
+	CredentialHash string `json:"credential_hash,omitempty"`
 }
 
 // Capacity is the number of instance slots the node offers.

@@ -1,15 +1,19 @@
 package httpapi
 
 import (
+	"context"
+	"errors"
 	"net/http"
 	"strconv"
 	"strings"
 
 	apiv1 "github.com/corral-build/corral/api/v1"
+	"github.com/corral-build/corral/internal/controller"
 )
 
 // agent requires the join token as a bearer token.
-func (a *API) agent(next http.Handler) http.Handler {
+// joiner admits the join token: it only joins.
+func (a *API) joiner(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		token, _ := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
 		if a.svc.AuthorizeNode(token) != nil {
@@ -18,6 +22,34 @@ func (a *API) agent(next http.Handler) http.Handler {
 		}
 		next.ServeHTTP(w, r)
 	})
+}
+
+type nodeKey struct{}
+
+// agent admits a node's own credential and remembers which node it is;
+// the handlers then refuse calls about any other node.
+func (a *API) agent(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		token, _ := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+		id, err := a.svc.AuthenticateNode(r.Context(), token)
+		if err != nil {
+			code, msg := http.StatusUnauthorized, apiv1.MsgAuthRequired
+			if errors.Is(err, controller.ErrDisjoined) {
+				code, msg = http.StatusGone, "node was disjoined"
+			}
+			writeJSON(w, code, apiv1.Envelope{Status: apiv1.StatusFAIL, Message: msg})
+			return
+		}
+		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), nodeKey{}, id)))
+	})
+}
+
+// self checks that a node's call is about itself.
+func self(r *http.Request, target string) error {
+	if caller, _ := r.Context().Value(nodeKey{}).(string); caller != target {
+		return &controller.NodeMismatchError{Caller: caller, Target: target}
+	}
+	return nil
 }
 
 func (a *API) agentJoin(r *http.Request) (any, error) {
@@ -33,12 +65,18 @@ func (a *API) agentHeartbeat(r *http.Request) (any, error) {
 	if err := decode(r, &req); err != nil {
 		return nil, err
 	}
+	if err := self(r, req.NodeID); err != nil {
+		return nil, err
+	}
 	return okNoBody{}, a.svc.Heartbeat(r.Context(), req)
 }
 
 func (a *API) agentLeave(r *http.Request) (any, error) {
 	var req apiv1.HeartbeatRequest
 	if err := decode(r, &req); err != nil {
+		return nil, err
+	}
+	if err := self(r, req.NodeID); err != nil {
 		return nil, err
 	}
 	return okNoBody{}, a.svc.Leave(r.Context(), req)
@@ -49,12 +87,18 @@ func (a *API) agentReport(r *http.Request) (any, error) {
 	if err := decode(r, &req); err != nil {
 		return nil, err
 	}
+	if err := self(r, req.NodeID); err != nil {
+		return nil, err
+	}
 	return okNoBody{}, a.svc.UpdateReport(r.Context(), req)
 }
 
 func (a *API) agentStatus(r *http.Request) (any, error) {
 	var req apiv1.StatusReport
 	if err := decode(r, &req); err != nil {
+		return nil, err
+	}
+	if err := self(r, req.NodeID); err != nil {
 		return nil, err
 	}
 	return okNoBody{}, a.svc.ReportStatus(r.Context(), req)
@@ -69,6 +113,9 @@ func (a *API) agentAssignments(r *http.Request) (any, error) {
 	if q.Get("node_id") == "" {
 		return nil, &apiv1.FieldError{Field: "node_id", Reason: "required"}
 	}
+	if err := self(r, q.Get("node_id")); err != nil {
+		return nil, err
+	}
 	return a.svc.WaitAssignments(r.Context(), q.Get("node_id"), since)
 }
 
@@ -77,12 +124,18 @@ func (a *API) agentPrefetch(r *http.Request) (any, error) {
 	if err := decode(r, &req); err != nil {
 		return nil, err
 	}
+	if err := self(r, req.NodeID); err != nil {
+		return nil, err
+	}
 	return okNoBody{}, a.svc.FinishPrefetch(r.Context(), req)
 }
 
 func (a *API) agentImage(r *http.Request) (any, error) {
 	var req apiv1.ImageResult
 	if err := decode(r, &req); err != nil {
+		return nil, err
+	}
+	if err := self(r, req.NodeID); err != nil {
 		return nil, err
 	}
 	return okNoBody{}, a.svc.FinishImage(r.Context(), req)

@@ -56,9 +56,12 @@ func (a *API) failure(r *http.Request, err error) (int, string) {
 	var noTag *controller.NoSuchTagError
 	var badBody errBadBody
 	var denied *controller.PermissionError
+	var mismatch *controller.NodeMismatchError
 	switch {
 	case errors.As(err, &denied):
 		return http.StatusForbidden, denied.Error()
+	case errors.As(err, &mismatch):
+		return http.StatusForbidden, mismatch.Error()
 	case errors.As(err, &badBody):
 		return http.StatusBadRequest, badBody.Error()
 	case errors.As(err, &field):

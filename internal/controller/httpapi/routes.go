@@ -54,7 +54,7 @@ func New(svc *controller.Service, log *slog.Logger) http.Handler {
 	mux.Handle("DELETE /api/v1/permission-group", h(a.deletePermissionGroup))
 
 	// The node agents' protocol, authenticated by the join token.
-	mux.Handle("POST /api/v1/agent/join", a.agent(h(a.agentJoin)))
+	mux.Handle("POST /api/v1/agent/join", a.joiner(h(a.agentJoin)))
 	mux.Handle("POST /api/v1/agent/heartbeat", a.agent(h(a.agentHeartbeat)))
 	mux.Handle("POST /api/v1/agent/leave", a.agent(h(a.agentLeave)))
 	mux.Handle("POST /api/v1/agent/report", a.agent(h(a.agentReport)))
