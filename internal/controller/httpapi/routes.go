@@ -20,7 +20,33 @@ type API struct {
 func New(svc *controller.Service, log *slog.Logger) http.Handler {
 	a := &API{svc: svc, log: log}
 	mux := http.NewServeMux()
+	for _, rt := range a.routes() {
+		mux.Handle(rt.pattern, rt.handler)
+	}
+	mux.Handle("/api/v1/", a.handle(a.notFound))
+	return recoverPanics(log, a.requireAuth(mux))
+}
+
+type route struct {
+	pattern string
+	handler http.Handler
+}
+
+// Patterns lists every route the controller serves ("METHOD /path"), for
+// tests that must cover each one (the auth matrix).
+func Patterns() []string {
+	var out []string
+	for _, rt := range (&API{}).routes() {
+		out = append(out, rt.pattern)
+	}
+	return out
+}
+
+// routes is the controller's route table.
+func (a *API) routes() []route {
+	var rts []route
 	h := a.handle
+	mux := routeList{&rts}
 
 	mux.Handle("GET /api/v1/status", h(a.status))
 
@@ -69,6 +95,16 @@ func New(svc *controller.Service, log *slog.Logger) http.Handler {
 	mux.Handle("POST /api/v1/image", h(a.saveImage))
 	mux.Handle("GET /api/v1/image", h(a.images))
 
-	mux.Handle("/api/v1/", h(a.notFound))
-	return recoverPanics(log, a.requireAuth(mux))
+	return rts
+}
+
+// routeList collects routes with the mux's method names.
+type routeList struct{ rts *[]route }
+
+func (l routeList) Handle(pattern string, h http.Handler) {
+	*l.rts = append(*l.rts, route{pattern, h})
+}
+
+func (l routeList) HandleFunc(pattern string, h func(http.ResponseWriter, *http.Request)) {
+	l.Handle(pattern, http.HandlerFunc(h))
 }
