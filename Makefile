@@ -1,17 +1,23 @@
 # The README's test command is `make test`: vet, every package's tests (each
 # package binary bounded by -timeout), then the core packages and the
-# fault-injection, HA and storm tests again under the race detector.
+# fault-injection, HA and storm tests again under the race detector, then a
+# short fuzzing run of the request and manifest decoders.
 RACE_PKGS = ./client/ ./internal/store/ ./internal/scheduler/ ./internal/node/ ./internal/registry/... ./internal/retry/ ./internal/testenv/...
 RACE_E2E  = TestLeaderKilled|TestHAKillOneOfEach|TestNodeKilledWithoutGoodbye|TestNodeRestartReconciles|TestTerminateBeforeNodeSawPlacement|TestNeverStartedWorkSurvivesNodeCrash|TestHungRegistryDoesNotStallScheduling|TestStorm
 
-.PHONY: build test race vet
+.PHONY: build test race fuzz vet
 build:
 	go build -o bin/corral ./cmd/corral
 test: vet
 	go test -timeout 15m ./...
 	$(MAKE) race
+	$(MAKE) fuzz
 race:
 	go test -race -timeout 15m $(RACE_PKGS)
 	go test -race -timeout 15m -run '$(RACE_E2E)' ./internal/e2e/
+# A short native-fuzzing run of the decoders (their seeds also run in `go test`).
+fuzz:
+	go test -timeout 5m -run '^$$' -fuzz '^FuzzStartRequest$$' -fuzztime 15s ./api/v1/
+	go test -timeout 5m -run '^$$' -fuzz '^FuzzManifestReferences$$' -fuzztime 15s ./internal/registry/
 vet:
 	go vet ./...

@@ -494,6 +494,13 @@ func manifestReferences(data []byte) (blobs, manifests []string, err error) {
 	for _, c := range m.Manifests {
 		manifests = append(manifests, c.Digest)
 	}
+	// Only sha256 digests are stored: refuse others at the edge, so the GC
+	// and blob lookups never meet a reference they cannot resolve.
+	for _, d := range append(blobs, manifests...) {
+		if _, err := ParseDigest(d); err != nil {
+			return nil, nil, fmt.Errorf("invalid descriptor digest %q", d)
+		}
+	}
 	return blobs, manifests, nil
 }
 
