@@ -23,6 +23,9 @@ type controllerFlags struct {
 	logLevel                                                                                                                               int
 	tls                                                                                                                                    serverTLSFlags
 	registryTLS                                                                                                                            clientTLSFlags
+	etcdTLS                                                                                                                                clientTLSFlags
+	etcdTLSOn, etcdLogin                                                                                                                   bool
+	etcdUser, etcdPassword                                                                                                                 string
 }
 
 func (c *controllerFlags) register(f *flags, listenDefault string) {
@@ -46,6 +49,15 @@ func (c *controllerFlags) register(f *flags, listenDefault string) {
 	f.String(&c.rootToken, "root-token", "", "root token: HTTP Basic with user root and this password", "ANKA_ROOT_TOKEN")
 	c.tls.register(f, "CA whose client certificates authenticate requests (with --enable-auth)")
 	c.registryTLS.register(f, "registry-", true, true)
+	// External etcd with TLS and/or user login, under the reference's names.
+	f.Bool(&c.etcdTLSOn, "etcd-tls", false, "connect to the external etcd over TLS (--etcd-ca-cert, --etcd-cert, --etcd-cert-key)", "ANKA_USE_ETCD_TLS")
+	f.String(&c.etcdTLS.caCert, "etcd-ca-cert", "", "CA certificate of the external etcd", "ANKA_ETCD_CA_CERT")
+	f.String(&c.etcdTLS.cert, "etcd-cert", "", "client certificate for the external etcd", "ANKA_ETCD_CERT")
+	f.String(&c.etcdTLS.key, "etcd-cert-key", "", "its private key", "ANKA_ETCD_CERT_KEY")
+	f.Bool(&c.etcdTLS.skipVerify, "etcd-skip-tls-verification", false, "do not verify the etcd server's certificate (testing only)", "ANKA_SKIP_ETCD_TLS_VERIFICATION")
+	f.Bool(&c.etcdLogin, "etcd-login", false, "log in to the external etcd with --etcd-username/--etcd-password", "ANKA_USE_ETCD_LOGIN")
+	f.String(&c.etcdUser, "etcd-username", "", "etcd user (with --etcd-login)", "ANKA_ETCD_USERNAME")
+	f.String(&c.etcdPassword, "etcd-password", "", "etcd password (with --etcd-login)", "ANKA_ETCD_PASSWORD")
 	f.Bool(&c.enableAPIKeys, "enable-api-keys", false, "allow API-key logins (/tap/v1/hand, /tap/v1/shake; keys from `corral apikey`)", "ANKA_ENABLE_API_KEYS")
 	f.Bool(&c.showJoinToken, "show-join-token", false, "print the join token at start (it is printed unasked only on the start that generates it)")
 	f.Duration(&c.sessionTTL, "api-keys-session-ttl", time.Hour, "how long an API-key login lasts (deleting the key ends its sessions at once)", "ANKA_API_KEYS_SESSION_TTL")
@@ -85,6 +97,8 @@ func (c *controllerFlags) daemonConfig(log *slog.Logger) (daemon.Config, error) 
 		Auth: controller.AuthConfig{Enabled: c.enableAuth, RootToken: c.rootToken, APIKeys: c.enableAPIKeys,
 			DefaultPermissionGroup: c.defaultPermissionGroup, SessionTTL: c.sessionTTL},
 		TLS: serverTLS, RegistryTLS: c.registryTLS.config(), DefragInterval: c.defragInterval,
+		EtcdUseTLS: c.etcdTLSOn, EtcdTLS: c.etcdTLS.config(), EtcdUsername: loginField(c.etcdLogin, c.etcdUser),
+		EtcdPassword:  loginField(c.etcdLogin, c.etcdPassword),
 		MetricsListen: metricsListen(c.enableMetrics, c.metricsListen),
 	}, nil
 }
@@ -133,4 +147,12 @@ func shownJoinToken(d *daemon.Daemon, show bool) string {
 		return d.JoinToken
 	}
 	return "kept in etcd (start with --show-join-token to print it)"
+}
+
+// loginField applies an etcd credential only with --etcd-login.
+func loginField(on bool, v string) string {
+	if !on {
+		return ""
+	}
+	return v
 }

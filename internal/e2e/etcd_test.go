@@ -195,3 +195,42 @@ func TestScheduledDefrag(t *testing.T) {
 		}
 	}
 }
+
+// TestExternalEtcdWithLogin: a controller logs in to an external etcd that
+// has authentication enabled (the reference's ANKA_USE_ETCD_LOGIN), and one
+// without the credentials is refused with a clear error, not a hang.
+func TestExternalEtcdWithLogin(t *testing.T) {
+	e := testenv.StartEtcd(t)
+	ctx := context.Background()
+	admin, err := clientv3.New(clientv3.Config{Endpoints: []string{e.ClientURL}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close()
+	for _, step := range []func() error{
+		func() error { _, err := admin.UserAdd(ctx, "root", "r00t-pw"); return err },
+		func() error { _, err := admin.UserGrantRole(ctx, "root", "root"); return err },
+		func() error { _, err := admin.AuthEnable(ctx); return err },
+	} {
+		if err := step(); err != nil {
+			t.Fatalf("enable etcd auth: %v", err)
+		}
+	}
+	start := func(user, pass string) (*daemon.Daemon, error) {
+		return daemon.Start(ctx, daemon.Config{ListenAddr: "127.0.0.1:0", EtcdEndpoints: []string{e.ClientURL},
+			EtcdUsername: user, EtcdPassword: pass, EtcdTimeout: 5 * time.Second, JoinToken: "t",
+			TemplatesFile: t.TempDir() + "/templates.json", EtcdLogLevel: "off", Log: testenv.Logger(t)})
+	}
+	if d, err := start("", ""); err == nil {
+		d.Close()
+		t.Fatal("a controller without etcd credentials started against an etcd with auth on")
+	}
+	d, err := start("root", "r00t-pw")
+	if err != nil {
+		t.Fatalf("with the etcd login: %v", err)
+	}
+	defer d.Close()
+	if code, _ := authCall(t, "GET", d.URL+"/api/v1/node", "", ""); code != 200 {
+		t.Fatalf("controller over an authenticated etcd: HTTP %d", code)
+	}
+}

@@ -39,6 +39,11 @@ type Config struct {
 	EtcdEndpoints []string
 	Embedded      etcdembed.Config
 	EtcdPrefix    string
+	// EtcdTLS and EtcdUsername/EtcdPassword authenticate to an external
+	// cluster (the embedded member listens on loopback only, without them).
+	EtcdUseTLS                 bool
+	EtcdTLS                    tlsconfig.Client
+	EtcdUsername, EtcdPassword string
 	// EtcdLogLevel is the zap level of etcd's client logs ("error" default, "off" for none).
 	EtcdLogLevel string
 
@@ -78,7 +83,7 @@ type Daemon struct {
 	// JoinTokenCreated: this start generated the join token (the first
 	// start on this etcd); only then is it shown without being asked for.
 	JoinTokenCreated bool
-	Service   *controller.Service
+	Service          *controller.Service
 
 	etcd    *etcdembed.Server
 	cli     *clientv3.Client
@@ -107,8 +112,18 @@ func Start(ctx context.Context, cfg Config) (*Daemon, error) {
 		endpoints = []string{e.ClientURL}
 		log.Info("embedded etcd started", "client_url", e.ClientURL, "data_dir", cfg.Embedded.DataDir)
 	}
+	var etcdTLS *tls.Config
+	if d.etcd == nil && cfg.EtcdUseTLS { // the embedded member is plain HTTP on loopback
+		var terr error
+		if etcdTLS, terr = cfg.EtcdTLS.Config(); terr != nil {
+			return nil, fmt.Errorf("etcd TLS: %w", terr)
+		}
+		if etcdTLS == nil {
+			etcdTLS = &tls.Config{MinVersion: tls.VersionTLS12} // system roots
+		}
+	}
 	cli, err := clientv3.New(clientv3.Config{Endpoints: endpoints, DialTimeout: 5 * time.Second,
-		Logger: etcdClientLogger(cfg.EtcdLogLevel)})
+		Logger: etcdClientLogger(cfg.EtcdLogLevel), TLS: etcdTLS, Username: cfg.EtcdUsername, Password: cfg.EtcdPassword})
 	if err != nil {
 		d.closeEtcd()
 		return nil, fmt.Errorf("connect to etcd %v: %w", endpoints, err)
