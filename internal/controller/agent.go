@@ -113,31 +113,34 @@ next:
 
 // Heartbeat renews a node's lease without writing to etcd.
 func (s *Service) Heartbeat(ctx context.Context, req apiv1.HeartbeatRequest) error {
-	n, err := s.st.GetNode(ctx, req.NodeID)
-	if errors.Is(err, store.ErrNotFound) {
-		return ErrDisjoined
-	}
-	if err != nil {
+	if _, err := s.nodeWithLease(ctx, req); err != nil {
 		return err
 	}
-	if n.LeaseID != req.LeaseID {
-		return ErrLeaseExpired // the node re-joined elsewhere or its lease was replaced
-	}
 	return s.st.KeepAlive(ctx, req.LeaseID)
+}
+
+// nodeWithLease returns the node of a heartbeat or leave, checking that the
+// lease it names is still the node's.
+func (s *Service) nodeWithLease(ctx context.Context, req apiv1.HeartbeatRequest) (store.NodeRecord, error) {
+	n, err := s.st.GetNode(ctx, req.NodeID)
+	if errors.Is(err, store.ErrNotFound) {
+		return n, ErrDisjoined
+	}
+	if err != nil {
+		return n, err
+	}
+	if n.LeaseID != req.LeaseID {
+		return n, ErrLeaseExpired // the node re-joined elsewhere or its lease was replaced
+	}
+	return n, nil
 }
 
 // Leave ends a stopping node's lease at once, so no new work is placed on
 // it while it would otherwise stay Active until the TTL.
 func (s *Service) Leave(ctx context.Context, req apiv1.HeartbeatRequest) error {
-	n, err := s.st.GetNode(ctx, req.NodeID)
-	if errors.Is(err, store.ErrNotFound) {
-		return ErrDisjoined
-	}
+	n, err := s.nodeWithLease(ctx, req)
 	if err != nil {
 		return err
-	}
-	if n.LeaseID != req.LeaseID {
-		return ErrLeaseExpired
 	}
 	if err := s.st.ReleaseLease(ctx, req.LeaseID); err != nil {
 		return err

@@ -2,9 +2,7 @@ package e2e
 
 import (
 	"context"
-	"crypto/x509"
 	"encoding/json"
-	"encoding/pem"
 	"strings"
 	"testing"
 
@@ -76,19 +74,7 @@ func TestAuthMatrix(t *testing.T) {
 	}
 	defer cli.Close()
 	st := store.New(cli, "")
-	login := func(id string) string {
-		pemKey, err := controller.NewAPIKey(ctx, st, id)
-		if err != nil {
-			t.Fatal(err)
-		}
-		block, _ := pem.Decode(pemKey)
-		priv, err := x509.ParsePKCS1PrivateKey(block.Bytes)
-		if err != nil {
-			t.Fatal(err)
-		}
-		bearer, _ := loginWithAPIKey(t, base, id, priv)
-		return bearer
-	}
+	login := func(id string) string { return loginNewKey(t, st, base, id) }
 	root := "Basic cm9vdDpzM2NyZXQ=" // root:s3cret
 	deleted := login("gone")
 	if err := st.DeleteAPIKey(ctx, "gone"); err != nil {

@@ -112,6 +112,23 @@ func TestAuthentication(t *testing.T) {
 
 // loginWithAPIKey does what CI plugins do with an API key: hand, decrypt the
 // secret, shake. It returns the Authorization header and the shake body.
+// loginNewKey creates API key id in the store and logs in with it,
+// returning the bearer header.
+func loginNewKey(t *testing.T, st *store.Store, base, id string) string {
+	t.Helper()
+	pemKey, err := controller.NewAPIKey(context.Background(), st, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	block, _ := pem.Decode(pemKey)
+	priv, err := x509.ParsePKCS1PrivateKey(block.Bytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bearer, _ := loginWithAPIKey(t, base, id, priv)
+	return bearer
+}
+
 func loginWithAPIKey(t *testing.T, base, id string, priv *rsa.PrivateKey) (string, string) {
 	t.Helper()
 	code, hand := authCall(t, "POST", base+"/tap/v1/hand", "", `{"id":"`+id+`"}`)
@@ -147,16 +164,7 @@ func TestDeletedAPIKeyStopsAtOnce(t *testing.T) {
 	}
 	defer cli.Close()
 	st := store.New(cli, "")
-	pemKey, err := controller.NewAPIKey(context.Background(), st, "ci")
-	if err != nil {
-		t.Fatal(err)
-	}
-	block, _ := pem.Decode(pemKey)
-	priv, err := x509.ParsePKCS1PrivateKey(block.Bytes)
-	if err != nil {
-		t.Fatal(err)
-	}
-	bearer, _ := loginWithAPIKey(t, base, "ci", priv)
+	bearer := loginNewKey(t, st, base, "ci")
 	if code, body := authCall(t, "GET", base+"/api/v1/vm", bearer, ""); code != 200 {
 		t.Fatalf("with a fresh session: HTTP %d %s", code, body)
 	}

@@ -1,11 +1,8 @@
 package e2e
 
 import (
-	"context"
-	"crypto/x509"
 	"encoding/base64"
 	"encoding/json"
-	"encoding/pem"
 	"strings"
 	"testing"
 
@@ -29,19 +26,7 @@ func TestPermissionGroups(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer cli.Close()
-	login := func(base, id string) string {
-		pemKey, err := controller.NewAPIKey(context.Background(), store.New(cli, ""), id)
-		if err != nil {
-			t.Fatal(err)
-		}
-		block, _ := pem.Decode(pemKey)
-		priv, err := x509.ParsePKCS1PrivateKey(block.Bytes)
-		if err != nil {
-			t.Fatal(err)
-		}
-		bearer, _ := loginWithAPIKey(t, base, id, priv)
-		return bearer
-	}
+	login := func(base, id string) string { return loginNewKey(t, store.New(cli, ""), base, id) }
 	type call struct{ method, path, auth, body string }
 	// expect checks the whole answer: HTTP code, envelope status and the
 	// exact message (wantMsg "OK" means an OK envelope with no message).
