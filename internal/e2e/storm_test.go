@@ -137,11 +137,30 @@ func TestStorm(t *testing.T) {
 		}
 		return recs, unsettled
 	}
+	// The node list is read between two reads of the instances, and only
+	// a pair that agrees counts: a waiting instance placed in between (a
+	// node that just came back frees capacity) would make the comparison
+	// below race the scheduler.
+	brief := func(recs []store.InstanceRecord) []string {
+		var out []string
+		for _, r := range recs {
+			out = append(out, fmt.Sprintf("%s %s %s %v", r.InstanceID, r.State, r.NodeID, r.SlotHeld))
+		}
+		return out
+	}
 	var recs []store.InstanceRecord
+	var apiNodes []apiv1.Node
 	for deadline := time.Now().Add(60 * time.Second); ; time.Sleep(100 * time.Millisecond) {
 		var unsettled []store.InstanceRecord
 		if recs, unsettled = settled(); len(unsettled) == 0 {
-			break
+			if apiNodes, err = c.Client.Nodes(ctx); err != nil {
+				t.Fatal(err)
+			}
+			again, unsettled2 := settled()
+			if len(unsettled2) == 0 && slices.Equal(brief(recs), brief(again)) {
+				break
+			}
+			unsettled = unsettled2
 		}
 		if time.Now().After(deadline) {
 			for _, r := range unsettled {
@@ -152,10 +171,6 @@ func TestStorm(t *testing.T) {
 	}
 
 	// What the instances hold matches what the nodes run.
-	apiNodes, err := c.Client.Nodes(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
 	byName := map[string]apiv1.Node{}
 	for _, n := range apiNodes {
 		byName[n.NodeName] = n
