@@ -20,11 +20,11 @@ import (
 // nodeFlags are shared by `corral node` and `corral up`.
 type nodeFlags struct {
 	name, ip, driver, dataDir, forwardHost, minFree, qemuAccel, scriptUser string
-	groups                                                     []string
-	capacity                                                   int
-	vnc                                                        bool
-	bootTime, pullTime                                         time.Duration
-	tls                                                        clientTLSFlags
+	groups                                                                 []string
+	capacity                                                               int
+	vnc                                                                    bool
+	bootTime, pullTime                                                     time.Duration
+	tls                                                                    clientTLSFlags
 }
 
 func (n *nodeFlags) register(f *flags, prefix string) {
