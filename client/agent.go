@@ -55,3 +55,11 @@ func (c *Controller) PrefetchDone(ctx context.Context, r apiv1.PrefetchResult) e
 func (c *Controller) ImageDone(ctx context.Context, r apiv1.ImageResult) error {
 	return c.do(ctx, http.MethodPost, "/api/v1/agent/image", r, nil)
 }
+
+// RegistryToken asks the controller for a registry token granting these
+// scopes ("repository:*:pull"), with the node's credential.
+func (c *Controller) RegistryToken(ctx context.Context, scopes ...string) (apiv1.RegistryToken, error) {
+	var t apiv1.RegistryToken
+	q := url.Values{"service": {"corral-registry"}, "scope": scopes}
+	return t, c.do(ctx, http.MethodGet, "/api/v1/registry/token?"+q.Encode(), nil, &t)
+}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -24,6 +25,31 @@ type Registry struct {
 	// Retry is how failed requests are retried; every attempt is bounded by
 	// its PerAttempt deadline. Default: retry.Default.
 	Retry retry.Policy
+	auth  func(ctx context.Context) (string, error)
+}
+
+// UseAuth sets where the client's Authorization header comes from (a
+// registry token source, say); it is asked before every request.
+func (r *Registry) UseAuth(header func(ctx context.Context) (string, error)) { r.auth = header }
+
+// UseRootToken authenticates as root (HTTP Basic, user root).
+func (r *Registry) UseRootToken(token string) {
+	h := "Basic " + base64.StdEncoding.EncodeToString([]byte("root:"+token))
+	r.UseAuth(func(context.Context) (string, error) { return h, nil })
+}
+
+// do sends one request with the client's credentials.
+func (r *Registry) do(req *http.Request) (*http.Response, error) {
+	if r.auth != nil {
+		h, err := r.auth(req.Context())
+		if err != nil {
+			return nil, fmt.Errorf("registry credentials: %w", err)
+		}
+		if h != "" {
+			req.Header.Set("Authorization", h)
+		}
+	}
+	return r.http.Do(req)
 }
 
 // NewRegistry returns a client for the registry at base (http://host:8089).
@@ -78,7 +104,7 @@ func (r *Registry) call(ctx context.Context, method, path string, in, out any) e
 			return err
 		}
 		req.Header.Set("Content-Type", "application/json")
-		resp, err := r.http.Do(req)
+		resp, err := r.do(req)
 		if err != nil {
 			return err
 		}
@@ -168,7 +194,7 @@ func (r *Registry) putChunk(ctx context.Context, upload, digest string, encoded 
 			return err
 		}
 		req.ContentLength = int64(len(encoded))
-		resp, err := r.http.Do(req)
+		resp, err := r.do(req)
 		if err != nil {
 			return err
 		}
@@ -187,7 +213,7 @@ func (r *Registry) getChunk(ctx context.Context, digest string, buf []byte) ([]b
 		if len(buf) > 0 {
 			req.Header.Set("Range", fmt.Sprintf("bytes=%d-", len(buf)))
 		}
-		resp, err := r.http.Do(req)
+		resp, err := r.do(req)
 		if err != nil {
 			return err
 		}

@@ -100,3 +100,12 @@ type StatusReport struct {
 	NodeID    string           `json:"node_id"`
 	Instances []InstanceStatus `json:"instances"`
 }
+
+// RegistryToken is the controller's answer at /api/v1/registry/token: a
+// short-lived registry token (the distribution token spec's fields).
+type RegistryToken struct {
+	Token       string `json:"token"`
+	AccessToken string `json:"access_token"`
+	ExpiresIn   int    `json:"expires_in"`
+	IssuedAt    string `json:"issued_at"`
+}

@@ -15,17 +15,17 @@ import (
 
 // controllerFlags are shared by `corral controller` and `corral up`.
 type controllerFlags struct {
-	listen, dataDir, etcdClientURL, etcdPeerURL, etcdName, registryURL, localRegistryURL, templatesFile, joinToken, defaultPermissionGroup string
-	etcdEndpoints                                                                                                                          []string
-	compaction, leaseTTL, schedulerTTL, retention, defragInterval, sessionTTL                                                              time.Duration
-	standalone, enableAuth, enableAPIKeys, enableMetrics, showJoinToken                                                                    bool
-	rootToken, metricsListen                                                                                                               string
-	logLevel                                                                                                                               int
-	tls                                                                                                                                    serverTLSFlags
-	registryTLS                                                                                                                            clientTLSFlags
-	etcdTLS                                                                                                                                clientTLSFlags
-	etcdTLSOn, etcdLogin                                                                                                                   bool
-	etcdUser, etcdPassword                                                                                                                 string
+	listen, dataDir, etcdClientURL, etcdPeerURL, etcdName, registryURL, localRegistryURL, templatesFile, joinToken, defaultPermissionGroup, registryTokenSecret string
+	etcdEndpoints                                                                                                                                               []string
+	compaction, leaseTTL, schedulerTTL, retention, defragInterval, sessionTTL                                                                                   time.Duration
+	standalone, enableAuth, enableAPIKeys, enableMetrics, showJoinToken                                                                                         bool
+	rootToken, metricsListen                                                                                                                                    string
+	logLevel                                                                                                                                                    int
+	tls                                                                                                                                                         serverTLSFlags
+	registryTLS                                                                                                                                                 clientTLSFlags
+	etcdTLS                                                                                                                                                     clientTLSFlags
+	etcdTLSOn, etcdLogin                                                                                                                                        bool
+	etcdUser, etcdPassword                                                                                                                                      string
 }
 
 func (c *controllerFlags) register(f *flags, listenDefault string) {
@@ -47,6 +47,7 @@ func (c *controllerFlags) register(f *flags, listenDefault string) {
 	f.Int(&c.logLevel, "log-level", 0, "log verbosity: 0 info, 1+ debug, -1 warnings only", "ANKA_V")
 	f.Bool(&c.enableAuth, "enable-auth", false, "require credentials on /api/v1 (HTTP 401 otherwise)", "ANKA_ENABLE_AUTH")
 	f.String(&c.rootToken, "root-token", "", "root token: HTTP Basic with user root and this password", "ANKA_ROOT_TOKEN")
+	f.String(&c.registryTokenSecret, "registry-token-secret", "", "secret the registry tokens this controller issues (to nodes, users, itself) are signed under: the registry's --token-secret (default: the root token)", "ANKA_REGISTRY_TOKEN_SECRET")
 	c.tls.register(f, "CA whose client certificates authenticate requests (with --enable-auth)")
 	c.registryTLS.register(f, "registry-", true, true)
 	// External etcd with TLS and/or user login, under the reference's names.
@@ -95,7 +96,7 @@ func (c *controllerFlags) daemonConfig(log *slog.Logger) (daemon.Config, error) 
 		RegistryURL: c.registryURL, LocalRegistryURL: c.localRegistryURL, TemplatesFile: c.templatesFile, JoinToken: c.joinToken,
 		NodeLeaseTTL: c.leaseTTL, SchedulerTTL: c.schedulerTTL, InstanceRetention: c.retention, Log: log,
 		Auth: controller.AuthConfig{Enabled: c.enableAuth, RootToken: c.rootToken, APIKeys: c.enableAPIKeys,
-			DefaultPermissionGroup: c.defaultPermissionGroup, SessionTTL: c.sessionTTL},
+			DefaultPermissionGroup: c.defaultPermissionGroup, SessionTTL: c.sessionTTL, RegistryTokenSecret: c.registryTokenSecret},
 		TLS: serverTLS, RegistryTLS: c.registryTLS.config(), DefragInterval: c.defragInterval,
 		EtcdUseTLS: c.etcdTLSOn, EtcdTLS: c.etcdTLS.config(), EtcdUsername: loginField(c.etcdLogin, c.etcdUser),
 		EtcdPassword:  loginField(c.etcdLogin, c.etcdPassword),

@@ -24,6 +24,8 @@ type registryFlags struct {
 	s3TLS                                         clientTLSFlags // how the registry trusts an HTTPS S3 endpoint
 	enableMetrics                                 bool
 	metricsListen                                 string
+	auth                                          daemon.Auth
+	apiKeys                                       bool
 }
 
 func (r *registryFlags) register(f *flags, prefix, listenDefault, dirDefault string) {
@@ -46,6 +48,12 @@ func (r *registryFlags) register(f *flags, prefix, listenDefault, dirDefault str
 		r.tls.register(f, "CA whose client certificates may use the registry: with it, every request needs one")
 		r.tls.requireClientCert = true
 		r.s3TLS.register(f, "s3-", false, true)
+		f.Bool(&r.auth.Enabled, "enable-auth", false, "require credentials: the root token, a client certificate (--ca-cert), or a registry token from the controller (HTTP 401 otherwise)", "ANKA_ENABLE_AUTH")
+		f.String(&r.auth.RootToken, "root-token", "", "root token: HTTP Basic with user root and this password; every action", "ANKA_ROOT_TOKEN")
+		f.String(&r.auth.TokenSecret, "token-secret", "", "secret registry tokens are signed under: the controller's --registry-token-secret (default: the root token)", "ANKA_REGISTRY_TOKEN_SECRET")
+		f.Bool(&r.auth.AnonymousPull, "anonymous-pull", false, "with --enable-auth, let callers without credentials pull (never push or delete)")
+		f.String(&r.auth.ControllerURL, "controller-url", "", "controller that vouches for credentials the registry cannot check itself (API-key sessions, node credentials)", "ANKA_CONTROLLER_ADDRESS")
+		f.Bool(&r.apiKeys, "enable-api-keys", false, "accept API-key sessions (checked by --controller-url)", "ANKA_ENABLE_API_KEYS")
 		f.Bool(&r.enableMetrics, "enable-metrics", false, "also serve Prometheus /metrics on --metrics-listen (it is always on the API port)", "ANKA_ENABLE_METRICS")
 		f.String(&r.metricsListen, "metrics-listen", ":2112", "address of the extra /metrics listener (with --enable-metrics)")
 		// The reference registry's multipart tuning: accepted so existing
@@ -93,6 +101,24 @@ func (r *registryFlags) config(log *slog.Logger) (daemon.Config, error) {
 	default:
 		return daemon.Config{}, fmt.Errorf("--%sbackend %q: want disk or s3", r.prefix, r.backend)
 	}
+	if r.auth.Enabled {
+		r.tls.requireClientCert = false // a certificate is one credential among others
+		if r.auth.RootToken == "" && r.auth.ControllerURL == "" && r.tls.clientCA == "" {
+			return daemon.Config{}, fmt.Errorf("--enable-auth needs --root-token, --controller-url or --ca-cert, or nobody could log in")
+		}
+		if r.auth.RootToken == "" && r.auth.TokenSecret == "" && r.auth.ControllerURL != "" {
+			return daemon.Config{}, fmt.Errorf("--controller-url needs --token-secret or --root-token: the secret the controller signs registry tokens under")
+		}
+		if r.auth.ControllerURL != "" {
+			if err := ValidateRegistryURL(r.auth.ControllerURL); err != nil {
+				return daemon.Config{}, fmt.Errorf("--controller-url: %w", err)
+			}
+		}
+	}
+	if r.apiKeys && r.auth.ControllerURL == "" {
+		return daemon.Config{}, fmt.Errorf("--enable-api-keys needs --controller-url: API keys live in the controller's etcd")
+	}
+	cfg.Auth = r.auth
 	var err error
 	cfg.TLS, err = r.tls.config()
 	return cfg, err

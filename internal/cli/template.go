@@ -34,9 +34,11 @@ func runTemplate(ctx context.Context, args []string, out io.Writer) error {
 // before or after flags.
 func templateFlags(name, summary string, out io.Writer, args []string, define func(f *flags)) (*client.Registry, []string, error) {
 	f := newFlags("template "+name, summary, out)
-	var url string
+	var url, rootToken, token string
 	var tlsFlags clientTLSFlags
 	f.String(&url, "registry", "http://127.0.0.1:8089", "registry URL", "ANKA_ANKA_REGISTRY")
+	f.String(&rootToken, "root-token", "", "authenticate as root (a registry with --enable-auth)", "ANKA_ROOT_TOKEN")
+	f.String(&token, "registry-token", "", "authenticate with a registry token (from the controller's GET /api/v1/registry/token)")
 	tlsFlags.register(f, "", true, true)
 	if define != nil {
 		define(f)
@@ -61,6 +63,12 @@ func templateFlags(name, summary string, out io.Writer, args []string, define fu
 	reg, err := client.NewRegistry(url)
 	if err != nil {
 		return nil, nil, err
+	}
+	switch {
+	case token != "":
+		reg.UseAuth(func(context.Context) (string, error) { return "Bearer " + token, nil })
+	case rootToken != "":
+		reg.UseRootToken(rootToken)
 	}
 	tlsCfg, err := tlsFlags.config().Config()
 	reg.UseTLS(tlsCfg)

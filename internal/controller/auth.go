@@ -30,6 +30,10 @@ type AuthConfig struct {
 	// DefaultPermissionGroup applies to identities no permission group
 	// names; empty = they have every permission.
 	DefaultPermissionGroup string
+	// RegistryTokenSecret signs the registry tokens the controller issues
+	// (to nodes, users and itself); the registry checks them with the same
+	// secret. Default: RootToken.
+	RegistryTokenSecret string
 }
 
 // ErrAuth means the request has no valid credentials.

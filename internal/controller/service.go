@@ -4,6 +4,7 @@
 package controller
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -11,6 +12,7 @@ import (
 	"time"
 
 	apiv1 "github.com/corral-build/corral/api/v1"
+	"github.com/corral-build/corral/internal/regauth"
 	"github.com/corral-build/corral/internal/store"
 )
 
@@ -48,6 +50,7 @@ type Service struct {
 	catalog  *Catalog
 	cfg      Config
 	log      *slog.Logger
+	regKey   regauth.Key
 }
 
 // New returns a Service.
@@ -58,7 +61,11 @@ func New(st *store.Store, registry Registry, cfg Config, log *slog.Logger) *Serv
 	if cfg.AssignmentPoll <= 0 {
 		cfg.AssignmentPoll = 30 * time.Second
 	}
-	return &Service{st: st, registry: registry, catalog: NewCatalog(registry, log), cfg: cfg, log: log}
+	key := regauth.NewKey(cmp.Or(cfg.Auth.RegistryTokenSecret, cfg.Auth.RootToken))
+	if rr, ok := registry.(*RemoteRegistry); ok {
+		rr.c.UseAuth(registryAuthHeader(key))
+	}
+	return &Service{st: st, registry: registry, catalog: NewCatalog(registry, log), cfg: cfg, log: log, regKey: key}
 }
 
 // Catalog is the cached registry view the scheduler plans from.

@@ -17,7 +17,8 @@ import (
 
 // routeAccess is who may call each controller route: a user permission, or
 // "node" (a node's own credential), "join" (the join token), "tap" (the API
-// key handshake, open by design). A route the controller serves that is
+// key handshake, open by design), "registry-token" (any user or node: the
+// grant is narrowed to what the caller may do, TestRegistryTokenPermissions). A route the controller serves that is
 // missing here fails TestAuthMatrix: a new route must say who may call it.
 var routeAccess = map[string]string{
 	"GET /api/v1/status":                   apiv1.PermView,
@@ -53,6 +54,7 @@ var routeAccess = map[string]string{
 	"GET /api/v1/agent/assignments":        "node",
 	"POST /api/v1/agent/prefetch":          "node",
 	"POST /api/v1/agent/image":             "node",
+	"GET /api/v1/registry/token":           "registry-token",
 	"POST /tap/v1/hand":                    "tap",
 	"POST /tap/v1/shake":                   "tap",
 	"POST /api/v1/image":                   apiv1.PermManageTemplates,
@@ -147,6 +149,14 @@ func TestAuthMatrix(t *testing.T) {
 			check("root", root, false)
 			check("a node credential", self, false)
 			check("the join token", "Bearer test-token", true)
+		case "registry-token":
+			check("nobody", "", false)
+			check("a wrong password", "Basic cm9vdDp3cm9uZw==", false)
+			check("a deleted key", deleted, false)
+			check("the join token", "Bearer test-token", false)
+			check("a node credential", self, true)
+			check("a key with only view", keys[apiv1.PermView], true)
+			check("root", root, true)
 		case "node":
 			check("nobody", "", false)
 			check("root", root, false)

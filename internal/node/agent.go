@@ -174,6 +174,7 @@ func (a *Agent) useRegistry(url string) {
 	if url != "" {
 		if reg, err := client.NewRegistry(url); err == nil {
 			reg.UseTLS(a.cfg.TLS)
+			reg.UseAuth((&registryCreds{ctl: a.ctl}).authorization)
 			a.cfg.Templates = &RegistryTemplates{Client: reg, Dir: filepath.Join(a.dataDir(), "templates"),
 				MinFree: a.cfg.MinFreeDisk, InUse: a.templateInUse,
 				Evicted: func(vmid, tag string) {

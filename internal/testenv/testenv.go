@@ -40,7 +40,10 @@ type Options struct {
 	// RegistryProxy puts a faultproxy between the cloud (controllers and
 	// nodes) and the registry: Cluster.RegistryProxy.
 	RegistryProxy bool
-	Auth          controller.AuthConfig
+	// RegistryAuth turns the registry's authentication on; its
+	// ControllerURL is set to the cluster's first controller.
+	RegistryAuth *regdaemon.Auth
+	Auth         controller.AuthConfig
 }
 
 // NodeOptions describe one synthetic node.
@@ -130,8 +133,15 @@ func StartCluster(t testing.TB, opts Options) *Cluster {
 	c.Etcd = StartEtcd(t)
 	c.TemplatesFile = filepath.Join(c.Dir, "templates.json")
 	c.TemplateID = writeTemplates(t, c.TemplatesFile)
+	var late *lateProxy
 	if opts.Registry {
-		c.Registry = StartRegistry(t, filepath.Join(c.Dir, "registry"))
+		cfg := regdaemon.Config{DataDir: filepath.Join(c.Dir, "registry")}
+		if opts.RegistryAuth != nil {
+			late = newLateProxy(t)
+			cfg.Auth = *opts.RegistryAuth
+			cfg.Auth.ControllerURL = late.URL
+		}
+		c.Registry = startRegistry(t, cfg)
 		if opts.RegistryProxy {
 			c.RegistryProxy = faultproxy.New(t, c.Registry.URL)
 		}
@@ -140,6 +150,9 @@ func StartCluster(t testing.TB, opts Options) *Cluster {
 	for range opts.Controllers {
 		d := c.StartController(opts)
 		urls = append(urls, d.URL)
+	}
+	if late != nil {
+		late.target(urls[0])
 	}
 	cl, err := client.New(urls, "")
 	if err != nil {

@@ -14,7 +14,8 @@ import (
 // protocol has its own token, and /tap/v1 is how API keys log in.
 func (a *API) requireAuth(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if !strings.HasPrefix(r.URL.Path, "/api/v1/") || strings.HasPrefix(r.URL.Path, "/api/v1/agent/") {
+		if !strings.HasPrefix(r.URL.Path, "/api/v1/") || strings.HasPrefix(r.URL.Path, "/api/v1/agent/") ||
+			r.URL.Path == "/api/v1/registry/token" {
 			next.ServeHTTP(w, r)
 			return
 		}
@@ -97,4 +98,9 @@ func ClientCert(r *http.Request) *x509.Certificate {
 		return nil
 	}
 	return r.TLS.VerifiedChains[0][0]
+}
+
+// registryToken issues a registry token to a user or a node.
+func (a *API) registryToken(r *http.Request) (any, error) {
+	return a.svc.RegistryToken(r.Context(), r.Header.Get("Authorization"), ClientCert(r), r.URL.Query()["scope"])
 }

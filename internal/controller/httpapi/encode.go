@@ -76,6 +76,8 @@ func (a *API) failure(r *http.Request, err error) (int, string) {
 		return http.StatusUnauthorized, apiv1.MsgAuthRequired
 	case errors.Is(err, controller.ErrDisjoined):
 		return http.StatusGone, "node was disjoined"
+	case errors.Is(err, controller.ErrRegistryTokensOff):
+		return http.StatusNotFound, err.Error()
 	case errors.Is(err, controller.ErrLeaseExpired):
 		return http.StatusConflict, "node lease expired: join again"
 	}

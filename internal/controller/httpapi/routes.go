@@ -73,6 +73,8 @@ func (a *API) routes() []route {
 	mux.Handle("GET /api/v1/registry/disk", h(a.registryDisk))
 	mux.Handle("POST /api/v1/registry/vm/distribute", h(a.distribute))
 	mux.Handle("GET /api/v1/registry/vm/distribute", h(a.distribution))
+	// Registry tokens: the route checks its callers itself (users, nodes).
+	mux.Handle("GET /api/v1/registry/token", h(a.registryToken))
 
 	mux.Handle("GET /api/v1/permission-group", h(a.listPermissionGroups))
 	mux.Handle("POST /api/v1/permission-group", h(a.createPermissionGroup))

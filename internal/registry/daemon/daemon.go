@@ -43,6 +43,8 @@ type Config struct {
 	LowSpaceCheck time.Duration
 	UploadTTL     time.Duration
 	TLS           tlsconfig.Server // HTTPS when set
+	// Auth is who may do what (off when Auth.Enabled is false).
+	Auth Auth
 	// MetricsListen, when set, serves /metrics on this address too (":2112").
 	MetricsListen string
 	// Timeouts bound client connections (httpserve defaults when zero;
@@ -50,6 +52,9 @@ type Config struct {
 	Timeouts httpserve.Timeouts
 	Log      *slog.Logger
 }
+
+// Auth is who may do what on the registry.
+type Auth = httpapi.Auth
 
 // Daemon is a running registry.
 type Daemon struct {
@@ -98,7 +103,7 @@ func Start(cfg Config) (*Daemon, error) {
 	if serverTLS != nil {
 		ln, scheme = tls.NewListener(ln, serverTLS), "https://"
 	}
-	httpserve.WarnIfOpen(log, "the registry", ln.Addr(), serverTLS != nil && serverTLS.ClientCAs != nil,
+	httpserve.WarnIfOpen(log, "the registry", ln.Addr(), cfg.Auth.Enabled || (serverTLS != nil && serverTLS.ClientCAs != nil),
 		"anyone who can reach it can push, overwrite and delete templates (bind it to loopback or require client certificates)")
 	if cfg.Timeouts.Read == 0 {
 		// Chunk PUTs and OCI PATCHes are short; a monolithic OCI upload of a
@@ -113,7 +118,7 @@ func Start(cfg Config) (*Daemon, error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	d := &Daemon{
 		URL: scheme + net.JoinHostPort(host, fmt.Sprint(addr.Port)), Registry: reg, cancel: cancel,
-		http: cfg.Timeouts.Server(withMetrics(m, httpapi.New(reg, log))),
+		http: cfg.Timeouts.Server(withMetrics(m, httpapi.New(reg, log, cfg.Auth))),
 		done: make(chan struct{}),
 	}
 	go func() {

@@ -38,29 +38,56 @@ type envelope struct {
 	ExceptionType string `json:"exception_type,omitempty"`
 }
 
-// New returns the registry's HTTP handler.
-func New(reg *registry.Registry, log *slog.Logger) http.Handler {
+// New returns the registry's HTTP handler, checking callers as auth says.
+func New(reg *registry.Registry, log *slog.Logger, auth Auth) http.Handler {
+	g := newGuard(auth)
 	a := &api{reg: reg, log: log, buf: sync.Pool{New: func() any { b := make([]byte, 0, chunk.MaxEncoded); return &b }}}
 	mux := http.NewServeMux()
-	h := a.handle
-	mux.Handle("GET /registry/status", h(a.status))
-	mux.Handle("GET /registry/vm", h(a.templates))
-	mux.Handle("GET /registry/v2/vm", h(a.templates))
-	mux.Handle("GET /registry/vm/arch", h(a.arch))
-	mux.Handle("DELETE /registry/vm", h(a.delete))
-	mux.Handle("DELETE /registry/revert", h(a.revert))
-	mux.Handle("GET /registry/disk", h(a.disk))
+	for _, rt := range a.routes(g) {
+		mux.Handle(rt.pattern, rt.handler)
+	}
+	return g.wrap(mux)
+}
 
-	mux.Handle("POST /registry/corral/v1/uploads", h(a.startUpload))
-	mux.Handle("DELETE /registry/corral/v1/uploads/{id}", h(a.endUpload))
-	mux.Handle("POST /registry/corral/v1/chunks/missing", h(a.missing))
-	mux.Handle("PUT /registry/corral/v1/chunks/{digest}", h(a.putChunk))
-	mux.HandleFunc("GET /registry/corral/v1/chunks/{digest}", a.getChunk)
-	mux.Handle("POST /registry/corral/v1/commit", h(a.commit))
-	mux.Handle("GET /registry/corral/v1/manifest", h(a.manifest))
-	mux.Handle("/registry/", h(func(*http.Request) (any, error) { return nil, registry.ErrNotFound }))
-	mux.HandleFunc("/v2/", a.oci)
-	return mux
+type route struct {
+	pattern string
+	handler http.Handler
+}
+
+// Patterns lists every route the registry serves ("METHOD /path"; "/v2/"
+// is the whole OCI API), for tests that must cover each one.
+func Patterns() []string {
+	var out []string
+	for _, rt := range (&api{}).routes(&guard{}) {
+		out = append(out, rt.pattern)
+	}
+	return out
+}
+
+func (a *api) routes(g *guard) []route {
+	var rts []route
+	add := func(p string, h http.Handler) { rts = append(rts, route{p, h}) }
+	h := a.handle
+	add("GET /registry/status", h(a.status))
+	add("GET /registry/vm", h(a.templates))
+	add("GET /registry/v2/vm", h(a.templates))
+	add("GET /registry/vm/arch", h(a.arch))
+	add("DELETE /registry/vm", h(a.delete))
+	add("DELETE /registry/revert", h(a.revert))
+	add("GET /registry/disk", h(a.disk))
+
+	add("POST /registry/corral/v1/uploads", h(a.startUpload))
+	add("DELETE /registry/corral/v1/uploads/{id}", h(a.endUpload))
+	add("POST /registry/corral/v1/chunks/missing", h(a.missing))
+	add("PUT /registry/corral/v1/chunks/{digest}", h(a.putChunk))
+	add("GET /registry/corral/v1/chunks/{digest}", http.HandlerFunc(a.getChunk))
+	add("POST /registry/corral/v1/commit", h(a.commit))
+	add("GET /registry/corral/v1/manifest", h(a.manifest))
+	add("/registry/", h(func(*http.Request) (any, error) { return nil, registry.ErrNotFound }))
+	add("GET /v2/token", http.HandlerFunc(g.token))
+	add("POST /v2/token", http.HandlerFunc(g.token))
+	add("/v2/", http.HandlerFunc(a.oci))
+	return rts
 }
 
 type handlerFunc func(r *http.Request) (any, error)

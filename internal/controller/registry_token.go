@@ -1,0 +1,115 @@
+package controller
+
+import (
+	"context"
+	"crypto/x509"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	apiv1 "github.com/corral-build/corral/api/v1"
+	"github.com/corral-build/corral/internal/regauth"
+)
+
+// ErrRegistryTokensOff: the controller has no secret to sign registry
+// tokens with.
+var ErrRegistryTokensOff = errors.New("registry tokens are off: start the controller with --root-token or --registry-token-secret (the registry's --token-secret)")
+
+// RegistryKey is the key registry tokens are signed with (the zero Key when
+// neither a token secret nor a root token is set).
+func (s *Service) RegistryKey() regauth.Key { return s.regKey }
+
+// RegistryToken issues a registry token for whoever header (or cert)
+// authenticates: users get pull with the view permission and push/delete
+// with manage_templates; nodes get pull. scopes are the token spec's
+// ("repository:<name>:pull,push"); what the caller may not do is left out
+// of the grant, as the spec says, rather than refused.
+func (s *Service) RegistryToken(ctx context.Context, header string, cert *x509.Certificate, scopes []string) (apiv1.RegistryToken, error) {
+	if !s.regKey.Valid() {
+		return apiv1.RegistryToken{}, ErrRegistryTokensOff
+	}
+	asked, err := regauth.ParseScopes(scopes)
+	if err != nil {
+		return apiv1.RegistryToken{}, fieldErr("scope", "%v", err)
+	}
+	subject, allowed, err := s.registryCaller(ctx, header, cert)
+	if err != nil {
+		return apiv1.RegistryToken{}, err
+	}
+	tok, c, err := s.regKey.Issue("corral-controller", subject, regauth.Grant(asked, allowed), regauth.DefaultTTL, time.Now())
+	if err != nil {
+		return apiv1.RegistryToken{}, err
+	}
+	return regauth.Response(tok, c), nil
+}
+
+// registryCaller authenticates a token request. Besides the API's own
+// credentials it takes a node's credential (Bearer, or as a Basic password)
+// and an API-key session token as a Basic password, which is how `docker
+// login`-style clients carry it.
+func (s *Service) registryCaller(ctx context.Context, header string, cert *x509.Certificate) (string, func(string) bool, error) {
+	if !s.cfg.Auth.Enabled {
+		return "anonymous", func(string) bool { return true }, nil
+	}
+	user, pass, isBasic := basicAuth(header)
+	rootBasic := isBasic && (user == "root" || user == "")
+	candidate, _ := strings.CutPrefix(header, "Bearer ")
+	if isBasic {
+		candidate = pass
+	}
+	if strings.Contains(candidate, ".") && !rootBasic {
+		if id, err := s.AuthenticateNode(ctx, candidate); err == nil {
+			return "node:" + id, func(a string) bool { return a == regauth.Pull }, nil
+		}
+	}
+	id, err := s.Authenticate(ctx, header, cert)
+	if errors.Is(err, ErrAuth) && isBasic && !rootBasic {
+		id, err = s.Authenticate(ctx, "Bearer "+pass, nil) // an API key's session token as the password
+	}
+	if err != nil {
+		return "", nil, err
+	}
+	perms := map[string]error{}
+	allowed := func(action string) bool {
+		perm := apiv1.PermView
+		if action != regauth.Pull {
+			perm = apiv1.PermManageTemplates
+		}
+		if _, ok := perms[perm]; !ok {
+			perms[perm] = s.Authorize(ctx, id, perm)
+		}
+		return perms[perm] == nil
+	}
+	return id.String(), allowed, nil
+}
+
+func basicAuth(header string) (user, pass string, ok bool) {
+	raw, found := strings.CutPrefix(header, "Basic ")
+	if !found {
+		return "", "", false
+	}
+	dec, err := base64.StdEncoding.DecodeString(raw)
+	if err != nil {
+		return "", "", false
+	}
+	user, pass, ok = strings.Cut(string(dec), ":")
+	return user, pass, ok
+}
+
+// registryAuthHeader mints the controller's own registry credential: every
+// action (it proxies template deletes and reverts for permitted users).
+func registryAuthHeader(key regauth.Key) func(context.Context) (string, error) {
+	return func(context.Context) (string, error) {
+		if !key.Valid() {
+			return "", nil
+		}
+		tok, _, err := key.Issue("corral-controller", "controller",
+			[]regauth.Access{{Type: "repository", Name: "*", Actions: []string{"*"}}}, time.Minute, time.Now())
+		if err != nil {
+			return "", fmt.Errorf("sign registry token: %w", err)
+		}
+		return "Bearer " + tok, nil
+	}
+}
