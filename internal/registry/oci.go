@@ -101,6 +101,13 @@ func ociTailPath(id string, size int64) string {
 }
 func ociRepoPath(repo string) string { return "oci/repos/" + repo }
 
+// A blob is reachable in a repository through a link, written when it is
+// pushed or mounted there or named by a manifest put there. Links of
+// repositories written before links existed are made once, from their
+// manifests, the first time a blob is missed there (the _links marker).
+func ociLinkPath(repo, hexd string) string { return ociRepoPath(repo) + "/_layers/" + hexd }
+func ociLinkedMarker(repo string) string   { return ociRepoPath(repo) + "/_links" }
+
 var errUploadUnknown = ociErr(http.StatusNotFound, "BLOB_UPLOAD_UNKNOWN", "no such upload")
 
 // OCIStartUpload opens a blob upload session in repo.
@@ -315,8 +322,77 @@ func (r *Registry) OCIFinishUpload(ctx context.Context, repo, id, digest string,
 	if err := r.writeJSON(ctx, ociBlobPath(hexd), ociBlob{Size: u.Size, Chunks: u.Chunks}, storage.Replace); err != nil {
 		return err
 	}
+	if err := r.linkBlob(ctx, repo, hexd); err != nil {
+		return err
+	}
 	r.OCICancelUpload(ctx, repo, id)
 	return nil
+}
+
+func (r *Registry) linkBlob(ctx context.Context, repo, hexd string) error {
+	if err := r.st.Put(ctx, ociLinkPath(repo, hexd), strings.NewReader(""), storage.Replace); err != nil {
+		return fmt.Errorf("link blob %s in %s: %w", hexd, repo, err)
+	}
+	return nil
+}
+
+// repoBlob is ociBlob through repo: the blob must be linked there.
+func (r *Registry) repoBlob(ctx context.Context, repo, digest string) (ociBlob, error) {
+	hexd, err := ParseDigest(digest)
+	if err != nil {
+		return ociBlob{}, err
+	}
+	linked, err := r.blobLinked(ctx, repo, hexd)
+	if err != nil {
+		return ociBlob{}, err
+	}
+	if !linked {
+		return ociBlob{}, ociErr(http.StatusNotFound, "BLOB_UNKNOWN", "blob %s is not in %s", digest, repo)
+	}
+	return r.ociBlob(ctx, digest)
+}
+
+func (r *Registry) blobLinked(ctx context.Context, repo, hexd string) (bool, error) {
+	_, err := r.st.Stat(ctx, ociLinkPath(repo, hexd))
+	if err == nil || !errors.Is(err, storage.ErrNotFound) {
+		return err == nil, err
+	}
+	if _, err := r.st.Stat(ctx, ociLinkedMarker(repo)); err == nil || !errors.Is(err, storage.ErrNotFound) {
+		return false, err
+	}
+	if err := r.linkFromManifests(ctx, repo); err != nil {
+		return false, err
+	}
+	_, err = r.st.Stat(ctx, ociLinkPath(repo, hexd))
+	if errors.Is(err, storage.ErrNotFound) {
+		return false, nil
+	}
+	return err == nil, err
+}
+
+// linkFromManifests links every blob repo's manifests name, once.
+func (r *Registry) linkFromManifests(ctx context.Context, repo string) error {
+	paths, err := r.st.List(ctx, ociRepoPath(repo)+"/_manifests")
+	if err != nil {
+		return err
+	}
+	for _, p := range paths {
+		var m ociManifest
+		err := r.readMeta(ctx, ociManifestPath(path.Base(p)), &m)
+		if errors.Is(err, storage.ErrNotFound) {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		blobs, _, _ := manifestReferences(m.Data)
+		for _, d := range blobs {
+			if err := r.linkBlob(ctx, repo, strings.TrimPrefix(d, "sha256:")); err != nil {
+				return err
+			}
+		}
+	}
+	return r.st.Put(ctx, ociLinkedMarker(repo), strings.NewReader(""), storage.Replace)
 }
 
 // OCICancelUpload drops an upload session and its lease.
@@ -336,10 +412,10 @@ func (r *Registry) dropOCISession(ctx context.Context, id string) {
 	_ = r.st.Delete(ctx, "uploads/"+id+".json")
 }
 
-// OCIBlobSize returns a blob's size and refreshes its GC protection (a
-// client that finds a blob present will reference it next).
-func (r *Registry) OCIBlobSize(ctx context.Context, digest string) (int64, error) {
-	b, err := r.ociBlob(ctx, digest)
+// OCIBlobSize returns the size of a blob repo links and refreshes its GC
+// protection (a client that finds a blob present will reference it next).
+func (r *Registry) OCIBlobSize(ctx context.Context, repo, digest string) (int64, error) {
+	b, err := r.repoBlob(ctx, repo, digest)
 	return b.Size, err
 }
 
@@ -359,17 +435,28 @@ func (r *Registry) ociBlob(ctx context.Context, digest string) (ociBlob, error) 
 	return b, err
 }
 
-// OCIMountBlob makes a blob available to repo. Blobs are shared by every
-// repository, so this only checks it exists.
-func (r *Registry) OCIMountBlob(ctx context.Context, digest string) bool {
-	_, err := r.ociBlob(ctx, digest)
-	return err == nil
+// OCIMountBlob links into repo a blob the repository from links (the
+// caller's right to read from is the HTTP layer's check). It reports false
+// when from does not have it: the client then uploads.
+func (r *Registry) OCIMountBlob(ctx context.Context, repo, from, digest string) (bool, error) {
+	if CheckRepoName(from) != nil {
+		return false, nil
+	}
+	if _, err := r.repoBlob(ctx, from, digest); err != nil {
+		var oe *OCIError
+		if errors.As(err, &oe) {
+			return false, nil
+		}
+		return false, err
+	}
+	hexd, _ := ParseDigest(digest)
+	return true, r.linkBlob(ctx, repo, hexd)
 }
 
 // OCIOpenBlob streams a blob's bytes [offset, offset+length), decoding and
 // verifying one chunk at a time.
-func (r *Registry) OCIOpenBlob(ctx context.Context, digest string, offset, length int64) (io.ReadCloser, error) {
-	b, err := r.ociBlob(ctx, digest)
+func (r *Registry) OCIOpenBlob(ctx context.Context, repo, digest string, offset, length int64) (io.ReadCloser, error) {
+	b, err := r.repoBlob(ctx, repo, digest)
 	if err != nil {
 		return nil, err
 	}
@@ -409,13 +496,14 @@ func (r *Registry) writeBlob(ctx context.Context, w io.Writer, b ociBlob, from, 
 	return nil
 }
 
-// OCIDeleteBlob removes a blob; its chunks go with the next GC.
-func (r *Registry) OCIDeleteBlob(ctx context.Context, digest string) error {
-	if _, err := r.ociBlob(ctx, digest); err != nil {
+// OCIDeleteBlob unlinks a blob from repo. Other repositories that link it
+// keep it; once no manifest names it, GC frees it after the grace period.
+func (r *Registry) OCIDeleteBlob(ctx context.Context, repo, digest string) error {
+	if _, err := r.repoBlob(ctx, repo, digest); err != nil {
 		return err
 	}
 	hexd, _ := ParseDigest(digest)
-	return r.st.Delete(ctx, ociBlobPath(hexd))
+	return r.st.Delete(ctx, ociLinkPath(repo, hexd))
 }
 
 // OCIPutManifest stores a manifest under repo, tagged when ref is a tag.
@@ -443,8 +531,12 @@ func (r *Registry) OCIPutManifest(ctx context.Context, repo, ref, mediaType stri
 		mediaType = m.MediaType
 	}
 	for _, d := range blobs {
-		if _, err := r.ociBlob(ctx, d); err != nil {
-			return "", ociErr(http.StatusBadRequest, "MANIFEST_BLOB_UNKNOWN", "blob %s is not in this registry", d)
+		if _, err := r.repoBlob(ctx, repo, d); err != nil {
+			var oe *OCIError
+			if errors.As(err, &oe) {
+				return "", ociErr(http.StatusBadRequest, "MANIFEST_BLOB_UNKNOWN", "blob %s is not in %s (push or mount it there first)", d, repo)
+			}
+			return "", err
 		}
 	}
 	for _, d := range manifests {
@@ -611,9 +703,19 @@ func (r *Registry) ociLive(ctx context.Context, protectSince time.Time, live *li
 		return err
 	}
 	linked := map[string]bool{}
+	var blobLinks []string
 	for _, p := range repoPaths {
 		if strings.Contains(p, "/_manifests/") {
 			linked[path.Base(p)] = true
+		}
+		if strings.Contains(p, "/_layers/") {
+			blobLinks = append(blobLinks, p)
+		}
+	}
+	// Links to blobs that are gone (collected earlier) are dropped.
+	for _, p := range blobLinks {
+		if _, err := r.st.Stat(ctx, ociBlobPath(path.Base(p))); errors.Is(err, storage.ErrNotFound) {
+			_ = r.st.Delete(ctx, p)
 		}
 	}
 	liveBlobs := map[string]bool{}

@@ -83,9 +83,15 @@ func (a *api) ociUpload(w http.ResponseWriter, r *http.Request, repo, id string)
 	}
 	switch {
 	case id == "" && r.Method == http.MethodPost:
-		if mount := q.Get("mount"); mount != "" && a.reg.OCIMountBlob(ctx, mount) {
-			blobCreated(mount)
-			return nil
+		if mount := q.Get("mount"); mount != "" {
+			mounted, err := a.reg.OCIMountBlob(ctx, repo, q.Get("from"), mount)
+			if err != nil {
+				return err
+			}
+			if mounted {
+				blobCreated(mount)
+				return nil
+			}
 		}
 		id, err := a.reg.OCIStartUpload(ctx, repo)
 		if err != nil {
@@ -150,7 +156,7 @@ func (a *api) ociBlob(w http.ResponseWriter, r *http.Request, repo, digest strin
 	ctx := r.Context()
 	switch r.Method {
 	case http.MethodDelete:
-		if err := a.reg.OCIDeleteBlob(ctx, digest); err != nil {
+		if err := a.reg.OCIDeleteBlob(ctx, repo, digest); err != nil {
 			return err
 		}
 		w.WriteHeader(http.StatusAccepted)
@@ -159,7 +165,7 @@ func (a *api) ociBlob(w http.ResponseWriter, r *http.Request, repo, digest strin
 	default:
 		return unsupported(r)
 	}
-	size, err := a.reg.OCIBlobSize(ctx, digest)
+	size, err := a.reg.OCIBlobSize(ctx, repo, digest)
 	if err != nil {
 		return err
 	}
@@ -181,7 +187,7 @@ func (a *api) ociBlob(w http.ResponseWriter, r *http.Request, repo, digest strin
 		w.WriteHeader(code)
 		return nil
 	}
-	rc, err := a.reg.OCIOpenBlob(ctx, digest, from, to-from)
+	rc, err := a.reg.OCIOpenBlob(ctx, repo, digest, from, to-from)
 	if err != nil {
 		return err
 	}
