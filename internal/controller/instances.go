@@ -1,6 +1,7 @@
 package controller
 
 import (
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -43,6 +44,11 @@ func (s *Service) StartInstances(ctx context.Context, spec apiv1.StartSpec) ([]s
 			return nil, err
 		}
 	}
+	caller := callerOf(ctx)
+	release, err := s.reserveWaiting(ctx, caller, spec.Count)
+	if err != nil {
+		return nil, err
+	}
 	now := time.Now().UTC()
 	reqID := apiv1.NewID()
 	recs := make([]store.InstanceRecord, spec.Count)
@@ -58,7 +64,7 @@ func (s *Service) StartInstances(ctx context.Context, spec apiv1.StartSpec) ([]s
 				InflightReqID: reqID, TS: now, CrTime: now, Arch: tmpl.Arch,
 				Priority: spec.Priority, Metadata: spec.Metadata,
 			},
-			Spec: spec,
+			Spec: spec, Caller: caller,
 		}
 	}
 	// All or nothing, and not cut short by a client that goes away: the
@@ -67,6 +73,7 @@ func (s *Service) StartInstances(ctx context.Context, spec apiv1.StartSpec) ([]s
 	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
 	defer cancel()
 	if err := s.st.CreateInstances(cctx, recs); err != nil {
+		release()
 		return nil, err
 	}
 	s.log.Info("instances requested", "count", spec.Count, "vmid", spec.VMID, "tag", spec.Tag,
@@ -134,7 +141,11 @@ func (s *Service) ListInstances(ctx context.Context, f InstanceFilter) ([]apiv1.
 			out = append(out, r.Instance)
 		}
 	}
-	slices.SortFunc(out, func(a, b apiv1.Instance) int { return a.CrTime.Compare(b.CrTime) })
+	// Creation order, ties (one request's instances) by id: a stable order
+	// for paging.
+	slices.SortFunc(out, func(a, b apiv1.Instance) int {
+		return cmp.Or(a.CrTime.Compare(b.CrTime), strings.Compare(a.InstanceID, b.InstanceID))
+	})
 	return out, nil
 }
 

@@ -41,6 +41,11 @@ type Config struct {
 	// AssignmentPoll bounds one long-poll for a node's assignments.
 	AssignmentPoll time.Duration
 	Auth           AuthConfig
+	// MaxWaiting bounds the instances not yet running in the cloud
+	// (DefaultMaxWaiting when 0; negative: no bound); MaxWaitingPerCaller
+	// those of one caller (0: no bound). Starts past them are refused.
+	MaxWaiting          int
+	MaxWaitingPerCaller int
 }
 
 // Service implements the controller's operations over the store.
@@ -51,6 +56,7 @@ type Service struct {
 	cfg      Config
 	log      *slog.Logger
 	regKey   regauth.Key
+	waiting  waitingCount
 }
 
 // New returns a Service.
@@ -60,6 +66,9 @@ func New(st *store.Store, registry Registry, cfg Config, log *slog.Logger) *Serv
 	}
 	if cfg.AssignmentPoll <= 0 {
 		cfg.AssignmentPoll = 30 * time.Second
+	}
+	if cfg.MaxWaiting == 0 {
+		cfg.MaxWaiting = DefaultMaxWaiting
 	}
 	key := regauth.NewKey(cmp.Or(cfg.Auth.RegistryTokenSecret, cfg.Auth.RootToken))
 	if rr, ok := registry.(*RemoteRegistry); ok {

@@ -22,6 +22,8 @@ type InstanceRecord struct {
 	// FailedNodes failed to run the instance (a pull failed there); the
 	// scheduler places it elsewhere, and fails it when none is left.
 	FailedNodes []string `json:"failed_nodes,omitempty"`
+	// Caller is who started the instance (for per-caller limits).
+	Caller string `json:"caller,omitempty"`
 }
 
 // Finished reports whether the instance will never run again.

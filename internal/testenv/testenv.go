@@ -44,6 +44,8 @@ type Options struct {
 	// ControllerURL is set to the cluster's first controller.
 	RegistryAuth *regdaemon.Auth
 	Auth         controller.AuthConfig
+	// MaxWaiting, MaxWaitingPerCaller: the controllers' limits.
+	MaxWaiting, MaxWaitingPerCaller int
 }
 
 // NodeOptions describe one synthetic node.
@@ -179,7 +181,7 @@ func (c *Cluster) StartController(opts Options) *daemon.Daemon {
 		registryURL = c.RegistryProxy.URL
 	}
 	d, err := daemon.Start(context.Background(), daemon.Config{
-		RegistryURL: registryURL, Auth: opts.Auth,
+		RegistryURL: registryURL, Auth: opts.Auth, MaxWaiting: opts.MaxWaiting, MaxWaitingPerCaller: opts.MaxWaitingPerCaller,
 		ListenAddr: "127.0.0.1:0", EtcdEndpoints: []string{c.Etcd.ClientURL},
 		TemplatesFile: c.TemplatesFile, JoinToken: "test-token", EtcdLogLevel: etcdLogLevel(),
 		NodeLeaseTTL: or(opts.LeaseTTL, 2*time.Second), SchedulerTTL: or(opts.SchedulerTTL, 2*time.Second),

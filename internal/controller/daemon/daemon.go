@@ -59,6 +59,8 @@ type Config struct {
 	InstanceRetention  time.Duration
 	AssignmentLongPoll time.Duration
 	Auth               controller.AuthConfig
+	// MaxWaiting, MaxWaitingPerCaller: controller.Config's.
+	MaxWaiting, MaxWaitingPerCaller int
 	// TLS serves HTTPS (with optional client-certificate auth); RegistryTLS is
 	// how the controller trusts an HTTPS registry.
 	TLS         tlsconfig.Server
@@ -165,6 +167,7 @@ func Start(ctx context.Context, cfg Config) (*Daemon, error) {
 	d.Service = controller.New(st, reg, controller.Config{
 		RegistryURL: cfg.RegistryURL, JoinToken: token,
 		NodeLeaseTTL: cfg.NodeLeaseTTL, AssignmentPoll: cfg.AssignmentLongPoll, Auth: cfg.Auth,
+		MaxWaiting: cfg.MaxWaiting, MaxWaitingPerCaller: cfg.MaxWaitingPerCaller,
 	}, log)
 
 	ln, err := net.Listen("tcp", cfg.ListenAddr)

@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	apiv1 "github.com/corral-build/corral/api/v1"
+	"github.com/corral-build/corral/internal/controller"
 )
 
 // requireAuth guards /api/v1 when authentication is on: the caller must
@@ -28,7 +29,7 @@ func (a *API) requireAuth(next http.Handler) http.Handler {
 			writeJSON(w, code, apiv1.Envelope{Status: apiv1.StatusFAIL, Message: msg})
 			return
 		}
-		next.ServeHTTP(w, r)
+		next.ServeHTTP(w, r.WithContext(controller.WithCaller(r.Context(), id)))
 	})
 }
 

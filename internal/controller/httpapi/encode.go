@@ -36,6 +36,14 @@ func (a *API) handle(fn handlerFunc) http.Handler {
 			return
 		}
 		env := apiv1.Envelope{Status: apiv1.StatusOK}
+		if p, ok := body.(page); ok {
+			w.Header().Set("X-Total-Count", fmt.Sprint(p.total))
+			if p.truncated {
+				w.Header().Set("X-Corral-Truncated", "true")
+				env.Message = fmt.Sprintf("list truncated to %d of %d items: page it with ?limit=N&offset=M", p.count, p.total)
+			}
+			body = p.items
+		}
 		if _, none := body.(okNoBody); !none {
 			raw, err := json.Marshal(body)
 			if err != nil {
@@ -57,7 +65,10 @@ func (a *API) failure(r *http.Request, err error) (int, string) {
 	var badBody errBadBody
 	var denied *controller.PermissionError
 	var mismatch *controller.NodeMismatchError
+	var limit *controller.LimitError
 	switch {
+	case errors.As(err, &limit):
+		return http.StatusTooManyRequests, limit.Error()
 	case errors.As(err, &denied):
 		return http.StatusForbidden, denied.Error()
 	case errors.As(err, &mismatch):

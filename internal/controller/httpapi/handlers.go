@@ -12,7 +12,11 @@ func (a *API) status(r *http.Request) (any, error) { return a.svc.Status(r.Conte
 func (a *API) notFound(r *http.Request) (any, error) { return nil, controller.ErrNotFound }
 
 func (a *API) listNodes(r *http.Request) (any, error) {
-	return a.svc.ListNodes(r.Context(), r.URL.Query().Get("id"))
+	nodes, err := a.svc.ListNodes(r.Context(), r.URL.Query().Get("id"))
+	if err != nil {
+		return nil, err
+	}
+	return paginate(r, nodes)
 }
 
 func (a *API) disjoinNode(r *http.Request) (any, error) {
@@ -105,7 +109,7 @@ func (a *API) getInstances(r *http.Request) (any, error) {
 	for i, in := range list {
 		items[i] = in.ListItem()
 	}
-	return items, nil
+	return paginate(r, items)
 }
 
 func (a *API) updateInstance(r *http.Request) (any, error) {
