@@ -29,6 +29,7 @@ func commands() []command {
 		{"template", "push, pull, list, describe, delete, revert templates in a registry", runTemplate},
 		{"node", "run a node agent that joins a controller and runs instances", runNode},
 		{"apikey", "create, list, delete API keys for /tap/v1 logins", runAPIKey},
+		{"join-token", "rotate the token nodes join with", runJoinToken},
 		{"etcd", "etcd care: snapshot save/restore, status, defrag, check perf", runEtcd},
 		{"version", "print the version", runVersion},
 	}

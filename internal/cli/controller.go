@@ -63,7 +63,7 @@ func (c *controllerFlags) register(f *flags, listenDefault string) {
 	f.String(&c.etcdUser, "etcd-username", "", "etcd user (with --etcd-login)", "ANKA_ETCD_USERNAME")
 	f.String(&c.etcdPassword, "etcd-password", "", "etcd password (with --etcd-login)", "ANKA_ETCD_PASSWORD")
 	f.Bool(&c.enableAPIKeys, "enable-api-keys", false, "allow API-key logins (/tap/v1/hand, /tap/v1/shake; keys from `corral apikey`)", "ANKA_ENABLE_API_KEYS")
-	f.Bool(&c.showJoinToken, "show-join-token", false, "print the join token at start (it is printed unasked only on the start that generates it)")
+	f.Bool(&c.showJoinToken, "show-join-token", false, "print the join token at start when this controller knows it (--join-token, or the start that generates it; etcd keeps only its hash)")
 	f.Duration(&c.sessionTTL, "api-keys-session-ttl", time.Hour, "how long an API-key login lasts (deleting the key ends its sessions at once)", "ANKA_API_KEYS_SESSION_TTL")
 	f.String(&c.defaultPermissionGroup, "default-permission-group", "", "permission group for API keys and certificates no permission group names (empty: they may do everything)")
 	f.Duration(&c.defragInterval, "defrag-interval", 0, "defragment etcd this often (0 = never; it blocks writes, so it waits while instances are Scheduling or Pulling)", "ANKA_DEFRAG_DB_INTERVAL")
@@ -148,10 +148,13 @@ func metricsListen(enabled bool, addr string) string {
 // itself only on the start that generated it or when asked, so it does not
 // land in every log of every restart.
 func shownJoinToken(d *daemon.Daemon, show bool) string {
-	if show || d.JoinTokenCreated {
+	switch {
+	case d.JoinToken != "" && (show || d.JoinTokenCreated):
 		return d.JoinToken
+	case d.JoinToken != "":
+		return "set (start with --show-join-token to print it)"
 	}
-	return "kept in etcd (start with --show-join-token to print it)"
+	return "kept hashed in etcd: `corral join-token rotate` (or POST /api/v1/join-token) makes a new one and prints it; joined nodes keep working"
 }
 
 // loginField applies an etcd credential only with --etcd-login.

@@ -71,7 +71,14 @@ func runUp(ctx context.Context, args []string, out io.Writer) error {
 		if n.forwardHost == "0.0.0.0" {
 			n.forwardHost = "127.0.0.1" // one machine: keep guests' SSH on loopback
 		}
-		ncfg, err := n.config([]string{d.URL}, d.JoinToken, log)
+		token := d.JoinToken
+		if token == "" { // etcd keeps only its hash: this machine's node gets a new one
+			if token, err = d.Service.RotateJoinToken(ctx); err != nil {
+				return err
+			}
+			d.JoinToken, d.JoinTokenCreated = token, true
+		}
+		ncfg, err := n.config([]string{d.URL}, token, log)
 		if err != nil {
 			return err
 		}

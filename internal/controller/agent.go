@@ -14,11 +14,27 @@ import (
 )
 
 // AuthorizeNode checks a node agent's join token (joining only).
-func (s *Service) AuthorizeNode(token string) error {
-	if subtle.ConstantTimeCompare([]byte(token), []byte(s.cfg.JoinToken)) != 1 {
+func (s *Service) AuthorizeNode(ctx context.Context, token string) error {
+	hash, err := s.st.JoinTokenHash(ctx)
+	if errors.Is(err, store.ErrNotFound) || (err == nil && subtle.ConstantTimeCompare([]byte(hash), []byte(secretHash(token))) != 1) {
 		return ErrBadToken
 	}
-	return nil
+	return err
+}
+
+// NewJoinToken makes a random join token.
+func NewJoinToken() string { return randomHex(16) }
+
+// RotateJoinToken replaces the join token and returns the new one (the only
+// time it can be read: etcd keeps its hash). Joined nodes keep their own
+// credentials; only new joins need the new token.
+func (s *Service) RotateJoinToken(ctx context.Context) (string, error) {
+	token := NewJoinToken()
+	if err := s.st.SetJoinTokenHash(ctx, secretHash(token)); err != nil {
+		return "", err
+	}
+	s.log.Info("join token rotated")
+	return token, nil
 }
 
 // AuthenticateNode checks a node's own credential ("<node id>.<secret>",

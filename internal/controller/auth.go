@@ -266,6 +266,9 @@ func validKeyID(id string) bool {
 
 // secretHash is how session tokens and handshake secrets are stored: they
 // are random (96+ bits), so a plain SHA-256 suffices.
+// SecretHash is how secrets are kept in etcd: SHA-256, hex.
+func SecretHash(secret string) string { return secretHash(secret) }
+
 func secretHash(secret string) string {
 	sum := sha256.Sum256([]byte(secret))
 	return hex.EncodeToString(sum[:])

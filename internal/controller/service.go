@@ -34,8 +34,6 @@ func (e *NoSuchTagError) Error() string { return apiv1.MsgNoSuchTag(e.Tag) }
 type Config struct {
 	// RegistryURL is handed to nodes and shown as anka_registry.
 	RegistryURL string
-	// JoinToken authenticates node agents.
-	JoinToken string
 	// NodeLeaseTTL is how long a silent node stays Active.
 	NodeLeaseTTL time.Duration
 	// AssignmentPoll bounds one long-poll for a node's assignments.

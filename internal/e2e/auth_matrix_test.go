@@ -55,6 +55,7 @@ var routeAccess = map[string]string{
 	"POST /api/v1/agent/prefetch":          "node",
 	"POST /api/v1/agent/image":             "node",
 	"GET /api/v1/registry/token":           "registry-token",
+	"POST /api/v1/join-token":              apiv1.PermAdmin,
 	"POST /tap/v1/hand":                    "tap",
 	"POST /tap/v1/shake":                   "tap",
 	"POST /api/v1/image":                   apiv1.PermManageTemplates,

@@ -3,8 +3,10 @@ package e2e
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"fmt"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -12,8 +14,10 @@ import (
 
 	apiv1 "github.com/corral-build/corral/api/v1"
 	"github.com/corral-build/corral/client"
+	"github.com/corral-build/corral/internal/controller/daemon"
 	"github.com/corral-build/corral/internal/testenv"
 	"github.com/corral-build/corral/internal/testenv/faultproxy"
+	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
 // waitInstance polls an instance until cond holds or the deadline passes.
@@ -276,7 +280,97 @@ func TestJoinTokenShownOnce(t *testing.T) {
 	if again := tokenLine(); strings.Contains(again, first) {
 		t.Fatalf("second start printed the token again: %q", again)
 	}
-	if asked := tokenLine("--show-join-token"); asked != first {
-		t.Fatalf("--show-join-token printed %q, want %q", asked, first)
+	// etcd keeps only the token's hash: nobody can read it back, and
+	// rotation is how to get a usable one.
+	if asked := tokenLine("--show-join-token"); strings.Contains(asked, first) || !strings.Contains(asked, "join-token rotate") {
+		t.Fatalf("--show-join-token with a stored token printed %q", asked)
+	}
+	out, err := exec.Command(corralBinary(t), "join-token", "rotate", "--etcd-endpoints", e.ClientURL).CombinedOutput()
+	rotated := strings.TrimSpace(string(out))
+	if err != nil || len(rotated) != 32 || rotated == first {
+		t.Fatalf("join-token rotate: %v %q", err, out)
+	}
+	if asked := tokenLine("--join-token", "chosen-token", "--show-join-token"); asked != "chosen-token" {
+		t.Fatalf("--show-join-token with --join-token printed %q", asked)
+	}
+}
+
+// TestJoinTokenHashedAndRotated: etcd holds only the join token's hash (a
+// plaintext token older controllers stored is hashed at start); rotating
+// it refuses the old token to new joins while joined nodes keep working.
+func TestJoinTokenHashedAndRotated(t *testing.T) {
+	c := testenv.StartCluster(t, testenv.Options{Nodes: []testenv.NodeOptions{{Name: "n1", Capacity: 1}}})
+	ctx := context.Background()
+	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{c.Etcd.ClientURL}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	noPlaintext := func(secret string) {
+		t.Helper()
+		resp, err := cli.Get(ctx, "", clientv3.WithFromKey())
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, kv := range resp.Kvs {
+			if strings.Contains(string(kv.Value), secret) {
+				t.Errorf("etcd key %s holds the join token in plaintext", kv.Key)
+			}
+		}
+	}
+	noPlaintext("test-token")
+	base := c.Controllers[0].URL
+	join := func(token string) int {
+		code, _ := authCall(t, "POST", base+"/api/v1/agent/join", "Bearer "+token,
+			`{"report":{"node_id":"`+apiv1.NewID()+`","node_name":"late","capacity":1}}`)
+		return code
+	}
+	if code := join("test-token"); code != 200 {
+		t.Fatalf("join with the token: HTTP %d", code)
+	}
+	var rotated struct {
+		Body struct {
+			JoinToken string `json:"join_token"`
+		}
+	}
+	code, body := authCall(t, "POST", base+"/api/v1/join-token", "", "")
+	if json.Unmarshal([]byte(body), &rotated); code != 200 || len(rotated.Body.JoinToken) != 32 {
+		t.Fatalf("rotate: HTTP %d %s", code, body)
+	}
+	noPlaintext(rotated.Body.JoinToken)
+	if code := join("test-token"); code != 401 {
+		t.Errorf("join with the old token after rotation: HTTP %d, want 401", code)
+	}
+	if code := join(rotated.Body.JoinToken); code != 200 {
+		t.Errorf("join with the new token: HTTP %d", code)
+	}
+	ids, err := c.Client.StartInstances(ctx, map[string]any{"vmid": c.TemplateID})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.WaitState(ids[0], apiv1.StateStarted, 15*time.Second) // n1 joined before: still served
+
+	// A plaintext token from an older controller is hashed in its place.
+	e := testenv.StartEtcd(t)
+	old, _ := clientv3.New(clientv3.Config{Endpoints: []string{e.ClientURL}})
+	defer old.Close()
+	if _, err := old.Put(ctx, "/corral/config/join-token", "legacy-token"); err != nil {
+		t.Fatal(err)
+	}
+	d, err := daemon.Start(ctx, daemon.Config{ListenAddr: "127.0.0.1:0", EtcdEndpoints: []string{e.ClientURL},
+		TemplatesFile: filepath.Join(t.TempDir(), "templates.json"), EtcdLogLevel: "off", Log: testenv.Logger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	if d.JoinToken != "legacy-token" {
+		t.Errorf("migrated start knows the token as %q", d.JoinToken)
+	}
+	if resp, _ := old.Get(ctx, "/corral/config/join-token"); len(resp.Kvs) != 0 {
+		t.Error("the plaintext join token is still in etcd")
+	}
+	if code, _ := authCall(t, "POST", d.URL+"/api/v1/agent/join", "Bearer legacy-token",
+		`{"report":{"node_id":"`+apiv1.NewID()+`","node_name":"old","capacity":1}}`); code != 200 {
+		t.Errorf("join with the migrated token: HTTP %d", code)
 	}
 }

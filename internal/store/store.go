@@ -10,7 +10,7 @@
 //	instances/<instance_id>          InstanceRecord
 //	assign/<node_id>/<instance_id>   apiv1.Assignment: the instance holds a slot on the node;
 //	                                 the node's whole desired state is this prefix
-//	config/join-token                the token nodes present to join
+//	config/join-token-hash           SHA-256 of the token nodes present to join
 //	election/scheduler               scheduler leader election (clientv3/concurrency)
 package store
 

@@ -6,9 +6,7 @@ package daemon
 import (
 	"cmp"
 	"context"
-	"crypto/rand"
 	"crypto/tls"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -136,7 +134,7 @@ func Start(ctx context.Context, cfg Config) (*Daemon, error) {
 	// there, and a controller without it should say so, not hang.
 	wait := cmp.Or(cfg.EtcdTimeout, 15*time.Second)
 	startCtx, cancelStart := context.WithTimeout(ctx, wait)
-	token, created, err := joinToken(startCtx, cli, st.Key("config/join-token"), cfg.JoinToken)
+	token, created, err := joinToken(startCtx, st, cfg.JoinToken)
 	cancelStart()
 	if err != nil {
 		d.closeEtcd()
@@ -165,7 +163,7 @@ func Start(ctx context.Context, cfg Config) (*Daemon, error) {
 		return nil, err
 	}
 	d.Service = controller.New(st, reg, controller.Config{
-		RegistryURL: cfg.RegistryURL, JoinToken: token,
+		RegistryURL: cfg.RegistryURL,
 		NodeLeaseTTL: cfg.NodeLeaseTTL, AssignmentPoll: cfg.AssignmentLongPoll, Auth: cfg.Auth,
 		MaxWaiting: cfg.MaxWaiting, MaxWaitingPerCaller: cfg.MaxWaitingPerCaller,
 	}, log)
@@ -235,25 +233,11 @@ func advertised(a *net.TCPAddr) string {
 
 // joinToken returns the configured token, or the one stored in etcd, or a new
 // one stored there; all controllers on one etcd share it.
-func joinToken(ctx context.Context, cli *clientv3.Client, key, configured string) (string, bool, error) {
+func joinToken(ctx context.Context, st *store.Store, configured string) (string, bool, error) {
 	if configured != "" {
-		if _, err := cli.Get(ctx, key); err != nil {
-			return "", false, fmt.Errorf("etcd: %w", err)
-		}
-		return configured, false, nil
+		return configured, false, st.SetJoinTokenHash(ctx, controller.SecretHash(configured))
 	}
-	buf := make([]byte, 16)
-	_, _ = rand.Read(buf)
-	fresh := hex.EncodeToString(buf)
-	resp, err := cli.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
-		Then(clientv3.OpPut(key, fresh)).Else(clientv3.OpGet(key)).Commit()
-	if err != nil {
-		return "", false, fmt.Errorf("join token: %w", err)
-	}
-	if resp.Succeeded {
-		return fresh, true, nil
-	}
-	return string(resp.Responses[0].GetResponseRange().Kvs[0].Value), false, nil
+	return st.InitJoinToken(ctx, controller.NewJoinToken(), controller.SecretHash)
 }
 
 // Close shuts down gracefully: stop HTTP, resign leadership, close etcd.

@@ -16,8 +16,9 @@ import (
 func (a *API) joiner(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		token, _ := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-		if a.svc.AuthorizeNode(token) != nil {
-			writeJSON(w, http.StatusUnauthorized, apiv1.Envelope{Status: apiv1.StatusFAIL, Message: apiv1.MsgAuthRequired})
+		if err := a.svc.AuthorizeNode(r.Context(), token); err != nil {
+			code, msg := a.failure(r, err)
+			writeJSON(w, code, apiv1.Envelope{Status: apiv1.StatusFAIL, Message: msg})
 			return
 		}
 		next.ServeHTTP(w, r)

@@ -105,3 +105,9 @@ func ClientCert(r *http.Request) *x509.Certificate {
 func (a *API) registryToken(r *http.Request) (any, error) {
 	return a.svc.RegistryToken(r.Context(), r.Header.Get("Authorization"), ClientCert(r), r.URL.Query()["scope"])
 }
+
+// rotateJoinToken makes a new join token and answers it, once.
+func (a *API) rotateJoinToken(r *http.Request) (any, error) {
+	token, err := a.svc.RotateJoinToken(r.Context())
+	return map[string]string{"join_token": token}, err
+}

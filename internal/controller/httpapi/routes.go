@@ -94,6 +94,8 @@ func (a *API) routes() []route {
 	mux.HandleFunc("POST /tap/v1/hand", a.tapHand)
 	mux.HandleFunc("POST /tap/v1/shake", a.tapShake)
 
+	mux.Handle("POST /api/v1/join-token", h(a.rotateJoinToken))
+
 	mux.Handle("POST /api/v1/image", h(a.saveImage))
 	mux.Handle("GET /api/v1/image", h(a.images))
 
