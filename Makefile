@@ -1,7 +1,8 @@
 # The README's test command is `make test`: vet, every package's tests (each
 # package binary bounded by -timeout), then the core packages and the
 # fault-injection, HA and storm tests again under the race detector, then a
-# short fuzzing run of the request and manifest decoders.
+# short fuzzing run of the request and manifest decoders and a minute of
+# random requests against every HTTP route (TestHTTPFuzz).
 RACE_PKGS = ./client/ ./internal/store/ ./internal/scheduler/ ./internal/node/ ./internal/registry/... ./internal/retry/ ./internal/testenv/...
 RACE_E2E  = TestLeaderKilled|TestHAKillOneOfEach|TestNodeKilledWithoutGoodbye|TestNodeRestartReconciles|TestTerminateBeforeNodeSawPlacement|TestNeverStartedWorkSurvivesNodeCrash|TestHungRegistryDoesNotStallScheduling|TestStorm
 
@@ -15,9 +16,11 @@ test: vet
 race:
 	go test -race -timeout 15m $(RACE_PKGS)
 	go test -race -timeout 15m -run '$(RACE_E2E)' ./internal/e2e/
-# A short native-fuzzing run of the decoders (their seeds also run in `go test`).
+# A short native-fuzzing run of the decoders (their seeds also run in `go test`),
+# then a minute of the HTTP fuzzer (5 s of it runs in `go test`).
 fuzz:
 	go test -timeout 5m -run '^$$' -fuzz '^FuzzStartRequest$$' -fuzztime 15s ./api/v1/
 	go test -timeout 5m -run '^$$' -fuzz '^FuzzManifestReferences$$' -fuzztime 15s ./internal/registry/
+	CORRAL_HTTP_FUZZ=60s go test -count=1 -timeout 5m -run '^TestHTTPFuzz$$' ./internal/e2e/
 vet:
 	go vet ./...
