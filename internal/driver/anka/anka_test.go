@@ -137,7 +137,13 @@ func TestVMStoppingOnItsOwnIsReported(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	os.WriteFile(filepath.Join(state, "corral-i9"), []byte("stopped\n"), 0o644)
+	// Atomically: the watcher's show must never read a half-written state
+	// (an empty one made this test flaky).
+	tmp := filepath.Join(state, ".corral-i9.tmp")
+	os.WriteFile(tmp, []byte("stopped\n"), 0o644)
+	if err := os.Rename(tmp, filepath.Join(state, "corral-i9")); err != nil {
+		t.Fatal(err)
+	}
 	select {
 	case <-m.Done():
 	case <-time.After(3 * time.Second):
