@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -42,6 +43,18 @@ func runUp(ctx context.Context, args []string, out io.Writer) error {
 		if err != nil {
 			return err
 		}
+		// The controller's credentials guard the registry too.
+		rcfg.Auth = regdaemon.Auth{Enabled: c.enableAuth, RootToken: c.rootToken, TokenSecret: c.registryTokenSecret}
+		if host, port, err := net.SplitHostPort(c.listen); err == nil && port != "0" {
+			if host == "" || host == "0.0.0.0" || host == "::" {
+				host = "127.0.0.1"
+			}
+			scheme := "http://"
+			if c.tls.useHTTPS {
+				scheme = "https://"
+			}
+			rcfg.Auth.ControllerURL = scheme + net.JoinHostPort(host, port)
+		}
 		reg, err := regdaemon.Start(rcfg)
 		if err != nil {
 			return err
@@ -53,7 +66,7 @@ func runUp(ctx context.Context, args []string, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	demoID, err := seedDemoTemplate(ctx, c.registryURL, filepath.Join(c.dataDir, "demo-template"))
+	demoID, err := seedDemoTemplate(ctx, c.registryURL, c.rootToken, filepath.Join(c.dataDir, "demo-template"))
 	if err != nil {
 		return fmt.Errorf("demo template: %w", err)
 	}
@@ -122,10 +135,13 @@ Push your own template:
 
 // seedDemoTemplate pushes a small "demo" template (a sparse 256 MiB disk with
 // 4 MiB of data, a config and an nvram) unless the registry has templates.
-func seedDemoTemplate(ctx context.Context, registryURL, dir string) (string, error) {
+func seedDemoTemplate(ctx context.Context, registryURL, rootToken, dir string) (string, error) {
 	reg, err := client.NewRegistry(registryURL)
 	if err != nil {
 		return "", err
+	}
+	if rootToken != "" {
+		reg.UseRootToken(rootToken)
 	}
 	list, err := reg.Templates(ctx)
 	if err != nil {

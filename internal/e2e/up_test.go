@@ -94,3 +94,55 @@ func TestReadmeWalkthrough(t *testing.T) {
 		t.Fatalf("corral up did not stop within 15s of SIGTERM")
 	}
 }
+
+// TestUpWithAuth: `corral up --enable-auth` guards its registry with the
+// same root token (the registry was open whatever the controller said), and
+// its node still pulls the demo template with the controller's token.
+func TestUpWithAuth(t *testing.T) {
+	cmd := exec.Command(corralBinary(t), "up", "--listen", "127.0.0.1:0", "--registry-listen", "127.0.0.1:0",
+		"--data-dir", t.TempDir(), "--enable-auth", "--root-token", "s3cret",
+		"--etcd-client-url", "http://127.0.0.1:0", "--etcd-peer-url", "http://127.0.0.1:0")
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	fields := map[string]*regexp.Regexp{"ctl": regexp.MustCompile(`controller API:\s+(\S+)/api/v1`),
+		"reg": regexp.MustCompile(`^\s+registry:\s+(\S+)`), "vmid": regexp.MustCompile(`^\s+demo template:\s+(\S+)`)}
+	got := map[string]string{}
+	lines := bufio.NewScanner(stdout)
+	for len(got) < len(fields) && lines.Scan() {
+		for k, re := range fields {
+			if m := re.FindStringSubmatch(lines.Text()); m != nil {
+				got[k] = m[1]
+			}
+		}
+	}
+	if len(got) < len(fields) {
+		t.Fatalf("corral up printed %v; stderr:\n%s", got, stderr.String())
+	}
+	go func() { _, _ = io.Copy(io.Discard, stdout) }()
+	root := basic("root", "s3cret")
+	if code, _ := authCall(t, "GET", got["reg"]+"/registry/vm", "", ""); code != 401 {
+		t.Errorf("up's registry without credentials: HTTP %d, want 401", code)
+	}
+	if code, _ := authCall(t, "GET", got["reg"]+"/registry/vm", root, ""); code != 200 {
+		t.Errorf("up's registry as root: HTTP %d", code)
+	}
+	cl, _ := client.New([]string{got["ctl"]}, "")
+	cl.UseRootToken("s3cret")
+	ctx, cancel := contextWithTimeout(30 * time.Second)
+	defer cancel()
+	ids, err := cl.StartInstances(ctx, map[string]any{"vmid": got["vmid"]})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cl.WaitState(ctx, ids[0], apiv1.StateStarted); err != nil {
+		t.Fatalf("instance of the demo template: %v; stderr:\n%s", err, stderr.String())
+	}
+}
