@@ -163,7 +163,7 @@ func Start(ctx context.Context, cfg Config) (*Daemon, error) {
 		return nil, err
 	}
 	d.Service = controller.New(st, reg, controller.Config{
-		RegistryURL: cfg.RegistryURL,
+		RegistryURL:  cfg.RegistryURL,
 		NodeLeaseTTL: cfg.NodeLeaseTTL, AssignmentPoll: cfg.AssignmentLongPoll, Auth: cfg.Auth,
 		MaxWaiting: cfg.MaxWaiting, MaxWaitingPerCaller: cfg.MaxWaitingPerCaller,
 	}, log)
