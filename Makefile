@@ -6,10 +6,13 @@
 RACE_PKGS = ./client/ ./internal/store/ ./internal/scheduler/ ./internal/node/ ./internal/registry/... ./internal/retry/ ./internal/testenv/...
 RACE_E2E  = TestLeaderKilled|TestHAKillOneOfEach|TestNodeKilledWithoutGoodbye|TestNodeRestartReconciles|TestTerminateBeforeNodeSawPlacement|TestNeverStartedWorkSurvivesNodeCrash|TestHungRegistryDoesNotStallScheduling|TestStorm
 
-.PHONY: build test race fuzz vet
+# Every platform a node or server runs on; `make cross` builds and vets each.
+TARGETS = darwin/arm64 darwin/amd64 linux/amd64 linux/arm64
+
+.PHONY: build test race fuzz vet cross
 build:
 	go build -o bin/corral ./cmd/corral
-test: vet
+test: vet cross
 	go test -timeout 15m ./...
 	$(MAKE) race
 	$(MAKE) fuzz
@@ -24,3 +27,9 @@ fuzz:
 	CORRAL_HTTP_FUZZ=60s go test -count=1 -timeout 5m -run '^TestHTTPFuzz$$' ./internal/e2e/
 vet:
 	go vet ./...
+cross:
+	@set -e; for t in $(TARGETS); do \
+		echo "cross: $$t"; \
+		GOOS=$${t%/*} GOARCH=$${t#*/} CGO_ENABLED=0 go build -o /dev/null ./cmd/corral; \
+		GOOS=$${t%/*} GOARCH=$${t#*/} CGO_ENABLED=0 go vet ./...; \
+	done

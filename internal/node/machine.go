@@ -8,11 +8,11 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
-	"strconv"
 	"strings"
 	"syscall"
 
 	apiv1 "github.com/corral-build/corral/api/v1"
+	"github.com/corral-build/corral/internal/hostinfo"
 )
 
 // describe fills the node's report from the machine.
@@ -88,26 +88,14 @@ func diskSpace(dir string) (total, free int64) {
 	if dir == "" {
 		dir = os.TempDir()
 	}
-	var st syscall.Statfs_t
-	if syscall.Statfs(dir, &st) != nil {
+	total, free, err := hostinfo.DiskUsage(dir)
+	if err != nil {
 		return 0, 0
 	}
-	return int64(st.Blocks) * int64(st.Bsize), int64(st.Bavail) * int64(st.Bsize)
+	return total, free
 }
 
-func memoryMB() int {
-	b, err := os.ReadFile("/proc/meminfo")
-	if err != nil {
-		return 0
-	}
-	var kb int
-	for _, line := range strings.Split(string(b), "\n") {
-		if strings.HasPrefix(line, "MemTotal:") {
-			fmt.Sscanf(strings.TrimPrefix(line, "MemTotal:"), "%d", &kb)
-		}
-	}
-	return kb / 1024
-}
+func memoryMB() int { return hostinfo.MemoryMB() }
 
 // measure refreshes the report's changing figures: free disk, CPU and RAM
 // use, and what the template cache holds.
@@ -127,52 +115,9 @@ func (a *Agent) measure(r *apiv1.NodeReport) {
 	}
 }
 
-// cpuTimes returns the busy and total jiffies of all CPUs (/proc/stat).
-func cpuTimes() (busy, total uint64, ok bool) {
-	data, err := os.ReadFile("/proc/stat")
-	if err != nil {
-		return 0, 0, false
-	}
-	line, _, _ := strings.Cut(string(data), "\n")
-	fields := strings.Fields(line)
-	if len(fields) < 5 || fields[0] != "cpu" {
-		return 0, 0, false
-	}
-	for i, f := range fields[1:] {
-		v, err := strconv.ParseUint(f, 10, 64)
-		if err != nil {
-			return 0, 0, false
-		}
-		total += v
-		if i != 3 && i != 4 { // idle, iowait
-			busy += v
-		}
-	}
-	return busy, total, true
-}
+func cpuTimes() (busy, total uint64, ok bool) { return hostinfo.CPUTimes() }
 
-// ramUsed returns the fraction of RAM in use (1 - MemAvailable/MemTotal).
-func ramUsed() (float64, bool) {
-	data, err := os.ReadFile("/proc/meminfo")
-	if err != nil {
-		return 0, false
-	}
-	var total, avail float64
-	for _, line := range strings.Split(string(data), "\n") {
-		k, v, _ := strings.Cut(line, ":")
-		n, _ := strconv.ParseFloat(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 64)
-		switch k {
-		case "MemTotal":
-			total = n
-		case "MemAvailable":
-			avail = n
-		}
-	}
-	if total <= 0 {
-		return 0, false
-	}
-	return 1 - avail/total, true
-}
+func ramUsed() (float64, bool) { return hostinfo.RAMUsed() }
 
 // allocated is the disk space a file takes (its blocks), or its size where
 // the platform does not say.

@@ -16,11 +16,10 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
-	"syscall"
 	"time"
 
+	"github.com/corral-build/corral/internal/hostinfo"
 	"github.com/corral-build/corral/internal/registry/storage"
-	"golang.org/x/sys/unix"
 )
 
 // Backend is a directory-backed storage.Backend.
@@ -93,12 +92,7 @@ func (b *Backend) Put(ctx context.Context, p string, r io.Reader, mode storage.P
 // Sync flushes the whole filesystem holding the store (syncfs), which is far
 // cheaper than one fsync per chunk.
 func (b *Backend) Sync(context.Context) error {
-	d, err := os.Open(b.root)
-	if err != nil {
-		return fmt.Errorf("storage sync: %w", err)
-	}
-	defer d.Close()
-	if err := unix.Syncfs(int(d.Fd())); err != nil {
+	if err := hostinfo.SyncFS(b.root); err != nil {
 		return fmt.Errorf("storage sync: %w", err)
 	}
 	return nil
@@ -243,11 +237,7 @@ func (b *Backend) PurgeIncomplete(_ context.Context, age time.Duration) (int, er
 }
 
 func (b *Backend) Usage(context.Context) (int64, int64, error) {
-	var st syscall.Statfs_t
-	if err := syscall.Statfs(b.root, &st); err != nil {
-		return 0, 0, fmt.Errorf("statfs %s: %w", b.root, err)
-	}
-	return int64(st.Blocks) * st.Bsize, int64(st.Bavail) * st.Bsize, nil
+	return hostinfo.DiskUsage(b.root)
 }
 
 type readerWithContext struct {
