@@ -97,3 +97,16 @@ func copyFile(src, dst string) error {
 	}
 	return out.Close()
 }
+
+// Sweeper is a driver whose VMs outlive the agent process (anka, tart): it
+// deletes those an earlier run of the agent left. The agent calls it once at
+// start, before it runs any instance.
+type Sweeper interface {
+	Sweep(ctx context.Context) error
+}
+
+// TemplateEvicter is a driver that keeps its own copy of a template (anka
+// imports it): the node tells it when it deleted the template's files.
+type TemplateEvicter interface {
+	TemplateEvicted(ctx context.Context, vmid, tag string) error
+}

@@ -102,6 +102,13 @@ func (a *Agent) ID() string { return a.report.NodeID }
 func (a *Agent) Run(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	if sw, ok := a.cfg.Driver.(driver.Sweeper); ok {
+		sctx, scancel := context.WithTimeout(ctx, 5*time.Minute)
+		if err := sw.Sweep(sctx); err != nil {
+			a.log.Warn("could not delete VMs left by an earlier run of the agent", "err", err)
+		}
+		scancel()
+	}
 	join, err := a.join(ctx)
 	if err != nil {
 		return err
@@ -179,6 +186,13 @@ func (a *Agent) useRegistry(url string) {
 				MinFree: a.cfg.MinFreeDisk, InUse: a.templateInUse,
 				Evicted: func(vmid, tag string) {
 					a.log.Info("template deleted from this node to make room", "vmid", vmid, "tag", tag)
+					if ev, ok := a.cfg.Driver.(driver.TemplateEvicter); ok {
+						ectx, ecancel := context.WithTimeout(context.Background(), 2*time.Minute)
+						if err := ev.TemplateEvicted(ectx, vmid, tag); err != nil {
+							a.log.Warn("could not delete the driver's copy of an evicted template", "vmid", vmid, "tag", tag, "err", err)
+						}
+						ecancel()
+					}
 					a.templatesChanged()
 				}}
 			a.log.Info("templates come from the registry", "registry", url)

@@ -70,7 +70,7 @@ func New(cfg Config) (*Driver, error) {
 			return nil, fmt.Errorf("qemu driver: %s not found (install qemu-system-x86 and qemu-utils)", bin)
 		}
 	}
-	key, err := nodeKey(cfg.StateDir)
+	key, err := driver.NodeKey(cfg.StateDir)
 	if err != nil {
 		return nil, fmt.Errorf("qemu driver: %w", err)
 	}
@@ -234,7 +234,7 @@ func (v *vm) boot(ctx context.Context, spec driver.Spec, tmpl TemplateConfig) er
 	if ip := net.ParseIP(host); ip != nil && ip.IsUnspecified() {
 		host = "127.0.0.1"
 	}
-	client, err := dialGuest(bootCtx, net.JoinHostPort(host, strconv.Itoa(sshPort)), d.key)
+	client, err := driver.DialGuest(bootCtx, net.JoinHostPort(host, strconv.Itoa(sshPort)), "root", ssh.PublicKeys(d.key))
 	if err != nil {
 		if v.crashed() {
 			return fmt.Errorf("qemu guest exited while booting: %v; console: %s", v.exitErr, v.consoleTail())
@@ -313,7 +313,7 @@ func (v *vm) Info() apiv1.VMInfo {
 }
 
 func (v *vm) RunScript(ctx context.Context, script []byte) (apiv1.ScriptResult, error) {
-	return runScript(ctx, v.ssh, script)
+	return driver.RunSSHScript(ctx, v.ssh, script)
 }
 
 // Stop quits QEMU through QMP (kill if it does not answer) and keeps the disk.
@@ -355,7 +355,7 @@ func (v *vm) kill() {
 func (v *vm) Save(ctx context.Context, dir string, suspend bool) (string, error) {
 	if v.ssh != nil {
 		sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-		_, _ = runScript(sctx, v.ssh, []byte("sync"))
+		_, _ = driver.RunSSHScript(sctx, v.ssh, []byte("sync"))
 		cancel()
 	}
 	_ = v.Stop(ctx)

@@ -1,4 +1,4 @@
-package qemu
+package driver
 
 import (
 	"bytes"
@@ -17,9 +17,9 @@ import (
 	"golang.org/x/crypto/ssh"
 )
 
-// nodeKey loads (or creates) the node's SSH key, injected into every guest so
-// the node can run startup scripts in it.
-func nodeKey(dir string) (ssh.Signer, error) {
+// NodeKey loads (or creates) the node's SSH key, injected into guests so the
+// node can run startup scripts in them.
+func NodeKey(dir string) (ssh.Signer, error) {
 	path := filepath.Join(dir, "id_ed25519")
 	if data, err := os.ReadFile(path); err == nil {
 		return ssh.ParsePrivateKey(data)
@@ -41,10 +41,11 @@ func nodeKey(dir string) (ssh.Signer, error) {
 	return ssh.NewSignerFromKey(priv)
 }
 
-// dialGuest connects as root, retrying until ctx ends: the forward accepts
-// before the guest's sshd runs, so only a completed handshake means "up".
-func dialGuest(ctx context.Context, addr string, key ssh.Signer) (*ssh.Client, error) {
-	cfg := &ssh.ClientConfig{User: "root", Auth: []ssh.AuthMethod{ssh.PublicKeys(key)},
+// DialGuest connects as user with the given methods, retrying until ctx
+// ends: a port forward or a booting guest accepts before its sshd runs, so
+// only a completed handshake means "up".
+func DialGuest(ctx context.Context, addr, user string, auth ...ssh.AuthMethod) (*ssh.Client, error) {
+	cfg := &ssh.ClientConfig{User: user, Auth: auth,
 		HostKeyCallback: ssh.InsecureIgnoreHostKey(), // a fresh guest's host key is new every time
 		Timeout:         5 * time.Second}
 	var last error
@@ -70,8 +71,8 @@ func dialGuest(ctx context.Context, addr string, key ssh.Signer) (*ssh.Client, e
 	}
 }
 
-// runScript runs script with /bin/sh in the guest; ctx carries the timeout.
-func runScript(ctx context.Context, client *ssh.Client, script []byte) (apiv1.ScriptResult, error) {
+// RunSSHScript runs script with /bin/sh in the guest; ctx carries the timeout.
+func RunSSHScript(ctx context.Context, client *ssh.Client, script []byte) (apiv1.ScriptResult, error) {
 	sess, err := client.NewSession()
 	if err != nil {
 		return apiv1.ScriptResult{}, fmt.Errorf("ssh session: %w", err)
