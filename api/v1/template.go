@@ -1,5 +1,10 @@
 package v1
 
+import (
+	"crypto/sha256"
+	"encoding/hex"
+)
+
 // Arch values.
 const (
 	ArchAMD64 = "amd64"
@@ -48,4 +53,13 @@ func (t TemplateDetail) Latest() (TemplateVersion, bool) {
 type Disk struct {
 	Total int64 `json:"total"`
 	Free  int64 `json:"free"`
+}
+
+// OCITemplateID is the template id of an OCI repository in the registry's
+// catalog: a UUID-shaped name derived from the repository's name, so it is
+// the same on every registry and node, and stable across pushes.
+func OCITemplateID(repo string) string {
+	sum := sha256.Sum256([]byte("corral oci repository\x00" + repo))
+	h := hex.EncodeToString(sum[:16])
+	return h[:8] + "-" + h[8:12] + "-" + h[12:16] + "-" + h[16:20] + "-" + h[20:32]
 }

@@ -14,12 +14,15 @@ import (
 	"github.com/corral-build/corral/internal/driver/anka"
 	"github.com/corral-build/corral/internal/driver/qemu"
 	"github.com/corral-build/corral/internal/driver/synthetic"
+	"github.com/corral-build/corral/internal/driver/tart"
 	"github.com/corral-build/corral/internal/node"
 )
 
 // nodeFlags are shared by `corral node` and `corral up`.
 type nodeFlags struct {
 	name, ip, driver, dataDir, forwardHost, minFree, qemuAccel, scriptUser string
+	tartUser, tartPassword, tartKey                                        string
+	tartSSHPort                                                            int
 	groups                                                                 []string
 	capacity                                                               int
 	vnc                                                                    bool
@@ -28,13 +31,17 @@ type nodeFlags struct {
 }
 
 func (n *nodeFlags) register(f *flags, prefix string) {
-	f.String(&n.driver, prefix+"driver", "synthetic", "VM driver: synthetic, qemu, anka (for `up`, none = no local node)")
-	f.String(&n.forwardHost, prefix+"forward-host", "0.0.0.0", "qemu: address guests' SSH port forwards listen on")
-	f.Bool(&n.vnc, prefix+"vnc", false, "qemu: give each guest a VNC display on 127.0.0.1")
+	f.String(&n.driver, prefix+"driver", "synthetic", "VM driver: synthetic, qemu, anka, tart (for `up`, none = no local node)")
+	f.String(&n.forwardHost, prefix+"forward-host", "0.0.0.0", "qemu, tart: address guests' SSH port forwards listen on")
+	f.Bool(&n.vnc, prefix+"vnc", false, "qemu: give each guest a VNC display on 127.0.0.1; tart: run guests with --vnc (Screen Sharing) and report it")
+	f.String(&n.tartUser, prefix+"tart-user", "admin", "tart: the images' SSH user for startup scripts")
+	f.String(&n.tartPassword, prefix+"tart-password", "admin", "tart: the images' SSH password (prefer the environment variable for a real one)")
+	f.String(&n.tartKey, prefix+"tart-ssh-key", "", "tart: private key file the images authorise, used instead of the password")
+	f.Int(&n.tartSSHPort, prefix+"tart-ssh-port", 22, "tart: the guests' sshd port")
 	f.String(&n.qemuAccel, prefix+"qemu-accel", "auto", "qemu: accelerator: auto (KVM only if a probe guest runs under it), kvm or tcg")
 	f.String(&n.name, prefix+"name", "", "node name (default: hostname)")
 	f.String(&n.ip, prefix+"ip", "", "address clients use to reach this node's VMs (default: the route to the controller)")
-	f.Int(&n.capacity, prefix+"capacity", 2, "instance slots")
+	f.Int(&n.capacity, prefix+"capacity", 2, "instance slots (anka, tart: Apple allows 2 macOS VMs per host)")
 	f.List(&n.groups, prefix+"groups", "", "groups to join on first registration, comma-separated names (created if missing)")
 	f.String(&n.dataDir, prefix+"data-dir", "corral-node", "node state: identity and template cache")
 	f.String(&n.minFree, prefix+"min-free-disk", "5G", "disk space template pulls leave free, deleting the least recently used unused templates (e.g. 50G, 500M; 0 = never delete)")
@@ -54,8 +61,14 @@ func (n *nodeFlags) driverFor(log *slog.Logger) (driver.Driver, error) {
 		return qemu.New(qemu.Config{StateDir: filepath.Join(n.dataDir, "qemu"), ForwardHost: n.forwardHost, VNC: n.vnc, Accel: n.qemuAccel, Log: log})
 	case "anka":
 		return anka.New(anka.Config{Log: log})
+	case "tart":
+		if n.capacity > tart.MaxMacOSVMs {
+			log.Warn("capacity is above Apple's limit of macOS VMs per host: tart refuses a third running macOS VM", "capacity", n.capacity, "limit", tart.MaxMacOSVMs)
+		}
+		return tart.New(tart.Config{User: n.tartUser, Password: n.tartPassword, KeyFile: n.tartKey, SSHPort: n.tartSSHPort,
+			ForwardHost: n.forwardHost, VNC: n.vnc, Log: log})
 	}
-	return nil, fmt.Errorf("unknown driver %q (want synthetic, qemu or anka)", n.driver)
+	return nil, fmt.Errorf("unknown driver %q (want synthetic, qemu, anka or tart)", n.driver)
 }
 
 func (n *nodeFlags) config(controllers []string, token string, log *slog.Logger) (node.Config, error) {

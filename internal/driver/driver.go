@@ -110,3 +110,34 @@ type Sweeper interface {
 type TemplateEvicter interface {
 	TemplateEvicted(ctx context.Context, vmid, tag string) error
 }
+
+// TemplateCache is a template store a driver keeps itself (tart's OCI
+// cache); the node agent uses it in place of its own chunk cache.
+type TemplateCache interface {
+	Has(vmid, tag string) bool
+	// Pull fetches a template+tag, calling progress with 0..1.
+	Pull(ctx context.Context, vmid, tag, name string, progress func(float64)) error
+	List() []apiv1.NodeTemplate
+}
+
+// Registry is how a driver reaches the cloud's registry.
+type Registry struct {
+	URL string // http(s)://host:port
+	// Credentials returns the user and password the registry takes ("" when
+	// it needs none).
+	Credentials func(ctx context.Context) (user, password string, err error)
+	// Template looks a template up by id (its name is the OCI repository).
+	Template func(ctx context.Context, id string) (apiv1.TemplateDetail, error)
+}
+
+// OCIPuller is a driver that pulls templates from the registry's OCI
+// endpoint itself (tart).
+type OCIPuller interface {
+	UseRegistry(reg Registry) TemplateCache
+}
+
+// Pusher is a VM saved by pushing it to the registry's OCI endpoint as
+// template:tag (tart push); it returns the template's id.
+type Pusher interface {
+	Push(ctx context.Context, template, tag string) (templateID, note string, err error)
+}

@@ -179,6 +179,18 @@ func (a *Agent) join(ctx context.Context) (apiv1.JoinResponse, error) {
 // simulates pulls when the cloud has none.
 func (a *Agent) useRegistry(url string) {
 	if url != "" {
+		if puller, ok := a.cfg.Driver.(driver.OCIPuller); ok {
+			reg, err := client.NewRegistry(url)
+			if err == nil {
+				reg.UseTLS(a.cfg.TLS)
+				reg.UseAuth((&registryCreds{ctl: a.ctl}).authorization)
+				a.cfg.Templates = puller.UseRegistry(driver.Registry{URL: url, Template: reg.Template,
+					Credentials: func(context.Context) (string, string, error) { return "node", a.ctl.NodeToken(), nil }})
+				a.log.Info("templates come from the registry's OCI endpoint, pulled by the driver", "registry", url, "driver", a.cfg.Driver.Name())
+				a.templatesChanged()
+				return
+			}
+		}
 		if reg, err := client.NewRegistry(url); err == nil {
 			reg.UseTLS(a.cfg.TLS)
 			reg.UseAuth((&registryCreds{ctl: a.ctl}).authorization)

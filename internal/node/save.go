@@ -52,6 +52,21 @@ func (a *Agent) saveImage(ctx context.Context, s apiv1.ImageSave) (templateID, n
 	if vm == nil {
 		return "", "", fmt.Errorf("instance %s is not running on node %s", s.InstanceID, a.report.NodeName)
 	}
+	if pusher, ok := vm.(driver.Pusher); ok {
+		if err := a.preSave(ctx, vm, s.Script); err != nil {
+			return "", "", err
+		}
+		a.log.Info("saving instance as an OCI image", "instance", s.InstanceID, "template", s.TemplateName, "tag", s.Tag)
+		id, note, err := pusher.Push(ctx, s.TemplateName, s.Tag)
+		if err != nil {
+			info := vm.Info()
+			in.report(apiv1.InstanceStatus{State: apiv1.StateError, VMInfo: &info,
+				Message: fmt.Sprintf("save image failed: %v; VM stopped", err)})
+			return "", "", fmt.Errorf("push: %w", err)
+		}
+		a.templatesChanged()
+		return id, note, nil
+	}
 	saver, ok := vm.(driver.Saver)
 	if !ok {
 		return "", "", fmt.Errorf("the %s driver cannot save instances as templates", a.cfg.Driver.Name())
@@ -60,18 +75,8 @@ func (a *Agent) saveImage(ctx context.Context, s apiv1.ImageSave) (templateID, n
 	if !ok {
 		return "", "", errors.New("this cloud has no registry to save the image into")
 	}
-	if len(s.Script) > 0 {
-		sctx, cancel := context.WithTimeout(ctx, 10*time.Minute)
-		res, err := vm.RunScript(sctx, s.Script)
-		cancel()
-		switch {
-		case err != nil:
-			return "", "", fmt.Errorf("pre-save script could not run: %w", err)
-		case res.DidTimeout:
-			return "", "", errors.New("pre-save script timed out after 10m")
-		case res.ReturnCode != 0:
-			return "", "", fmt.Errorf("pre-save script failed with exit code %d: %s", res.ReturnCode, lastLine(res.Stderr))
-		}
+	if err := a.preSave(ctx, vm, s.Script); err != nil {
+		return "", "", err
 	}
 
 	dir := filepath.Join(a.dataDir(), "saves", s.RequestID)
@@ -124,4 +129,23 @@ func (a *Agent) saveImage(ctx context.Context, s apiv1.ImageSave) (templateID, n
 func lastLine(s string) string {
 	lines := strings.Split(strings.TrimSpace(s), "\n")
 	return lines[len(lines)-1]
+}
+
+// preSave runs the save request's script in the VM first, if it has one.
+func (a *Agent) preSave(ctx context.Context, vm driver.VM, script []byte) error {
+	if len(script) == 0 {
+		return nil
+	}
+	sctx, cancel := context.WithTimeout(ctx, 10*time.Minute)
+	res, err := vm.RunScript(sctx, script)
+	cancel()
+	switch {
+	case err != nil:
+		return fmt.Errorf("pre-save script could not run: %w", err)
+	case res.DidTimeout:
+		return errors.New("pre-save script timed out after 10m")
+	case res.ReturnCode != 0:
+		return fmt.Errorf("pre-save script failed with exit code %d: %s", res.ReturnCode, lastLine(res.Stderr))
+	}
+	return nil
 }

@@ -1,6 +1,7 @@
 package registry
 
 import (
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -84,8 +85,28 @@ func (r *Registry) tags(ctx context.Context, id string) ([]tagRecord, error) {
 	return out, nil
 }
 
-// ListTemplates returns every template with the size of its latest tag.
+// ListTemplates returns every template with the size of its latest tag:
+// those pushed through the Anka registry API and the OCI repositories.
 func (r *Registry) ListTemplates(ctx context.Context) ([]apiv1.Template, error) {
+	out, err := r.nativeTemplates(ctx)
+	if err != nil {
+		return nil, err
+	}
+	oci, err := r.ociTemplates(ctx)
+	if err != nil {
+		return nil, err
+	}
+	for _, d := range oci {
+		out = append(out, d.Template)
+	}
+	slices.SortFunc(out, func(a, b apiv1.Template) int {
+		return cmp.Or(strings.Compare(a.Name, b.Name), strings.Compare(a.ID, b.ID))
+	})
+	return out, nil
+}
+
+// nativeTemplates lists the templates pushed through the Anka registry API.
+func (r *Registry) nativeTemplates(ctx context.Context) ([]apiv1.Template, error) {
 	paths, err := r.st.List(ctx, "templates")
 	if err != nil {
 		return nil, err
@@ -119,6 +140,13 @@ func (r *Registry) ListTemplates(ctx context.Context) ([]apiv1.Template, error) 
 // GetTemplate returns a template with all its versions.
 func (r *Registry) GetTemplate(ctx context.Context, id string) (apiv1.TemplateDetail, error) {
 	t, err := r.template(ctx, id)
+	if errors.Is(err, ErrNotFound) && validName.MatchString(id) {
+		repo, oerr := r.ociRepoByID(ctx, id)
+		if oerr != nil {
+			return apiv1.TemplateDetail{}, oerr
+		}
+		return r.ociTemplate(ctx, repo)
+	}
 	if err != nil {
 		return apiv1.TemplateDetail{}, err
 	}
@@ -141,6 +169,12 @@ func (r *Registry) GetTemplate(ctx context.Context, id string) (apiv1.TemplateDe
 // TagManifest returns a tag's manifest; tag "" means the latest.
 func (r *Registry) TagManifest(ctx context.Context, id, tag string) (apiv1.TagManifest, error) {
 	t, err := r.template(ctx, id)
+	if errors.Is(err, ErrNotFound) && validName.MatchString(id) {
+		if repo, oerr := r.ociRepoByID(ctx, id); oerr == nil {
+			return apiv1.TagManifest{}, &InvalidError{Field: "id", Reason: fmt.Sprintf(
+				"template %s is the OCI image %s: pull it through /v2/ (nodes with the tart driver do)", id, repo)}
+		}
+	}
 	if err != nil {
 		return apiv1.TagManifest{}, err
 	}
@@ -174,7 +208,17 @@ func (r *Registry) findTag(ctx context.Context, id, tag string) (tagRecord, erro
 // DeleteTag removes one tag; DeleteTemplate removes the template and all tags.
 // Chunks are freed by the next GC run.
 func (r *Registry) DeleteTag(ctx context.Context, id, tag string) error {
-	if _, err := r.template(ctx, id); err != nil {
+	if _, err := r.template(ctx, id); errors.Is(err, ErrNotFound) && validName.MatchString(id) {
+		if tag == "" { // revert: the latest push
+			d, err := r.GetTemplate(ctx, id)
+			if err != nil {
+				return err
+			}
+			latest, _ := d.Latest()
+			tag = latest.Tag
+		}
+		return r.deleteOCITemplate(ctx, id, tag)
+	} else if err != nil {
 		return err
 	}
 	rec, err := r.findTag(ctx, id, tag)
@@ -189,6 +233,9 @@ func (r *Registry) Revert(ctx context.Context, id string) error { return r.Delet
 
 func (r *Registry) DeleteTemplate(ctx context.Context, id string) error {
 	t, err := r.template(ctx, id)
+	if errors.Is(err, ErrNotFound) && validName.MatchString(id) {
+		return r.deleteOCITemplate(ctx, id, "")
+	}
 	if err != nil {
 		return err
 	}

@@ -288,7 +288,15 @@ func (a *api) ociTags(w http.ResponseWriter, r *http.Request, repo string) error
 	}
 	if len(tags) == 0 {
 		if repos, _ := a.reg.OCIRepositories(r.Context()); !slices.Contains(repos, repo) {
-			return &registry.OCIError{Status: http.StatusNotFound, Code: "NAME_UNKNOWN", Message: "no repository " + repo}
+			// A template pushed through the Anka registry API?
+			native, err := a.reg.NativeTags(r.Context(), repo)
+			if errors.Is(err, registry.ErrNotFound) {
+				return &registry.OCIError{Status: http.StatusNotFound, Code: "NAME_UNKNOWN", Message: "no repository " + repo}
+			}
+			if err != nil {
+				return err
+			}
+			tags = native
 		}
 	}
 	page, next := paginate(tags, r)
@@ -300,7 +308,7 @@ func (a *api) ociTags(w http.ResponseWriter, r *http.Request, repo string) error
 }
 
 func (a *api) ociCatalog(w http.ResponseWriter, r *http.Request) error {
-	repos, err := a.reg.OCIRepositories(r.Context())
+	repos, err := a.reg.OCICatalog(r.Context())
 	if err != nil {
 		return err
 	}
