@@ -64,13 +64,6 @@ func (c *Controller) UseTLS(cfg *tls.Config) {
 // credential (JoinResponse.NodeToken) instead of the join token.
 func (c *Controller) UseNodeToken(token string) { c.nodeToken.Store(token) }
 
-// NodeToken is the node credential in use ("" before the node joined); the
-// registry takes it as a Basic password (tart's registry login).
-func (c *Controller) NodeToken() string {
-	t, _ := c.nodeToken.Load().(string)
-	return t
-}
-
 // UseRootToken authenticates API calls with the controller's root token
 // (HTTP Basic, user root), for controllers with --enable-auth.
 func (c *Controller) UseRootToken(token string) { c.rootToken = token }

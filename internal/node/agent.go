@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -183,9 +184,18 @@ func (a *Agent) useRegistry(url string) {
 			reg, err := client.NewRegistry(url)
 			if err == nil {
 				reg.UseTLS(a.cfg.TLS)
-				reg.UseAuth((&registryCreds{ctl: a.ctl}).authorization)
+				creds := &registryCreds{ctl: a.ctl}
+				reg.UseAuth(creds.authorization)
+				// The driver's tool logs in with the node's pull token as
+				// the password; the registry trades it for a token.
 				a.cfg.Templates = puller.UseRegistry(driver.Registry{URL: url, Template: reg.Template,
-					Credentials: func(context.Context) (string, string, error) { return "node", a.ctl.NodeToken(), nil }})
+					Credentials: func(ctx context.Context) (string, string, error) {
+						h, err := creds.authorization(ctx)
+						if tok, ok := strings.CutPrefix(h, "Bearer "); ok {
+							return "token", tok, err
+						}
+						return "", "", err
+					}})
 				a.log.Info("templates come from the registry's OCI endpoint, pulled by the driver", "registry", url, "driver", a.cfg.Driver.Name())
 				a.templatesChanged()
 				return

@@ -581,6 +581,9 @@ func (v *vm) Save(ctx context.Context, dir string, suspend bool) (string, error)
 			return "", err
 		}
 	}
+	v.mu.Lock()
+	v.info.Status, v.info.StopDate = "stopped", time.Now().UTC()
+	v.mu.Unlock()
 	if err := v.d.mr(ctx, nil, "export", v.name, filepath.Join(dir, "vm.ankabundle")); err != nil {
 		return "", err
 	}

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/corral-build/corral/internal/driver"
+	"github.com/corral-build/corral/internal/driver/drivertest"
 	"github.com/corral-build/corral/internal/fakecli"
 	"github.com/corral-build/corral/internal/fakecli/fakeanka"
 )
@@ -370,4 +371,20 @@ func TestMissingCLI(t *testing.T) {
 	if _, err := New(Config{Binary: "/nonexistent/anka"}); err == nil || !strings.Contains(err.Error(), "macOS") {
 		t.Fatalf("got %v", err)
 	}
+}
+
+func TestConformance(t *testing.T) {
+	e := fake(t)
+	tmplDir := e.template(t)
+	drivertest.Run(t, drivertest.Setup{
+		New: func(t *testing.T) driver.Driver { return e.driver(t) },
+		Spec: func(t *testing.T, id string) driver.Spec {
+			return driver.Spec{InstanceID: id, VMID: "t1", Tag: "v1", TemplateDir: tmplDir, HostIP: "127.0.0.1"}
+		},
+		VMs: e.vms,
+		Saved: func(t *testing.T, id, dir, _, _ string) driver.Spec {
+			return driver.Spec{InstanceID: id, VMID: "saved", Tag: "v1", TemplateDir: dir, HostIP: "127.0.0.1"}
+		},
+		Timeout: 10 * time.Second,
+	})
 }

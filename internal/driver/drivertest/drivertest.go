@@ -43,6 +43,7 @@ func Run(t *testing.T, s Setup) {
 		s.GuestSSHPort = 22
 	}
 	d := s.New(t)
+	parent := t // saved templates outlive the subtest that saves them
 	var saved driver.Spec
 	t.Run("Lifecycle", func(t *testing.T) {
 		ctx, cancel := context.WithTimeout(context.Background(), 3*s.Timeout)
@@ -76,7 +77,7 @@ func Run(t *testing.T, s Setup) {
 			if _, err := vm.RunScript(ctx, []byte("echo saved > marker")); err != nil {
 				t.Fatal(err)
 			}
-			dir := t.TempDir()
+			dir := parent.TempDir()
 			if _, err := saver.Save(ctx, dir, false); err != nil {
 				t.Fatalf("save: %v", err)
 			}

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/corral-build/corral/internal/driver"
+	"github.com/corral-build/corral/internal/driver/drivertest"
 	"github.com/corral-build/corral/internal/driver/qemu/qemutest"
 )
 
@@ -119,3 +120,26 @@ func TestBadTemplate(t *testing.T) {
 }
 
 func requireQEMU(t *testing.T) { qemutest.Require(t) }
+
+// TestConformance boots real guests (TCG here) through the shared suite.
+func TestConformance(t *testing.T) {
+	img := qemutest.Image(t)
+	state := t.TempDir()
+	drivertest.Run(t, drivertest.Setup{
+		New: func(t *testing.T) driver.Driver {
+			d, err := New(Config{StateDir: state, ForwardHost: "127.0.0.1", BootTimeout: 3 * time.Minute,
+				Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
+			if err != nil {
+				t.Fatal(err)
+			}
+			return d
+		},
+		Spec: func(t *testing.T, id string) driver.Spec {
+			return driver.Spec{InstanceID: id, TemplateDir: img, HostIP: "127.0.0.1", VRAMMB: 256}
+		},
+		Saved: func(t *testing.T, id, dir, _, _ string) driver.Spec {
+			return driver.Spec{InstanceID: id, TemplateDir: dir, HostIP: "127.0.0.1", VRAMMB: 256}
+		},
+		Timeout: 3 * time.Minute,
+	})
+}

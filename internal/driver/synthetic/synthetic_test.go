@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/corral-build/corral/internal/driver"
+	"github.com/corral-build/corral/internal/driver/drivertest"
 )
 
 func TestLifecycle(t *testing.T) {
@@ -99,4 +100,17 @@ func TestScriptsAreConfined(t *testing.T) {
 	if err != nil || strings.TrimSpace(res.Stdout) != "0" {
 		t.Fatalf("ScriptUser root: %+v %v", res, err)
 	}
+}
+
+func TestConformance(t *testing.T) {
+	drivertest.Run(t, drivertest.Setup{
+		New: func(t *testing.T) driver.Driver { return New(10 * time.Millisecond) },
+		Spec: func(t *testing.T, id string) driver.Spec {
+			return driver.Spec{InstanceID: id, VMID: "t1", Tag: "v1", TemplateName: "t", HostIP: "127.0.0.1"}
+		},
+		Saved: func(t *testing.T, id, dir, _, _ string) driver.Spec {
+			return driver.Spec{InstanceID: id, VMID: "saved", Tag: "v1", TemplateDir: dir, HostIP: "127.0.0.1"}
+		},
+		Timeout: 10 * time.Second,
+	})
 }

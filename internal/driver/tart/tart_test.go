@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"testing"
@@ -234,7 +235,7 @@ func TestPushedImageIsATemplate(t *testing.T) {
 		t.Fatal(err)
 	}
 	id := apiv1.OCITemplateID("macos/sonoma")
-	if len(list) != 1 || list[0].ID != id || list[0].Name != "macos/sonoma" || list[0].Size < 3<<20 || list[0].Arch != "arm64" {
+	if len(list) != 1 || list[0].ID != id || list[0].Name != "macos/sonoma" || list[0].Size < 3<<20 || list[0].Arch != runtime.GOARCH {
 		t.Fatalf("templates %+v", list)
 	}
 	detail, err := rc.Template(ctx, id)

@@ -22,6 +22,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"regexp"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -248,7 +249,7 @@ func randomMAC() string {
 }
 
 // create makes a VM (for tests: the disk is $FAKE_TART_DISK_BYTES long when
-// set, else --disk-size GB, sparse).
+// set, else --disk-size GB, sparse), of this host's architecture as tart makes them.
 func (c *cli) create(args []string) error {
 	p, err := parse(args, option("--from-ipsw"), flag("--linux"), option("--disk-size"), option("--disk-format"))
 	if err != nil {
@@ -280,7 +281,7 @@ func (c *cli) create(args []string) error {
 	if p.Has("--linux") {
 		osName, cpuMin, memMin = "linux", 1, 512<<20
 	}
-	cfg := vmConfig{Version: 1, OS: osName, Arch: "arm64", CPUCountMin: cpuMin, CPUCount: max(cpuMin, 2),
+	cfg := vmConfig{Version: 1, OS: osName, Arch: runtime.GOARCH, CPUCountMin: cpuMin, CPUCount: max(cpuMin, 2),
 		MemorySizeMin: memMin, MemorySize: 4 << 30, MACAddress: randomMAC(),
 		Display: map[string]any{"width": 1024, "height": 768}, DiskFormat: "raw"}
 	disk := make([]byte, 0)

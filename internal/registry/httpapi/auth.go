@@ -347,6 +347,22 @@ func (g *guard) token(w http.ResponseWriter, r *http.Request) {
 		issue("root", func(string) bool { return true })
 		return
 	}
+	// A registry token as the password (what tart and docker-style clients
+	// can carry): a token for what it grants, expiring no later than it.
+	if held, err := g.key.Verify(pass, g.now()); err == nil {
+		var access []regauth.Access
+		for _, a := range asked {
+			access = append(access, regauth.Grant([]regauth.Access{a}, func(act string) bool { return held.Allows(a.Name, act) })...)
+		}
+		ttl := min(regauth.DefaultTTL, time.Unix(held.ExpiresAt, 0).Sub(g.now()))
+		tok, c, err := g.key.Issue("corral-registry", held.Subject, access, ttl, g.now())
+		if err != nil {
+			fail(http.StatusServiceUnavailable, err.Error())
+			return
+		}
+		writeJSON(w, http.StatusOK, regauth.Response(tok, c))
+		return
+	}
 	basic := "Basic " + base64.StdEncoding.EncodeToString([]byte(user+":"+pass))
 	resp, err := g.exchangeToken(r.Context(), basic, scopes)
 	if err != nil {
