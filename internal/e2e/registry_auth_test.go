@@ -15,6 +15,7 @@ import (
 	apiv1 "github.com/corral-build/corral/api/v1"
 	"github.com/corral-build/corral/client"
 	"github.com/corral-build/corral/internal/controller"
+	"github.com/corral-build/corral/internal/regauth"
 	regdaemon "github.com/corral-build/corral/internal/registry/daemon"
 	"github.com/corral-build/corral/internal/store"
 	"github.com/corral-build/corral/internal/testenv"
@@ -236,4 +237,57 @@ func nodeCredential(t *testing.T, c *testenv.Cluster) string {
 		t.Fatalf("join: HTTP %d %s", code, body)
 	}
 	return env.Body.NodeToken
+}
+
+// A registry token given as the Basic password at the token endpoint (how
+// tart and docker-style clients carry it) buys a token no broader than it
+// and expiring no later; a forged one buys nothing.
+func TestRegistryTokenAsPassword(t *testing.T) {
+	c := authedCloud(t, false)
+	reg := c.Registry.URL
+	token := func(cred, scope string) (int, apiv1.RegistryToken) {
+		code, body := authCall(t, "GET", reg+"/v2/token?service=corral-registry&scope="+scope, cred, "")
+		var tok apiv1.RegistryToken
+		_ = json.Unmarshal([]byte(body), &tok)
+		return code, tok
+	}
+	code, pull := token(basic("root", "s3cret"), "repository:vm/base:pull")
+	if code != 200 || pull.Token == "" {
+		t.Fatalf("root token: %d", code)
+	}
+	code, again := token(basic("token", pull.Token), "repository:vm/base:pull,push")
+	if code != 200 || again.Token == "" {
+		t.Fatalf("token for a token: %d", code)
+	}
+	claims := decodeClaims(t, again.Token)
+	if len(claims.Access) != 1 || strings.Join(claims.Access[0].Actions, ",") != "pull" || claims.Access[0].Name != "vm/base" {
+		t.Fatalf("granted %+v, want pull on vm/base only", claims.Access)
+	}
+	if claims.ExpiresAt > decodeClaims(t, pull.Token).ExpiresAt {
+		t.Fatal("the new token outlives the one it was bought with")
+	}
+	if _, other := token(basic("token", pull.Token), "repository:other:pull"); len(decodeClaims(t, other.Token).Access) != 0 {
+		t.Fatal("a token for one repository bought one for another")
+	}
+	forged := pull.Token[:len(pull.Token)-4] + "AAAA"
+	if code, _ := token(basic("token", forged), "repository:vm/base:pull"); code != 401 {
+		t.Fatalf("forged token: HTTP %d, want 401", code)
+	}
+}
+
+func decodeClaims(t *testing.T, tok string) regauth.Claims {
+	t.Helper()
+	parts := strings.Split(tok, ".")
+	if len(parts) != 3 {
+		t.Fatalf("token %q", tok)
+	}
+	data, err := base64.RawURLEncoding.DecodeString(parts[1])
+	if err != nil {
+		t.Fatal(err)
+	}
+	var c regauth.Claims
+	if err := json.Unmarshal(data, &c); err != nil {
+		t.Fatal(err)
+	}
+	return c
 }
