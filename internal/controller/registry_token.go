@@ -6,6 +6,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -38,7 +39,13 @@ func (s *Service) RegistryToken(ctx context.Context, header string, cert *x509.C
 	if err != nil {
 		return apiv1.RegistryToken{}, err
 	}
-	tok, c, err := s.regKey.Issue("corral-controller", subject, regauth.Grant(asked, allowed), regauth.DefaultTTL, time.Now())
+	granted := regauth.Grant(asked, allowed)
+	if node, ok := strings.CutPrefix(subject, "node:"); ok {
+		if granted, err = s.narrowNodePush(ctx, node, granted); err != nil {
+			return apiv1.RegistryToken{}, err
+		}
+	}
+	tok, c, err := s.regKey.Issue("corral-controller", subject, granted, regauth.DefaultTTL, time.Now())
 	if err != nil {
 		return apiv1.RegistryToken{}, err
 	}
@@ -61,7 +68,14 @@ func (s *Service) registryCaller(ctx context.Context, header string, cert *x509.
 	}
 	if strings.Contains(candidate, ".") && !rootBasic {
 		if id, err := s.AuthenticateNode(ctx, candidate); err == nil {
-			return "node:" + id, func(a string) bool { return a == regauth.Pull }, nil
+			// A node pushes only while it has an instance to save
+			// (POST /api/v1/image asked it); RegistryToken narrows the
+			// push to the templates being saved.
+			saves, err := s.st.Saves(ctx, id)
+			if err != nil {
+				return "", nil, err
+			}
+			return "node:" + id, func(a string) bool { return a == regauth.Pull || a == regauth.Push && len(saves) > 0 }, nil
 		}
 	}
 	id, err := s.Authenticate(ctx, header, cert)
@@ -112,4 +126,24 @@ func registryAuthHeader(key regauth.Key) func(context.Context) (string, error) {
 		}
 		return "Bearer " + tok, nil
 	}
+}
+
+// narrowNodePush keeps a node's push grants to the repositories of the
+// templates it is saving ("*" is the template API, which has no
+// per-repository names).
+func (s *Service) narrowNodePush(ctx context.Context, node string, granted []regauth.Access) ([]regauth.Access, error) {
+	saves, err := s.st.Saves(ctx, node)
+	if err != nil {
+		return nil, err
+	}
+	out := granted[:0]
+	for _, a := range granted {
+		if a.Name != "*" && !slices.ContainsFunc(saves, func(sv apiv1.ImageSave) bool { return sv.TemplateName == a.Name }) {
+			a.Actions = slices.DeleteFunc(slices.Clone(a.Actions), func(x string) bool { return x == regauth.Push })
+		}
+		if len(a.Actions) > 0 {
+			out = append(out, a)
+		}
+	}
+	return out, nil
 }

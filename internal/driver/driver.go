@@ -123,9 +123,8 @@ type TemplateCache interface {
 // Registry is how a driver reaches the cloud's registry.
 type Registry struct {
 	URL string // http(s)://host:port
-	// Credentials returns the user and password the registry takes ("" when
-	// it needs none).
-	Credentials func(ctx context.Context) (user, password string, err error)
+	// Credentials are the node's pull credentials.
+	Credentials Credentials
 	// Template looks a template up by id (its name is the OCI repository).
 	Template func(ctx context.Context, id string) (apiv1.TemplateDetail, error)
 }
@@ -137,7 +136,12 @@ type OCIPuller interface {
 }
 
 // Pusher is a VM saved by pushing it to the registry's OCI endpoint as
-// template:tag (tart push); it returns the template's id.
+// template:tag (tart push) with the given credentials; it returns the
+// template's id.
 type Pusher interface {
-	Push(ctx context.Context, template, tag string) (templateID, note string, err error)
+	Push(ctx context.Context, template, tag string, creds Credentials) (templateID, note string, err error)
 }
+
+// Credentials returns the user and password a registry takes ("" when it
+// needs none).
+type Credentials func(ctx context.Context) (user, password string, err error)

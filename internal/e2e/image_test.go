@@ -156,3 +156,35 @@ func TestSaveImage(t *testing.T) {
 		t.Errorf("GET /api/v1/image lists %d requests, want 4", len(list))
 	}
 }
+
+// TestSaveImageWithRegistryAuth: with the registry guarded, a node saves an
+// instance with a push token the controller grants it only while it has a
+// save to do (it pushed with its pull token, and the save failed).
+func TestSaveImageWithRegistryAuth(t *testing.T) {
+	c := authedCloud(t, false)
+	ctx := context.Background()
+	rc, _ := client.NewRegistry(c.Registry.URL)
+	rc.UseRootToken("s3cret")
+	src := newVMDir(t, 0, 1)
+	os.WriteFile(filepath.Join(src, "config.json"), []byte(fmt.Sprintf(`{"arch":%q}`, runtimeArch())), 0o644)
+	base, err := rc.Push(ctx, client.PushOptions{Source: src, Template: "base", Tag: "v1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ids, err := c.Client.StartInstances(ctx, map[string]any{"vmid": base.TemplateID})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.WaitState(ids[0], apiv1.StateStarted, 20*time.Second)
+	req, err := c.Client.SaveImage(ctx, apiv1.ImageRequest{ID: ids[0], Tag: "v2"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if img := waitImage(t, c.Client, req, 30*time.Second); img.Status != apiv1.ImageDone {
+		t.Fatalf("save with registry auth: %+v", img)
+	}
+	detail, err := rc.Template(ctx, base.TemplateID)
+	if err != nil || len(detail.Versions) != 2 {
+		t.Fatalf("versions after the save: %+v %v", detail.Versions, err)
+	}
+}

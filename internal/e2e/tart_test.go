@@ -130,9 +130,35 @@ func TestUpWithTart(t *testing.T) {
 	for wctx.Err() == nil {
 		entries, _ := os.ReadDir(filepath.Join(nodeHome, "vms"))
 		if len(entries) == 0 {
-			return
+			break
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	t.Fatal("the instance's tart VM was not deleted")
+	if entries, _ := os.ReadDir(filepath.Join(nodeHome, "vms")); len(entries) != 0 {
+		t.Fatal("the instance's tart VM was not deleted")
+	}
+
+	// Saving an instance pushes it with tart as a new OCI template, with a
+	// push token the node gets for that save only.
+	code, env = callH(t, "POST", got["ctl"]+"/api/v1/vm", fmt.Sprintf(`{"vmid":%q,"tag":"v1"}`, vmid),
+		map[string]string{"Authorization": basic("root", "s3cret")})
+	if code != 200 {
+		t.Fatalf("start: %d %v", code, env)
+	}
+	id = env["body"].([]any)[0].(string)
+	if _, err := cl.WaitState(wctx, id, apiv1.StateStarted); err != nil {
+		t.Fatal(err)
+	}
+	req, err := cl.SaveImage(wctx, apiv1.ImageRequest{ID: id, Tag: "saved", NewTemplateName: "sonoma-saved"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	img := waitImage(t, cl, req, 30*time.Second)
+	if img.Status != apiv1.ImageDone || img.TemplateID != apiv1.OCITemplateID("sonoma-saved") {
+		t.Fatalf("save: %+v", img)
+	}
+	code, env = callH(t, "GET", got["ctl"]+"/api/v1/registry/vm?id="+img.TemplateID, "", map[string]string{"Authorization": basic("root", "s3cret")})
+	if code != 200 || !strings.Contains(fmt.Sprint(env["body"]), "saved") {
+		t.Fatalf("saved template: %d %v", code, env)
+	}
 }

@@ -4,9 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 
 	apiv1 "github.com/corral-build/corral/api/v1"
@@ -57,7 +59,15 @@ func (a *Agent) saveImage(ctx context.Context, s apiv1.ImageSave) (templateID, n
 			return "", "", err
 		}
 		a.log.Info("saving instance as an OCI image", "instance", s.InstanceID, "template", s.TemplateName, "tag", s.Tag)
-		id, note, err := pusher.Push(ctx, s.TemplateName, s.Tag)
+		creds := func(ctx context.Context) (string, string, error) {
+			h, err := a.pushAuth(ctx, "repository:"+s.TemplateName+":pull,push")(ctx)
+			tok, _ := strings.CutPrefix(h, "Bearer ")
+			if tok == "" {
+				return "", "", err
+			}
+			return "token", tok, err
+		}
+		id, note, err := pusher.Push(ctx, s.TemplateName, s.Tag, creds)
 		if err != nil {
 			info := vm.Info()
 			in.report(apiv1.InstanceStatus{State: apiv1.StateError, VMInfo: &info,
@@ -96,7 +106,14 @@ func (a *Agent) saveImage(ctx context.Context, s apiv1.ImageSave) (templateID, n
 		return fail(fmt.Errorf("save VM: %w", err))
 	}
 	last := time.Time{}
-	res, err := rt.Client.Push(ctx, client.PushOptions{Source: dir, Template: s.TemplateName, Tag: s.Tag,
+	// A push token, granted while this node has the save to do.
+	pushClient, err := client.NewRegistry(rt.Client.URL())
+	if err != nil {
+		return fail(err)
+	}
+	pushClient.UseTLS(a.cfg.TLS)
+	pushClient.UseAuth(a.pushAuth(ctx, "repository:*:pull,push"))
+	res, err := pushClient.Push(ctx, client.PushOptions{Source: dir, Template: s.TemplateName, Tag: s.Tag,
 		Description: s.Description, Concurrency: rt.Concurrency,
 		Progress: func(p client.Progress) {
 			if time.Since(last) > 5*time.Second {
@@ -108,13 +125,13 @@ func (a *Agent) saveImage(ctx context.Context, s apiv1.ImageSave) (templateID, n
 			if !s.RevertBeforePush {
 				return nil
 			}
-			list, err := rt.Client.Templates(ctx)
+			list, err := pushClient.Templates(ctx)
 			if err != nil {
 				return fmt.Errorf("revert before push: %w", err)
 			}
 			for _, t := range list {
 				if t.Name == s.TemplateName {
-					return rt.Client.Revert(ctx, t.ID)
+					return pushClient.Revert(ctx, t.ID)
 				}
 			}
 			return nil // a new template: no tag to drop
@@ -148,4 +165,33 @@ func (a *Agent) preSave(ctx context.Context, vm driver.VM, script []byte) error 
 		return fmt.Errorf("pre-save script failed with exit code %d: %s", res.ReturnCode, lastLine(res.Stderr))
 	}
 	return nil
+}
+
+// pushAuth returns the Authorization for a save's pushes: a token for scope
+// the controller grants while this node has a save to do ("" when the cloud
+// issues no tokens), renewed before it expires (a push of many gigabytes
+// outlasts one).
+func (a *Agent) pushAuth(_ context.Context, scope string) func(context.Context) (string, error) {
+	var mu sync.Mutex
+	var header string
+	var renewAt time.Time
+	return func(ctx context.Context) (string, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		if !renewAt.IsZero() && time.Now().Before(renewAt) {
+			return header, nil
+		}
+		tok, err := a.ctl.RegistryToken(ctx, scope)
+		var fe *client.FailError
+		switch {
+		case errors.As(err, &fe) && fe.HTTPStatus == http.StatusNotFound: // tokens off
+			header, renewAt = "", time.Now().Add(time.Minute)
+		case err != nil:
+			return "", fmt.Errorf("registry push token: %w", err)
+		default:
+			header = "Bearer " + tok.Token
+			renewAt = time.Now().Add(time.Duration(max(tok.ExpiresIn-60, tok.ExpiresIn/2)) * time.Second)
+		}
+		return header, nil
+	}
 }

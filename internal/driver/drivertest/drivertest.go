@@ -83,7 +83,7 @@ func Run(t *testing.T, s Setup) {
 			}
 			saved = s.Saved(t, "dt-saved", dir, "", "")
 		} else if pusher, ok := vm.(driver.Pusher); ok && s.Saved != nil {
-			id, _, err := pusher.Push(ctx, "drivertest-saved", "v1")
+			id, _, err := pusher.Push(ctx, "drivertest-saved", "v1", nil)
 			if err != nil {
 				t.Fatalf("push: %v", err)
 			}

@@ -134,10 +134,15 @@ func (e *TartError) Error() string {
 
 // tart runs one command with a deadline and the registry's credentials.
 func (d *Driver) tart(ctx context.Context, timeout time.Duration, args ...string) (string, error) {
+	return d.tartAs(ctx, nil, timeout, args...)
+}
+
+// tartAs runs a command with creds (nil: the node's pull credentials).
+func (d *Driver) tartAs(ctx context.Context, creds driver.Credentials, timeout time.Duration, args ...string) (string, error) {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, d.cfg.Binary, args...)
-	env, err := d.env(ctx)
+	env, err := d.env(ctx, creds)
 	if err != nil {
 		return "", err
 	}
@@ -179,15 +184,19 @@ func exitCode(err error) int {
 	return -1
 }
 
-// env is tart's environment: ours plus the registry's credentials.
-func (d *Driver) env(ctx context.Context) ([]string, error) {
+// env is tart's environment: ours plus the registry's credentials (creds,
+// or the node's pull credentials when nil).
+func (d *Driver) env(ctx context.Context, creds driver.Credentials) ([]string, error) {
 	env := os.Environ()
 	env = append(env, "CI=1") // plain progress output
 	d.mu.Lock()
 	reg, host := d.reg, d.host
 	d.mu.Unlock()
-	if reg.Credentials != nil && host != "" {
-		user, pass, err := reg.Credentials(ctx)
+	if creds == nil {
+		creds = reg.Credentials
+	}
+	if creds != nil && host != "" {
+		user, pass, err := creds(ctx)
 		if err != nil {
 			return nil, fmt.Errorf("registry credentials: %w", err)
 		}
@@ -468,7 +477,7 @@ func (v *vm) run() error {
 		args = append(args, "--vnc")
 	}
 	cmd := exec.Command(v.d.cfg.Binary, args...)
-	env, err := v.d.env(context.Background())
+	env, err := v.d.env(context.Background(), nil)
 	if err != nil {
 		return err
 	}
@@ -598,7 +607,7 @@ func (v *vm) Destroy(ctx context.Context) error {
 }
 
 // Push saves the VM as template:tag in the registry's OCI endpoint.
-func (v *vm) Push(ctx context.Context, template, tag string) (string, string, error) {
+func (v *vm) Push(ctx context.Context, template, tag string, creds driver.Credentials) (string, string, error) {
 	v.d.mu.Lock()
 	host := v.d.host
 	v.d.mu.Unlock()
@@ -612,7 +621,7 @@ func (v *vm) Push(ctx context.Context, template, tag string) (string, string, er
 		return "", "", err
 	}
 	args := append([]string{"push", v.name, host + "/" + template + ":" + tag}, v.d.insecureFlag()...)
-	if _, err := v.d.tart(ctx, v.d.cfg.PullTimeout, args...); err != nil {
+	if _, err := v.d.tartAs(ctx, creds, v.d.cfg.PullTimeout, args...); err != nil {
 		return "", "", err
 	}
 	return apiv1.OCITemplateID(template), "", nil
