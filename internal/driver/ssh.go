@@ -11,6 +11,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
 
 	apiv1 "github.com/corral-build/corral/api/v1"
@@ -78,7 +79,9 @@ func RunSSHScript(ctx context.Context, client *ssh.Client, script []byte) (apiv1
 		return apiv1.ScriptResult{}, fmt.Errorf("ssh session: %w", err)
 	}
 	defer sess.Close()
-	var stdout, stderr bytes.Buffer
+	// Locked: on a timeout the output is read while the session's copiers
+	// may still write.
+	var stdout, stderr syncBuffer
 	sess.Stdin, sess.Stdout, sess.Stderr = bytes.NewReader(script), &stdout, &stderr
 	done := make(chan error, 1)
 	go func() { done <- sess.Run("/bin/sh -s") }()
@@ -98,4 +101,22 @@ func RunSSHScript(ctx context.Context, client *ssh.Client, script []byte) (apiv1
 		return res, fmt.Errorf("startup script over ssh: %w", err)
 	}
 	return res, nil
+}
+
+// syncBuffer is a bytes.Buffer safe for one writer and concurrent readers.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }

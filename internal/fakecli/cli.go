@@ -32,6 +32,11 @@ func Dispatch(tools ...Tool) {
 			os.Exit(t.Main(os.Args[1:], os.Stdin, os.Stdout, os.Stderr))
 		}
 	}
+	// Under -race every process sleeps a second at exit by default; the
+	// fakes run as many short processes.
+	if g := os.Getenv("GORACE"); !strings.Contains(g, "atexit_sleep_ms") {
+		os.Setenv("GORACE", strings.TrimSpace(g+" atexit_sleep_ms=0"))
+	}
 }
 
 // Install links the running test binary into dir as each tool's name.

@@ -466,6 +466,9 @@ func (v *vm) refresh(ctx context.Context) (vmShow, error) {
 		v.info.CreationDate, v.info.StartDate = now, now
 	}
 	v.info.UUID, v.info.Name, v.info.Status = cmpOr(s.UUID, v.spec.InstanceID), s.Name, s.Status
+	if v.stopped { // a refresh that raced Stop or Save must not undo it
+		v.info.Status = "stopped"
+	}
 	v.info.CPUCores, v.info.RAM, v.info.IP = int(s.CPUCores), s.ramString(), s.IP
 	v.info.VNCPort, v.info.VNCConnectionString = int(s.VNCPort), s.VNCConnection
 	if v.info.VNCConnectionString == "" && s.VNCPort > 0 && s.IP != "" {

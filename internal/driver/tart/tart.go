@@ -406,7 +406,9 @@ func (d *Driver) Start(ctx context.Context, spec driver.Spec) (driver.VM, error)
 	if err != nil {
 		return fail(fmt.Errorf("tart VM %s: %w", name, err))
 	}
+	v.mu.Lock()
 	v.ssh = client
+	v.mu.Unlock()
 	fwd, err := driver.Forward(net.JoinHostPort(d.cfg.ForwardHost, "0"), addr)
 	if err != nil {
 		return fail(err)
@@ -543,20 +545,26 @@ func (v *vm) Info() apiv1.VMInfo {
 // RunScript runs the script over SSH with /bin/sh, redialling once if the
 // connection dropped.
 func (v *vm) RunScript(ctx context.Context, script []byte) (apiv1.ScriptResult, error) {
-	res, err := driver.RunSSHScript(ctx, v.ssh, script)
+	v.mu.Lock()
+	client, addr, stopping := v.ssh, net.JoinHostPort(v.info.IP, strconv.Itoa(v.d.cfg.SSHPort)), v.stopping
+	v.mu.Unlock()
+	if stopping {
+		return apiv1.ScriptResult{}, fmt.Errorf("tart VM %s is stopped", v.name)
+	}
+	res, err := driver.RunSSHScript(ctx, client, script)
 	if err != nil && ctx.Err() == nil {
-		v.mu.Lock()
-		addr := net.JoinHostPort(v.info.IP, strconv.Itoa(v.d.cfg.SSHPort))
-		v.mu.Unlock()
 		dctx, cancel := context.WithTimeout(ctx, time.Minute)
-		client, derr := driver.DialGuest(dctx, addr, v.d.cfg.User, v.d.auth...)
+		fresh, derr := driver.DialGuest(dctx, addr, v.d.cfg.User, v.d.auth...)
 		cancel()
 		if derr != nil {
 			return res, err
 		}
-		v.ssh.Close()
-		v.ssh = client
-		return driver.RunSSHScript(ctx, v.ssh, script)
+		v.mu.Lock()
+		old := v.ssh
+		v.ssh = fresh
+		v.mu.Unlock()
+		old.Close()
+		return driver.RunSSHScript(ctx, fresh, script)
 	}
 	return res, err
 }
@@ -570,13 +578,13 @@ func (v *vm) Stop(ctx context.Context) error {
 		return nil
 	}
 	v.stopping = true
-	exited := v.exited
+	exited, client := v.exited, v.ssh
 	v.mu.Unlock()
 	if v.fwd != nil {
 		v.fwd.Close()
 	}
-	if v.ssh != nil {
-		v.ssh.Close()
+	if client != nil {
+		client.Close()
 	}
 	var err error
 	if !exited && v.cmd != nil {
