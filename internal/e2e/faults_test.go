@@ -285,7 +285,7 @@ func TestJoinTokenShownOnce(t *testing.T) {
 	if asked := tokenLine("--show-join-token"); strings.Contains(asked, first) || !strings.Contains(asked, "join-token rotate") {
 		t.Fatalf("--show-join-token with a stored token printed %q", asked)
 	}
-	out, err := exec.Command(corralBinary(t), "join-token", "rotate", "--etcd-endpoints", e.ClientURL).CombinedOutput()
+	out, err := exec.Command(corralBinary(t), "join-token", "rotate", "--etcd-endpoints", e.ClientURL).Output() // the token alone on stdout
 	rotated := strings.TrimSpace(string(out))
 	if err != nil || len(rotated) != 32 || rotated == first {
 		t.Fatalf("join-token rotate: %v %q", err, out)

@@ -29,7 +29,9 @@ func (a *API) requireAuth(next http.Handler) http.Handler {
 			writeJSON(w, code, apiv1.Envelope{Status: apiv1.StatusFAIL, Message: msg})
 			return
 		}
-		next.ServeHTTP(w, r.WithContext(controller.WithCaller(r.Context(), id)))
+		r2 := r.WithContext(controller.WithCaller(r.Context(), id))
+		next.ServeHTTP(w, r2)
+		r.Pattern = r2.Pattern // the metrics middleware labels by the matched route
 	})
 }
 
