@@ -19,6 +19,8 @@ import (
 // the registry serves that is missing here fails TestRegistryAuthMatrix.
 var registryAccess = map[string][]registryCase{
 	"GET /registry/status":                    {{"GET", "/registry/status", "open"}},
+	"GET /livez":                              {{"GET", "/livez", "open"}},
+	"GET /readyz":                             {{"GET", "/readyz", "open"}},
 	"GET /registry/vm":                        {{"GET", "/registry/vm", "pull *"}},
 	"GET /registry/v2/vm":                     {{"GET", "/registry/v2/vm", "pull *"}},
 	"GET /registry/vm/arch":                   {{"GET", "/registry/vm/arch", "pull *"}},

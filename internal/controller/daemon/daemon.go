@@ -9,6 +9,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -181,6 +182,22 @@ func Start(ctx context.Context, cfg Config) (*Daemon, error) {
 	m := metrics.New(st)
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", m.Handler())
+	// Probes (Kubernetes, compose): no credentials; ready while etcd answers.
+	mux.HandleFunc("GET /livez", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		_, _ = io.WriteString(w, "ok\n")
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+		ctx, cancel := context.WithTimeout(r.Context(), 3*time.Second)
+		defer cancel()
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		if _, err := d.cli.Get(ctx, "health"); err != nil {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			_, _ = io.WriteString(w, "etcd: "+err.Error()+"\n")
+			return
+		}
+		_, _ = io.WriteString(w, "ok\n")
+	})
 	mux.Handle("/", m.Middleware(httpapi.New(d.Service, log)))
 	mux.Handle("GET /{$}", web.New(d.Service, log))
 	d.http = cfg.Timeouts.Server(mux)

@@ -5,6 +5,7 @@
 package httpapi
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -14,10 +15,12 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	apiv1 "github.com/corral-build/corral/api/v1"
 	"github.com/corral-build/corral/internal/registry"
 	"github.com/corral-build/corral/internal/registry/chunk"
+	"github.com/corral-build/corral/internal/registry/storage"
 )
 
 // MaxDigestsPerRequest bounds a missing-chunks query.
@@ -69,6 +72,8 @@ func (a *api) routes(g *guard) []route {
 	add := func(p string, h http.Handler) { rts = append(rts, route{p, h}) }
 	h := a.handle
 	add("GET /registry/status", h(a.status))
+	add("GET /livez", http.HandlerFunc(livez))
+	add("GET /readyz", http.HandlerFunc(a.readyz))
 	add("GET /registry/vm", h(a.templates))
 	add("GET /registry/v2/vm", h(a.templates))
 	add("GET /registry/vm/arch", h(a.arch))
@@ -150,6 +155,26 @@ func decode(r *http.Request, limit int64, v any) error {
 		return &registry.InvalidError{Field: "body", Reason: err.Error()}
 	}
 	return nil
+}
+
+// livez answers while the process serves (Kubernetes liveness, compose
+// health checks); no credentials needed.
+func livez(w http.ResponseWriter, _ *http.Request) {
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	_, _ = io.WriteString(w, "ok\n")
+}
+
+// readyz answers 200 while the store answers, 503 otherwise (readiness).
+func (a *api) readyz(w http.ResponseWriter, r *http.Request) {
+	ctx, cancel := context.WithTimeout(r.Context(), 3*time.Second)
+	defer cancel()
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	if _, err := a.reg.Backend().Stat(ctx, "templates"); err != nil && !errors.Is(err, storage.ErrNotFound) {
+		w.WriteHeader(http.StatusServiceUnavailable)
+		_, _ = io.WriteString(w, "storage: "+err.Error()+"\n")
+		return
+	}
+	_, _ = io.WriteString(w, "ok\n")
 }
 
 func (a *api) status(*http.Request) (any, error) {
