@@ -62,6 +62,14 @@ type NodeIDsRequest struct {
 	NodeIDs []string `json:"node_ids"`
 }
 
+// NodeGroupsRequest is the body of POST/DELETE /api/v1/node/group: nodes
+// (node_id or node_ids) to add to or remove from each of group_ids.
+type NodeGroupsRequest struct {
+	NodeID   string   `json:"node_id"`
+	NodeIDs  []string `json:"node_ids"`
+	GroupIDs []string `json:"group_ids"`
+}
+
 // Group is a node group. Description is never null.
 type Group struct {
 	ID              string `json:"id"`

@@ -96,6 +96,30 @@ func (s *Service) DisjoinNode(ctx context.Context, id string) error {
 }
 
 // SetNodeGroups adds (or removes) nodes to a group.
+// SetNodesGroups adds nodes to (or removes them from) every group listed,
+// after checking every group exists.
+func (s *Service) SetNodesGroups(ctx context.Context, groupIDs, nodeIDs []string, add bool) error {
+	if len(groupIDs) == 0 {
+		return fieldErr("group_ids", "required: a list of group ids")
+	}
+	if len(nodeIDs) == 0 {
+		return fieldErr("node_ids", "required: node_id or a list of node ids")
+	}
+	for _, g := range groupIDs {
+		if _, err := s.st.GetGroup(ctx, g); errors.Is(err, store.ErrNotFound) {
+			return fieldErr("group_ids", "no group with id %q", g)
+		} else if err != nil {
+			return err
+		}
+	}
+	for _, g := range groupIDs {
+		if err := s.SetNodeGroups(ctx, g, nodeIDs, add); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 func (s *Service) SetNodeGroups(ctx context.Context, groupID string, nodeIDs []string, add bool) error {
 	if _, err := s.st.GetGroup(ctx, groupID); err != nil {
 		return notFound(err)

@@ -28,6 +28,8 @@ var routeAccess = map[string]string{
 	"POST /api/v1/node/config":             apiv1.PermManageNodes,
 	"POST /api/v1/node/group/{group_id}":   apiv1.PermManageNodes,
 	"DELETE /api/v1/node/group/{group_id}": apiv1.PermManageNodes,
+	"POST /api/v1/node/group":              apiv1.PermManageNodes,
+	"DELETE /api/v1/node/group":            apiv1.PermManageNodes,
 	"GET /api/v1/group":                    apiv1.PermView,
 	"POST /api/v1/group":                   apiv1.PermManageNodes,
 	"PUT /api/v1/group":                    apiv1.PermManageNodes,

@@ -215,6 +215,27 @@ func TestGroupMembershipAndDisjoin(t *testing.T) {
 	ok(t, "POST", base+"/node/group/"+gid, `{"node_ids":["`+id+`"]}`)
 	fail(t, "POST", base+"/node/group/"+gid, `{"node_ids":["nope"]}`, 200, `node_ids: no node with id "nope"`)
 
+	// The body form: node_id or node_ids, and group_ids.
+	g2 := ok(t, "POST", base+"/group", `{"name":"second"}`).(map[string]any)["id"].(string)
+	groupsOf := func() int {
+		return len(ok(t, "GET", base+"/node?id="+id, "").([]any)[0].(map[string]any)["groups"].([]any))
+	}
+	ok(t, "DELETE", base+"/node/group", `{"node_id":"`+id+`","group_ids":["`+gid+`"]}`)
+	if n := groupsOf(); n != 0 {
+		t.Fatalf("after DELETE /node/group: in %d groups", n)
+	}
+	ok(t, "POST", base+"/node/group", `{"node_ids":["`+id+`"],"group_ids":["`+gid+`","`+g2+`"]}`)
+	if n := groupsOf(); n != 2 {
+		t.Fatalf("after POST /node/group: in %d groups, want 2", n)
+	}
+	ok(t, "DELETE", base+"/node/group", `{"node_ids":["`+id+`"],"group_ids":["`+g2+`"]}`)
+	fail(t, "POST", base+"/node/group", `{"node_id":"`+id+`","group_ids":["nope"]}`, 200, `group_ids: no group with id "nope"`)
+	fail(t, "POST", base+"/node/group", `{"node_id":"`+id+`"}`, 200, `group_ids: required: a list of group ids`)
+	fail(t, "POST", base+"/node/group", `{"group_ids":["`+gid+`"]}`, 200, `node_ids: required: node_id or a list of node ids`)
+	if n := groupsOf(); n != 1 {
+		t.Fatalf("after the refusals: in %d groups, want 1", n)
+	}
+
 	inst := ok(t, "POST", base+"/vm", `{"vmid":"`+c.TemplateID+`","group_id":"`+gid+`"}`).([]any)[0].(string)
 	c.WaitState(inst, apiv1.StateStarted, 10*time.Second)
 

@@ -46,6 +46,22 @@ func (a *API) nodeGroup(r *http.Request, add bool) (any, error) {
 	return okNoBody{}, a.svc.SetNodeGroups(r.Context(), r.PathValue("group_id"), req.NodeIDs, add)
 }
 
+func (a *API) addNodesToGroups(r *http.Request) (any, error)      { return a.nodeGroups(r, true) }
+func (a *API) removeNodesFromGroups(r *http.Request) (any, error) { return a.nodeGroups(r, false) }
+
+// nodeGroups is the body form: {"node_id"|"node_ids", "group_ids"}.
+func (a *API) nodeGroups(r *http.Request, add bool) (any, error) {
+	var req apiv1.NodeGroupsRequest
+	if err := decode(r, &req); err != nil {
+		return nil, err
+	}
+	nodes := req.NodeIDs
+	if req.NodeID != "" {
+		nodes = append([]string{req.NodeID}, nodes...)
+	}
+	return okNoBody{}, a.svc.SetNodesGroups(r.Context(), req.GroupIDs, nodes, add)
+}
+
 func (a *API) listGroups(r *http.Request) (any, error) { return a.svc.ListGroups(r.Context()) }
 
 func (a *API) createGroup(r *http.Request) (any, error) {

@@ -56,6 +56,8 @@ func (a *API) routes() []route {
 	mux.Handle("POST /api/v1/node/config", h(a.configureNode))
 	mux.Handle("POST /api/v1/node/group/{group_id}", h(a.addNodesToGroup))
 	mux.Handle("DELETE /api/v1/node/group/{group_id}", h(a.removeNodesFromGroup))
+	mux.Handle("POST /api/v1/node/group", h(a.addNodesToGroups))
+	mux.Handle("DELETE /api/v1/node/group", h(a.removeNodesFromGroups))
 
 	mux.Handle("GET /api/v1/group", h(a.listGroups))
 	mux.Handle("POST /api/v1/group", h(a.createGroup))
