@@ -97,7 +97,16 @@ func (v *vm) Info() apiv1.VMInfo {
 	return v.info
 }
 
-// RunScript runs the script with /bin/sh on the node, in a private
+// scriptShell is bash when the node has it (macOS guests run scripts with
+// bash; CI scripts use `set -o pipefail`, which dash refuses), else /bin/sh.
+func scriptShell() string {
+	if p, err := exec.LookPath("bash"); err == nil {
+		return p
+	}
+	return "/bin/sh"
+}
+
+// RunScript runs the script with bash (or /bin/sh) on the node, in a private
 // throwaway directory, with nothing of the node's environment; when the
 // node runs as root, as Driver.ScriptUser (default nobody) in its own
 // namespaces.
@@ -107,7 +116,7 @@ func (v *vm) RunScript(ctx context.Context, script []byte) (apiv1.ScriptResult, 
 		return apiv1.ScriptResult{}, fmt.Errorf("startup script: %w", err)
 	}
 	defer os.RemoveAll(dir)
-	cmd := exec.CommandContext(ctx, "/bin/sh", "-s")
+	cmd := exec.CommandContext(ctx, scriptShell(), "-s")
 	if err := v.d.prepareScript(cmd, dir, v); err != nil {
 		return apiv1.ScriptResult{}, err
 	}

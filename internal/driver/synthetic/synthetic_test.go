@@ -4,6 +4,7 @@ import (
 	"context"
 	"net"
 	"os"
+	"os/exec"
 	"strconv"
 	"strings"
 	"testing"
@@ -113,4 +114,25 @@ func TestConformance(t *testing.T) {
 		},
 		Timeout: 10 * time.Second,
 	})
+}
+
+// Scripts run with bash where the node has it, as on macOS guests: the
+// GitHub Actions runner's `set -o pipefail` failed under dash.
+func TestScriptsRunWithBash(t *testing.T) {
+	if _, err := exec.LookPath("bash"); err != nil {
+		t.Skip("no bash on this node")
+	}
+	vm, err := New(time.Millisecond).Start(context.Background(), driver.Spec{InstanceID: "b", HostIP: "127.0.0.1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer vm.Destroy(context.Background())
+	res, err := vm.RunScript(context.Background(), []byte("set -o pipefail; false | true"))
+	if err != nil || res.ReturnCode != 1 { // dash: 2, "Illegal option -o pipefail"
+		t.Fatalf("bash script: %+v %v", res, err)
+	}
+	res, _ = vm.RunScript(context.Background(), []byte("set -o pipefail; echo ok"))
+	if res.ReturnCode != 0 || res.Stdout != "ok\n" {
+		t.Fatalf("pipefail: %+v", res)
+	}
 }
