@@ -5,6 +5,7 @@
 package synthetic
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"net"
@@ -17,15 +18,25 @@ import (
 
 	apiv1 "github.com/corral-build/corral/api/v1"
 	"github.com/corral-build/corral/internal/driver"
+	"github.com/corral-build/corral/internal/driver/sshserve"
+	"golang.org/x/crypto/ssh"
 )
 
 // Driver is the synthetic driver.
 type Driver struct {
 	BootTime   time.Duration
 	ListenHost string // where SSH endpoints listen; 127.0.0.1 by default
-	// ScriptUser runs startup scripts when the node runs as root (default
-	// DefaultScriptUser; "root" only when an operator says so).
+	// ScriptUser runs startup scripts and SSH sessions when the node runs as
+	// root (default DefaultScriptUser; "root" only when an operator says so).
 	ScriptUser string
+	// SSHUser and SSHPassword log in to instances' SSH endpoints (default
+	// anka/admin, as the reference's guests); AuthorizedKeys too.
+	SSHUser, SSHPassword string
+	AuthorizedKeys       []ssh.PublicKey
+
+	keyOnce sync.Once
+	hostKey ssh.Signer
+	keyErr  error
 }
 
 // New returns a synthetic driver whose VMs boot in bootTime.
@@ -45,6 +56,16 @@ func (d *Driver) Start(ctx context.Context, spec driver.Spec) (driver.VM, error)
 		return nil, fmt.Errorf("synthetic vm %s: ssh endpoint: %w", spec.InstanceID, err)
 	}
 	port := ln.Addr().(*net.TCPAddr).Port
+	d.keyOnce.Do(func() { d.hostKey, d.keyErr = sshserve.NewHostKey() })
+	if d.keyErr != nil {
+		ln.Close()
+		return nil, d.keyErr
+	}
+	home, err := os.MkdirTemp("", "corral-synthetic-vm-")
+	if err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("synthetic vm %s: %w", spec.InstanceID, err)
+	}
 	now := time.Now().UTC()
 	cpus, ram := spec.VCPU, spec.VRAMMB
 	if cpus == 0 {
@@ -53,14 +74,14 @@ func (d *Driver) Start(ctx context.Context, spec driver.Spec) (driver.VM, error)
 	if ram == 0 {
 		ram = 4096
 	}
-	vm := &vm{d: d, ln: ln, done: make(chan struct{}), spec: spec, info: apiv1.VMInfo{
+	vm := &vm{d: d, home: home, done: make(chan struct{}), spec: spec, info: apiv1.VMInfo{
 		UUID: spec.InstanceID, Name: "synthetic-" + spec.InstanceID[:min(8, len(spec.InstanceID))],
 		Status: "running", CPUCores: cpus, RAM: strconv.Itoa(ram/1024) + "G", NodeID: spec.NodeID,
 		HostIP: spec.HostIP, IP: fakeGuestIP(port), CreationDate: now, StartDate: now, Version: spec.Tag,
 		PortForwarding: []apiv1.PortForwarding{{GuestPort: 22, HostPort: port, Protocol: "tcp", Name: "ssh"}},
 		Accelerator:    "synthetic",
 	}}
-	go vm.serve()
+	vm.serve(ln)
 	return vm, nil
 }
 
@@ -70,7 +91,8 @@ func fakeGuestIP(port int) string { return fmt.Sprintf("192.168.%d.%d", 64+port/
 type vm struct {
 	d    *Driver
 	spec driver.Spec
-	ln   net.Listener
+	home string // the sandbox SSH sessions run in
+	srv  *sshserve.Server
 	done chan struct{}
 
 	mu      sync.Mutex
@@ -79,16 +101,24 @@ type vm struct {
 	stopped bool
 }
 
-// serve answers SSH-port connections with an SSH banner, as sshd would.
-func (v *vm) serve() {
-	for {
-		c, err := v.ln.Accept()
-		if err != nil {
-			return
-		}
-		_, _ = c.Write([]byte("SSH-2.0-corral-synthetic\r\n"))
-		c.Close()
-	}
+// serve runs the instance's SSH server: logins as the template's user
+// (SSHUser/SSHPassword or a listed key), each session a command in the
+// instance's sandbox (its own home directory, the script user, confined as
+// startup scripts are).
+func (v *vm) serve(ln net.Listener) {
+	user, pass := cmp.Or(v.d.SSHUser, "anka"), cmp.Or(v.d.SSHPassword, "admin")
+	v.srv = sshserve.Serve(ln, v.d.hostKey, sshserve.Config{User: user, Password: pass, AuthorizedKeys: v.d.AuthorizedKeys,
+		Command: func(line string) (*exec.Cmd, error) {
+			args := []string{scriptShell()}
+			if line != "" {
+				args = append(args, "-c", line)
+			}
+			c := exec.Command(args[0], args[1:]...)
+			if err := v.d.prepareScript(c, v.home, v); err != nil {
+				return nil, err
+			}
+			return c, nil
+		}})
 }
 
 func (v *vm) Info() apiv1.VMInfo {
@@ -128,13 +158,17 @@ func (v *vm) Stop(context.Context) error {
 	defer v.mu.Unlock()
 	if !v.stopped {
 		v.stopped = true
-		v.ln.Close()
+		v.srv.Close()
 		v.info.Status, v.info.StopDate = "stopped", time.Now().UTC()
 	}
 	return nil
 }
 
-func (v *vm) Destroy(ctx context.Context) error { return v.Stop(ctx) }
+func (v *vm) Destroy(ctx context.Context) error {
+	err := v.Stop(ctx)
+	_ = os.RemoveAll(v.home)
+	return err
+}
 
 func (v *vm) Done() <-chan struct{} { return v.done }
 
@@ -155,7 +189,7 @@ func (v *vm) Crash(reason error) {
 	}
 	v.err = reason
 	v.stopped = true
-	v.ln.Close()
+	v.srv.Close()
 	v.info.Status, v.info.StopDate = "stopped", time.Now().UTC()
 	close(v.done)
 }

@@ -2,6 +2,7 @@ package synthetic
 
 import (
 	"context"
+	"errors"
 	"net"
 	"os"
 	"os/exec"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/corral-build/corral/internal/driver"
 	"github.com/corral-build/corral/internal/driver/drivertest"
+	"golang.org/x/crypto/ssh"
 )
 
 func TestLifecycle(t *testing.T) {
@@ -134,5 +136,66 @@ func TestScriptsRunWithBash(t *testing.T) {
 	res, _ = vm.RunScript(context.Background(), []byte("set -o pipefail; echo ok"))
 	if res.ReturnCode != 0 || res.Stdout != "ok\n" {
 		t.Fatalf("pipefail: %+v", res)
+	}
+}
+
+// TestSSHJob runs a CI job the way executors do, over the instance's SSH
+// endpoint (it only sent a banner): log in with the template's user and
+// password, upload a script through stdin, run it, read its output and exit
+// status, use a shell session, and be refused with a wrong password.
+func TestSSHJob(t *testing.T) {
+	d := New(time.Millisecond)
+	vm, err := d.Start(context.Background(), driver.Spec{InstanceID: "job", HostIP: "127.0.0.1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer vm.Destroy(context.Background())
+	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(vm.Info().PortForwarding[0].HostPort))
+	cfg := &ssh.ClientConfig{User: "anka", Auth: []ssh.AuthMethod{ssh.Password("admin")},
+		HostKeyCallback: ssh.InsecureIgnoreHostKey(), Timeout: 5 * time.Second}
+	cl, err := ssh.Dial("tcp", addr, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	run := func(cmd, stdin string) (string, int) {
+		t.Helper()
+		s, err := cl.NewSession()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer s.Close()
+		s.Stdin = strings.NewReader(stdin)
+		out, err := s.CombinedOutput(cmd)
+		var ee *ssh.ExitError
+		if errors.As(err, &ee) {
+			return string(out), ee.ExitStatus()
+		} else if err != nil {
+			t.Fatalf("%s: %v", cmd, err)
+		}
+		return string(out), 0
+	}
+	if out, code := run("cat > job.sh", "set -eo pipefail\necho building in $(pwd)\necho artifact > out.txt\nexit 3\n"); code != 0 {
+		t.Fatalf("upload: %d %s", code, out)
+	}
+	out, code := run("bash job.sh", "")
+	if code != 3 || !strings.Contains(out, "building in /") {
+		t.Fatalf("job: exit %d, output %q", code, out)
+	}
+	if out, _ := run("cat out.txt", ""); out != "artifact\n" {
+		t.Fatalf("the job's files do not persist across sessions: %q", out)
+	}
+	if out, code := run("", "echo from a shell\nexit 4\n"); code != 4 || out != "from a shell\n" {
+		t.Fatalf("shell session: exit %d %q", code, out)
+	}
+	bad := *cfg
+	bad.Auth = []ssh.AuthMethod{ssh.Password("wrong")}
+	if c, err := ssh.Dial("tcp", addr, &bad); err == nil {
+		c.Close()
+		t.Fatal("logged in with a wrong password")
+	}
+	vm.Destroy(context.Background())
+	if _, err := ssh.Dial("tcp", addr, cfg); err == nil {
+		t.Fatal("SSH still open after destroy")
 	}
 }
