@@ -11,6 +11,7 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 
 	apiv1 "github.com/corral-build/corral/api/v1"
@@ -121,7 +122,7 @@ func (r *Registry) Status(ctx context.Context) (apiv1.RegistryStatus, error) {
 // Templates lists templates.
 func (r *Registry) Templates(ctx context.Context) ([]apiv1.Template, error) {
 	var t []apiv1.Template
-	return t, r.call(ctx, http.MethodGet, "/registry/vm", nil, &t)
+	return t, r.call(ctx, http.MethodGet, "/registry/v2/vm", nil, &t)
 }
 
 // Template describes one template with its versions.
@@ -142,6 +143,19 @@ func (r *Registry) Delete(ctx context.Context, id, tag string) error {
 // Revert drops a template's latest tag.
 func (r *Registry) Revert(ctx context.Context, id string) error {
 	return r.call(ctx, http.MethodDelete, "/registry/revert?id="+url.QueryEscape(id), nil, nil)
+}
+
+// RevertTo drops every tag after tag (or the tag numbered number, when
+// number >= 0).
+func (r *Registry) RevertTo(ctx context.Context, id, tag string, number int) error {
+	q := url.Values{"id": {id}}
+	if tag != "" {
+		q.Set("tag", tag)
+	}
+	if number >= 0 {
+		q.Set("number", strconv.Itoa(number))
+	}
+	return r.call(ctx, http.MethodDelete, "/registry/revert?"+q.Encode(), nil, nil)
 }
 
 // Disk reports the registry's storage usage.

@@ -17,6 +17,7 @@ type NodeReport struct {
 	FreeDiskSpace int64          `json:"free_disk_space"`
 	Capacity      int            `json:"capacity"` // slots; the admin may override via node/config
 	Driver        string         `json:"driver"`
+	AgentVersion  string         `json:"agent_version,omitempty"`
 	Groups        []string       `json:"groups,omitempty"` // group names or ids to join on first registration
 	Templates     []NodeTemplate `json:"templates"`
 	CPUUtil       float64        `json:"cpu_util"`

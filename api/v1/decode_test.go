@@ -25,7 +25,7 @@ func TestNormalizeDefaultsAndNumericStrings(t *testing.T) {
 func TestDecodeNamesTheField(t *testing.T) {
 	tests := []struct{ body, want string }{
 		{`{"count":"x"}`, `count: must be an integer (number or numeric string), got "x"`},
-		{`{"disk":{"size":"big"}}`, `disk.size: must be an integer (number or numeric string), got "big"`},
+		{`{"disk":{"size":"big"}}`, `disk.size: must be a size: bytes, or a number with K, M, G or T (powers of 1024, e.g. "256G"), got "big"`},
 		{`{"vmid":{}}`, `vmid: must be a string, got object`},
 		{`"hello"`, `body: must be a JSON object, got string`},
 		{`{`, `body: malformed JSON: unexpected end of JSON input`},
@@ -47,5 +47,21 @@ func TestListItemNulls(t *testing.T) {
 	item = Instance{InstanceID: "i", ExternalID: "e", Name: "n"}.ListItem()
 	if *item.ExternalID != "e" || *item.Name != "n" {
 		t.Fatal("set values must be kept")
+	}
+}
+
+// disk.size takes a unit, as the reference's clients send it ("256G" was
+// refused: must be an integer).
+func TestDiskSizeWithUnit(t *testing.T) {
+	for in, want := range map[string]int64{`"256G"`: 256 << 30, `"512M"`: 512 << 20, `"1.5T"`: 3 << 39, `"256GiB"`: 256 << 30,
+		`"100GB"`: 100 << 30, `1073741824`: 1 << 30, `"4096"`: 4096} {
+		var r StartRequest
+		if err := Decode([]byte(`{"vmid":"x","disk":{"size":`+in+`}}`), &r); err != nil {
+			t.Fatalf("%s: %v", in, err)
+		}
+		s, err := r.Normalize()
+		if err != nil || s.DiskSize != want {
+			t.Fatalf("%s: %d %v, want %d", in, s.DiskSize, err, want)
+		}
 	}
 }

@@ -108,6 +108,9 @@ func Decode(body []byte, v any) error {
 
 // kindName says in words what a Go field type accepts on the wire.
 func kindName(t reflect.Type) string {
+	if t == reflect.TypeFor[FlexSize]() {
+		return `a size: bytes, or a number with K, M, G or T (powers of 1024, e.g. "256G")`
+	}
 	switch t.Kind() {
 	case reflect.Int, reflect.Int64, reflect.Int32:
 		return "an integer (number or numeric string)"
@@ -123,4 +126,36 @@ func kindName(t reflect.Type) string {
 		return "an object"
 	}
 	return t.String()
+}
+
+// FlexSize is a byte count sent as a number, a numeric string, or a string
+// with a unit ("256G", "512M", "1.5T", "256GB", "256GiB"; powers of 1024).
+type FlexSize int64
+
+func (f *FlexSize) UnmarshalJSON(b []byte) error {
+	b = bytes.TrimSpace(b)
+	if string(b) == "null" {
+		return nil
+	}
+	bad := &json.UnmarshalTypeError{Value: string(b), Type: reflect.TypeFor[FlexSize]()}
+	s := string(b)
+	if len(b) > 0 && b[0] == '"' {
+		if err := json.Unmarshal(b, &s); err != nil {
+			return bad
+		}
+	}
+	t := strings.ToUpper(strings.TrimSpace(s))
+	t = strings.TrimSuffix(strings.TrimSuffix(t, "B"), "I")
+	shift := 0
+	if n := len(t); n > 0 {
+		if i := strings.IndexByte("KMGT", t[n-1]); i >= 0 {
+			shift, t = 10*(i+1), t[:n-1]
+		}
+	}
+	v, err := strconv.ParseFloat(strings.TrimSpace(t), 64)
+	if err != nil || v < 0 || v*float64(int64(1)<<shift) > 1<<62 {
+		return bad
+	}
+	*f = FlexSize(v * float64(int64(1)<<shift))
+	return nil
 }

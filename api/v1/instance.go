@@ -39,6 +39,7 @@ type Instance struct {
 	GroupID       string          `json:"group_id,omitempty"`
 	ExternalID    string          `json:"external_id,omitempty"`
 	Name          string          `json:"name,omitempty"`
+	VLAN          string          `json:"vlan"`
 	InflightReqID string          `json:"inflight_reqid"`
 	TS            time.Time       `json:"ts,omitzero"`
 	CrTime        time.Time       `json:"cr_time,omitzero"`
@@ -81,22 +82,26 @@ type ScriptResult struct {
 
 // VMInfo describes the running VM behind an instance.
 type VMInfo struct {
-	UUID                string           `json:"uuid"`
-	Name                string           `json:"name"`
-	Status              string           `json:"status"` // "running" or "stopped"
-	CPUCores            int              `json:"cpu_cores"`
-	RAM                 string           `json:"ram"`
-	NodeID              string           `json:"node_id"`
-	HostIP              string           `json:"host_ip"`
-	IP                  string           `json:"ip"`
-	VNCPort             int              `json:"vnc_port,omitempty"`
-	VNCConnectionString string           `json:"vnc_connection_string,omitempty"`
-	CreationDate        time.Time        `json:"creation_date,omitzero"`
-	StartDate           time.Time        `json:"start_date,omitzero"`
-	StopDate            time.Time        `json:"stop_date,omitzero"`
-	Version             string           `json:"version"`
-	PortForwarding      []PortForwarding `json:"port_forwarding"`
-	Accelerator         string           `json:"accelerator,omitempty"` // Corral extension: kvm, tcg, ...
+	UUID                string    `json:"uuid"`
+	Name                string    `json:"name"`
+	Status              string    `json:"status"` // "running" or "stopped"
+	CPUCores            int       `json:"cpu_cores"`
+	RAM                 string    `json:"ram"`
+	NodeID              string    `json:"node_id"`
+	HostIP              string    `json:"host_ip"`
+	IP                  string    `json:"ip"`
+	VNCPort             int       `json:"vnc_port"`
+	VNCConnectionString string    `json:"vnc_connection_string"`
+	CreationDate        time.Time `json:"creation_date,omitzero"`
+	StartDate           time.Time `json:"start_date,omitzero"`
+	AccessDate          time.Time `json:"access_date,omitzero"`
+	// StopDate is the zero time while the VM runs, as the reference sends.
+	StopDate time.Time `json:"stop_date"`
+	// Timestamp is when the node last reported the VM.
+	Timestamp      time.Time        `json:"timestamp,omitzero"`
+	Version        string           `json:"version"`
+	PortForwarding []PortForwarding `json:"port_forwarding"`
+	Accelerator    string           `json:"accelerator,omitempty"` // Corral extension: kvm, tcg, ...
 }
 
 // PortForwarding maps a guest port to a port on the node. The SSH rule
@@ -130,7 +135,7 @@ type StartRequest struct {
 	Metadata               json.RawMessage `json:"metadata"`
 	USBDevice              string          `json:"usb_device"`
 	Disk                   *struct {
-		Size *FlexInt `json:"size"`
+		Size *FlexSize `json:"size"`
 	} `json:"disk"`
 }
 
@@ -315,4 +320,14 @@ func (v VMInfo) RAMMB() (int, bool) {
 		return 0, false
 	}
 	return n * mult, true
+}
+
+// MarshalJSON sends the VM's dates in whole seconds, as the reference does.
+func (v VMInfo) MarshalJSON() ([]byte, error) {
+	type plain VMInfo
+	p := plain(v)
+	for _, t := range []*time.Time{&p.CreationDate, &p.StartDate, &p.AccessDate, &p.StopDate} {
+		*t = t.UTC().Truncate(time.Second)
+	}
+	return json.Marshal(p)
 }

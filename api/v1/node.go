@@ -1,6 +1,9 @@
 package v1
 
-import "time"
+import (
+	"encoding/json"
+	"time"
+)
 
 // Node states, exactly as clients compare them.
 const (
@@ -34,6 +37,23 @@ type Node struct {
 	Groups        []Group        `json:"groups"`
 	Driver        string         `json:"driver,omitempty"` // Corral extension
 	LastSeen      time.Time      `json:"last_seen,omitzero"`
+	// AnkaVersion says what runs the node's VMs (for anka nodes, what the
+	// reference reports of the anka CLI; for others, Corral's driver).
+	AnkaVersion  AnkaVersion `json:"anka_version"`
+	AgentVersion string      `json:"agent_version"`
+	VCPUOverride int         `json:"vcpu_override"`
+	RAMOverride  int         `json:"ram_override"`
+	LastUpdated  time.Time   `json:"last_updated,omitzero"` // the node's last report
+	Timestamp    int64       `json:"timestamp"`             // the same, in Unix seconds
+}
+
+// AnkaVersion is a node's anka_version.
+type AnkaVersion struct {
+	Product string `json:"product"`
+	Version string `json:"version"`
+	Build   string `json:"build"`
+	License string `json:"license"`
+	Expires string `json:"expires"`
 }
 
 // NodeTemplate is a template+tag a node holds locally.
@@ -70,12 +90,28 @@ type NodeGroupsRequest struct {
 	GroupIDs []string `json:"group_ids"`
 }
 
-// Group is a node group. Description is never null.
+// Group is a node group. Description is never null; fallback_group_id is
+// null when unset, as the reference sends it.
 type Group struct {
 	ID              string `json:"id"`
 	Name            string `json:"name"`
 	Description     string `json:"description"`
 	FallbackGroupID string `json:"fallback_group_id"`
+}
+
+// MarshalJSON sends an unset fallback as null.
+func (g Group) MarshalJSON() ([]byte, error) {
+	type plain struct {
+		ID              string  `json:"id"`
+		Name            string  `json:"name"`
+		Description     string  `json:"description"`
+		FallbackGroupID *string `json:"fallback_group_id"`
+	}
+	p := plain{ID: g.ID, Name: g.Name, Description: g.Description}
+	if g.FallbackGroupID != "" {
+		p.FallbackGroupID = &g.FallbackGroupID
+	}
+	return json.Marshal(p)
 }
 
 // GroupRequest is the body of POST/PUT/DELETE /api/v1/group.

@@ -1,6 +1,9 @@
 package v1
 
-import "time"
+import (
+	"strings"
+	"time"
+)
 
 // Registry transfer protocol (Corral's own, under /registry/corral/v1/).
 // A push: open an upload lease, ask which chunks are missing, PUT them in
@@ -100,6 +103,48 @@ type Distribution struct {
 	Nodes      map[string]string `json:"nodes"` // node id -> "pending", "done" or "error: ..."
 	CrTime     time.Time         `json:"cr_time,omitzero"`
 	TS         time.Time         `json:"ts,omitzero"` // last change
+}
+
+// DistributionView is GET /api/v1/registry/vm/distribute?id= in the
+// reference's shape (request, distribute_status per node), with Corral's
+// Distribution fields beside it.
+type DistributionView struct {
+	Distribution
+	Request          DistributionRequestInfo       `json:"request"`
+	DistributeStatus map[string]DistributionStatus `json:"distribute_status"`
+}
+
+// DistributionRequestInfo is the request part of a DistributionView.
+type DistributionRequestInfo struct {
+	RequestID     string    `json:"request_id"`
+	TemplateID    string    `json:"template_id"`
+	Tag           string    `json:"tag"`
+	TimeRequested time.Time `json:"time_requested"`
+}
+
+// DistributionStatus is one node's part: status is true once it holds the
+// template.
+type DistributionStatus struct {
+	Status   bool    `json:"status"`
+	Progress float64 `json:"progress"`
+	Error    string  `json:"error,omitempty"`
+}
+
+// View returns the reference's shape of d.
+func (d Distribution) View() DistributionView {
+	v := DistributionView{Distribution: d, Request: DistributionRequestInfo{RequestID: d.RequestID, TemplateID: d.TemplateID,
+		Tag: d.Tag, TimeRequested: d.CrTime}, DistributeStatus: map[string]DistributionStatus{}}
+	for node, outcome := range d.Nodes {
+		st := DistributionStatus{}
+		switch {
+		case outcome == "done":
+			st.Status, st.Progress = true, 1
+		case strings.HasPrefix(outcome, "error: "):
+			st.Error = strings.TrimPrefix(outcome, "error: ")
+		}
+		v.DistributeStatus[node] = st
+	}
+	return v
 }
 
 // Prefetch tells a node to pull a template now.

@@ -17,6 +17,10 @@ type Template struct {
 	Name string `json:"name"`
 	Size int64  `json:"size"`
 	Arch string `json:"arch"`
+	// LastPull and LastPush are Unix seconds (0: never), as the reference
+	// sends them.
+	LastPull int64 `json:"last_pull"`
+	LastPush int64 `json:"last_push"`
 }
 
 // TemplateDetail is GET /api/v1/registry/vm?id=.
@@ -27,14 +31,19 @@ type TemplateDetail struct {
 
 // TemplateVersion is one tag of a template.
 type TemplateVersion struct {
-	Tag         string   `json:"tag"`
-	Number      int      `json:"number"`
-	Size        int64    `json:"size"`
-	Description string   `json:"description"`
-	ConfigFile  string   `json:"config_file"`
-	NVRAM       string   `json:"nvram"`
-	Images      []string `json:"images"`
-	StateFiles  []string `json:"state_files"`
+	Tag          string   `json:"tag"`
+	Number       int      `json:"number"`
+	Size         int64    `json:"size"`
+	Description  string   `json:"description"`
+	ConfigFile   string   `json:"config_file"`
+	StateFile    string   `json:"state_file"` // the first of state_files, or ""
+	Arch         string   `json:"arch"`
+	LastPull     int64    `json:"last_pull"`     // Unix seconds, 0: never
+	LastPush     int64    `json:"last_push"`     // Unix seconds
+	CreationDate int64    `json:"creation_date"` // Unix seconds
+	NVRAM        string   `json:"nvram"`
+	Images       []string `json:"images"`
+	StateFiles   []string `json:"state_files"`
 }
 
 // Latest returns the highest-numbered version, or false when there is none.

@@ -168,7 +168,7 @@ func (s *Service) Leave(ctx context.Context, req apiv1.HeartbeatRequest) error {
 // UpdateReport stores a node's changed report (templates, disk, utilization).
 func (s *Service) UpdateReport(ctx context.Context, r apiv1.NodeReport) error {
 	_, err := s.st.UpdateNode(ctx, r.NodeID, func(n *store.NodeRecord) error {
-		n.Report = r
+		n.Report, n.ReportedAt = r, time.Now().UTC()
 		return nil
 	})
 	if errors.Is(err, store.ErrNotFound) {
@@ -250,6 +250,10 @@ func applyStatus(r *store.InstanceRecord, st apiv1.InstanceStatus) store.Instanc
 	now := time.Now().UTC()
 	if st.VMInfo != nil {
 		r.VMInfo = st.VMInfo
+		r.VMInfo.Timestamp = time.Now().UTC() // when the node last reported it
+		if r.VMInfo.AccessDate.IsZero() {
+			r.VMInfo.AccessDate = r.VMInfo.StartDate
+		}
 	}
 	if st.StartupScript != nil {
 		r.StartupScript = st.StartupScript

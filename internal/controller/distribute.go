@@ -67,9 +67,24 @@ func (s *Service) Distribute(ctx context.Context, req apiv1.DistributeRequest) (
 }
 
 // Distribution returns a distribute request's status.
-func (s *Service) Distribution(ctx context.Context, id string) (apiv1.Distribution, error) {
+func (s *Service) Distribution(ctx context.Context, id string) (apiv1.DistributionView, error) {
 	d, err := s.st.GetDistribution(ctx, id)
-	return d, notFound(err)
+	return d.View(), notFound(err)
+}
+
+// Distributions lists every distribute request.
+func (s *Service) Distributions(ctx context.Context) ([]apiv1.DistributionView, error) {
+	ds, err := s.st.ListDistributions(ctx)
+	out := []apiv1.DistributionView{}
+	for _, d := range ds {
+		out = append(out, d.View())
+	}
+	return out, err
+}
+
+// CancelDistribution drops a request; nodes not yet pulling skip it.
+func (s *Service) CancelDistribution(ctx context.Context, id string) error {
+	return notFound(s.st.CancelDistribution(ctx, id))
 }
 
 // FinishPrefetch records a node's outcome of a distribute request.

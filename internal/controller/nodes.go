@@ -34,6 +34,11 @@ func (s *Service) ListNodes(ctx context.Context, id string) ([]apiv1.Node, error
 			VMCount: u.Slots, VCPUCount: u.VCPU, VRAM: u.VRAM, CPUUtil: r.CPUUtil, RAMUtil: r.RAMUtil,
 			FreeDiskSpace: max(r.FreeDiskSpace, 0), DiskSize: max(r.DiskSize, 0), HostArch: r.HostArch,
 			Templates: slices.Clone(r.Templates), Groups: []apiv1.Group{}, Driver: r.Driver,
+			AnkaVersion:  apiv1.AnkaVersion{Product: "Corral " + r.Driver + " driver", Version: r.AgentVersion},
+			AgentVersion: r.AgentVersion, LastUpdated: n.ReportedAt,
+		}
+		if !n.ReportedAt.IsZero() {
+			node.Timestamp = n.ReportedAt.Unix()
 		}
 		if node.Templates == nil {
 			node.Templates = []apiv1.NodeTemplate{}

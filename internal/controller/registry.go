@@ -1,12 +1,15 @@
 package controller
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
+	"strconv"
 	"sync"
 
 	apiv1 "github.com/corral-build/corral/api/v1"
@@ -23,6 +26,8 @@ type Registry interface {
 	DeleteTemplate(ctx context.Context, id, tag string) error
 	// Revert drops the latest tag.
 	Revert(ctx context.Context, id string) error
+	// RevertTo drops every tag after tag (or number, when >= 0).
+	RevertTo(ctx context.Context, id, tag string, number int) error
 	Disk(ctx context.Context) (apiv1.Disk, error)
 }
 
@@ -153,6 +158,22 @@ func (f *FileRegistry) Revert(_ context.Context, id string) error {
 				break
 			}
 		}
+		return true, nil
+	})
+}
+
+func (f *FileRegistry) RevertTo(ctx context.Context, id, tag string, number int) error {
+	if tag == "" && number < 0 {
+		return f.Revert(ctx, id)
+	}
+	return f.edit(id, func(t *apiv1.TemplateDetail) (bool, error) {
+		at := slices.IndexFunc(t.Versions, func(v apiv1.TemplateVersion) bool {
+			return tag != "" && v.Tag == tag || tag == "" && v.Number == number
+		})
+		if at < 0 {
+			return true, &NoSuchTagError{cmp.Or(tag, strconv.Itoa(number))}
+		}
+		t.Versions = t.Versions[:at+1]
 		return true, nil
 	})
 }

@@ -64,6 +64,10 @@ func (r *RemoteRegistry) Revert(ctx context.Context, id string) error {
 	return registryErr(r.c.Revert(ctx, id))
 }
 
+func (r *RemoteRegistry) RevertTo(ctx context.Context, id, tag string, number int) error {
+	return registryErr(r.c.RevertTo(ctx, id, tag, number))
+}
+
 func (r *RemoteRegistry) Disk(ctx context.Context) (apiv1.Disk, error) {
 	d, err := r.c.Disk(ctx)
 	return d, registryErr(err)

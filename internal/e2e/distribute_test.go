@@ -55,6 +55,27 @@ func TestDistribute(t *testing.T) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+
+	// The reference's shape of ?id=, the list, and cancelling.
+	d := ok(t, "GET", base+"/registry/vm/distribute?id="+req, "").(map[string]any)
+	r := d["request"].(map[string]any)
+	if r["request_id"] != req || r["template_id"] != res.TemplateID || r["time_requested"] == "" {
+		t.Fatalf("request %v", r)
+	}
+	for node, st := range d["distribute_status"].(map[string]any) {
+		if m := st.(map[string]any); m["status"] != true || m["progress"] != 1.0 {
+			t.Fatalf("node %s: %v", node, m)
+		}
+	}
+	if list := ok(t, "GET", base+"/registry/vm/distribute", "").([]any); len(list) != 2 {
+		t.Fatalf("list of distributions: %d, want 2", len(list))
+	}
+	ok(t, "DELETE", base+"/registry/vm/distribute?id="+req, "")
+	fail(t, "GET", base+"/registry/vm/distribute?id="+req, "", 200, apiv1.MsgNotFound)
+	fail(t, "DELETE", base+"/registry/vm/distribute", `{"id":"`+req+`"}`, 200, apiv1.MsgNotFound)
+	if list := ok(t, "GET", base+"/registry/vm/distribute", "").([]any); len(list) != 1 {
+		t.Fatalf("after cancelling one: %d, want 1", len(list))
+	}
 }
 
 func heldTemplates(t *testing.T, base string) int {

@@ -189,6 +189,7 @@ func TestHungRegistryDoesNotStallScheduling(t *testing.T) {
 
 	// The controller's template lookups now hang; node pulls still work.
 	c.RegistryProxy.Set("/registry/vm", faultproxy.Fault{Hang: true})
+	c.RegistryProxy.Set("/registry/v2/vm", faultproxy.Fault{Hang: true})
 	c.RegistryProxy.Set("/registry/status", faultproxy.Fault{Hang: true})
 	sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
@@ -199,7 +200,7 @@ func TestHungRegistryDoesNotStallScheduling(t *testing.T) {
 	for _, id := range more {
 		c.WaitState(id, apiv1.StateStarted, 30*time.Second)
 	}
-	if c.RegistryProxy.Hits("/registry/vm") == 0 {
+	if c.RegistryProxy.Hits("/registry/vm")+c.RegistryProxy.Hits("/registry/v2/vm") == 0 {
 		t.Fatal("the controller never asked the hung registry: the fault was not exercised")
 	}
 }

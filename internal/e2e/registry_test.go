@@ -510,3 +510,54 @@ func TestS3Replicas(t *testing.T) {
 		t.Fatalf("no chunks under the bucket prefix: %v", err)
 	}
 }
+
+// TestRevertToTag: DELETE /registry/revert with a tag or number (query or
+// body) drops every tag after it, as the reference does; it only ever
+// dropped the latest.
+func TestRevertToTag(t *testing.T) {
+	c := testenv.StartCluster(t, testenv.Options{Registry: true})
+	rc, _ := client.NewRegistry(c.Registry.URL)
+	ctx := context.Background()
+	src := newVMDir(t, 0, 1)
+	os.WriteFile(filepath.Join(src, "config.json"), []byte(fmt.Sprintf(`{"arch":%q}`, runtimeArch())), 0o644)
+	var id string
+	for _, tag := range []string{"v1", "v2", "v3", "v4", "v5"} {
+		res, err := rc.Push(ctx, client.PushOptions{Source: src, Template: "reverting", Tag: tag})
+		if err != nil {
+			t.Fatal(err)
+		}
+		id = res.TemplateID
+	}
+	tags := func() string {
+		d, err := rc.Template(ctx, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out []string
+		for _, v := range d.Versions {
+			out = append(out, v.Tag)
+		}
+		return strings.Join(out, ",")
+	}
+	base := c.Controllers[0].URL + "/api/v1"
+	ok(t, "DELETE", base+"/registry/revert?id="+id+"&tag=v4", "")
+	if got := tags(); got != "v1,v2,v3,v4" {
+		t.Fatalf("after revert to v4: %s", got)
+	}
+	ok(t, "DELETE", base+"/registry/revert?id="+id, `{"tag":"v2"}`)
+	if got := tags(); got != "v1,v2" {
+		t.Fatalf("after revert to v2 (body): %s", got)
+	}
+	fail(t, "DELETE", base+"/registry/revert?id="+id+"&tag=v9", "", 200, "No such tag v9")
+	fail(t, "DELETE", base+"/registry/revert?id="+id+"&number=x", "", 200, "number: must be a non-negative integer, got \"x\"")
+	if err := rc.RevertTo(ctx, id, "", 1); err != nil { // the first tag's number
+		t.Fatal(err)
+	}
+	if got := tags(); got != "v1" {
+		t.Fatalf("after revert to number 1: %s", got)
+	}
+	ok(t, "DELETE", base+"/registry/revert?id="+id, "")
+	if got := tags(); got != "" {
+		t.Fatalf("after a plain revert: %q", got)
+	}
+}

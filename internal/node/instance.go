@@ -215,7 +215,7 @@ func (in *instance) startupScript(vm driver.VM) bool {
 	case res.DidTimeout:
 		reason = fmt.Sprintf("startup script timed out after %ds", spec.ScriptTimeout)
 	case res.ReturnCode != 0:
-		reason = fmt.Sprintf("startup script failed with exit code %d", res.ReturnCode)
+		reason = fmt.Sprintf("startup script exit code %d", res.ReturnCode) // the reference's wording
 	default:
 		info := vm.Info()
 		in.report(apiv1.InstanceStatus{State: apiv1.StateStarted, VMInfo: &info, StartupScript: &res})

@@ -40,7 +40,7 @@ func (a *Agent) describe() error {
 	a.report = apiv1.NodeReport{
 		NodeID: id, NodeName: name, IPAddress: ip, HostArch: runtime.GOARCH, CPUCount: runtime.NumCPU(),
 		RAMMB: memoryMB(), DiskSize: total, FreeDiskSpace: free, Capacity: capacity,
-		Driver: a.cfg.Driver.Name(), Groups: a.cfg.Groups, Templates: []apiv1.NodeTemplate{},
+		Driver: a.cfg.Driver.Name(), AgentVersion: apiv1.Version, Groups: a.cfg.Groups, Templates: []apiv1.NodeTemplate{},
 	}
 	return nil
 }

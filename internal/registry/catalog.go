@@ -70,10 +70,11 @@ func (r *Registry) ociTemplate(ctx context.Context, repo string) (apiv1.Template
 	d := apiv1.TemplateDetail{Template: apiv1.Template{ID: apiv1.OCITemplateID(repo), Name: repo}, Versions: []apiv1.TemplateVersion{}}
 	for i, v := range versions {
 		v.Number = i + 1
+		v.Arch, v.LastPush, v.CreationDate = v.arch, v.pushed.Unix(), v.pushed.Unix()
 		d.Versions = append(d.Versions, v.TemplateVersion)
 	}
 	last := versions[len(versions)-1]
-	d.Size, d.Arch = last.Size, last.arch
+	d.Size, d.Arch, d.LastPush = last.Size, last.arch, last.pushed.Unix()
 	return d, nil
 }
 

@@ -49,6 +49,10 @@ func (t tagRecord) version(m apiv1.Manifest) apiv1.TemplateVersion {
 			v.Images = append(v.Images, f.Name)
 		}
 	}
+	if len(v.StateFiles) > 0 {
+		v.StateFile = v.StateFiles[0]
+	}
+	v.LastPush, v.CreationDate = t.Created.Unix(), t.Created.Unix()
 	return v
 }
 
@@ -129,7 +133,10 @@ func (r *Registry) nativeTemplates(ctx context.Context) ([]apiv1.Template, error
 		}
 		tmpl := apiv1.Template{ID: t.ID, Name: t.Name, Arch: t.Arch}
 		if len(tags) > 0 {
-			tmpl.Size = tags[len(tags)-1].Size
+			tmpl.Size, tmpl.LastPush = tags[len(tags)-1].Size, tags[len(tags)-1].Created.Unix()
+		}
+		for _, tag := range tags {
+			tmpl.LastPull = max(tmpl.LastPull, r.lastPull(ctx, t.ID, tag.Number))
 		}
 		out = append(out, tmpl)
 	}
@@ -160,8 +167,11 @@ func (r *Registry) GetTemplate(ctx context.Context, id string) (apiv1.TemplateDe
 		if err := r.readMeta(ctx, manifestPath(tag.Manifest), &m); err != nil {
 			return d, fmt.Errorf("template %s tag %s: %w", id, tag.Tag, err)
 		}
-		d.Versions = append(d.Versions, tag.version(m))
-		d.Size = tag.Size
+		v := tag.version(m)
+		v.Arch, v.LastPull = t.Arch, r.lastPull(ctx, id, tag.Number)
+		d.Versions = append(d.Versions, v)
+		d.Size, d.LastPush = tag.Size, v.LastPush
+		d.LastPull = max(d.LastPull, v.LastPull)
 	}
 	return d, nil
 }
@@ -183,7 +193,11 @@ func (r *Registry) TagManifest(ctx context.Context, id, tag string) (apiv1.TagMa
 		return apiv1.TagManifest{}, err
 	}
 	out := apiv1.TagManifest{TemplateID: id, TemplateName: t.Name, Arch: t.Arch, Tag: rec.Tag, Number: rec.Number}
-	return out, r.readMeta(ctx, manifestPath(rec.Manifest), &out.Manifest)
+	if err := r.readMeta(ctx, manifestPath(rec.Manifest), &out.Manifest); err != nil {
+		return out, err
+	}
+	r.notePull(ctx, id, rec.Number)
+	return out, nil
 }
 
 func (r *Registry) findTag(ctx context.Context, id, tag string) (tagRecord, error) {
@@ -231,6 +245,31 @@ func (r *Registry) DeleteTag(ctx context.Context, id, tag string) error {
 // Revert drops the template's latest tag.
 func (r *Registry) Revert(ctx context.Context, id string) error { return r.DeleteTag(ctx, id, "") }
 
+// RevertTo drops every tag after the one named (by tag, or by number when
+// number >= 0), newest first, so a crash leaves the template reverted part
+// of the way and a retry finishes. Neither given: drop the latest tag.
+func (r *Registry) RevertTo(ctx context.Context, id, tag string, number int) error {
+	if tag == "" && number < 0 {
+		return r.Revert(ctx, id)
+	}
+	d, err := r.GetTemplate(ctx, id)
+	if err != nil {
+		return err
+	}
+	at := slices.IndexFunc(d.Versions, func(v apiv1.TemplateVersion) bool {
+		return tag != "" && v.Tag == tag || tag == "" && v.Number == number
+	})
+	if at < 0 {
+		return ErrTagNotFound
+	}
+	for i := len(d.Versions) - 1; i > at; i-- {
+		if err := r.DeleteTag(ctx, id, d.Versions[i].Tag); err != nil && !errors.Is(err, ErrTagNotFound) {
+			return err
+		}
+	}
+	return nil
+}
+
 func (r *Registry) DeleteTemplate(ctx context.Context, id string) error {
 	t, err := r.template(ctx, id)
 	if errors.Is(err, ErrNotFound) && validName.MatchString(id) {
@@ -245,6 +284,15 @@ func (r *Registry) DeleteTemplate(ctx context.Context, id string) error {
 	}
 	for _, tag := range tags {
 		if err := r.st.Delete(ctx, tagPath(id, tag.Number)); err != nil {
+			return err
+		}
+	}
+	pulls, err := r.st.List(ctx, "templates/"+id+"/pulls")
+	if err != nil {
+		return err
+	}
+	for _, p := range pulls {
+		if err := r.st.Delete(ctx, p); err != nil {
 			return err
 		}
 	}
@@ -390,4 +438,26 @@ func validateCommit(req apiv1.CommitRequest) error {
 		}
 	}
 	return nil
+}
+
+// Last pulls are kept beside the tag records (templates/<id>/pulls/<n>), never
+// in them: a pull racing a delete must not bring a tag back. A pull is noted
+// when the last noted one is over an hour old, so pulls cost no write each.
+func pullPath(id string, n int) string { return fmt.Sprintf("templates/%s/pulls/%d", id, n) }
+
+func (r *Registry) lastPull(ctx context.Context, id string, n int) int64 {
+	info, err := r.st.Stat(ctx, pullPath(id, n))
+	if err != nil {
+		return 0
+	}
+	return info.ModTime.Unix()
+}
+
+func (r *Registry) notePull(ctx context.Context, id string, n int) {
+	if last := r.lastPull(ctx, id, n); last > 0 && time.Since(time.Unix(last, 0)) < time.Hour {
+		return
+	}
+	if err := r.st.Put(ctx, pullPath(id, n), strings.NewReader(""), storage.Replace); err != nil {
+		r.log.Warn("note template pull", "template", id, "tag_number", n, "err", err)
+	}
 }

@@ -82,3 +82,32 @@ func (s *Store) PurgeFinishedDistributions(ctx context.Context, retention time.D
 		return !pending && !d.TS.After(cutoff), nil
 	})
 }
+
+// ListDistributions returns every request, oldest first.
+func (s *Store) ListDistributions(ctx context.Context) ([]apiv1.Distribution, error) {
+	ds, _, err := list[apiv1.Distribution](ctx, s.cli, s.prefix+"distributions/")
+	return ds, err
+}
+
+// CancelDistribution drops a request and the pulls its nodes have not
+// started (a pull under way finishes; its outcome finds no request).
+func (s *Store) CancelDistribution(ctx context.Context, id string) error {
+	var d apiv1.Distribution
+	rev, err := s.get(ctx, s.prefix+"distributions/"+id, &d)
+	if err != nil {
+		return err
+	}
+	key := s.prefix + "distributions/" + id
+	ops := []clientv3.Op{clientv3.OpDelete(key)}
+	for node := range d.Nodes {
+		ops = append(ops, clientv3.OpDelete(s.distributeKey(node, id)))
+	}
+	resp, err := s.cli.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(key), "=", rev)).Then(ops...).Commit()
+	if err != nil {
+		return fmt.Errorf("cancel distribution %s: %w", id, err)
+	}
+	if !resp.Succeeded {
+		return s.CancelDistribution(ctx, id) // changed meanwhile: read it again
+	}
+	return nil
+}

@@ -21,6 +21,7 @@ type NodeRecord struct {
 	Groups           []string         `json:"groups"` // group ids
 	LeaseID          int64            `json:"lease_id"`
 	JoinedAt         time.Time        `json:"joined_at"`
+	ReportedAt       time.Time        `json:"reported_at,omitzero"`
 	// CredentialHash is the SHA-256 of the node's own credential, issued
 	// at its last join.
 	CredentialHash string `json:"credential_hash,omitempty"`
@@ -80,6 +81,7 @@ func (s *Store) JoinNode(ctx context.Context, report apiv1.NodeReport, groups []
 			rec = NodeRecord{Groups: groups, JoinedAt: time.Now().UTC()}
 		}
 		rec.Report = report
+		rec.ReportedAt = time.Now().UTC()
 		rec.LeaseID = int64(lease.ID)
 		resp, err := s.cli.Txn(ctx).
 			If(clientv3.Compare(clientv3.ModRevision(key), "=", rev)).

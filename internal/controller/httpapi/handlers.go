@@ -1,7 +1,9 @@
 package httpapi
 
 import (
+	"cmp"
 	"net/http"
+	"strconv"
 
 	apiv1 "github.com/corral-build/corral/api/v1"
 	"github.com/corral-build/corral/internal/controller"
@@ -175,7 +177,27 @@ func (a *API) registryRevert(r *http.Request) (any, error) {
 	if id == "" {
 		return nil, &apiv1.FieldError{Field: "id", Reason: "required as ?id="}
 	}
-	return okNoBody{}, a.svc.Registry().Revert(r.Context(), id)
+	var body struct {
+		Tag    string         `json:"tag"`
+		Number *apiv1.FlexInt `json:"number"`
+	}
+	if r.ContentLength != 0 {
+		if err := decode(r, &body); err != nil {
+			return nil, err
+		}
+	}
+	tag, number := cmp.Or(r.URL.Query().Get("tag"), body.Tag), -1
+	if body.Number != nil {
+		number = int(*body.Number)
+	}
+	if n := r.URL.Query().Get("number"); n != "" {
+		v, err := strconv.Atoi(n)
+		if err != nil || v < 0 {
+			return nil, &apiv1.FieldError{Field: "number", Reason: "must be a non-negative integer, got " + strconv.Quote(n)}
+		}
+		number = v
+	}
+	return okNoBody{}, a.svc.Registry().RevertTo(r.Context(), id, tag, number)
 }
 
 func (a *API) registryDisk(r *http.Request) (any, error) { return a.svc.Registry().Disk(r.Context()) }
@@ -192,9 +214,26 @@ func (a *API) distribute(r *http.Request) (any, error) {
 func (a *API) distribution(r *http.Request) (any, error) {
 	id := r.URL.Query().Get("id")
 	if id == "" {
-		return nil, &apiv1.FieldError{Field: "id", Reason: "required as ?id="}
+		return a.svc.Distributions(r.Context())
 	}
 	return a.svc.Distribution(r.Context(), id)
+}
+
+func (a *API) cancelDistribution(r *http.Request) (any, error) {
+	var req struct {
+		ID        string `json:"id"`
+		RequestID string `json:"request_id"`
+	}
+	if r.ContentLength != 0 {
+		if err := decode(r, &req); err != nil {
+			return nil, err
+		}
+	}
+	id := cmp.Or(r.URL.Query().Get("id"), req.ID, req.RequestID)
+	if id == "" {
+		return nil, &apiv1.FieldError{Field: "id", Reason: "required (?id= or a body {\"id\"})"}
+	}
+	return okNoBody{}, a.svc.CancelDistribution(r.Context(), id)
 }
 
 func (a *API) listPermissionGroups(r *http.Request) (any, error) {

@@ -75,6 +75,7 @@ func (a *API) routes() []route {
 	mux.Handle("GET /api/v1/registry/disk", h(a.registryDisk))
 	mux.Handle("POST /api/v1/registry/vm/distribute", h(a.distribute))
 	mux.Handle("GET /api/v1/registry/vm/distribute", h(a.distribution))
+	mux.Handle("DELETE /api/v1/registry/vm/distribute", h(a.cancelDistribution))
 	// Registry tokens: the route checks its callers itself (users, nodes).
 	mux.Handle("GET /api/v1/registry/token", h(a.registryToken))
 

@@ -5,6 +5,7 @@
 package httpapi
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -74,7 +75,7 @@ func (a *api) routes(g *guard) []route {
 	add("GET /registry/status", h(a.status))
 	add("GET /livez", http.HandlerFunc(livez))
 	add("GET /readyz", http.HandlerFunc(a.readyz))
-	add("GET /registry/vm", h(a.templates))
+	add("GET /registry/vm", h(a.templatesV1))
 	add("GET /registry/v2/vm", h(a.templates))
 	add("GET /registry/vm/arch", h(a.arch))
 	add("DELETE /registry/vm", h(a.delete))
@@ -181,6 +182,21 @@ func (a *api) status(*http.Request) (any, error) {
 	return apiv1.RegistryStatus{Status: "Running", Version: apiv1.Version}, nil
 }
 
+// templatesV1 is GET /registry/vm: the reference's v1 list, one {id: name}
+// object per template (the v2 list of objects is /registry/v2/vm); with
+// ?id=, the template itself.
+func (a *api) templatesV1(r *http.Request) (any, error) {
+	if r.URL.Query().Get("id") != "" {
+		return a.templates(r)
+	}
+	list, err := a.reg.ListTemplates(r.Context())
+	out := []map[string]string{}
+	for _, t := range list {
+		out = append(out, map[string]string{t.ID: t.Name})
+	}
+	return out, err
+}
+
 func (a *api) templates(r *http.Request) (any, error) {
 	if id := r.URL.Query().Get("id"); id != "" {
 		return a.reg.GetTemplate(r.Context(), id)
@@ -212,12 +228,53 @@ func (a *api) delete(r *http.Request) (any, error) {
 	return noBody{}, a.reg.DeleteTemplate(r.Context(), q.Get("id"))
 }
 
+// revert drops the latest tag, or every tag after ?tag= / ?number= (or a
+// body {"tag"} / {"number"}).
 func (a *api) revert(r *http.Request) (any, error) {
-	id := r.URL.Query().Get("id")
+	q := r.URL.Query()
+	id := q.Get("id")
 	if id == "" {
 		return nil, &registry.InvalidError{Field: "id", Reason: "required as ?id="}
 	}
-	return noBody{}, a.reg.Revert(r.Context(), id)
+	tag, number, err := revertTarget(r)
+	if err != nil {
+		return nil, err
+	}
+	return noBody{}, a.reg.RevertTo(r.Context(), id, tag, number)
+}
+
+// revertTarget reads the tag to revert to: ?tag=, ?number=, or a body.
+func revertTarget(r *http.Request) (string, int, error) {
+	q := r.URL.Query()
+	var body struct {
+		Tag    string         `json:"tag"`
+		Number *apiv1.FlexInt `json:"number"`
+	}
+	if r.ContentLength != 0 {
+		data, err := io.ReadAll(io.LimitReader(r.Body, 64<<10))
+		if err != nil {
+			return "", 0, &registry.InvalidError{Field: "body", Reason: err.Error()}
+		}
+		if err := apiv1.Decode(data, &body); err != nil {
+			var fe *apiv1.FieldError
+			if errors.As(err, &fe) {
+				return "", 0, &registry.InvalidError{Field: fe.Field, Reason: fe.Reason}
+			}
+			return "", 0, err
+		}
+	}
+	tag, number := cmp.Or(q.Get("tag"), body.Tag), -1
+	if body.Number != nil {
+		number = int(*body.Number)
+	}
+	if n := q.Get("number"); n != "" {
+		v, err := strconv.Atoi(n)
+		if err != nil || v < 0 {
+			return "", 0, &registry.InvalidError{Field: "number", Reason: "must be a non-negative integer, got " + strconv.Quote(n)}
+		}
+		number = v
+	}
+	return tag, number, nil
 }
 
 func (a *api) disk(r *http.Request) (any, error) {
