@@ -35,8 +35,8 @@ const (
 )
 
 func jsonUnmarshal(data []byte, v any) error { return json.Unmarshal(data, v) }
-func jsonIndent(v any) []byte             { b, _ := json.MarshalIndent(v, "", "  "); return b }
-func readRandom(b []byte)                 { rand.Read(b) }
+func jsonIndent(v any) []byte                { b, _ := json.MarshalIndent(v, "", "  "); return b }
+func readRandom(b []byte)                    { rand.Read(b) }
 
 // remoteRef is a parsed remote name: host[:port]/ns(/ns)*[:tag|@digest].
 type remoteRef struct {
