@@ -255,6 +255,9 @@ func (r *StartRequest) Normalize() (StartSpec, error) {
 		}
 		*dst = int(*v)
 	}
+	if r.USBDevice != "" {
+		return s, &FieldError{"usb_device", "not supported: no Corral driver passes USB devices to VMs"}
+	}
 	intField("count", r.Count, 1, MaxCount, &s.Count)
 	intField("version", r.Version, 1, 1<<31, &s.Version)
 	intField("priority", r.Priority, 1, 10000, &s.Priority)

@@ -70,6 +70,13 @@ type NodeConfigRequest struct {
 	DrainMode *FlexBool `json:"drain_mode"`
 	MaxVCPU   *FlexInt  `json:"max_vcpu_count"`
 	MaxVRAM   *FlexInt  `json:"max_vram"`
+	// The reference's other fields: max_vm_count is capacity; the rest are
+	// refused with a reason rather than ignored.
+	MaxVMCount   *FlexInt        `json:"max_vm_count"`
+	Name         *string         `json:"name"`
+	CapacityMode *string         `json:"capacity_mode"`
+	VCPUOverride json.RawMessage `json:"vcpu_override"`
+	RAMOverride  json.RawMessage `json:"ram_override"`
 }
 
 // NodeIDRequest is the body of DELETE /api/v1/node.

@@ -63,6 +63,22 @@ func (s *Service) ConfigureNode(ctx context.Context, req apiv1.NodeConfigRequest
 	if req.NodeID == "" {
 		return fieldErr("node_id", "required")
 	}
+	switch {
+	case req.MaxVMCount != nil && req.Capacity != nil && *req.MaxVMCount != *req.Capacity:
+		return fieldErr("max_vm_count", "is capacity: give one of them, or the same value")
+	case req.MaxVMCount != nil:
+		req.Capacity = req.MaxVMCount
+	}
+	switch {
+	case req.CapacityMode != nil && *req.CapacityMode != "number":
+		return fieldErr("capacity_mode", "only \"number\" is supported (capacity counts instances; limit resources with max_vcpu_count and max_vram)")
+	case req.Name != nil:
+		return fieldErr("name", "not supported: a node's name is the agent's (--name), reported at each join")
+	case len(req.VCPUOverride) > 0 && string(req.VCPUOverride) != "null":
+		return fieldErr("vcpu_override", "not supported: nodes report their CPUs; limit what instances use with max_vcpu_count")
+	case len(req.RAMOverride) > 0 && string(req.RAMOverride) != "null":
+		return fieldErr("ram_override", "not supported: nodes report their RAM; limit what instances use with max_vram")
+	}
 	for name, v := range map[string]*apiv1.FlexInt{"capacity": req.Capacity, "max_vcpu_count": req.MaxVCPU, "max_vram": req.MaxVRAM} {
 		if v != nil && (*v < 0 || *v > 10000000) {
 			return fieldErr(name, "must be a non-negative integer")

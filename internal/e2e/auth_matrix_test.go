@@ -30,6 +30,7 @@ var routeAccess = map[string]string{
 	"DELETE /api/v1/node/group/{group_id}":  apiv1.PermManageNodes,
 	"POST /api/v1/node/group":               apiv1.PermManageNodes,
 	"DELETE /api/v1/node/group":             apiv1.PermManageNodes,
+	"GET /api/v1/usb":                       apiv1.PermView,
 	"GET /api/v1/group":                     apiv1.PermView,
 	"POST /api/v1/group":                    apiv1.PermManageNodes,
 	"PUT /api/v1/group":                     apiv1.PermManageNodes,

@@ -154,6 +154,14 @@ func TestPriorityFallbackAndReasons(t *testing.T) {
 	ok(t, "PUT", base+"/node/config", mustJSON(map[string]any{"node_id": solo.NodeID, "drain_mode": false, "capacity": "3"}))
 	c.WaitState(low, apiv1.StateStarted, 10*time.Second)
 	c.WaitState(inEmpty, apiv1.StateStarted, 10*time.Second)
+	// max_vm_count is the reference's name for capacity.
+	ok(t, "POST", base+"/node/config", mustJSON(map[string]any{"node_id": solo.NodeID, "max_vm_count": 5, "capacity_mode": "number"}))
+	if n := ok(t, "GET", base+"/node?id="+solo.NodeID, "").([]any)[0].(map[string]any); n["capacity"] != 5.0 {
+		t.Fatalf("capacity after max_vm_count 5: %v", n["capacity"])
+	}
+	if usb := ok(t, "GET", base+"/usb", "").(map[string]any); len(usb) != 0 {
+		t.Fatalf("usb %v", usb)
+	}
 }
 
 func waitMessage(t *testing.T, c *testenv.Cluster, id, want string) {

@@ -64,6 +64,11 @@ func (a *API) nodeGroups(r *http.Request, add bool) (any, error) {
 	return okNoBody{}, a.svc.SetNodesGroups(r.Context(), req.GroupIDs, nodes, add)
 }
 
+// usb lists USB devices free for VMs by name, as the reference does: none,
+// since no Corral driver passes USB devices through (usb_device on a start
+// is refused).
+func (a *API) usb(*http.Request) (any, error) { return map[string]any{}, nil }
+
 func (a *API) listGroups(r *http.Request) (any, error) { return a.svc.ListGroups(r.Context()) }
 
 func (a *API) createGroup(r *http.Request) (any, error) {
