@@ -60,6 +60,9 @@ type Assignment struct {
 	// Terminate marks a stored assignment the controller wants gone; the
 	// long poll lists such instances in Assignments.Terminate instead.
 	Terminate bool `json:"terminate,omitempty"`
+	// Restarts counts restarts asked for (POST /api/v1/rpc/vm/restart): a
+	// node whose VM ran an older count stops and starts it again in place.
+	Restarts int `json:"restarts,omitempty"`
 }
 
 // Assignments is the long-poll answer: the full desired set at Revision.

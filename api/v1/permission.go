@@ -3,7 +3,7 @@ package v1
 // Permissions a permission group can grant.
 const (
 	PermView               = "view"                // every GET: instances, nodes, groups, templates, the dashboard
-	PermStartInstances     = "start_instances"     // POST /api/v1/vm, PUT /api/v1/vm
+	PermStartInstances     = "start_instances"     // POST /api/v1/vm, PUT /api/v1/vm, POST /api/v1/rpc/vm/restart
 	PermTerminateInstances = "terminate_instances" // DELETE /api/v1/vm
 	PermManageNodes        = "manage_nodes"        // node config/drain/disjoin, groups, group membership
 	PermManageTemplates    = "manage_templates"    // registry delete/revert/distribute, /api/v1/image

@@ -204,6 +204,28 @@ func (s *Service) Terminate(ctx context.Context, id string) error {
 	return notFound(err)
 }
 
+// Restart stops and starts a Started instance's VM in place: same id, same
+// node and slot; the node reports it Started again (its startup script runs
+// again). The count in the assignment is the node's signal.
+func (s *Service) Restart(ctx context.Context, id string) error {
+	if id == "" {
+		return fieldErr("instance_id", "required")
+	}
+	_, err := s.st.UpdateInstance(ctx, id, func(r *store.InstanceRecord) (store.InstanceUpdate, error) {
+		if r.State != apiv1.StateStarted || !r.SlotHeld || r.NodeID == "" {
+			return store.InstanceUpdate{}, fieldErr("instance_id", "only a Started instance can be restarted (%s is %s)", id, r.State)
+		}
+		r.Restarts++
+		r.TS = time.Now().UTC()
+		r.Message = "restarting"
+		return store.InstanceUpdate{Restart: true}, nil
+	})
+	if err == nil {
+		s.log.Info("instance restart requested", "instance", id)
+	}
+	return notFound(err)
+}
+
 // StartInstancesOnce is StartInstances made idempotent by the client's
 // Idempotency-Key: a repeat of the same request with the same key (a retry
 // after a lost answer) returns the first answer's ids and creates nothing;

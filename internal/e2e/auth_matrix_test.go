@@ -39,6 +39,7 @@ var routeAccess = map[string]string{
 	"GET /api/v1/vm":                        apiv1.PermView,
 	"PUT /api/v1/vm":                        apiv1.PermStartInstances,
 	"DELETE /api/v1/vm":                     apiv1.PermTerminateInstances,
+	"POST /api/v1/rpc/vm/restart":           apiv1.PermStartInstances,
 	"GET /api/v1/registry/vm":               apiv1.PermView,
 	"DELETE /api/v1/registry/vm":            apiv1.PermManageTemplates,
 	"DELETE /api/v1/registry/revert":        apiv1.PermManageTemplates,

@@ -27,6 +27,33 @@ type instance struct {
 
 	mu sync.Mutex
 	vm driver.VM // once booted
+	// restartc carries an assignment with a higher restart count.
+	restartc chan apiv1.Assignment
+	asked    int // the highest restart count passed to restart
+}
+
+// restarts is the restart count of the assignment the instance runs (or
+// was last asked to run).
+func (in *instance) restarts() int {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	n := in.as.Restarts
+	if in.asked > n {
+		n = in.asked
+	}
+	return n
+}
+
+// restart asks the running instance to stop and start its VM in place.
+func (in *instance) restart(as apiv1.Assignment) {
+	in.mu.Lock()
+	in.asked = as.Restarts
+	in.mu.Unlock()
+	select {
+	case <-in.restartc: // a newer request replaces a pending one
+	default:
+	}
+	in.restartc <- as
 }
 
 // runningVM is the instance's VM once it booted, else nil.
@@ -38,7 +65,7 @@ func (in *instance) runningVM() driver.VM {
 
 func newInstance(a *Agent, as apiv1.Assignment) *instance {
 	ctx, cancel := context.WithCancel(context.Background())
-	return &instance{a: a, as: as, ctx: ctx, cancel: cancel}
+	return &instance{a: a, as: as, ctx: ctx, cancel: cancel, restartc: make(chan apiv1.Assignment, 1)}
 }
 
 // terminate asks the instance to destroy its VM and report Terminated.
@@ -90,19 +117,46 @@ func (in *instance) run() {
 		in.waitTerminate()
 		return
 	}
-	defer in.destroy(vm)
-	in.mu.Lock()
-	in.vm = vm
-	in.mu.Unlock()
-	if !in.startupScript(vm) {
-		<-in.ctx.Done()
-		return
-	}
-	select {
-	case <-in.ctx.Done():
-	case <-vm.Done():
-		in.fail(fmt.Sprintf("VM exited unexpectedly: %v", vm.Err()), vm, nil, true)
-		<-in.ctx.Done()
+	for {
+		in.mu.Lock()
+		in.vm = vm
+		in.mu.Unlock()
+		healthy := in.startupScript(vm)
+		var vmDone <-chan struct{}
+		if healthy {
+			vmDone = vm.Done()
+		}
+		select {
+		case <-in.ctx.Done():
+			in.destroy(vm)
+			return
+		case <-vmDone:
+			in.fail(fmt.Sprintf("VM exited unexpectedly: %v", vm.Err()), vm, nil, true)
+			<-in.ctx.Done()
+			in.destroy(vm)
+			return
+		case as := <-in.restartc:
+			// Restart in place: same instance, same slot, a new VM.
+			in.a.log.Info("restarting instance", "instance", as.InstanceID, "restarts", as.Restarts)
+			dctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			if err := vm.Destroy(dctx); err != nil {
+				in.a.log.Error("destroy VM for a restart", "instance", as.InstanceID, "err", err)
+			}
+			cancel()
+			in.mu.Lock()
+			in.vm = nil // the assignment is the same but for its count (in.asked)
+			in.mu.Unlock()
+			next, ok := in.boot()
+			if next == nil {
+				if ok { // failed, already reported
+					in.waitTerminate()
+				} else {
+					in.report(in.endState(nil))
+				}
+				return
+			}
+			vm = next
+		}
 	}
 }
 

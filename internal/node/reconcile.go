@@ -32,7 +32,11 @@ func (a *Agent) reconcile(desired []apiv1.Assignment, terminate []string) {
 	want := map[string]bool{}
 	for _, as := range desired {
 		want[as.InstanceID] = true
-		if _, ok := a.instances[as.InstanceID]; !ok {
+		if in, ok := a.instances[as.InstanceID]; ok {
+			if as.Restarts > in.restarts() {
+				in.restart(as)
+			}
+		} else {
 			in := newInstance(a, as)
 			in.lost = a.lost[as.InstanceID]
 			delete(a.lost, as.InstanceID)

@@ -24,6 +24,8 @@ type InstanceRecord struct {
 	FailedNodes []string `json:"failed_nodes,omitempty"`
 	// Caller is who started the instance (for per-caller limits).
 	Caller string `json:"caller,omitempty"`
+	// Restarts counts the restarts asked for; the assignment carries it.
+	Restarts int `json:"restarts,omitempty"`
 }
 
 // Finished reports whether the instance will never run again.
@@ -115,7 +117,10 @@ type InstanceUpdate struct {
 	// transaction: the node destroys the VM if it has one and confirms
 	// Terminated either way, even if it never saw the assignment.
 	Terminate bool
-	Skip      bool // leave the record unchanged
+	// Restart rewrites the assignment with the record's Restarts count in the
+	// same transaction: the node restarts the VM in place.
+	Restart bool
+	Skip    bool // leave the record unchanged
 }
 
 // UpdateInstance changes an instance atomically; the callback may also ask to
@@ -140,6 +145,19 @@ func (s *Store) UpdateInstance(ctx context.Context, id string, fn func(*Instance
 		case u.Terminate && nodeBefore != "":
 			marker := apiv1.Assignment{InstanceID: id, VMID: r.VMID, Tag: r.Tag, Terminate: true}
 			ops = append(ops, clientv3.OpPut(s.assignKey(nodeBefore, id), mustJSON(marker)))
+		case u.Restart && nodeBefore != "":
+			asg := apiv1.Assignment{InstanceID: id, VMID: r.VMID, Tag: r.Tag, Spec: r.Spec, Restarts: r.Restarts}
+			// Only while the assignment exists: a restart never re-places.
+			cmp := clientv3.Compare(clientv3.CreateRevision(s.assignKey(nodeBefore, id)), ">", 0)
+			resp, err := s.cli.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(key), "=", rev), cmp).
+				Then(append(ops, clientv3.OpPut(s.assignKey(nodeBefore, id), mustJSON(asg)))...).Commit()
+			if err != nil {
+				return r, fmt.Errorf("restart instance %s: %w", id, err)
+			}
+			if resp.Succeeded {
+				return r, nil
+			}
+			continue
 		}
 		resp, err := s.cli.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(key), "=", rev)).Then(ops...).Commit()
 		if err != nil {

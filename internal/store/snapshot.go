@@ -133,7 +133,7 @@ type Placement struct {
 // It returns the commit revision, or 0 when a check failed.
 func (s *Store) Place(ctx context.Context, p Placement, fence clientv3.Cmp) (int64, error) {
 	inst := p.Instance
-	asg := apiv1.Assignment{InstanceID: inst.InstanceID, VMID: inst.VMID, Tag: inst.Tag, Spec: inst.Spec}
+	asg := apiv1.Assignment{InstanceID: inst.InstanceID, VMID: inst.VMID, Tag: inst.Tag, Spec: inst.Spec, Restarts: inst.Restarts}
 	resp, err := s.cli.Txn(ctx).If(
 		fence,
 		clientv3.Compare(clientv3.ModRevision(s.instanceKey(inst.InstanceID)), "=", p.InstanceRev),

@@ -45,7 +45,7 @@ func requiredPermission(method, path string) string {
 		return apiv1.PermView
 	case p == "vm" && method == http.MethodDelete:
 		return apiv1.PermTerminateInstances
-	case p == "vm":
+	case p == "vm" || p == "rpc/vm/restart":
 		return apiv1.PermStartInstances
 	case strings.HasPrefix(p, "node") || strings.HasPrefix(p, "group"):
 		return apiv1.PermManageNodes

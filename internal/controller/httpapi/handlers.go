@@ -69,6 +69,17 @@ func (a *API) nodeGroups(r *http.Request, add bool) (any, error) {
 // is refused).
 func (a *API) usb(*http.Request) (any, error) { return map[string]any{}, nil }
 
+func (a *API) restartInstance(r *http.Request) (any, error) {
+	var req struct {
+		InstanceID string `json:"instance_id"`
+		ID         string `json:"id"`
+	}
+	if err := decode(r, &req); err != nil {
+		return nil, err
+	}
+	return okNoBody{}, a.svc.Restart(r.Context(), cmp.Or(req.InstanceID, req.ID, r.URL.Query().Get("id")))
+}
+
 func (a *API) listGroups(r *http.Request) (any, error) { return a.svc.ListGroups(r.Context()) }
 
 func (a *API) createGroup(r *http.Request) (any, error) {

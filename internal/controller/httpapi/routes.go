@@ -69,6 +69,7 @@ func (a *API) routes() []route {
 	mux.Handle("GET /api/v1/vm", h(a.getInstances))
 	mux.Handle("PUT /api/v1/vm", h(a.updateInstance))
 	mux.Handle("DELETE /api/v1/vm", h(a.terminateInstance))
+	mux.Handle("POST /api/v1/rpc/vm/restart", h(a.restartInstance))
 
 	mux.Handle("GET /api/v1/registry/vm", h(a.registryTemplates))
 	mux.Handle("DELETE /api/v1/registry/vm", h(a.registryDelete))
