@@ -229,13 +229,18 @@ func (s *Service) WaitAssignments(ctx context.Context, nodeID string, since int6
 // ReportStatus applies a node's instance reports. Reports for instances no
 // longer bound to the node are ignored, so a late report cannot resurrect one.
 func (s *Service) ReportStatus(ctx context.Context, rep apiv1.StatusReport) error {
-	if _, err := s.st.GetNode(ctx, rep.NodeID); errors.Is(err, store.ErrNotFound) {
+	node, err := s.st.GetNode(ctx, rep.NodeID)
+	if errors.Is(err, store.ErrNotFound) {
 		return ErrDisjoined // a disjoined node's instances are the scheduler's to fail
 	}
+	_ = err // other errors: the updates below fail with their own
 	for _, st := range rep.Instances {
 		_, err := s.st.UpdateInstance(ctx, st.InstanceID, func(r *store.InstanceRecord) (store.InstanceUpdate, error) {
 			if r.NodeID != rep.NodeID || !r.SlotHeld {
 				return store.InstanceUpdate{Skip: true}, nil
+			}
+			if strings.Contains(r.Name, "$node_") {
+				r.Name = nodeName(r.Name, rep.NodeID, node.Report.NodeName)
 			}
 			return applyStatus(r, st), nil
 		})

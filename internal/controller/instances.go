@@ -60,7 +60,7 @@ func (s *Service) StartInstances(ctx context.Context, spec apiv1.StartSpec) ([]s
 			Instance: apiv1.Instance{
 				InstanceID: id, State: apiv1.StateScheduling, AnkaRegistry: s.cfg.RegistryURL,
 				VMID: spec.VMID, Tag: spec.Tag, Version: spec.Version, GroupID: spec.GroupID,
-				ExternalID: spec.ExternalID, Name: instanceName(spec, tmpl.Name, now, i),
+				ExternalID: spec.ExternalID, Name: instanceName(spec, tmpl.Name, tmpl.ID, id, now, i),
 				InflightReqID: reqID, TS: now, CrTime: now, Arch: tmpl.Arch,
 				Priority: spec.Priority, Metadata: spec.Metadata,
 			},
@@ -105,13 +105,20 @@ func resolveTag(t apiv1.TemplateDetail, spec apiv1.StartSpec) (apiv1.TemplateVer
 	return latest, nil
 }
 
-// instanceName expands name_template's $template_name, $ts and $index.
-func instanceName(spec apiv1.StartSpec, templateName string, now time.Time, i int) string {
+// instanceName expands name_template's $template_name, $template_id,
+// $instance_id, $ts and $index; $node_id and $node_name are expanded once
+// the instance is placed (nodeName).
+func instanceName(spec apiv1.StartSpec, templateName, templateID, instanceID string, now time.Time, i int) string {
 	if spec.NameTemplate == "" {
 		return spec.Name
 	}
-	return strings.NewReplacer("$template_name", templateName, "$ts", strconv.FormatInt(now.Unix(), 10),
-		"$index", strconv.Itoa(i)).Replace(spec.NameTemplate)
+	return strings.NewReplacer("$template_name", templateName, "$template_id", templateID, "$instance_id", instanceID,
+		"$ts", strconv.FormatInt(now.Unix(), 10), "$index", strconv.Itoa(i)).Replace(spec.NameTemplate)
+}
+
+// nodeName expands $node_id and $node_name in a placed instance's name.
+func nodeName(name, nodeID, nodeName string) string {
+	return strings.NewReplacer("$node_id", nodeID, "$node_name", nodeName).Replace(name)
 }
 
 // GetInstance returns one instance's wire view.

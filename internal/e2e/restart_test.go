@@ -2,6 +2,8 @@ package e2e
 
 import (
 	"encoding/base64"
+	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -42,4 +44,19 @@ func TestRestartInPlace(t *testing.T) {
 	ok(t, "DELETE", base+"/vm", `{"id":"`+id+`"}`)
 	c.WaitState(id, apiv1.StateTerminated, 10*time.Second)
 	c.WaitState(other, apiv1.StateStarted, 10*time.Second)
+}
+
+// TestNameTemplate: name_template expands every variable the reference
+// documents; the node's once the instance is placed.
+func TestNameTemplate(t *testing.T) {
+	c := testenv.StartCluster(t, testenv.Options{Nodes: []testenv.NodeOptions{{Name: "mac-7", Capacity: 2}}})
+	base := c.Controllers[0].URL + "/api/v1"
+	ids := ok(t, "POST", base+"/vm", `{"vmid":"`+c.TemplateID+`","count":2,"name_template":"$template_name-$index-$node_name-$template_id-$instance_id-$node_id-$ts"}`).([]any)
+	for i, id := range ids {
+		in := c.WaitState(id.(string), apiv1.StateStarted, 10*time.Second)
+		want := fmt.Sprintf("test-template-%d-mac-7-%s-%s-%s-", i, c.TemplateID, id, in.NodeID)
+		if !strings.HasPrefix(in.Name, want) || strings.Contains(in.Name, "$") {
+			t.Fatalf("name %q, want %s<ts>", in.Name, want)
+		}
+	}
 }
