@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"path/filepath"
+	"strconv"
 	"time"
 
 	"github.com/corral-build/corral/internal/controller"
@@ -33,16 +34,16 @@ func (c *controllerFlags) register(f *flags, listenDefault string) {
 	f.String(&c.listen, "listen", listenDefault, "address of the REST API and dashboard", "ANKA_LISTEN_ADDR")
 	f.List(&c.etcdEndpoints, "etcd-endpoints", "", "external etcd cluster, comma-separated (empty: run etcd embedded)", "ANKA_ETCD_ENDPOINTS")
 	f.Bool(&c.standalone, "standalone", false, "run etcd inside this process even if endpoints are set", "ANKA_STANDALONE")
-	f.String(&c.dataDir, "data-dir", "corral-data", "directory of the embedded etcd (and the local template list)")
+	f.String(&c.dataDir, "data-dir", "corral-data", "directory of the embedded etcd (and the local template list)", "ANKA_DATA_DIR")
 	f.String(&c.etcdName, "etcd-name", "default", "embedded etcd member name")
 	f.String(&c.etcdClientURL, "etcd-client-url", "http://127.0.0.1:2379", "embedded etcd client URL")
 	f.String(&c.etcdPeerURL, "etcd-peer-url", "http://127.0.0.1:2380", "embedded etcd peer URL")
-	f.Duration(&c.compaction, "etcd-compaction", 30*time.Minute, "embedded etcd periodic history compaction retention")
+	f.HoursDuration(&c.compaction, "etcd-compaction", 30*time.Minute, "embedded etcd periodic history compaction retention", "ANKA_AUTO_COMPACTION_RETENTION")
 	f.String(&c.registryURL, "registry-url", "", "registry URL handed to nodes, e.g. http://10.0.0.5:8089 (no trailing slash)", "ANKA_ANKA_REGISTRY")
 	f.String(&c.localRegistryURL, "local-registry-url", "", "how this controller reaches the registry, when not by --registry-url (e.g. http://127.0.0.1:8089 in the same pod)", "ANKA_LOCAL_ANKA_REGISTRY")
 	f.String(&c.templatesFile, "templates-file", "", "JSON template list served until a registry is configured (default DATA_DIR/templates.json)")
 	f.String(&c.joinToken, "join-token", "", "token nodes present to join (default: generated once, kept in etcd)")
-	f.Duration(&c.leaseTTL, "node-lease-ttl", 15*time.Second, "a node that stays silent this long goes Offline and its instances fail")
+	f.Duration(&c.leaseTTL, "node-lease-ttl", 15*time.Second, "a node that stays silent this long goes Offline and its instances fail", "ANKA_NODE_ACTIVE_TIMEOUT")
 	f.Duration(&c.schedulerTTL, "scheduler-ttl", 5*time.Second, "how long a crashed scheduler leader blocks the others")
 	f.Duration(&c.retention, "instance-retention", time.Minute, "how long Terminated instances are kept", "ANKA_INSTANCE_TIME_OUT")
 	f.Int(&c.logLevel, "log-level", 0, "log verbosity: 0 info, 1+ debug, -1 warnings only", "ANKA_V")
@@ -68,7 +69,7 @@ func (c *controllerFlags) register(f *flags, listenDefault string) {
 	f.String(&c.defaultPermissionGroup, "default-permission-group", "", "permission group for API keys and certificates no permission group names (empty: they may do everything)")
 	f.Duration(&c.defragInterval, "defrag-interval", 0, "defragment etcd this often (0 = never; it blocks writes, so it waits while instances are Scheduling or Pulling)", "ANKA_DEFRAG_DB_INTERVAL")
 	f.Bool(&c.enableMetrics, "enable-metrics", false, "also serve Prometheus /metrics on --metrics-listen (it is always on the API port)", "ANKA_ENABLE_METRICS")
-	f.String(&c.metricsListen, "metrics-listen", ":2112", "address of the extra /metrics listener (with --enable-metrics)")
+	f.String(&c.metricsListen, "metrics-listen", ":2112", "address (or port) of the extra /metrics listener (with --enable-metrics)", "ANKA_METRICS_PORT")
 }
 
 func (c *controllerFlags) daemonConfig(log *slog.Logger) (daemon.Config, error) {
@@ -110,6 +111,7 @@ func (c *controllerFlags) daemonConfig(log *slog.Logger) (daemon.Config, error) 
 
 func runController(ctx context.Context, args []string, out io.Writer) error {
 	f := newFlags("controller", "Run a controller: the /api/v1 REST API and the scheduler. State lives in etcd only.", out)
+	f.warnAnka = true
 	var c controllerFlags
 	c.register(f, ":80")
 	var log *slog.Logger
@@ -140,6 +142,9 @@ func runController(ctx context.Context, args []string, out io.Writer) error {
 func metricsListen(enabled bool, addr string) string {
 	if !enabled {
 		return ""
+	}
+	if _, err := strconv.Atoi(addr); err == nil { // a bare port (ANKA_METRICS_PORT)
+		return ":" + addr
 	}
 	return addr
 }

@@ -18,6 +18,9 @@ type flags struct {
 	known   map[string]bool // env names this command reads
 	envErrs []error
 	lists   []listFlag
+	// warnAnka: also warn about ANKA_* variables no flag reads (the
+	// reference's controller and registry settings Corral does not have).
+	warnAnka bool
 }
 
 func newFlags(name, summary string, out io.Writer) *flags {
@@ -105,6 +108,33 @@ func (f *flags) Duration(p *time.Duration, name string, def time.Duration, usage
 	*p = def
 }
 
+// HoursDuration is a duration flag whose bare numbers are hours (etcd's
+// auto-compaction retention), not seconds.
+func (f *flags) HoursDuration(p *time.Duration, name string, def time.Duration, usage string, aliases ...string) {
+	parse := func(s string) (time.Duration, error) {
+		if n, err := strconv.ParseFloat(strings.TrimSpace(s), 64); err == nil {
+			return time.Duration(n * float64(time.Hour)), nil
+		}
+		return parseDuration(s)
+	}
+	if v, n, ok := f.env(name, aliases); ok {
+		d, err := parse(v)
+		if err != nil {
+			f.envErrs = append(f.envErrs, fmt.Errorf("%s=%q: %v", n, v, err))
+		} else {
+			def = d
+		}
+	}
+	f.fs.Func(name, f.help(usage+fmt.Sprintf(" (default %s; a bare number is hours)", def), name, aliases), func(s string) error {
+		d, err := parse(s)
+		if err == nil {
+			*p = d
+		}
+		return err
+	})
+	*p = def
+}
+
 func parseDuration(s string) (time.Duration, error) {
 	s = strings.TrimSpace(s)
 	if n, err := strconv.Atoi(s); err == nil {
@@ -148,6 +178,10 @@ func (f *flags) Parse(args []string, log func() *slog.Logger) error {
 		name, _, _ := strings.Cut(kv, "=")
 		if strings.HasPrefix(name, "CORRAL_") && !f.known[name] && log != nil {
 			log().Warn("ignoring unknown environment variable", "name", name)
+		}
+		if f.warnAnka && strings.HasPrefix(name, "ANKA_") && !f.known[name] && log != nil {
+			log().Warn("ignoring a setting of the reference product Corral does not read (see `corral "+
+				strings.TrimPrefix(f.fs.Name(), "corral ")+" --help` for the ones it does)", "name", name)
 		}
 	}
 	return nil

@@ -177,3 +177,38 @@ func TestUpListensOnLoopbackByDefault(t *testing.T) {
 		t.Fatalf("up --listen: %q, want the loopback default", usage)
 	}
 }
+
+// The reference's settings: those with a Corral equivalent are aliases;
+// every other ANKA_* the controller does not read is warned about by name
+// (only unknown CORRAL_* were).
+func TestAnkaVariables(t *testing.T) {
+	t.Setenv("ANKA_NODE_ACTIVE_TIMEOUT", "30")
+	t.Setenv("ANKA_AUTO_COMPACTION_RETENTION", "2")
+	t.Setenv("ANKA_DATA_DIR", "/var/lib/anka")
+	t.Setenv("ANKA_METRICS_PORT", "9100")
+	t.Setenv("ANKA_ENABLE_METRICS", "true")
+	t.Setenv("ANKA_LOG_DIR", "/var/log/anka-controller")
+	t.Setenv("ANKA_ENABLE_CENTRAL_LOGGING", "true")
+	var logs bytes.Buffer
+	f := newFlags("controller", "", &bytes.Buffer{})
+	f.warnAnka = true
+	var c controllerFlags
+	c.register(f, ":80")
+	if err := f.Parse(nil, func() *slog.Logger { return slog.New(slog.NewTextHandler(&logs, nil)) }); err != nil {
+		t.Fatal(err)
+	}
+	if c.leaseTTL != 30*time.Second || c.compaction != 2*time.Hour || c.dataDir != "/var/lib/anka" ||
+		metricsListen(c.enableMetrics, c.metricsListen) != ":9100" {
+		t.Fatalf("aliases: ttl %v compaction %v data %q metrics %q", c.leaseTTL, c.compaction, c.dataDir, metricsListen(c.enableMetrics, c.metricsListen))
+	}
+	for _, name := range []string{"ANKA_LOG_DIR", "ANKA_ENABLE_CENTRAL_LOGGING"} {
+		if !strings.Contains(logs.String(), "name="+name) {
+			t.Errorf("no warning about %s: %q", name, logs.String())
+		}
+	}
+	for _, name := range []string{"ANKA_NODE_ACTIVE_TIMEOUT", "ANKA_METRICS_PORT", "ANKA_DATA_DIR"} {
+		if strings.Contains(logs.String(), "name="+name) {
+			t.Errorf("warned about %s, which is read", name)
+		}
+	}
+}

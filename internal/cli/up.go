@@ -21,6 +21,7 @@ import (
 
 func runUp(ctx context.Context, args []string, out io.Writer) error {
 	f := newFlags("up", "Run a whole build cloud on this machine: embedded etcd, a controller, a registry and a local node.", out)
+	f.warnAnka = true
 	var c controllerFlags
 	var n nodeFlags
 	var r registryFlags
