@@ -25,6 +25,13 @@ func (s *Service) SaveImage(ctx context.Context, req apiv1.ImageRequest) (string
 	if !apiv1.NamePattern.MatchString(req.Tag) {
 		return "", fieldErr("tag", "want 1-128 letters, digits or ._+@-, got %q", req.Tag)
 	}
+	switch {
+	case req.RevertTag != "":
+		return "", fieldErr("revert_tag", "not supported: revert the target with DELETE /api/v1/registry/revert?id=&tag= first, or use revert_before_push")
+	case req.DoSuspendTest:
+		return "", fieldErr("do_suspend_sanity_test", "not supported: no Corral driver can test a suspended image")
+	}
+	suspend := req.Suspend == nil || bool(*req.Suspend) // the reference's default
 	if req.NewTemplateName != "" && req.TargetVMID != "" {
 		return "", fieldErr("new_template_name", "give new_template_name or target_vm_id, not both")
 	}
@@ -47,7 +54,9 @@ func (s *Service) SaveImage(ctx context.Context, req apiv1.ImageRequest) (string
 	}
 
 	img := apiv1.Image{RequestID: apiv1.NewID(), InstanceID: req.ID, NodeID: rec.NodeID, Tag: req.Tag,
-		Description: req.Description, Status: apiv1.ImagePending, CrTime: time.Now().UTC()}
+		Description: req.Description, Status: apiv1.ImagePending, CrTime: time.Now().UTC(),
+		VMID: rec.VMID, NewTemplateName: req.NewTemplateName, Suspend: suspend, RevertBeforePush: req.RevertBeforePush,
+		CancelOnScriptFailure: req.CancelOnScriptFailure, Script: req.Script}
 	img.TS = img.CrTime
 	switch {
 	case req.NewTemplateName != "":
@@ -69,7 +78,8 @@ func (s *Service) SaveImage(ctx context.Context, req apiv1.ImageRequest) (string
 		img.TemplateID, img.TemplateName = tmpl.ID, tmpl.Name
 	}
 	save := apiv1.ImageSave{RequestID: img.RequestID, InstanceID: req.ID, TemplateName: img.TemplateName, Tag: req.Tag,
-		Description: req.Description, Suspend: req.Suspend, RevertBeforePush: req.RevertBeforePush, Script: scriptBytes(req.Script)}
+		Description: req.Description, Suspend: suspend, RevertBeforePush: req.RevertBeforePush, Script: scriptBytes(req.Script),
+		CancelOnScriptFailure: req.CancelOnScriptFailure}
 	if err := s.st.CreateImage(ctx, img, save); errors.Is(err, store.ErrNotFound) {
 		return "", fieldErr("id", "instance %s left its node meanwhile", req.ID)
 	} else if err != nil {
@@ -98,23 +108,27 @@ func scriptBytes(s string) []byte {
 }
 
 // Images lists save-image requests, newest first.
-func (s *Service) Images(ctx context.Context) ([]apiv1.Image, error) {
+func (s *Service) Images(ctx context.Context) ([]apiv1.ImageView, error) {
 	list, err := s.st.ListImages(ctx)
 	slices.SortFunc(list, func(a, b apiv1.Image) int { return b.CrTime.Compare(a.CrTime) })
-	return list, err
+	out := []apiv1.ImageView{}
+	for _, img := range list {
+		out = append(out, img.View(s.cfg.RegistryURL))
+	}
+	return out, err
 }
 
 // Image returns one save-image request.
-func (s *Service) Image(ctx context.Context, id string) (apiv1.Image, error) {
+func (s *Service) Image(ctx context.Context, id string) (apiv1.ImageView, error) {
 	img, err := s.st.GetImage(ctx, id)
-	return img, notFound(err)
+	return img.View(s.cfg.RegistryURL), notFound(err)
 }
 
 // FinishImage records a node's outcome; a saved instance is terminated (its
 // VM was stopped to be saved).
 func (s *Service) FinishImage(ctx context.Context, r apiv1.ImageResult) error {
 	img, err := s.st.FinishImage(ctx, r.NodeID, r.RequestID, func(img *apiv1.Image) {
-		img.Status, img.Message = apiv1.ImageDone, r.Note
+		img.Status, img.Message, img.ScriptResult = apiv1.ImageDone, r.Note, r.ScriptResult
 		if r.Error != "" {
 			img.Status, img.Message = apiv1.ImageError, r.Error
 		}

@@ -98,7 +98,7 @@ func TestSaveImage(t *testing.T) {
 
 	// A new template, suspended (state files included).
 	id = start()
-	req, err = c.Client.SaveImage(ctx, apiv1.ImageRequest{ID: id, Tag: "t1", NewTemplateName: "derived", Suspend: true})
+	req, err = c.Client.SaveImage(ctx, apiv1.ImageRequest{ID: id, Tag: "t1", NewTemplateName: "derived", Suspend: &flexTrue})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -120,12 +120,28 @@ func TestSaveImage(t *testing.T) {
 		t.Fatalf("after revert_before_push: %+v", d.Versions)
 	}
 
-	// A failing pre-save script fails the request; the VM keeps running.
+	// A failing pre-save script: the save goes on and says so (the
+	// reference's default), its result reported.
 	id = start()
-	req, _ = c.Client.SaveImage(ctx, apiv1.ImageRequest{ID: id, Tag: "bad", Script: "echo disk full >&2; exit 3"})
+	req, _ = c.Client.SaveImage(ctx, apiv1.ImageRequest{ID: id, Tag: "anyway", Script: "echo disk full >&2; exit 3"})
+	img = waitImage(t, c.Client, req, 30*time.Second)
+	if img.Status != apiv1.ImageDone || !strings.Contains(img.Message, "saved anyway") || img.ScriptResult == nil || img.ScriptResult.ReturnCode != 3 {
+		t.Fatalf("failed script, saved anyway: %+v", img)
+	}
+	view := ok(t, "GET", c.Controllers[0].URL+"/api/v1/image?id="+req, "").(map[string]any)
+	if view["id"] != req || view["request"].(map[string]any)["RequestId"] != req || view["error"] != nil ||
+		view["script_result"].(map[string]any)["return_code"] != 3.0 {
+		t.Fatalf("image view %v", view)
+	}
+	// With cancel_on_script_failure it fails the request; the VM keeps running.
+	id = start()
+	req, _ = c.Client.SaveImage(ctx, apiv1.ImageRequest{ID: id, Tag: "bad", Script: "echo disk full >&2; exit 3", CancelOnScriptFailure: true})
 	img = waitImage(t, c.Client, req, 30*time.Second)
 	if img.Status != apiv1.ImageError || !strings.Contains(img.Message, "exit code 3: disk full") {
 		t.Fatalf("failed script image %+v", img)
+	}
+	if v := ok(t, "GET", c.Controllers[0].URL+"/api/v1/image?id="+req, "").(map[string]any); v["error"] != img.Message {
+		t.Fatalf("image view error %v", v["error"])
 	}
 	if in, _ := c.Client.Instance(ctx, id); in.State != apiv1.StateStarted {
 		t.Fatalf("instance after a failed pre-save script: %s", in.State)
@@ -140,6 +156,8 @@ func TestSaveImage(t *testing.T) {
 		{apiv1.ImageRequest{ID: id, Tag: "x", TargetVMID: "nope"}, apiv1.MsgNotInRegistry},
 		{apiv1.ImageRequest{ID: id, Tag: "x", NewTemplateName: "base"}, `a template named "base" exists`},
 		{apiv1.ImageRequest{ID: "nope", Tag: "x"}, apiv1.MsgNotFound},
+		{apiv1.ImageRequest{ID: id, Tag: "x", RevertTag: "v1"}, "revert_tag: not supported"},
+		{apiv1.ImageRequest{ID: id, Tag: "x", DoSuspendTest: true}, "do_suspend_sanity_test: not supported"},
 	} {
 		if _, err := c.Client.SaveImage(ctx, tc.req); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%+v: got %v, want %q", tc.req, err, tc.want)
@@ -152,10 +170,12 @@ func TestSaveImage(t *testing.T) {
 		t.Errorf("save of a terminated instance: %v", err)
 	}
 	list := ok(t, "GET", c.Controllers[0].URL+"/api/v1/image", "").([]any)
-	if len(list) != 4 {
-		t.Errorf("GET /api/v1/image lists %d requests, want 4", len(list))
+	if len(list) != 5 {
+		t.Errorf("GET /api/v1/image lists %d requests, want 5", len(list))
 	}
 }
+
+var flexTrue = apiv1.FlexBool(true)
 
 // TestSaveImageWithRegistryAuth: with the registry guarded, a node saves an
 // instance with a push token the controller grants it only while it has a

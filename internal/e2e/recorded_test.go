@@ -197,6 +197,9 @@ func TestRecordedShapes(t *testing.T) {
 	}
 	nodeID := ok(t, "GET", base+"/api/v1/node", "").([]any)[0].(map[string]any)["node_id"].(string)
 	group := ok(t, "POST", base+"/api/v1/group", `{"name":"recorded","description":"d"}`).(map[string]any)["id"].(string)
+	saving := ok(t, "POST", base+"/api/v1/vm", `{"vmid":"`+c.TemplateID+`","external_id":"ext-3","startup_script":"`+hello+`","script_monitoring":true}`).([]any)[0].(string)
+	c.WaitState(saving, apiv1.StateStarted, 20*time.Second)
+	image := ok(t, "POST", base+"/api/v1/image", `{"id":"`+saving+`","tag":"saved","script":"echo hi"}`).(map[string]any)["request_id"].(string)
 	dist := ok(t, "POST", base+"/api/v1/registry/vm/distribute", `{"template_id":"`+c.TemplateID+`","tag":"v1","node_ids":["`+nodeID+`"]}`).(map[string]any)["request_id"].(string)
 
 	cases := []struct{ file, method, url, body string }{
@@ -215,6 +218,7 @@ func TestRecordedShapes(t *testing.T) {
 		{"docs-controller.PUT_api_v1_group_id.json", "PUT", base + "/api/v1/group?id=" + group, `{"description":"e"}`},
 		{"docs-controller.GET_api_v1_registry_vm.json", "GET", base + "/api/v1/registry/vm", ""},
 		{"docs-controller.GET_api_v1_registry_vm_id.json", "GET", base + "/api/v1/registry/vm?id=" + c.TemplateID, ""},
+		{"docs-controller.GET_api_v1_image_id.json", "GET", base + "/api/v1/image?id=" + image, ""},
 		{"docs-controller.GET_api_v1_registry_vm_distribute_id.json", "GET", base + "/api/v1/registry/vm/distribute?id=" + dist, ""},
 		{"docs-controller.PUT_api_v1_vm_id.json", "PUT", base + "/api/v1/vm?id=" + started, `{"external_id":"x"}`},
 		{"docs-controller.DELETE_api_v1_vm.json", "DELETE", base + "/api/v1/vm", `{"id":"` + started + `"}`},

@@ -24,7 +24,7 @@ func (a *Agent) saveImages(ctx context.Context, saves []apiv1.ImageSave) {
 		a.startRequest(s.RequestID, func() {
 			res := apiv1.ImageResult{NodeID: a.report.NodeID, RequestID: s.RequestID}
 			var err error
-			res.TemplateID, res.Note, err = a.saveImage(ctx, s)
+			res.TemplateID, res.Note, res.ScriptResult, err = a.saveImage(ctx, s)
 			if ctx.Err() != nil {
 				return // shutting down: the controller ends the request when the instance ends
 			}
@@ -43,7 +43,7 @@ func (a *Agent) saveImages(ctx context.Context, saves []apiv1.ImageSave) {
 // saveImage runs the pre-save script, has the driver write the VM out as a
 // template and pushes it. Once the VM was stopped for saving, a failure also
 // fails the instance: it cannot go back to Started.
-func (a *Agent) saveImage(ctx context.Context, s apiv1.ImageSave) (templateID, note string, err error) {
+func (a *Agent) saveImage(ctx context.Context, s apiv1.ImageSave) (templateID, note string, script *apiv1.ScriptResult, err error) {
 	a.mu.Lock()
 	in := a.instances[s.InstanceID]
 	a.mu.Unlock()
@@ -52,11 +52,11 @@ func (a *Agent) saveImage(ctx context.Context, s apiv1.ImageSave) (templateID, n
 		vm = in.runningVM()
 	}
 	if vm == nil {
-		return "", "", fmt.Errorf("instance %s is not running on node %s", s.InstanceID, a.report.NodeName)
+		return "", "", script, fmt.Errorf("instance %s is not running on node %s", s.InstanceID, a.report.NodeName)
 	}
 	if pusher, ok := vm.(driver.Pusher); ok {
-		if err := a.preSave(ctx, vm, s.Script); err != nil {
-			return "", "", err
+		if script, note, err = a.preSave(ctx, vm, s); err != nil {
+			return "", "", script, err
 		}
 		a.log.Info("saving instance as an OCI image", "instance", s.InstanceID, "template", s.TemplateName, "tag", s.Tag)
 		creds := func(ctx context.Context) (string, string, error) {
@@ -67,42 +67,47 @@ func (a *Agent) saveImage(ctx context.Context, s apiv1.ImageSave) (templateID, n
 			}
 			return "token", tok, err
 		}
-		id, note, err := pusher.Push(ctx, s.TemplateName, s.Tag, creds)
+		in.report(apiv1.InstanceStatus{State: apiv1.StatePushing})
+		id, pushNote, err := pusher.Push(ctx, s.TemplateName, s.Tag, creds)
+		note = joinNotes(note, pushNote)
 		if err != nil {
 			info := vm.Info()
 			in.report(apiv1.InstanceStatus{State: apiv1.StateError, VMInfo: &info,
 				Message: fmt.Sprintf("save image failed: %v; VM stopped", err)})
-			return "", "", fmt.Errorf("push: %w", err)
+			return "", "", script, fmt.Errorf("push: %w", err)
 		}
 		a.templatesChanged()
-		return id, note, nil
+		return id, note, script, nil
 	}
 	saver, ok := vm.(driver.Saver)
 	if !ok {
-		return "", "", fmt.Errorf("the %s driver cannot save instances as templates", a.cfg.Driver.Name())
+		return "", "", script, fmt.Errorf("the %s driver cannot save instances as templates", a.cfg.Driver.Name())
 	}
 	rt, ok := a.cfg.Templates.(*RegistryTemplates)
 	if !ok {
-		return "", "", errors.New("this cloud has no registry to save the image into")
+		return "", "", script, errors.New("this cloud has no registry to save the image into")
 	}
-	if err := a.preSave(ctx, vm, s.Script); err != nil {
-		return "", "", err
+	if script, note, err = a.preSave(ctx, vm, s); err != nil {
+		return "", "", script, err
 	}
 
 	dir := filepath.Join(a.dataDir(), "saves", s.RequestID)
 	_ = os.RemoveAll(dir)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return "", "", fmt.Errorf("save image: %w", err)
+		return "", "", script, fmt.Errorf("save image: %w", err)
 	}
 	defer os.RemoveAll(dir)
 	a.log.Info("saving instance as a template", "instance", s.InstanceID, "template", s.TemplateName, "tag", s.Tag)
-	fail := func(err error) (string, string, error) {
+	fail := func(err error) (string, string, *apiv1.ScriptResult, error) {
 		info := vm.Info()
 		in.report(apiv1.InstanceStatus{State: apiv1.StateError, VMInfo: &info,
 			Message: fmt.Sprintf("save image failed: %v; VM stopped", err)})
-		return "", "", err
+		return "", "", script, err
 	}
-	if note, err = saver.Save(ctx, dir, s.Suspend); err != nil {
+	in.report(apiv1.InstanceStatus{State: apiv1.StatePushing})
+	saveNote, err := saver.Save(ctx, dir, s.Suspend)
+	note = joinNotes(note, saveNote)
+	if err != nil {
 		return fail(fmt.Errorf("save VM: %w", err))
 	}
 	last := time.Time{}
@@ -140,7 +145,7 @@ func (a *Agent) saveImage(ctx context.Context, s apiv1.ImageSave) (templateID, n
 		return fail(fmt.Errorf("push: %w", err))
 	}
 	a.log.Info("instance saved", "instance", s.InstanceID, "template", res.TemplateID, "tag", s.Tag, "sent_bytes", res.SentBytes)
-	return res.TemplateID, note, nil
+	return res.TemplateID, note, script, nil
 }
 
 func lastLine(s string) string {
@@ -149,22 +154,42 @@ func lastLine(s string) string {
 }
 
 // preSave runs the save request's script in the VM first, if it has one.
-func (a *Agent) preSave(ctx context.Context, vm driver.VM, script []byte) error {
-	if len(script) == 0 {
-		return nil
+// A script that fails cancels the save only with cancel_on_script_failure;
+// otherwise the save goes on and the note says so.
+func (a *Agent) preSave(ctx context.Context, vm driver.VM, s apiv1.ImageSave) (*apiv1.ScriptResult, string, error) {
+	if len(s.Script) == 0 {
+		return nil, "", nil
 	}
 	sctx, cancel := context.WithTimeout(ctx, 10*time.Minute)
-	res, err := vm.RunScript(sctx, script)
+	res, err := vm.RunScript(sctx, s.Script)
 	cancel()
-	switch {
-	case err != nil:
-		return fmt.Errorf("pre-save script could not run: %w", err)
-	case res.DidTimeout:
-		return errors.New("pre-save script timed out after 10m")
-	case res.ReturnCode != 0:
-		return fmt.Errorf("pre-save script failed with exit code %d: %s", res.ReturnCode, lastLine(res.Stderr))
+	if err != nil {
+		return nil, "", fmt.Errorf("pre-save script could not run: %w", err)
 	}
-	return nil
+	var failure string
+	switch {
+	case res.DidTimeout:
+		failure = "pre-save script timed out after 10m"
+	case res.ReturnCode != 0:
+		failure = fmt.Sprintf("pre-save script failed with exit code %d: %s", res.ReturnCode, lastLine(res.Stderr))
+	}
+	if failure != "" && s.CancelOnScriptFailure {
+		return &res, "", errors.New(failure)
+	}
+	if failure != "" {
+		return &res, failure + "; saved anyway (cancel_on_script_failure is off)", nil
+	}
+	return &res, "", nil
+}
+
+func joinNotes(a, b string) string {
+	switch {
+	case a == "":
+		return b
+	case b == "":
+		return a
+	}
+	return a + "; " + b
 }
 
 // pushAuth returns the Authorization for a save's pushes: a token for scope
