@@ -39,7 +39,8 @@ type Instance struct {
 	GroupID       string          `json:"group_id,omitempty"`
 	ExternalID    string          `json:"external_id,omitempty"`
 	Name          string          `json:"name,omitempty"`
-	VLAN          string          `json:"vlan"`
+	VLAN          string          `json:"vlan"`        // Corral attaches no VLANs: always ""
+	MACAddress    string          `json:"mac_address"` // not chosen by Corral: always ""
 	InflightReqID string          `json:"inflight_reqid"`
 	TS            time.Time       `json:"ts,omitzero"`
 	CrTime        time.Time       `json:"cr_time,omitzero"`

@@ -41,6 +41,7 @@ type Node struct {
 	// reference reports of the anka CLI; for others, Corral's driver).
 	AnkaVersion  AnkaVersion `json:"anka_version"`
 	AgentVersion string      `json:"agent_version"`
+	USBDevices   []string    `json:"usb_devices"` // none: no driver passes USB through
 	VCPUOverride int         `json:"vcpu_override"`
 	RAMOverride  int         `json:"ram_override"`
 	LastUpdated  time.Time   `json:"last_updated,omitzero"` // the node's last report

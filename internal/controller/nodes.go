@@ -35,7 +35,7 @@ func (s *Service) ListNodes(ctx context.Context, id string) ([]apiv1.Node, error
 			FreeDiskSpace: max(r.FreeDiskSpace, 0), DiskSize: max(r.DiskSize, 0), HostArch: r.HostArch,
 			Templates: slices.Clone(r.Templates), Groups: []apiv1.Group{}, Driver: r.Driver,
 			AnkaVersion:  apiv1.AnkaVersion{Product: "Corral " + r.Driver + " driver", Version: r.AgentVersion},
-			AgentVersion: r.AgentVersion, LastUpdated: n.ReportedAt,
+			AgentVersion: r.AgentVersion, LastUpdated: n.ReportedAt, USBDevices: []string{},
 		}
 		if !n.ReportedAt.IsZero() {
 			node.Timestamp = n.ReportedAt.Unix()
