@@ -24,6 +24,7 @@ var registryAccess = map[string][]registryCase{
 	"GET /registry/vm":                        {{"GET", "/registry/vm", "pull *"}},
 	"GET /registry/v2/vm":                     {{"GET", "/registry/v2/vm", "pull *"}},
 	"GET /registry/vm/arch":                   {{"GET", "/registry/vm/arch", "pull *"}},
+	"PUT /registry/vm/arch":                   {{"PUT", "/registry/vm/arch?id=x&arch=arm64", "push *"}},
 	"DELETE /registry/vm":                     {{"DELETE", "/registry/vm?id=x", "delete *"}},
 	"DELETE /registry/revert":                 {{"DELETE", "/registry/revert?id=x", "delete *"}},
 	"GET /registry/disk":                      {{"GET", "/registry/disk", "pull *"}},

@@ -561,3 +561,30 @@ func TestRevertToTag(t *testing.T) {
 		t.Fatalf("after a plain revert: %q", got)
 	}
 }
+
+// TestSetArch: PUT /registry/vm/arch sets a template's architecture, which
+// placement matches against nodes (it answered Not found).
+func TestSetArch(t *testing.T) {
+	reg := testenv.StartRegistry(t, t.TempDir())
+	rc, _ := client.NewRegistry(reg.URL)
+	ctx := context.Background()
+	src := newVMDir(t, 0, 1)
+	os.WriteFile(filepath.Join(src, "config.json"), []byte(`{"arch":"amd64"}`), 0o644)
+	res, err := rc.Push(ctx, client.PushOptions{Source: src, Template: "archy", Tag: "v1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := rawCall(t, "PUT", reg.URL+"/registry/vm/arch?id="+res.TemplateID, `{"arch":"arm64"}`)
+	if d := shapeDiff("PUT arch", readRecorded(t, "docs-registry.PUT_registry_vm_arch.json"), got); len(d) > 0 {
+		t.Fatalf("%v: %v", got, d)
+	}
+	if d, _ := rc.Template(ctx, res.TemplateID); d.Arch != "arm64" {
+		t.Fatalf("arch %q", d.Arch)
+	}
+	if got := rawCall(t, "PUT", reg.URL+"/registry/vm/arch?id="+res.TemplateID+"&arch=sparc", ""); got.(map[string]any)["status"] != "FAIL" {
+		t.Fatalf("bad arch: %v", got)
+	}
+	if got := rawCall(t, "PUT", reg.URL+"/registry/vm/arch?id=nope&arch=arm64", ""); got.(map[string]any)["status"] != "FAIL" {
+		t.Fatalf("unknown template: %v", got)
+	}
+}

@@ -461,3 +461,26 @@ func (r *Registry) notePull(ctx context.Context, id string, n int) {
 		r.log.Warn("note template pull", "template", id, "tag_number", n, "err", err)
 	}
 }
+
+// SetArch records a template's architecture (PUT /registry/vm/arch), which
+// the scheduler matches against nodes. A template deleted meanwhile stays
+// deleted: its name record is gone, so the write is undone.
+func (r *Registry) SetArch(ctx context.Context, id, arch string) error {
+	if arch != apiv1.ArchAMD64 && arch != apiv1.ArchARM64 {
+		return &InvalidError{Field: "arch", Reason: fmt.Sprintf("want %s or %s, got %q", apiv1.ArchAMD64, apiv1.ArchARM64, arch)}
+	}
+	t, err := r.template(ctx, id)
+	if err != nil {
+		return err
+	}
+	t.Arch = arch
+	if err := r.writeJSON(ctx, templatePath(id), t, storage.Replace); err != nil {
+		return err
+	}
+	var owner string
+	if err := r.readJSON(ctx, "names/"+t.Name, &owner); errors.Is(err, storage.ErrNotFound) || err == nil && owner != id {
+		_ = r.st.Delete(ctx, templatePath(id))
+		return ErrNotFound
+	}
+	return nil
+}

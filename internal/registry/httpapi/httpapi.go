@@ -78,6 +78,7 @@ func (a *api) routes(g *guard) []route {
 	add("GET /registry/vm", h(a.templatesV1))
 	add("GET /registry/v2/vm", h(a.templates))
 	add("GET /registry/vm/arch", h(a.arch))
+	add("PUT /registry/vm/arch", h(a.setArch))
 	add("DELETE /registry/vm", h(a.delete))
 	add("DELETE /registry/revert", h(a.revert))
 	add("GET /registry/disk", h(a.disk))
@@ -202,6 +203,28 @@ func (a *api) templates(r *http.Request) (any, error) {
 		return a.reg.GetTemplate(r.Context(), id)
 	}
 	return a.reg.ListTemplates(r.Context())
+}
+
+// setArch is PUT /registry/vm/arch?id=<template> with ?arch= or a body
+// {"arch"}.
+func (a *api) setArch(r *http.Request) (any, error) {
+	id := r.URL.Query().Get("id")
+	if id == "" {
+		return nil, &registry.InvalidError{Field: "id", Reason: "required as ?id="}
+	}
+	var body struct {
+		Arch string `json:"arch"`
+	}
+	if r.ContentLength != 0 {
+		data, err := io.ReadAll(io.LimitReader(r.Body, 64<<10))
+		if err != nil {
+			return nil, &registry.InvalidError{Field: "body", Reason: err.Error()}
+		}
+		if err := apiv1.Decode(data, &body); err != nil {
+			return nil, &registry.InvalidError{Field: "body", Reason: err.Error()}
+		}
+	}
+	return json.RawMessage("null"), a.reg.SetArch(r.Context(), id, cmp.Or(r.URL.Query().Get("arch"), body.Arch)) // body: null, as the reference
 }
 
 func (a *api) arch(r *http.Request) (any, error) {
