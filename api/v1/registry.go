@@ -153,6 +153,16 @@ type Prefetch struct {
 	VMID         string `json:"vmid"`
 	Tag          string `json:"tag"`
 	TemplateName string `json:"template_name"`
+	// Remove asks the node to delete the template (Tag "": every tag it
+	// holds) from its cache instead of pulling it.
+	Remove bool `json:"remove,omitempty"`
+}
+
+// RemoveFromNodesResponse is DELETE /api/v1/registry/vm/remove's answer.
+type RemoveFromNodesResponse struct {
+	RequestsSent int      `json:"requests_sent"`
+	NodeIDs      []string `json:"node_ids"`
+	RequestID    string   `json:"request_id,omitempty"` // follow it at GET .../distribute?id=
 }
 
 // PrefetchResult is a node's report on a prefetch.

@@ -3,6 +3,7 @@ package controller
 import (
 	"context"
 	"errors"
+	"slices"
 	"time"
 
 	apiv1 "github.com/corral-build/corral/api/v1"
@@ -94,4 +95,57 @@ func (s *Service) FinishPrefetch(ctx context.Context, r apiv1.PrefetchResult) er
 		outcome = "error: " + r.Error
 	}
 	return notFound(s.st.FinishPrefetch(ctx, r.NodeID, r.RequestID, outcome))
+}
+
+// RemoveFromNodes asks the nodes that hold a template (a tag of it, when
+// tag is set; only nodeIDs or a group's, when given) to delete it from their
+// caches. Nodes keep templates an instance uses and say so. Its outcome is
+// followed like a distribution's.
+func (s *Service) RemoveFromNodes(ctx context.Context, templateID, tag string, nodeIDs []string, groupID string) (apiv1.RemoveFromNodesResponse, error) {
+	out := apiv1.RemoveFromNodesResponse{NodeIDs: []string{}}
+	if templateID == "" {
+		return out, fieldErr("id", "required as ?id=")
+	}
+	snap, err := s.st.Snapshot(ctx)
+	if err != nil {
+		return out, err
+	}
+	if groupID != "" {
+		if _, err := s.st.GetGroup(ctx, groupID); errors.Is(err, store.ErrNotFound) {
+			return out, fieldErr("group_id", "no group with id %q", groupID)
+		}
+	}
+	for _, id := range nodeIDs {
+		if !slices.ContainsFunc(snap.Nodes, func(n store.NodeEntry) bool { return n.Report.NodeID == id }) {
+			return out, fieldErr("node_id", "no node with id %q", id)
+		}
+	}
+	now := time.Now().UTC()
+	d := apiv1.Distribution{RequestID: apiv1.NewID(), TemplateID: templateID, Tag: tag, Nodes: map[string]string{}, CrTime: now, TS: now}
+	name := ""
+	for _, n := range snap.Nodes {
+		id := n.Report.NodeID
+		if len(nodeIDs) > 0 && !slices.Contains(nodeIDs, id) || groupID != "" && !n.InGroup(groupID) {
+			continue
+		}
+		for _, t := range n.Report.Templates {
+			if t.UUID == templateID && (tag == "" || t.Tag == tag) {
+				d.Nodes[id], name = "pending", t.Name
+			}
+		}
+	}
+	if len(d.Nodes) == 0 {
+		return out, nil // no node holds it: nothing to send
+	}
+	p := apiv1.Prefetch{RequestID: d.RequestID, VMID: templateID, Tag: tag, TemplateName: name, Remove: true}
+	if err := s.st.CreateDistribution(ctx, d, p); err != nil {
+		return out, err
+	}
+	for id := range d.Nodes {
+		out.NodeIDs = append(out.NodeIDs, id)
+	}
+	slices.Sort(out.NodeIDs)
+	out.RequestsSent, out.RequestID = len(out.NodeIDs), d.RequestID
+	s.log.Info("template removal from nodes requested", "template", templateID, "tag", tag, "nodes", len(d.Nodes), "request", d.RequestID)
+	return out, nil
 }

@@ -47,6 +47,7 @@ var routeAccess = map[string]string{
 	"POST /api/v1/registry/vm/distribute":   apiv1.PermManageTemplates,
 	"GET /api/v1/registry/vm/distribute":    apiv1.PermView,
 	"DELETE /api/v1/registry/vm/distribute": apiv1.PermManageTemplates,
+	"DELETE /api/v1/registry/vm/remove":     apiv1.PermManageTemplates,
 	"GET /api/v1/permission-group":          apiv1.PermAdmin,
 	"POST /api/v1/permission-group":         apiv1.PermAdmin,
 	"PUT /api/v1/permission-group":          apiv1.PermAdmin,

@@ -142,3 +142,58 @@ func TestPullFailureReplaces(t *testing.T) {
 		}
 	}
 }
+
+// TestRemoveFromNodes: DELETE /api/v1/registry/vm/remove deletes a template
+// from the caches of the nodes that hold it (it answered Not found); a node
+// keeps a tag an instance uses and says so.
+func TestRemoveFromNodes(t *testing.T) {
+	c := testenv.StartCluster(t, testenv.Options{Registry: true, Nodes: []testenv.NodeOptions{
+		{Name: "a", Capacity: 1}, {Name: "b", Capacity: 1}}})
+	rc, _ := client.NewRegistry(c.Registry.URL)
+	src := newVMDir(t, 0, 1)
+	os.WriteFile(filepath.Join(src, "config.json"), []byte(fmt.Sprintf(`{"arch":%q}`, runtimeArch())), 0o644)
+	res, err := rc.Push(context.Background(), client.PushOptions{Source: src, Template: "cached", Tag: "v1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	base := c.Controllers[0].URL + "/api/v1"
+	req := ok(t, "POST", base+"/registry/vm/distribute", `{"template_id":"`+res.TemplateID+`"}`).(map[string]any)["request_id"].(string)
+	waitDistributed(t, base, req, 2)
+	for deadline := time.Now().Add(5 * time.Second); heldTemplates(t, base) != 2; time.Sleep(100 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("not distributed")
+		}
+	}
+	inst := ok(t, "POST", base+"/vm", `{"vmid":"`+res.TemplateID+`"}`).([]any)[0].(string)
+	busy := c.WaitState(inst, apiv1.StateStarted, 10*time.Second).NodeID
+
+	if got := ok(t, "DELETE", base+"/registry/vm/remove?id=nope", "").(map[string]any); got["requests_sent"] != 0.0 {
+		t.Fatalf("unknown template: %v", got)
+	}
+	got := ok(t, "DELETE", base+"/registry/vm/remove?id="+res.TemplateID, "").(map[string]any)
+	if got["requests_sent"] != 2.0 || len(got["node_ids"].([]any)) != 2 {
+		t.Fatalf("remove: %v", got)
+	}
+	rid := got["request_id"].(string)
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		nodes := ok(t, "GET", base+"/registry/vm/distribute?id="+rid, "").(map[string]any)["nodes"].(map[string]any)
+		if nodes[busy] != "pending" && len(nodes) == 2 {
+			for id, outcome := range nodes {
+				if id == busy && outcome != "error: kept tag v1: an instance on this node uses it" || id != busy && outcome != "done" {
+					t.Fatalf("outcomes %v (busy %s)", nodes, busy)
+				}
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("removal %v", nodes)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	for deadline := time.Now().Add(5 * time.Second); heldTemplates(t, base) != 1; time.Sleep(100 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("after removal %d nodes hold the template, want 1 (the busy one)", heldTemplates(t, base))
+		}
+	}
+}

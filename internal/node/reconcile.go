@@ -2,10 +2,14 @@ package node
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 
 	apiv1 "github.com/corral-build/corral/api/v1"
+	"github.com/corral-build/corral/internal/driver"
 )
 
 // reconcile starts instances that are desired and not running, and destroys
@@ -91,7 +95,10 @@ func (a *Agent) prefetch(ctx context.Context, list []apiv1.Prefetch) {
 	for _, p := range list {
 		a.startRequest(p.RequestID, func() {
 			var err error
-			if !a.cfg.Templates.Has(p.VMID, p.Tag) {
+			switch {
+			case p.Remove:
+				err = a.removeTemplate(ctx, p.VMID, p.Tag)
+			case !a.cfg.Templates.Has(p.VMID, p.Tag):
 				err = a.cfg.Templates.Pull(ctx, p.VMID, p.Tag, p.TemplateName, func(float64) {})
 				a.templatesChanged()
 			}
@@ -128,4 +135,37 @@ func (a *Agent) startRequest(id string, work func()) {
 		}()
 		work()
 	}()
+}
+
+// removeTemplate deletes a template (every tag when tag is "") from this
+// node's cache, keeping the tags an instance here uses (and saying so).
+func (a *Agent) removeTemplate(ctx context.Context, vmid, tag string) error {
+	rm, ok := a.cfg.Templates.(remover)
+	if !ok {
+		return errors.New("this node's template cache cannot remove templates")
+	}
+	var kept []string
+	for _, t := range a.cfg.Templates.List() {
+		if t.UUID != vmid || tag != "" && t.Tag != tag {
+			continue
+		}
+		if a.templateInUse(vmid, t.Tag) {
+			kept = append(kept, t.Tag)
+			continue
+		}
+		if err := rm.Remove(ctx, vmid, t.Tag); err != nil {
+			return err
+		}
+		a.log.Info("template removed from this node on request", "vmid", vmid, "tag", t.Tag)
+		if ev, ok := a.cfg.Driver.(driver.TemplateEvicter); ok {
+			if err := ev.TemplateEvicted(ctx, vmid, t.Tag); err != nil {
+				a.log.Warn("could not delete the driver's copy of a removed template", "vmid", vmid, "tag", t.Tag, "err", err)
+			}
+		}
+	}
+	a.templatesChanged()
+	if len(kept) > 0 {
+		return fmt.Errorf("kept tag %s: an instance on this node uses it", strings.Join(kept, ", "))
+	}
+	return nil
 }

@@ -186,3 +186,16 @@ func (t *RegistryTemplates) DiskUsage() int64 {
 	})
 	return n
 }
+
+// Remove deletes a template's tag from the cache (DELETE
+// /api/v1/registry/vm/remove); the caller checks no instance uses it.
+func (t *RegistryTemplates) Remove(_ context.Context, vmid, tag string) error {
+	l := t.lock(vmid + "/" + tag)
+	l.Lock()
+	defer l.Unlock()
+	if err := os.RemoveAll(t.path(vmid, tag)); err != nil {
+		return fmt.Errorf("remove template %s tag %s: %w", vmid, tag, err)
+	}
+	_ = os.Remove(filepath.Join(t.Dir, vmid)) // if that was its last tag
+	return nil
+}

@@ -52,3 +52,16 @@ func (s *SimulatedTemplates) List() []apiv1.NodeTemplate {
 	defer s.mu.Unlock()
 	return slices.Clone(s.held)
 }
+
+// Remove forgets a template's tag.
+func (s *SimulatedTemplates) Remove(_ context.Context, vmid, tag string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.held = slices.DeleteFunc(s.held, func(t apiv1.NodeTemplate) bool { return t.UUID == vmid && t.Tag == tag })
+	return nil
+}
+
+// remover is a template cache that can delete a template on request.
+type remover interface {
+	Remove(ctx context.Context, vmid, tag string) error
+}

@@ -235,6 +235,29 @@ func (a *API) distribution(r *http.Request) (any, error) {
 	return a.svc.Distribution(r.Context(), id)
 }
 
+// removeFromNodes is DELETE /api/v1/registry/vm/remove?id=[&tag=][&node_id=][&group_id=]
+// (or the same in a body).
+func (a *API) removeFromNodes(r *http.Request) (any, error) {
+	q := r.URL.Query()
+	var req struct {
+		ID      string   `json:"id"`
+		Tag     string   `json:"tag"`
+		NodeID  string   `json:"node_id"`
+		NodeIDs []string `json:"node_ids"`
+		GroupID string   `json:"group_id"`
+	}
+	if r.ContentLength != 0 {
+		if err := decode(r, &req); err != nil {
+			return nil, err
+		}
+	}
+	nodes := append(q["node_id"], req.NodeIDs...)
+	if req.NodeID != "" {
+		nodes = append(nodes, req.NodeID)
+	}
+	return a.svc.RemoveFromNodes(r.Context(), cmp.Or(q.Get("id"), req.ID), cmp.Or(q.Get("tag"), req.Tag), nodes, cmp.Or(q.Get("group_id"), req.GroupID))
+}
+
 func (a *API) cancelDistribution(r *http.Request) (any, error) {
 	var req struct {
 		ID        string `json:"id"`

@@ -78,6 +78,7 @@ func (a *API) routes() []route {
 	mux.Handle("POST /api/v1/registry/vm/distribute", h(a.distribute))
 	mux.Handle("GET /api/v1/registry/vm/distribute", h(a.distribution))
 	mux.Handle("DELETE /api/v1/registry/vm/distribute", h(a.cancelDistribution))
+	mux.Handle("DELETE /api/v1/registry/vm/remove", h(a.removeFromNodes))
 	// Registry tokens: the route checks its callers itself (users, nodes).
 	mux.Handle("GET /api/v1/registry/token", h(a.registryToken))
 

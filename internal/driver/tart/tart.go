@@ -340,6 +340,19 @@ func (c *cache) List() []apiv1.NodeTemplate {
 	return out
 }
 
+// Remove deletes an image's tag from Tart's OCI cache.
+func (c *cache) Remove(ctx context.Context, vmid, tag string) error {
+	name, err := c.d.remote(ctx, vmid, tag, "")
+	if err != nil {
+		return err
+	}
+	_, err = c.d.tart(ctx, time.Minute, "delete", name)
+	if exitCode(err) == 2 { // not cached
+		return nil
+	}
+	return err
+}
+
 // Sweep deletes the instance VMs an earlier run of the agent left, so they
 // do not hold the host's two macOS VM slots.
 func (d *Driver) Sweep(ctx context.Context) error {

@@ -141,6 +141,15 @@ func TestTemplateCache(t *testing.T) {
 	if len(list) != 1 || list[0].UUID != id || list[0].Tag != "v1" || list[0].Name != "macos/sonoma" {
 		t.Fatalf("cache list %+v", list)
 	}
+	// Removing it on request empties Tart's cache of it.
+	if err := c.(interface {
+		Remove(ctx context.Context, vmid, tag string) error
+	}).Remove(context.Background(), id, "v1"); err != nil {
+		t.Fatal(err)
+	}
+	if c.Has(id, "v1") {
+		t.Fatal("cached after removal")
+	}
 	// An unknown template says why.
 	if err := c.Pull(context.Background(), apiv1.OCITemplateID("nope"), "v1", "", func(float64) {}); err == nil {
 		t.Fatal("pulled an unknown template")
