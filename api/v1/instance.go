@@ -135,6 +135,7 @@ type StartRequest struct {
 	VRAM                   *FlexInt        `json:"vram"`
 	Metadata               json.RawMessage `json:"metadata"`
 	USBDevice              string          `json:"usb_device"`
+	VLANTag                string          `json:"vlan_tag"`
 	Disk                   *struct {
 		Size *FlexSize `json:"size"`
 	} `json:"disk"`
@@ -258,6 +259,9 @@ func (r *StartRequest) Normalize() (StartSpec, error) {
 	}
 	if r.USBDevice != "" {
 		return s, &FieldError{"usb_device", "not supported: no Corral driver passes USB devices to VMs"}
+	}
+	if r.VLANTag != "" {
+		return s, &FieldError{"vlan_tag", "not supported: Corral's nodes attach VMs to no VLAN (GET /api/v1/vlan lists none)"}
 	}
 	intField("count", r.Count, 1, MaxCount, &s.Count)
 	intField("version", r.Version, 1, 1<<31, &s.Version)

@@ -31,6 +31,7 @@ var routeAccess = map[string]string{
 	"POST /api/v1/node/group":               apiv1.PermManageNodes,
 	"DELETE /api/v1/node/group":             apiv1.PermManageNodes,
 	"GET /api/v1/usb":                       apiv1.PermView,
+	"GET /api/v1/vlan":                      apiv1.PermView,
 	"GET /api/v1/group":                     apiv1.PermView,
 	"POST /api/v1/group":                    apiv1.PermManageNodes,
 	"PUT /api/v1/group":                     apiv1.PermManageNodes,

@@ -162,6 +162,9 @@ func TestPriorityFallbackAndReasons(t *testing.T) {
 	if usb := ok(t, "GET", base+"/usb", "").(map[string]any); len(usb) != 0 {
 		t.Fatalf("usb %v", usb)
 	}
+	if vlans := ok(t, "GET", base+"/vlan", "").([]any); len(vlans) != 0 {
+		t.Fatalf("vlan %v", vlans)
+	}
 }
 
 func waitMessage(t *testing.T, c *testenv.Cluster, id, want string) {

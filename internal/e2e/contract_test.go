@@ -264,6 +264,7 @@ func TestBadInput(t *testing.T) {
 		{"POST", "/node/config", `{"node_id":"x","vcpu_override":4}`, 200, "vcpu_override: not supported: nodes report their CPUs; limit what instances use with max_vcpu_count"},
 		{"POST", "/node/config", `{"node_id":"x","ram_override":8}`, 200, "ram_override: not supported: nodes report their RAM; limit what instances use with max_vram"},
 		{"POST", "/vm", vm(`,"usb_device":"iphone"`), 200, "usb_device: not supported: no Corral driver passes USB devices to VMs"},
+		{"POST", "/vm", vm(`,"vlan_tag":"12"`), 200, "vlan_tag: not supported: Corral's nodes attach VMs to no VLAN (GET /api/v1/vlan lists none)"},
 		{"DELETE", "/node", `{}`, 200, "node_id: required"},
 		{"POST", "/node/group/nope", `{"node_ids":["x"]}`, 200, apiv1.MsgNotFound},
 		{"GET", "/no/such/endpoint", ``, 200, apiv1.MsgNotFound},

@@ -69,6 +69,9 @@ func (a *API) nodeGroups(r *http.Request, add bool) (any, error) {
 // is refused).
 func (a *API) usb(*http.Request) (any, error) { return map[string]any{}, nil }
 
+// vlan lists the VLAN ids nodes offer: none (vlan_tag on a start is refused).
+func (a *API) vlan(*http.Request) (any, error) { return []string{}, nil }
+
 func (a *API) restartInstance(r *http.Request) (any, error) {
 	var req struct {
 		InstanceID string `json:"instance_id"`

@@ -60,6 +60,7 @@ func (a *API) routes() []route {
 	mux.Handle("DELETE /api/v1/node/group", h(a.removeNodesFromGroups))
 
 	mux.Handle("GET /api/v1/usb", h(a.usb))
+	mux.Handle("GET /api/v1/vlan", h(a.vlan))
 	mux.Handle("GET /api/v1/group", h(a.listGroups))
 	mux.Handle("POST /api/v1/group", h(a.createGroup))
 	mux.Handle("PUT /api/v1/group", h(a.updateGroup))
