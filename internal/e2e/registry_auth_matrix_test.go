@@ -25,6 +25,7 @@ var registryAccess = map[string][]registryCase{
 	"GET /registry/v2/vm":                     {{"GET", "/registry/v2/vm", "pull *"}},
 	"GET /registry/vm/arch":                   {{"GET", "/registry/vm/arch", "pull *"}},
 	"PUT /registry/vm/arch":                   {{"PUT", "/registry/vm/arch?id=x&arch=arm64", "push *"}},
+	"GET /registry/vm/info":                   {{"GET", "/registry/vm/info?id=x", "pull *"}},
 	"DELETE /registry/vm":                     {{"DELETE", "/registry/vm?id=x", "delete *"}},
 	"DELETE /registry/revert":                 {{"DELETE", "/registry/revert?id=x", "delete *"}},
 	"GET /registry/disk":                      {{"GET", "/registry/disk", "pull *"}},

@@ -588,3 +588,26 @@ func TestSetArch(t *testing.T) {
 		t.Fatalf("unknown template: %v", got)
 	}
 }
+
+// TestVMInfo: GET /registry/vm/info?id= answers the tag's VM configuration
+// (its config file) with name and uuid (it answered Not found).
+func TestVMInfo(t *testing.T) {
+	reg := testenv.StartRegistry(t, t.TempDir())
+	rc, _ := client.NewRegistry(reg.URL)
+	ctx := context.Background()
+	src := newVMDir(t, 0, 1)
+	os.WriteFile(filepath.Join(src, "config.json"), []byte(`{"arch":"amd64","cpu":{"cores":2},"ram":"2G"}`), 0o644)
+	res, err := rc.Push(ctx, client.PushOptions{Source: src, Template: "informed", Tag: "v1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := rawCall(t, "GET", reg.URL+"/registry/vm/info?id="+res.TemplateID, "").(map[string]any)
+	body := got["body"].(map[string]any)
+	if got["status"] != "OK" || body["name"] != "informed" || body["uuid"] != res.TemplateID || body["ram"] != "2G" ||
+		body["cpu"].(map[string]any)["cores"] != 2.0 {
+		t.Fatalf("vm info %v", got)
+	}
+	if got := rawCall(t, "GET", reg.URL+"/registry/vm/info?id=nope", "").(map[string]any); got["status"] != "FAIL" {
+		t.Fatalf("unknown: %v", got)
+	}
+}

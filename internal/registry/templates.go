@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"path"
 	"slices"
 	"strings"
@@ -178,6 +179,11 @@ func (r *Registry) GetTemplate(ctx context.Context, id string) (apiv1.TemplateDe
 
 // TagManifest returns a tag's manifest; tag "" means the latest.
 func (r *Registry) TagManifest(ctx context.Context, id, tag string) (apiv1.TagManifest, error) {
+	return r.tagManifest(ctx, id, tag, true)
+}
+
+// tagManifest is TagManifest; pull says whether it counts as a pull.
+func (r *Registry) tagManifest(ctx context.Context, id, tag string, pull bool) (apiv1.TagManifest, error) {
 	t, err := r.template(ctx, id)
 	if errors.Is(err, ErrNotFound) && validName.MatchString(id) {
 		if repo, oerr := r.ociRepoByID(ctx, id); oerr == nil {
@@ -196,7 +202,9 @@ func (r *Registry) TagManifest(ctx context.Context, id, tag string) (apiv1.TagMa
 	if err := r.readMeta(ctx, manifestPath(rec.Manifest), &out.Manifest); err != nil {
 		return out, err
 	}
-	r.notePull(ctx, id, rec.Number)
+	if pull {
+		r.notePull(ctx, id, rec.Number)
+	}
 	return out, nil
 }
 
@@ -483,4 +491,57 @@ func (r *Registry) SetArch(ctx context.Context, id, arch string) error {
 		return ErrNotFound
 	}
 	return nil
+}
+
+// maxInfoConfig bounds the config file VMInfo reads (VM configs are small).
+const maxInfoConfig = 1 << 20
+
+// VMInfo is GET /registry/vm/info?id=[&tag=]: the VM configuration of a tag
+// (the latest by default), from its config file, with its name and uuid.
+// A config that is not a JSON object is answered as {"config": "<text>"}.
+func (r *Registry) VMInfo(ctx context.Context, id, tag string) (map[string]any, error) {
+	tm, err := r.tagManifest(ctx, id, tag, false)
+	if err != nil {
+		return nil, err
+	}
+	out := map[string]any{}
+	for _, f := range tm.Manifest.Files {
+		if f.Role != apiv1.RoleConfig {
+			continue
+		}
+		if f.Size > maxInfoConfig {
+			return nil, &InvalidError{Field: "id", Reason: fmt.Sprintf("the config file %s is %d bytes, over %d", f.Name, f.Size, maxInfoConfig)}
+		}
+		data := make([]byte, 0, f.Size)
+		for i, d := range f.Chunks {
+			n := min(int64(chunk.Size), f.Size-int64(i)*chunk.Size)
+			if d == "" {
+				data = append(data, make([]byte, n)...)
+				continue
+			}
+			rc, _, err := r.OpenChunk(ctx, d, 0)
+			if err != nil {
+				return nil, fmt.Errorf("config file %s: %w", f.Name, err)
+			}
+			enc, err := io.ReadAll(io.LimitReader(rc, 2*chunk.Size))
+			rc.Close()
+			if err != nil {
+				return nil, fmt.Errorf("config file %s: %w", f.Name, err)
+			}
+			plain, err := chunk.Decode(nil, enc, d)
+			if err != nil {
+				return nil, fmt.Errorf("config file %s: %w", f.Name, err)
+			}
+			data = append(data, plain...)
+		}
+		if json.Unmarshal(data, &out) != nil || out == nil {
+			out = map[string]any{"config": string(data)}
+		}
+		break
+	}
+	out["name"], out["uuid"] = tm.TemplateName, tm.TemplateID
+	if _, ok := out["version"]; !ok {
+		out["version"] = tm.Number
+	}
+	return out, nil
 }

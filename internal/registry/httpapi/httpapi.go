@@ -79,6 +79,7 @@ func (a *api) routes(g *guard) []route {
 	add("GET /registry/v2/vm", h(a.templates))
 	add("GET /registry/vm/arch", h(a.arch))
 	add("PUT /registry/vm/arch", h(a.setArch))
+	add("GET /registry/vm/info", h(a.vmInfo))
 	add("DELETE /registry/vm", h(a.delete))
 	add("DELETE /registry/revert", h(a.revert))
 	add("GET /registry/disk", h(a.disk))
@@ -203,6 +204,14 @@ func (a *api) templates(r *http.Request) (any, error) {
 		return a.reg.GetTemplate(r.Context(), id)
 	}
 	return a.reg.ListTemplates(r.Context())
+}
+
+func (a *api) vmInfo(r *http.Request) (any, error) {
+	id := r.URL.Query().Get("id")
+	if id == "" {
+		return nil, &registry.InvalidError{Field: "id", Reason: "required as ?id="}
+	}
+	return a.reg.VMInfo(r.Context(), id, r.URL.Query().Get("tag"))
 }
 
 // setArch is PUT /registry/vm/arch?id=<template> with ?arch= or a body
