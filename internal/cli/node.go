@@ -55,7 +55,7 @@ func (n *nodeFlags) driverFor(log *slog.Logger) (driver.Driver, error) {
 	switch n.driver {
 	case "synthetic":
 		d := synthetic.New(n.bootTime)
-		d.ScriptUser = n.scriptUser
+		d.ScriptUser, d.StateDir = n.scriptUser, filepath.Join(n.dataDir, "synthetic")
 		return d, nil
 	case "qemu":
 		return qemu.New(qemu.Config{StateDir: filepath.Join(n.dataDir, "qemu"), ForwardHost: n.forwardHost, VNC: n.vnc, Accel: n.qemuAccel, Log: log})

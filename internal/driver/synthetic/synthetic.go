@@ -33,6 +33,9 @@ type Driver struct {
 	// anka/admin, as the reference's guests); AuthorizedKeys too.
 	SSHUser, SSHPassword string
 	AuthorizedKeys       []ssh.PublicKey
+	// StateDir holds instances' sandboxes (default: the system temporary
+	// directory; a container image may have none).
+	StateDir string
 
 	keyOnce sync.Once
 	hostKey ssh.Signer
@@ -61,11 +64,6 @@ func (d *Driver) Start(ctx context.Context, spec driver.Spec) (driver.VM, error)
 		ln.Close()
 		return nil, d.keyErr
 	}
-	home, err := os.MkdirTemp("", "corral-synthetic-vm-")
-	if err != nil {
-		ln.Close()
-		return nil, fmt.Errorf("synthetic vm %s: %w", spec.InstanceID, err)
-	}
 	now := time.Now().UTC()
 	cpus, ram := spec.VCPU, spec.VRAMMB
 	if cpus == 0 {
@@ -74,7 +72,7 @@ func (d *Driver) Start(ctx context.Context, spec driver.Spec) (driver.VM, error)
 	if ram == 0 {
 		ram = 4096
 	}
-	vm := &vm{d: d, home: home, done: make(chan struct{}), spec: spec, info: apiv1.VMInfo{
+	vm := &vm{d: d, done: make(chan struct{}), spec: spec, info: apiv1.VMInfo{
 		UUID: spec.InstanceID, Name: "synthetic-" + spec.InstanceID[:min(8, len(spec.InstanceID))],
 		Status: "running", CPUCores: cpus, RAM: strconv.Itoa(ram/1024) + "G", NodeID: spec.NodeID,
 		HostIP: spec.HostIP, IP: fakeGuestIP(port), CreationDate: now, StartDate: now, Version: spec.Tag,
@@ -89,11 +87,13 @@ func (d *Driver) Start(ctx context.Context, spec driver.Spec) (driver.VM, error)
 func fakeGuestIP(port int) string { return fmt.Sprintf("192.168.%d.%d", 64+port/250%64, 2+port%250) }
 
 type vm struct {
-	d    *Driver
-	spec driver.Spec
-	home string // the sandbox SSH sessions run in
-	srv  *sshserve.Server
-	done chan struct{}
+	d        *Driver
+	spec     driver.Spec
+	homeOnce sync.Once
+	home     string // the sandbox SSH sessions run in, made at the first
+	homeErr  error
+	srv      *sshserve.Server
+	done     chan struct{}
 
 	mu      sync.Mutex
 	info    apiv1.VMInfo
@@ -114,7 +114,11 @@ func (v *vm) serve(ln net.Listener) {
 				args = append(args, "-c", line)
 			}
 			c := exec.Command(args[0], args[1:]...)
-			if err := v.d.prepareScript(c, v.home, v); err != nil {
+			home, err := v.homeDir()
+			if err != nil {
+				return nil, err
+			}
+			if err := v.d.prepareScript(c, home, v); err != nil {
 				return nil, err
 			}
 			return c, nil
@@ -141,7 +145,11 @@ func scriptShell() string {
 // node runs as root, as Driver.ScriptUser (default nobody) in its own
 // namespaces.
 func (v *vm) RunScript(ctx context.Context, script []byte) (apiv1.ScriptResult, error) {
-	dir, err := os.MkdirTemp("", "corral-script-")
+	base := cmp.Or(v.d.StateDir, os.TempDir())
+	if err := os.MkdirAll(base, 0o755); err != nil {
+		return apiv1.ScriptResult{}, fmt.Errorf("startup script: %w", err)
+	}
+	dir, err := os.MkdirTemp(base, "corral-script-")
 	if err != nil {
 		return apiv1.ScriptResult{}, fmt.Errorf("startup script: %w", err)
 	}
@@ -166,8 +174,25 @@ func (v *vm) Stop(context.Context) error {
 
 func (v *vm) Destroy(ctx context.Context) error {
 	err := v.Stop(ctx)
-	_ = os.RemoveAll(v.home)
+	v.homeOnce.Do(func() {}) // no session can make it now
+	if v.home != "" {
+		_ = os.RemoveAll(v.home)
+	}
 	return err
+}
+
+// homeDir makes the instance's sandbox at its first SSH session.
+func (v *vm) homeDir() (string, error) {
+	v.homeOnce.Do(func() {
+		dir := cmp.Or(v.d.StateDir, os.TempDir())
+		if v.homeErr = os.MkdirAll(dir, 0o755); v.homeErr == nil {
+			v.home, v.homeErr = os.MkdirTemp(dir, "corral-vm-")
+		}
+	})
+	if v.home == "" && v.homeErr == nil {
+		return "", fmt.Errorf("synthetic vm %s is destroyed", v.spec.InstanceID)
+	}
+	return v.home, v.homeErr
 }
 
 func (v *vm) Done() <-chan struct{} { return v.done }
