@@ -34,7 +34,7 @@ type Instance struct {
 	AnkaRegistry  string          `json:"anka_registry"`
 	VMID          string          `json:"vmid"`
 	Tag           string          `json:"tag"`
-	Version       int             `json:"version,omitempty"`
+	Version       *int            `json:"version,omitempty"`
 	NodeID        string          `json:"node_id"`
 	GroupID       string          `json:"group_id,omitempty"`
 	ExternalID    string          `json:"external_id,omitempty"`
@@ -208,7 +208,7 @@ type StartSpec struct {
 	VMID              string          `json:"vmid"`
 	TemplateName      string          `json:"template_name,omitempty"`
 	Tag               string          `json:"tag,omitempty"`
-	Version           int             `json:"version,omitempty"`
+	Version           *int            `json:"version,omitempty"` // tag number (from 0); nil: by tag or the latest
 	Count             int             `json:"count"`
 	Name              string          `json:"name,omitempty"`
 	NameTemplate      string          `json:"name_template,omitempty"`
@@ -264,7 +264,13 @@ func (r *StartRequest) Normalize() (StartSpec, error) {
 		return s, &FieldError{"vlan_tag", "not supported: Corral's nodes attach VMs to no VLAN (GET /api/v1/vlan lists none)"}
 	}
 	intField("count", r.Count, 1, MaxCount, &s.Count)
-	intField("version", r.Version, 1, 1<<31, &s.Version)
+	if r.Version != nil {
+		if *r.Version < 0 || *r.Version > 1<<31 {
+			return s, &FieldError{"version", rangeMsg(0, 1<<31)}
+		}
+		v := int(*r.Version)
+		s.Version = &v
+	}
 	intField("priority", r.Priority, 1, 10000, &s.Priority)
 	intField("script_timeout", r.ScriptTimeout, 1, 86400, &s.ScriptTimeout)
 	intField("script_fail_handler", r.ScriptFailHandler, 0, 2, &s.ScriptFailHandler)

@@ -27,7 +27,8 @@ func (s *Service) StartInstances(ctx context.Context, spec apiv1.StartSpec) ([]s
 	if err != nil {
 		return nil, err
 	}
-	spec.Tag, spec.Version, spec.TemplateName = version.Tag, version.Number, tmpl.Name
+	number := version.Number
+	spec.Tag, spec.Version, spec.TemplateName = version.Tag, &number, tmpl.Name
 	if spec.GroupID != "" {
 		if _, err := s.st.GetGroup(ctx, spec.GroupID); err != nil {
 			if errors.Is(err, store.ErrNotFound) {
@@ -90,13 +91,13 @@ func resolveTag(t apiv1.TemplateDetail, spec apiv1.StartSpec) (apiv1.TemplateVer
 			}
 		}
 		return apiv1.TemplateVersion{}, &NoSuchTagError{spec.Tag}
-	case spec.Version != 0:
+	case spec.Version != nil:
 		for _, v := range t.Versions {
-			if v.Number == spec.Version {
+			if v.Number == *spec.Version {
 				return v, nil
 			}
 		}
-		return apiv1.TemplateVersion{}, fieldErr("version", "template %s has no version %d", t.Name, spec.Version)
+		return apiv1.TemplateVersion{}, fieldErr("version", "template %s has no version %d", t.Name, *spec.Version)
 	}
 	latest, ok := t.Latest()
 	if !ok {

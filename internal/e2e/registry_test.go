@@ -178,7 +178,7 @@ func testPushPullRoundTrip(t *testing.T, reg *regdaemon.Daemon) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if res2.SentChunks != 3 || res2.Number != 2 {
+	if res2.SentChunks != 3 || res2.Number != 1 {
 		t.Fatalf("second tag sent %d chunks (number %d), want 3", res2.SentChunks, res2.Number)
 	}
 	dest3 := filepath.Join(t.TempDir(), "v2")
@@ -550,7 +550,7 @@ func TestRevertToTag(t *testing.T) {
 	}
 	fail(t, "DELETE", base+"/registry/revert?id="+id+"&tag=v9", "", 200, "No such tag v9")
 	fail(t, "DELETE", base+"/registry/revert?id="+id+"&number=x", "", 200, "number: must be a non-negative integer, got \"x\"")
-	if err := rc.RevertTo(ctx, id, "", 1); err != nil { // the first tag's number
+	if err := rc.RevertTo(ctx, id, "", 0); err != nil { // the first tag's number
 		t.Fatal(err)
 	}
 	if got := tags(); got != "v1" {
@@ -610,4 +610,33 @@ func TestVMInfo(t *testing.T) {
 	if got := rawCall(t, "GET", reg.URL+"/registry/vm/info?id=nope", "").(map[string]any); got["status"] != "FAIL" {
 		t.Fatalf("unknown: %v", got)
 	}
+}
+
+// TestTagNumbersFromZero: a new template's first tag is number 0 and
+// "version":0 starts it, as the reference numbers them (0 was refused);
+// existing templates keep their numbers.
+func TestTagNumbersFromZero(t *testing.T) {
+	c := testenv.StartCluster(t, testenv.Options{Registry: true, Nodes: []testenv.NodeOptions{{Name: "n1", Capacity: 2}}})
+	rc, _ := client.NewRegistry(c.Registry.URL)
+	ctx := context.Background()
+	src := newVMDir(t, 0, 1)
+	os.WriteFile(filepath.Join(src, "config.json"), []byte(fmt.Sprintf(`{"arch":%q}`, runtimeArch())), 0o644)
+	var id string
+	for i, tag := range []string{"first", "second"} {
+		res, err := rc.Push(ctx, client.PushOptions{Source: src, Template: "zero", Tag: tag})
+		if err != nil || res.Number != i {
+			t.Fatalf("push %s: number %d %v, want %d", tag, res.Number, err, i)
+		}
+		id = res.TemplateID
+	}
+	base := c.Controllers[0].URL + "/api/v1"
+	in := ok(t, "POST", base+"/vm", `{"vmid":"`+id+`","version":0}`).([]any)[0].(string)
+	if got := c.WaitState(in, apiv1.StateStarted, 10*time.Second); got.Tag != "first" || got.Version == nil || *got.Version != 0 {
+		t.Fatalf("version 0 started %+v", got)
+	}
+	in = ok(t, "POST", base+"/vm", `{"vmid":"`+id+`"}`).([]any)[0].(string)
+	if got := c.WaitState(in, apiv1.StateStarted, 10*time.Second); got.Tag != "second" || *got.Version != 1 {
+		t.Fatalf("latest started %+v", got)
+	}
+	fail(t, "POST", base+"/vm", `{"vmid":"`+id+`","version":-1}`, 200, "version: must be an integer from 0 to 2147483648")
 }

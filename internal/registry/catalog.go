@@ -19,7 +19,7 @@ import (
 //
 // An OCI repository with at least one tag is a template of the catalog
 // (GET /api/v1/registry/vm): its id is apiv1.OCITemplateID(repository), its
-// name the repository, its versions the tags, numbered 1..n in the order they
+// name the repository, its versions the tags, numbered 0..n-1 in the order they
 // were last pushed, so the latest push is the latest version. A version's
 // size is what a pull transfers (config and layers), its config_file the
 // config blob, images the layers (nvram the Tart NVRAM layer). The template's
@@ -69,7 +69,7 @@ func (r *Registry) ociTemplate(ctx context.Context, repo string) (apiv1.Template
 	})
 	d := apiv1.TemplateDetail{Template: apiv1.Template{ID: apiv1.OCITemplateID(repo), Name: repo}, Versions: []apiv1.TemplateVersion{}}
 	for i, v := range versions {
-		v.Number = i + 1
+		v.Number = i // from 0, as the reference numbers tags
 		v.Arch, v.LastPush, v.CreationDate = v.arch, v.pushed.Unix(), v.pushed.Unix()
 		d.Versions = append(d.Versions, v.TemplateVersion)
 	}

@@ -123,8 +123,8 @@ func TestTagNumbersAndLifecycle(t *testing.T) {
 		t.Fatal(err)
 	}
 	for i, v := range tmpl.Versions {
-		if v.Number != i+1 {
-			t.Fatalf("numbers not 1..n: %+v", tmpl.Versions)
+		if v.Number != i { // from 0, as the reference numbers tags
+			t.Fatalf("numbers not 0..n-1: %+v", tmpl.Versions)
 		}
 	}
 	if _, err := r.Commit(ctx, commitReq("busy", "t0", d...)); !errors.Is(err, registry.ErrTagExists) {

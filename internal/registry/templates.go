@@ -364,7 +364,7 @@ func (r *Registry) Commit(ctx context.Context, req apiv1.CommitRequest) (apiv1.C
 		if err != nil {
 			return apiv1.CommitResponse{}, err
 		}
-		next := 1
+		next := 0 // the reference numbers a template's first tag 0; existing numbers stay
 		for _, existing := range tags {
 			if existing.Tag == req.Tag {
 				return apiv1.CommitResponse{}, fmt.Errorf("%w: template %s already has tag %s", ErrTagExists, t.Name, req.Tag)

@@ -252,7 +252,7 @@ func TestPushedImageIsATemplate(t *testing.T) {
 		t.Fatal(err)
 	}
 	if len(detail.Versions) != 2 || detail.Versions[0].Tag != "v1" || detail.Versions[1].Tag != "v2" ||
-		detail.Versions[1].Number != 2 || len(detail.Versions[1].Images) != 4 || detail.Versions[1].NVRAM == "" {
+		detail.Versions[1].Number != 1 || len(detail.Versions[1].Images) != 4 || detail.Versions[1].NVRAM == "" {
 		t.Fatalf("versions %+v", detail.Versions)
 	}
 	req, _ := http.NewRequest("GET", e.registry+"/v2/macos/sonoma/manifests/v1", nil)
