@@ -212,3 +212,18 @@ func TestAnkaVariables(t *testing.T) {
 		}
 	}
 }
+
+// ANKA_BACKEND_S3_SKIP_TLS_VERIFICATION is the reference's name for the
+// registry's S3 client skipping certificate checks.
+func TestS3SkipTLSAlias(t *testing.T) {
+	t.Setenv("ANKA_BACKEND_S3_SKIP_TLS_VERIFICATION", "true")
+	f := newFlags("registry", "", &bytes.Buffer{})
+	var r registryFlags
+	r.register(f, "", ":8089", "dir")
+	if err := f.Parse(nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	if !r.s3TLS.skipVerify {
+		t.Fatal("ANKA_BACKEND_S3_SKIP_TLS_VERIFICATION not read")
+	}
+}

@@ -53,8 +53,11 @@ type clientTLSFlags struct {
 // reference product's ANKA_SKIP_TLS_VERIFICATION (one client per command).
 func (t *clientTLSFlags) register(f *flags, prefix string, withCert, referenceNames bool) {
 	f.String(&t.caCert, prefix+"tls-ca", "", "extra CA certificate to trust for HTTPS")
-	f.Bool(&t.skipVerify, prefix+"skip-tls-verification", false, "do not verify HTTPS certificates (testing only)",
-		aliasIf(referenceNames, "ANKA_SKIP_TLS_VERIFICATION")...)
+	aliases := aliasIf(referenceNames, "ANKA_SKIP_TLS_VERIFICATION")
+	if referenceNames && prefix == "s3-" { // the reference's name for the registry's S3 client
+		aliases = append([]string{"ANKA_BACKEND_S3_SKIP_TLS_VERIFICATION"}, aliases...)
+	}
+	f.Bool(&t.skipVerify, prefix+"skip-tls-verification", false, "do not verify HTTPS certificates (testing only)", aliases...)
 	if withCert {
 		f.String(&t.cert, prefix+"client-cert", "", "client certificate, for servers that authenticate by certificate")
 		f.String(&t.key, prefix+"client-key", "", "client certificate's private key")
