@@ -271,6 +271,13 @@ func applyStatus(r *store.InstanceRecord, st apiv1.InstanceStatus) store.Instanc
 	case st.Requeue && r.State == apiv1.StateTerminating:
 		r.State, r.FinishedAt, r.SlotHeld = apiv1.StateTerminated, now, false
 		return store.InstanceUpdate{Unassign: true}
+	case r.State == apiv1.StateTerminating && st.Released:
+		// The node's VM is gone (it died, was lost, or never started) while
+		// the instance was wanted gone: that is the end. Keeping Terminating
+		// with the slot released stranded it, since reports for instances
+		// whose slot is not held are ignored.
+		r.State, r.FinishedAt, r.SlotHeld = apiv1.StateTerminated, now, false
+		return store.InstanceUpdate{Unassign: true}
 	case r.State == apiv1.StateTerminating:
 		// Still waiting for the node to destroy the VM; keep the state.
 	case st.Requeue:
