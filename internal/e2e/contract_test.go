@@ -184,7 +184,10 @@ func TestContract(t *testing.T) {
 	if disk["total"].(float64) <= 0 {
 		t.Errorf("registry/disk: %v", disk)
 	}
-	fail(t, "GET", base+"/registry/vm?id=nope", "", 200, apiv1.MsgNotInRegistry)
+	fail(t, "GET", base+"/registry/vm?id=nope", "", 200, apiv1.MsgNotFound) // the reference's answer: clients then look it up by name
+	fail(t, "GET", base+"/no-such-route", "", 404, apiv1.MsgNotFound)
+	fail(t, "PATCH", base+"/vm", "", 404, apiv1.MsgNotFound)
+	fail(t, "GET", base+"/vm?id=nope", "", 200, apiv1.MsgNotFound)
 }
 
 // checkList asserts every list item has vm and vm.cr_time, and nulls only
@@ -267,7 +270,7 @@ func TestBadInput(t *testing.T) {
 		{"POST", "/vm", vm(`,"vlan_tag":"12"`), 200, "vlan_tag: not supported: Corral's nodes attach VMs to no VLAN (GET /api/v1/vlan lists none)"},
 		{"DELETE", "/node", `{}`, 200, "node_id: required"},
 		{"POST", "/node/group/nope", `{"node_ids":["x"]}`, 200, apiv1.MsgNotFound},
-		{"GET", "/no/such/endpoint", ``, 200, apiv1.MsgNotFound},
+		{"GET", "/no/such/endpoint", ``, 404, apiv1.MsgNotFound}, // a route the API does not have
 		{"POST", "/image", `{"id":"x","tag":"t"}`, 200, apiv1.MsgNotFound},
 		{"POST", "/image", `{"tag":"t"}`, 200, "id: required"},
 		{"POST", "/image", `{"id":"x","tag":"a/b"}`, 200, `tag: want 1-128 letters, digits or ._+@-, got "a/b"`},

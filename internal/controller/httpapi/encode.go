@@ -79,6 +79,8 @@ func (a *API) failure(r *http.Request, err error) (int, string) {
 		return http.StatusOK, field.Error()
 	case errors.As(err, &noTag):
 		return http.StatusOK, noTag.Error()
+	case errors.Is(err, errNoRoute):
+		return http.StatusNotFound, apiv1.MsgNotFound
 	case errors.Is(err, controller.ErrNotFound):
 		return http.StatusOK, apiv1.MsgNotFound
 	case errors.Is(err, controller.ErrNotInRegistry):

@@ -2,6 +2,7 @@ package httpapi
 
 import (
 	"cmp"
+	"errors"
 	"net/http"
 	"strconv"
 
@@ -11,7 +12,11 @@ import (
 
 func (a *API) status(r *http.Request) (any, error) { return a.svc.Status(r.Context()), nil }
 
-func (a *API) notFound(r *http.Request) (any, error) { return nil, controller.ErrNotFound }
+// errNoRoute is a path (or method) the API does not serve: HTTP 404 with
+// FAIL "Not found", as the reference answers; unknown ids stay HTTP 200.
+var errNoRoute = errors.New("no such route")
+
+func (a *API) notFound(r *http.Request) (any, error) { return nil, errNoRoute }
 
 func (a *API) listNodes(r *http.Request) (any, error) {
 	nodes, err := a.svc.ListNodes(r.Context(), r.URL.Query().Get("id"))
@@ -178,7 +183,13 @@ func (a *API) terminateInstance(r *http.Request) (any, error) {
 func (a *API) registryTemplates(r *http.Request) (any, error) {
 	reg := a.svc.Registry()
 	if id := r.URL.Query().Get("id"); id != "" {
-		return reg.GetTemplate(r.Context(), id)
+		t, err := reg.GetTemplate(r.Context(), id)
+		if errors.Is(err, controller.ErrNotInRegistry) {
+			// "Not found", as the reference answers: clients (the Python
+			// CLI) look the template up by name only on that answer.
+			err = controller.ErrNotFound
+		}
+		return t, err
 	}
 	return reg.ListTemplates(r.Context())
 }
