@@ -125,7 +125,7 @@ func TestRegistryBackendConfig(t *testing.T) {
 // the matching command, so those files keep working.
 func TestReferenceEnvNamesAccepted(t *testing.T) {
 	both := []string{"ANKA_V", "ANKA_USE_HTTPS", "ANKA_SERVER_CERT", "ANKA_SERVER_KEY", "ANKA_SKIP_TLS_VERIFICATION",
-		"ANKA_CA_CERT", "ANKA_ENABLE_METRICS", "ANKA_LISTEN_ADDR"}
+		"ANKA_CA_CERT", "ANKA_ROOT_CERT", "ANKA_ENABLE_METRICS", "ANKA_LISTEN_ADDR"}
 	for _, tc := range []struct {
 		command  string
 		register func(*flags)

@@ -23,7 +23,7 @@ func (t *serverTLSFlags) register(f *flags, clientCAUsage string) {
 	f.Bool(&t.useHTTPS, "use-https", false, "serve HTTPS (needs --server-cert and --server-key)", "ANKA_USE_HTTPS")
 	f.String(&t.cert, "server-cert", "", "PEM certificate for HTTPS", "ANKA_SERVER_CERT")
 	f.String(&t.key, "server-key", "", "PEM private key for HTTPS", "ANKA_SERVER_KEY")
-	f.String(&t.clientCA, "ca-cert", "", clientCAUsage, "ANKA_CA_CERT")
+	f.String(&t.clientCA, "ca-cert", "", clientCAUsage, "ANKA_CA_CERT", "ANKA_ROOT_CERT") // ANKA_ROOT_CERT: the root CA of the reference's TLS guide
 }
 
 func (t *serverTLSFlags) config() (tlsconfig.Server, error) {
