@@ -161,7 +161,7 @@ func rawCall(t *testing.T, method, url, body string) any {
 }
 
 // knownDifferences are the recorded fields Corral does not have yet, each
-// a documented gap (README, "API differences"); the test fails on any
+// a documented gap (README, "API"); the test fails on any
 // other difference, and on a listed one that is gone (so the list shrinks).
 var knownDifferences = map[string]string{
 	// The documentation's example capitalises one key; the responses
