@@ -28,6 +28,7 @@ func commands() []command {
 		{"registry", "run the template registry (standalone, no etcd needed)", runRegistry},
 		{"template", "push, pull, list, describe, delete, revert templates in a registry", runTemplate},
 		{"node", "run a node agent that joins a controller and runs instances", runNode},
+		{"vm", "start, list, show, terminate, wait for instances (a controller's client)", runVM},
 		{"apikey", "create, list, delete API keys for /tap/v1 logins", runAPIKey},
 		{"join-token", "rotate the token nodes join with", runJoinToken},
 		{"etcd", "etcd care: snapshot save/restore, status, defrag, check perf", runEtcd},

@@ -1,0 +1,324 @@
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/url"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	apiv1 "github.com/corral-build/corral/api/v1"
+	"github.com/corral-build/corral/client"
+)
+
+// runVM dispatches `corral vm <verb>`: instances without curl.
+func runVM(ctx context.Context, args []string, out io.Writer) error {
+	verbs := map[string]func(context.Context, []string, io.Writer) error{
+		"start": vmStart, "list": vmList, "show": vmShow, "terminate": vmTerminate, "wait": vmWait,
+	}
+	if len(args) == 0 || verbs[args[0]] == nil {
+		fmt.Fprintln(out, "Usage: corral vm <start|list|show|terminate|wait> [flags] (each has --help)")
+		if len(args) > 0 && (args[0] == "-h" || args[0] == "--help") {
+			return flag.ErrHelp
+		}
+		return errors.New("want a verb: start, list, show, terminate or wait")
+	}
+	return verbs[args[0]](ctx, args[1:], out)
+}
+
+type vmCommon struct {
+	output string
+}
+
+// vmFlags parses a vm verb's flags (positional arguments before or after
+// them) and returns a client of the controller.
+func vmFlags(name, summary string, out io.Writer, args []string, define func(f *flags)) (*client.Controller, vmCommon, []string, error) {
+	f := newFlags("vm "+name, summary, out)
+	var controllers []string
+	var rootToken string
+	var c vmCommon
+	var tlsFlags clientTLSFlags
+	f.List(&controllers, "controller", "http://127.0.0.1:8090", "controller URL(s), comma-separated")
+	f.String(&rootToken, "root-token", "", "authenticate as root (a controller with --enable-auth)", "ANKA_ROOT_TOKEN")
+	f.String(&c.output, "output", "table", "table (for people) or json (for scripts)")
+	tlsFlags.register(f, "", true, false)
+	if define != nil {
+		define(f)
+	}
+	var positional []string
+	for len(args) > 0 {
+		if err := f.fs.Parse(args); err != nil {
+			return nil, c, nil, err
+		}
+		args = f.fs.Args()
+		if len(args) > 0 {
+			positional = append(positional, args[0])
+			args = args[1:]
+		}
+	}
+	if err := f.Parse(nil, slog.Default); err != nil {
+		return nil, c, nil, err
+	}
+	if c.output != "table" && c.output != "json" {
+		return nil, c, nil, fmt.Errorf("--output: want table or json, got %q", c.output)
+	}
+	cl, err := client.New(controllers, "")
+	if err != nil {
+		return nil, c, nil, err
+	}
+	if rootToken != "" {
+		cl.UseRootToken(rootToken)
+	}
+	tlsCfg, err := tlsFlags.config().Config()
+	cl.UseTLS(tlsCfg)
+	return cl, c, positional, err
+}
+
+func printJSON(out io.Writer, v any) error {
+	enc := json.NewEncoder(out)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+// sshEndpoint is where an instance's SSH is reached ("" before it runs).
+func sshEndpoint(in apiv1.Instance) string {
+	if in.VMInfo == nil {
+		return ""
+	}
+	for _, pf := range in.VMInfo.PortForwarding {
+		if pf.GuestPort == 22 {
+			return net.JoinHostPort(in.VMInfo.HostIP, strconv.Itoa(pf.HostPort))
+		}
+	}
+	return ""
+}
+
+func vmStart(ctx context.Context, args []string, out io.Writer) error {
+	var vmid, tag, group, node, externalID, name string
+	var count, priority int
+	var wait bool
+	var timeout time.Duration
+	cl, c, _, err := vmFlags("start", "Start instances of a template.\nUsage: corral vm start --vmid ID [--tag T] [--count N] [--group G] [--wait]", out, args, func(f *flags) {
+		f.String(&vmid, "vmid", "", "template id (see corral template list)")
+		f.String(&tag, "tag", "", "template tag (default: the latest)")
+		f.Int(&count, "count", 1, "number of instances")
+		f.String(&group, "group", "", "node group id")
+		f.String(&node, "node", "", "node id")
+		f.Int(&priority, "priority", 0, "1 (most urgent) to 10000 (default 1000)")
+		f.String(&externalID, "external-id", "", "your reference for the instances")
+		f.String(&name, "name", "", "instance name")
+		f.Bool(&wait, "wait", false, "wait until every instance is Started and print its SSH endpoint")
+		f.Duration(&timeout, "timeout", 10*time.Minute, "how long --wait waits")
+	})
+	if err != nil {
+		return err
+	}
+	if vmid == "" {
+		return errors.New("--vmid is required")
+	}
+	req := map[string]any{"vmid": vmid, "count": count}
+	for k, v := range map[string]string{"tag": tag, "group_id": group, "node_id": node, "external_id": externalID, "name": name} {
+		if v != "" {
+			req[k] = v
+		}
+	}
+	if priority > 0 {
+		req["priority"] = priority
+	}
+	ids, err := cl.StartInstances(ctx, req)
+	if err != nil {
+		return err
+	}
+	if !wait {
+		if c.output == "json" {
+			return printJSON(out, ids)
+		}
+		for _, id := range ids {
+			fmt.Fprintln(out, id)
+		}
+		return nil
+	}
+	wctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	var started []apiv1.Instance
+	for _, id := range ids {
+		in, err := waitState(wctx, cl, id, apiv1.StateStarted)
+		if err != nil {
+			return err
+		}
+		started = append(started, in)
+	}
+	if c.output == "json" {
+		return printJSON(out, started)
+	}
+	w := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(w, "INSTANCE\tSTATE\tSSH")
+	for _, in := range started {
+		fmt.Fprintf(w, "%s\t%s\t%s\n", in.InstanceID, in.State, sshEndpoint(in))
+	}
+	return w.Flush()
+}
+
+func vmList(ctx context.Context, args []string, out io.Writer) error {
+	var state, group, node string
+	cl, c, _, err := vmFlags("list", "List instances.\nUsage: corral vm list [--state S] [--group G] [--node N]", out, args, func(f *flags) {
+		f.String(&state, "state", "", "only instances in this state (Scheduling, Pulling, Started, Error, ...)")
+		f.String(&group, "group", "", "only instances of this group id")
+		f.String(&node, "node", "", "only instances on this node id")
+	})
+	if err != nil {
+		return err
+	}
+	q := url.Values{}
+	for k, v := range map[string]string{"state": state, "group_id": group, "node_id": node} {
+		if v != "" {
+			q.Set(k, v)
+		}
+	}
+	items, err := cl.Instances(ctx, q.Encode())
+	if err != nil {
+		return err
+	}
+	if c.output == "json" {
+		return printJSON(out, items)
+	}
+	w := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(w, "INSTANCE\tSTATE\tTEMPLATE\tTAG\tNODE\tSSH\tMESSAGE")
+	for _, it := range items {
+		in := it.VM
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", in.InstanceID, in.State, in.VMID, in.Tag, in.NodeID, sshEndpoint(in), in.Message)
+	}
+	return w.Flush()
+}
+
+func vmShow(ctx context.Context, args []string, out io.Writer) error {
+	cl, c, pos, err := vmFlags("show", "Show one instance.\nUsage: corral vm show ID", out, args, nil)
+	if err != nil {
+		return err
+	}
+	if len(pos) != 1 {
+		return errors.New("usage: corral vm show ID")
+	}
+	in, err := cl.Instance(ctx, pos[0])
+	if err != nil {
+		return err
+	}
+	if c.output == "json" {
+		return printJSON(out, in)
+	}
+	w := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	rows := [][2]string{{"instance", in.InstanceID}, {"state", in.State}, {"message", in.Message}, {"template", in.VMID},
+		{"tag", in.Tag}, {"node", in.NodeID}, {"ssh", sshEndpoint(in)}, {"external id", in.ExternalID}, {"name", in.Name}}
+	if s := in.StartupScript; s != nil {
+		rows = append(rows, [2]string{"startup script", fmt.Sprintf("exit %d, timed out %v", s.ReturnCode, s.DidTimeout)})
+	}
+	for _, r := range rows {
+		if r[1] != "" {
+			fmt.Fprintf(w, "%s\t%s\n", r[0], r[1])
+		}
+	}
+	return w.Flush()
+}
+
+func vmTerminate(ctx context.Context, args []string, out io.Writer) error {
+	var all bool
+	var state string
+	cl, _, pos, err := vmFlags("terminate", "Terminate instances.\nUsage: corral vm terminate ID... | --all [--state S]", out, args, func(f *flags) {
+		f.Bool(&all, "all", false, "every instance (with --state, every one in that state)")
+		f.String(&state, "state", "", "with --all: only instances in this state")
+	})
+	if err != nil {
+		return err
+	}
+	switch {
+	case all && len(pos) > 0:
+		return errors.New("give instance ids or --all, not both")
+	case !all && len(pos) == 0:
+		return errors.New("usage: corral vm terminate ID... | --all [--state S]")
+	case all:
+		q := url.Values{}
+		if state != "" {
+			q.Set("state", state)
+		}
+		items, err := cl.Instances(ctx, q.Encode())
+		if err != nil {
+			return err
+		}
+		for _, it := range items {
+			if it.VM.State != apiv1.StateTerminated && it.VM.State != apiv1.StateTerminating {
+				pos = append(pos, it.InstanceID)
+			}
+		}
+	}
+	var failed []string
+	for _, id := range pos {
+		if err := cl.Terminate(ctx, id); err != nil {
+			failed = append(failed, fmt.Sprintf("%s: %v", id, err))
+			continue
+		}
+		fmt.Fprintln(out, id)
+	}
+	if len(failed) > 0 {
+		return fmt.Errorf("%d of %d not terminated: %s", len(failed), len(pos), strings.Join(failed, "; "))
+	}
+	return nil
+}
+
+func vmWait(ctx context.Context, args []string, out io.Writer) error {
+	var state string
+	var timeout time.Duration
+	cl, c, pos, err := vmFlags("wait", "Wait until instances reach a state (it fails if one ends in Error first).\nUsage: corral vm wait ID... [--state Started]", out, args, func(f *flags) {
+		f.String(&state, "state", apiv1.StateStarted, "the state to wait for")
+		f.Duration(&timeout, "timeout", 10*time.Minute, "how long to wait")
+	})
+	if err != nil {
+		return err
+	}
+	if len(pos) == 0 {
+		return errors.New("usage: corral vm wait ID... [--state S]")
+	}
+	wctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	var got []apiv1.Instance
+	for _, id := range pos {
+		in, err := waitState(wctx, cl, id, state)
+		if err != nil {
+			return err
+		}
+		got = append(got, in)
+	}
+	if c.output == "json" {
+		return printJSON(out, got)
+	}
+	for _, in := range got {
+		fmt.Fprintf(out, "%s\t%s\t%s\n", in.InstanceID, in.State, sshEndpoint(in))
+	}
+	return nil
+}
+
+// waitState polls an instance until it reaches state; an instance that ends
+// in Error or Terminated instead fails at once, with its message.
+func waitState(ctx context.Context, cl *client.Controller, id, state string) (apiv1.Instance, error) {
+	for {
+		in, err := cl.Instance(ctx, id)
+		switch {
+		case err == nil && in.State == state:
+			return in, nil
+		case err == nil && (in.State == apiv1.StateError || in.State == apiv1.StateTerminated):
+			return in, fmt.Errorf("instance %s is %s: %s", id, in.State, in.Message)
+		}
+		select {
+		case <-ctx.Done():
+			return in, fmt.Errorf("instance %s: want %s, have %s: %w", id, state, in.State, ctx.Err())
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
