@@ -220,6 +220,33 @@ func (c *Controller) Nodes(ctx context.Context) ([]apiv1.Node, error) {
 	return nodes, c.do(ctx, http.MethodGet, "/api/v1/node", nil, &nodes)
 }
 
+// ConfigureNode changes a node's settings (PUT /api/v1/node/config): req
+// holds node_id and any of capacity, drain_mode, max_vcpu_count, max_vram.
+func (c *Controller) ConfigureNode(ctx context.Context, req map[string]any) error {
+	return c.do(ctx, http.MethodPut, "/api/v1/node/config", req, nil)
+}
+
+// DisjoinNode removes a node from the cloud.
+func (c *Controller) DisjoinNode(ctx context.Context, id string) error {
+	return c.do(ctx, http.MethodDelete, "/api/v1/node", apiv1.NodeIDRequest{NodeID: id}, nil)
+}
+
+// Groups lists node groups.
+func (c *Controller) Groups(ctx context.Context) ([]apiv1.Group, error) {
+	var gs []apiv1.Group
+	return gs, c.do(ctx, http.MethodGet, "/api/v1/group", nil, &gs)
+}
+
+// DeleteGroup deletes a node group.
+func (c *Controller) DeleteGroup(ctx context.Context, id string) error {
+	return c.do(ctx, http.MethodDelete, "/api/v1/group", map[string]string{"id": id}, nil)
+}
+
+// RemoveNodesFromGroup takes nodes out of a group.
+func (c *Controller) RemoveNodesFromGroup(ctx context.Context, groupID string, nodeIDs ...string) error {
+	return c.do(ctx, http.MethodDelete, "/api/v1/node/group/"+url.PathEscape(groupID), apiv1.NodeIDsRequest{NodeIDs: nodeIDs}, nil)
+}
+
 // CreateGroup creates a node group.
 func (c *Controller) CreateGroup(ctx context.Context, name, description, fallback string) (apiv1.Group, error) {
 	var g apiv1.Group

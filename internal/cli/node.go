@@ -93,6 +93,9 @@ func (n *nodeFlags) config(controllers []string, token string, log *slog.Logger)
 }
 
 func runNode(ctx context.Context, args []string, out io.Writer) error {
+	if len(args) > 0 && nodeVerbs[args[0]] != nil {
+		return nodeVerbs[args[0]](ctx, args[1:], out)
+	}
 	f := newFlags("node", "Run a node agent: join a controller and run the instances it assigns.", out)
 	var n nodeFlags
 	var controllers []string

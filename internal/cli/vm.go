@@ -41,7 +41,10 @@ type vmCommon struct {
 // vmFlags parses a vm verb's flags (positional arguments before or after
 // them) and returns a client of the controller.
 func vmFlags(name, summary string, out io.Writer, args []string, define func(f *flags)) (*client.Controller, vmCommon, []string, error) {
-	f := newFlags("vm "+name, summary, out)
+	if !strings.Contains(name, " ") {
+		name = "vm " + name
+	}
+	f := newFlags(name, summary, out)
 	var controllers []string
 	var rootToken string
 	var c vmCommon

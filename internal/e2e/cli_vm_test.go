@@ -57,4 +57,38 @@ func TestCLIInstances(t *testing.T) {
 	for _, it := range items {
 		c.WaitState(it.InstanceID, apiv1.StateTerminated, 10*time.Second)
 	}
+
+	// Nodes and groups.
+	var nodes []apiv1.Node
+	if err := json.Unmarshal([]byte(corral(true, "node", "list", "--output", "json")), &nodes); err != nil || len(nodes) != 1 {
+		t.Fatalf("node list: %v %+v", err, nodes)
+	}
+	id := nodes[0].NodeID
+	if table := corral(true, "node", "list"); !strings.Contains(table, "n1") || !strings.Contains(table, "0/4") {
+		t.Fatalf("node table %q", table)
+	}
+	corral(true, "node", "drain", id)
+	c.WaitNodeState(id, apiv1.NodeDrain, 5*time.Second)
+	corral(true, "node", "undrain", id)
+	corral(true, "node", "set-capacity", id, "6")
+	if show := corral(true, "node", "show", "n1"); !strings.Contains(show, `"capacity": 6`) || !strings.Contains(show, `"state": "Active"`) {
+		t.Fatalf("node show %q", show)
+	}
+	gid := strings.TrimSpace(corral(true, "group", "create", "macs", "--description", "M2 minis"))
+	corral(true, "group", "add", gid, id)
+	if table := corral(true, "node", "list"); !strings.Contains(table, "macs") {
+		t.Fatalf("node not in group: %q", table)
+	}
+	corral(true, "group", "remove", gid, id)
+	if gl := corral(true, "group", "list"); !strings.Contains(gl, "M2 minis") {
+		t.Fatalf("group list %q", gl)
+	}
+	corral(true, "group", "delete", gid)
+	if msg := corral(false, "node", "set-capacity", id, "many"); !strings.Contains(msg, "non-negative") {
+		t.Fatalf("bad capacity %q", msg)
+	}
+	corral(true, "node", "disjoin", id)
+	if got := corral(true, "node", "list", "--output", "json"); strings.Contains(got, id) {
+		t.Fatalf("disjoined node still listed: %s", got)
+	}
 }
