@@ -1,6 +1,8 @@
 package v1
 
 import (
+	"net/url"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -170,4 +172,31 @@ type PrefetchResult struct {
 	NodeID    string `json:"node_id"`
 	RequestID string `json:"request_id"`
 	Error     string `json:"error,omitempty"`
+}
+
+// RevertRequest is the optional body of DELETE .../revert: the tag to revert
+// to, by name or number (every later tag is dropped).
+type RevertRequest struct {
+	Tag    string   `json:"tag"`
+	Number *FlexInt `json:"number"`
+}
+
+// Target merges the body with the query (?tag=, ?number= win) and returns
+// the tag and number to revert to; number is -1 when none was given.
+func (b RevertRequest) Target(q url.Values) (tag string, number int, err error) {
+	tag, number = b.Tag, -1
+	if t := q.Get("tag"); t != "" {
+		tag = t
+	}
+	if b.Number != nil {
+		number = int(*b.Number)
+	}
+	if n := q.Get("number"); n != "" {
+		v, err := strconv.Atoi(n)
+		if err != nil || v < 0 {
+			return "", 0, &FieldError{Field: "number", Reason: "must be a non-negative integer, got " + strconv.Quote(n)}
+		}
+		number = v
+	}
+	return tag, number, nil
 }

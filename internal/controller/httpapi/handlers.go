@@ -4,7 +4,6 @@ import (
 	"cmp"
 	"errors"
 	"net/http"
-	"strconv"
 
 	apiv1 "github.com/corral-build/corral/api/v1"
 	"github.com/corral-build/corral/internal/controller"
@@ -207,25 +206,15 @@ func (a *API) registryRevert(r *http.Request) (any, error) {
 	if id == "" {
 		return nil, &apiv1.FieldError{Field: "id", Reason: "required as ?id="}
 	}
-	var body struct {
-		Tag    string         `json:"tag"`
-		Number *apiv1.FlexInt `json:"number"`
-	}
+	var body apiv1.RevertRequest
 	if r.ContentLength != 0 {
 		if err := decode(r, &body); err != nil {
 			return nil, err
 		}
 	}
-	tag, number := cmp.Or(r.URL.Query().Get("tag"), body.Tag), -1
-	if body.Number != nil {
-		number = int(*body.Number)
-	}
-	if n := r.URL.Query().Get("number"); n != "" {
-		v, err := strconv.Atoi(n)
-		if err != nil || v < 0 {
-			return nil, &apiv1.FieldError{Field: "number", Reason: "must be a non-negative integer, got " + strconv.Quote(n)}
-		}
-		number = v
+	tag, number, err := body.Target(r.URL.Query())
+	if err != nil {
+		return nil, err
 	}
 	return okNoBody{}, a.svc.Registry().RevertTo(r.Context(), id, tag, number)
 }

@@ -277,36 +277,27 @@ func (a *api) revert(r *http.Request) (any, error) {
 
 // revertTarget reads the tag to revert to: ?tag=, ?number=, or a body.
 func revertTarget(r *http.Request) (string, int, error) {
-	q := r.URL.Query()
-	var body struct {
-		Tag    string         `json:"tag"`
-		Number *apiv1.FlexInt `json:"number"`
-	}
+	var body apiv1.RevertRequest
 	if r.ContentLength != 0 {
 		data, err := io.ReadAll(io.LimitReader(r.Body, 64<<10))
 		if err != nil {
 			return "", 0, &registry.InvalidError{Field: "body", Reason: err.Error()}
 		}
 		if err := apiv1.Decode(data, &body); err != nil {
-			var fe *apiv1.FieldError
-			if errors.As(err, &fe) {
-				return "", 0, &registry.InvalidError{Field: fe.Field, Reason: fe.Reason}
-			}
-			return "", 0, err
+			return "", 0, asInvalid(err)
 		}
 	}
-	tag, number := cmp.Or(q.Get("tag"), body.Tag), -1
-	if body.Number != nil {
-		number = int(*body.Number)
+	tag, number, err := body.Target(r.URL.Query())
+	return tag, number, asInvalid(err)
+}
+
+// asInvalid turns an API field error into the registry's own.
+func asInvalid(err error) error {
+	var fe *apiv1.FieldError
+	if errors.As(err, &fe) {
+		return &registry.InvalidError{Field: fe.Field, Reason: fe.Reason}
 	}
-	if n := q.Get("number"); n != "" {
-		v, err := strconv.Atoi(n)
-		if err != nil || v < 0 {
-			return "", 0, &registry.InvalidError{Field: "number", Reason: "must be a non-negative integer, got " + strconv.Quote(n)}
-		}
-		number = v
-	}
-	return tag, number, nil
+	return err
 }
 
 func (a *api) disk(r *http.Request) (any, error) {
