@@ -59,8 +59,9 @@ func (a *Agent) saveImage(ctx context.Context, s apiv1.ImageSave) (templateID, n
 			return "", "", script, err
 		}
 		a.log.Info("saving instance as an OCI image", "instance", s.InstanceID, "template", s.TemplateName, "tag", s.Tag)
+		auth := a.pushAuth("repository:" + s.TemplateName + ":pull,push")
 		creds := func(ctx context.Context) (string, string, error) {
-			h, err := a.pushAuth(ctx, "repository:"+s.TemplateName+":pull,push")(ctx)
+			h, err := auth(ctx)
 			tok, _ := strings.CutPrefix(h, "Bearer ")
 			if tok == "" {
 				return "", "", err
@@ -117,7 +118,7 @@ func (a *Agent) saveImage(ctx context.Context, s apiv1.ImageSave) (templateID, n
 		return fail(err)
 	}
 	pushClient.UseTLS(a.cfg.TLS)
-	pushClient.UseAuth(a.pushAuth(ctx, "repository:*:pull,push"))
+	pushClient.UseAuth(a.pushAuth("repository:*:pull,push"))
 	res, err := pushClient.Push(ctx, client.PushOptions{Source: dir, Template: s.TemplateName, Tag: s.Tag,
 		Description: s.Description, Concurrency: rt.Concurrency,
 		Progress: func(p client.Progress) {
@@ -196,7 +197,7 @@ func joinNotes(a, b string) string {
 // the controller grants while this node has a save to do ("" when the cloud
 // issues no tokens), renewed before it expires (a push of many gigabytes
 // outlasts one).
-func (a *Agent) pushAuth(_ context.Context, scope string) func(context.Context) (string, error) {
+func (a *Agent) pushAuth(scope string) func(context.Context) (string, error) {
 	var mu sync.Mutex
 	var header string
 	var renewAt time.Time
