@@ -40,7 +40,6 @@ const (
 type ociVersion struct {
 	apiv1.TemplateVersion
 	pushed time.Time
-	arch   string
 }
 
 // ociTemplate reads an OCI repository as a template; ErrNotFound when it has
@@ -70,11 +69,11 @@ func (r *Registry) ociTemplate(ctx context.Context, repo string) (apiv1.Template
 	d := apiv1.TemplateDetail{Template: apiv1.Template{ID: apiv1.OCITemplateID(repo), Name: repo}, Versions: []apiv1.TemplateVersion{}}
 	for i, v := range versions {
 		v.Number = i // from 0, as the reference numbers tags
-		v.Arch, v.LastPush, v.CreationDate = v.arch, v.pushed.Unix(), v.pushed.Unix()
+		v.LastPush, v.CreationDate = v.pushed.Unix(), v.pushed.Unix()
 		d.Versions = append(d.Versions, v.TemplateVersion)
 	}
 	last := versions[len(versions)-1]
-	d.Size, d.Arch, d.LastPush = last.Size, last.arch, last.pushed.Unix()
+	d.Size, d.Arch, d.LastPush = last.Size, last.Arch, last.pushed.Unix()
 	return d, nil
 }
 
@@ -113,7 +112,7 @@ func (r *Registry) ociVersion(ctx context.Context, repo, tag string) (ociVersion
 	v.Description = "OCI image (" + cmp.Or(m.Annotations["org.opencontainers.image.description"], mt) + ")"
 	if m.Config != nil {
 		v.ConfigFile, v.Size = m.Config.Digest, m.Config.Size
-		v.arch = r.ociArch(ctx, repo, m.Config.Digest, m.Config.Size)
+		v.Arch = r.ociArch(ctx, repo, m.Config.Digest, m.Config.Size)
 	}
 	for _, l := range m.Layers {
 		v.Size += l.Size
