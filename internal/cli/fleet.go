@@ -78,23 +78,21 @@ func nodeConfig(ctx context.Context, verb, usage string, args []string, out io.W
 }
 
 func nodeDrain(ctx context.Context, args []string, out io.Writer) error {
-	return nodeConfig(ctx, "drain", "Stop giving a node new instances (running ones finish).\nUsage: corral node drain ID", args, out,
-		func(pos []string) (map[string]any, error) {
-			if len(pos) != 1 {
-				return nil, errors.New("usage: corral node drain ID")
-			}
-			return map[string]any{"node_id": pos[0], "drain_mode": true}, nil
-		})
+	return nodeSetDrain(ctx, "drain", "Stop giving a node new instances (running ones finish).", true, args, out)
 }
 
 func nodeUndrain(ctx context.Context, args []string, out io.Writer) error {
-	return nodeConfig(ctx, "undrain", "Give a drained node instances again.\nUsage: corral node undrain ID", args, out,
-		func(pos []string) (map[string]any, error) {
-			if len(pos) != 1 {
-				return nil, errors.New("usage: corral node undrain ID")
-			}
-			return map[string]any{"node_id": pos[0], "drain_mode": false}, nil
-		})
+	return nodeSetDrain(ctx, "undrain", "Give a drained node instances again.", false, args, out)
+}
+
+func nodeSetDrain(ctx context.Context, verb, summary string, drain bool, args []string, out io.Writer) error {
+	usage := "usage: corral node " + verb + " ID"
+	return nodeConfig(ctx, verb, summary+"\n"+usage, args, out, func(pos []string) (map[string]any, error) {
+		if len(pos) != 1 {
+			return nil, errors.New(usage)
+		}
+		return map[string]any{"node_id": pos[0], "drain_mode": drain}, nil
+	})
 }
 
 func nodeSetCapacity(ctx context.Context, args []string, out io.Writer) error {
