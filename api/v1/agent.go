@@ -87,6 +87,9 @@ type InstanceStatus struct {
 	Progress      float64       `json:"progress,omitempty"`
 	VMInfo        *VMInfo       `json:"vminfo,omitempty"`
 	StartupScript *ScriptResult `json:"startup_script,omitempty"`
+	// Console is the tail of the VM's console log (drivers that keep one),
+	// sent when the instance starts or fails.
+	Console string `json:"console,omitempty"`
 	// Released means the node no longer holds a VM for this instance, so its
 	// slot may be given to another instance.
 	Released bool `json:"released,omitempty"`

@@ -345,3 +345,18 @@ func (v VMInfo) MarshalJSON() ([]byte, error) {
 	}
 	return json.Marshal(p)
 }
+
+// MaxConsole bounds the console tail a node sends and the controller keeps.
+const MaxConsole = 64 << 10
+
+// InstanceLogs is GET /api/v1/vm/logs: the startup script's output and the
+// tail of the VM's console, where its driver keeps one.
+type InstanceLogs struct {
+	InstanceID    string        `json:"instance_id"`
+	State         string        `json:"instance_state"`
+	Message       string        `json:"message,omitempty"`
+	StartupScript *ScriptResult `json:"startup_script"`
+	Console       string        `json:"console"`
+	// ConsoleAt is when the node sent the console tail (zero: never).
+	ConsoleAt time.Time `json:"console_at,omitzero"`
+}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/url"
 	"path/filepath"
 	"strconv"
 	"time"
@@ -12,6 +13,7 @@ import (
 	"github.com/corral-build/corral/internal/controller"
 	"github.com/corral-build/corral/internal/controller/daemon"
 	"github.com/corral-build/corral/internal/etcdembed"
+	"github.com/corral-build/corral/internal/events"
 )
 
 // controllerFlags are shared by `corral controller` and `corral up`.
@@ -28,6 +30,9 @@ type controllerFlags struct {
 	etcdTLS                                                                                                                                                     clientTLSFlags
 	etcdTLSOn, etcdLogin                                                                                                                                        bool
 	etcdUser, etcdPassword                                                                                                                                      string
+	eventMaxCount                                                                                                                                               int
+	eventMaxAge                                                                                                                                                 time.Duration
+	eventWebhook, eventWebhookSecret                                                                                                                            string
 }
 
 func (c *controllerFlags) register(f *flags, listenDefault string) {
@@ -69,6 +74,10 @@ func (c *controllerFlags) register(f *flags, listenDefault string) {
 	f.String(&c.defaultPermissionGroup, "default-permission-group", "", "permission group for API keys and certificates no permission group names (empty: they may do everything)")
 	f.Duration(&c.defragInterval, "defrag-interval", 0, "defragment etcd this often (0 = never; it blocks writes, so it waits while instances are Scheduling or Pulling)", "ANKA_DEFRAG_DB_INTERVAL")
 	f.Bool(&c.enableMetrics, "enable-metrics", false, "also serve Prometheus /metrics on --metrics-listen (it is always on the API port)", "ANKA_ENABLE_METRICS")
+	f.Int(&c.eventMaxCount, "event-retention-count", events.DefaultMaxCount, "events the event log keeps at most (oldest dropped first)")
+	f.Duration(&c.eventMaxAge, "event-retention", events.DefaultMaxAge, "how long the event log keeps an event")
+	f.String(&c.eventWebhook, "event-webhook", "", "URL that receives every event: POST {\"events\": [...]}, in order, retried with backoff until it answers 2xx")
+	f.String(&c.eventWebhookSecret, "event-webhook-secret", "", "signs each webhook body: header X-Corral-Signature: sha256=<hex HMAC-SHA256>", "CORRAL_EVENT_WEBHOOK_SECRET")
 	f.String(&c.metricsListen, "metrics-listen", ":2112", "address (or port) of the extra /metrics listener (with --enable-metrics)", "ANKA_METRICS_PORT")
 }
 
@@ -85,6 +94,17 @@ func (c *controllerFlags) daemonConfig(log *slog.Logger) (daemon.Config, error) 
 	serverTLS, err := c.tls.config()
 	if err != nil {
 		return daemon.Config{}, err
+	}
+	if c.eventMaxCount < 100 {
+		return daemon.Config{}, fmt.Errorf("--event-retention-count: want at least 100, got %d", c.eventMaxCount)
+	}
+	if c.eventMaxAge < time.Minute {
+		return daemon.Config{}, fmt.Errorf("--event-retention: want at least 1m, got %s", c.eventMaxAge)
+	}
+	if c.eventWebhook != "" {
+		if u, err := url.Parse(c.eventWebhook); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			return daemon.Config{}, fmt.Errorf("--event-webhook: want an http(s) URL, got %q", c.eventWebhook)
+		}
 	}
 	if c.templatesFile == "" {
 		c.templatesFile = filepath.Join(c.dataDir, "templates.json")
@@ -106,6 +126,7 @@ func (c *controllerFlags) daemonConfig(log *slog.Logger) (daemon.Config, error) 
 		EtcdUseTLS: c.etcdTLSOn, EtcdTLS: c.etcdTLS.config(), EtcdUsername: loginField(c.etcdLogin, c.etcdUser),
 		EtcdPassword:  loginField(c.etcdLogin, c.etcdPassword),
 		MetricsListen: metricsListen(c.enableMetrics, c.metricsListen),
+		EventMaxCount: c.eventMaxCount, EventMaxAge: c.eventMaxAge, EventWebhook: c.eventWebhook, EventWebhookSecret: c.eventWebhookSecret,
 	}, nil
 }
 

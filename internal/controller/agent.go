@@ -242,7 +242,12 @@ func (s *Service) ReportStatus(ctx context.Context, rep apiv1.StatusReport) erro
 			if strings.Contains(r.Name, "$node_") {
 				r.Name = nodeName(r.Name, rep.NodeID, node.Report.NodeName)
 			}
-			return applyStatus(r, st), nil
+			u := applyStatus(r, st)
+			if len(st.Console) > apiv1.MaxConsole {
+				st.Console = st.Console[len(st.Console)-apiv1.MaxConsole:]
+			}
+			u.Console = st.Console
+			return u, nil
 		})
 		if err != nil && !errors.Is(err, store.ErrNotFound) {
 			return fmt.Errorf("instance %s: %w", st.InstanceID, err)

@@ -3,6 +3,7 @@ package controller
 import (
 	"context"
 	"errors"
+	"fmt"
 	"slices"
 	"time"
 
@@ -64,6 +65,8 @@ func (s *Service) Distribute(ctx context.Context, req apiv1.DistributeRequest) (
 		return "", err
 	}
 	s.log.Info("template distribution requested", "template", tmpl.Name, "tag", version.Tag, "nodes", len(d.Nodes), "request", d.RequestID)
+	s.record(apiv1.Event{Type: apiv1.EventTemplateDistributed, TemplateID: tmpl.ID, Tag: version.Tag, GroupID: req.GroupID,
+		Message: fmt.Sprintf("%s:%s distributed to %d node(s), request %s", tmpl.Name, version.Tag, len(d.Nodes), d.RequestID)})
 	return d.RequestID, nil
 }
 

@@ -270,3 +270,21 @@ func (s *Service) StartInstancesOnce(ctx context.Context, key string, spec apiv1
 	}
 	return ids, nil
 }
+
+// InstanceLogs answers GET /api/v1/vm/logs: the startup script's result and
+// the console tail the node sent.
+func (s *Service) InstanceLogs(ctx context.Context, id string) (apiv1.InstanceLogs, error) {
+	if id == "" {
+		return apiv1.InstanceLogs{}, fieldErr("id", "required")
+	}
+	r, err := s.st.GetInstance(ctx, id)
+	if err != nil {
+		return apiv1.InstanceLogs{}, notFound(err)
+	}
+	c, err := s.st.GetConsole(ctx, id)
+	if err != nil {
+		return apiv1.InstanceLogs{}, err
+	}
+	return apiv1.InstanceLogs{InstanceID: r.InstanceID, State: r.State, Message: r.Message,
+		StartupScript: r.StartupScript, Console: c.Text, ConsoleAt: c.At}, nil
+}

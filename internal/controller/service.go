@@ -55,6 +55,7 @@ type Service struct {
 	log      *slog.Logger
 	regKey   regauth.Key
 	waiting  waitingCount
+	authFail authFailures
 }
 
 // New returns a Service.

@@ -98,6 +98,32 @@ func copyFile(src, dst string) error {
 	return out.Close()
 }
 
+// Consoler is a VM with a console log (qemu's serial port): Console answers
+// its last max bytes.
+type Consoler interface {
+	Console(max int) string
+}
+
+// TailFile answers the last max bytes of the file at path ("" when absent).
+func TailFile(path string, max int) string {
+	f, err := os.Open(path)
+	if err != nil {
+		return ""
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return ""
+	}
+	off := fi.Size() - int64(max)
+	if off < 0 {
+		off = 0
+	}
+	buf := make([]byte, fi.Size()-off)
+	n, _ := f.ReadAt(buf, off)
+	return string(buf[:n])
+}
+
 // Sweeper is a driver whose VMs outlive the agent process (anka, tart): it
 // deletes those an earlier run of the agent left. The agent calls it once at
 // start, before it runs any instance.

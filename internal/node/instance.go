@@ -73,6 +73,11 @@ func (in *instance) terminate() { in.stopped.Do(in.cancel) }
 
 func (in *instance) report(st apiv1.InstanceStatus) {
 	st.InstanceID = in.as.InstanceID
+	if st.State == apiv1.StateStarted || st.State == apiv1.StateError {
+		if c, ok := in.runningVM().(driver.Consoler); ok {
+			st.Console = c.Console(apiv1.MaxConsole)
+		}
+	}
 	in.a.sendStatus(st)
 }
 

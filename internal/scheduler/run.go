@@ -29,8 +29,9 @@ type Config struct {
 	// OnPlaced, when set, observes how long a placed instance waited.
 	OnPlaced func(time.Duration)
 	// WhileLeading, when set, runs for as long as this controller leads:
-	// cloud-wide chores that one controller should do (defragmentation).
-	WhileLeading func(ctx context.Context)
+	// cloud-wide chores that one controller should do (defragmentation, the
+	// event log). Writes fenced on fence land only while it leads.
+	WhileLeading func(ctx context.Context, fence clientv3.Cmp)
 }
 
 // Scheduler runs placement while this controller holds the leadership.
@@ -89,6 +90,13 @@ func (s *Scheduler) campaignAndLead(ctx context.Context) error {
 		return fmt.Errorf("campaign: %w", err)
 	}
 	s.log.Info("scheduler leader elected", "id", s.cfg.ID)
+	ectx, ecancel := context.WithTimeout(ctx, 5*time.Second)
+	err = s.st.EnqueueEvent(ectx, apiv1.Event{Time: time.Now().UTC(), Type: apiv1.EventSchedulerLeader,
+		Message: "scheduler leader is " + s.cfg.ID})
+	ecancel()
+	if err != nil {
+		s.log.Warn("record leader event", "err", err)
+	}
 	leadCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	go func() {
@@ -100,7 +108,7 @@ func (s *Scheduler) campaignAndLead(ctx context.Context) error {
 	}()
 	fence := clientv3.Compare(clientv3.CreateRevision(election.Key()), "=", election.Rev())
 	if s.cfg.WhileLeading != nil {
-		go s.cfg.WhileLeading(leadCtx)
+		go s.cfg.WhileLeading(leadCtx, fence)
 	}
 	s.lead(leadCtx, fence)
 	if ctx.Err() != nil && !s.abandoned.Load() {
@@ -143,9 +151,12 @@ func (s *Scheduler) lead(ctx context.Context, fence clientv3.Cmp) {
 		case <-ctx.Done():
 			return
 		case <-tick.C:
-		case _, ok := <-watch:
+		case resp, ok := <-watch:
 			if !ok {
 				return
+			}
+			if s.onlyEventLog(resp) {
+				continue // the event log's writes change no placement
 			}
 			// Debounce a burst of writes into one pass.
 			timer := time.NewTimer(50 * time.Millisecond)
@@ -275,4 +286,18 @@ func (s *Scheduler) failLostNodes(ctx context.Context, snap store.Snapshot) erro
 		s.log.Warn("instance lost with its node", "instance", in.InstanceID, "node", in.NodeID)
 	}
 	return nil
+}
+
+// onlyEventLog reports whether a watch response holds nothing but the event
+// log's own writes.
+func (s *Scheduler) onlyEventLog(resp clientv3.WatchResponse) bool {
+	if len(resp.Events) == 0 {
+		return false
+	}
+	for _, e := range resp.Events {
+		if !s.st.IsEventKey(string(e.Kv.Key)) {
+			return false
+		}
+	}
+	return true
 }

@@ -80,7 +80,7 @@ func (s *Store) PurgeFinishedDistributions(ctx context.Context, retention time.D
 			pending = true
 		}
 		return !pending && !d.TS.After(cutoff), nil
-	})
+	}, nil)
 }
 
 // ListDistributions returns every request, oldest first.

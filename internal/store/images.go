@@ -79,7 +79,7 @@ func (s *Store) PurgeFinishedImages(ctx context.Context, retention time.Duration
 			return false, s.failOrphanedImage(ctx, img)
 		}
 		return !img.TS.After(cutoff), nil
-	})
+	}, nil)
 }
 
 // failOrphanedImage ends a pending request whose instance is no longer

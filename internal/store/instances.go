@@ -121,6 +121,26 @@ type InstanceUpdate struct {
 	// same transaction: the node restarts the VM in place.
 	Restart bool
 	Skip    bool // leave the record unchanged
+	// Console, when set, replaces the instance's stored console tail.
+	Console string
+}
+
+func (s *Store) consoleKey(id string) string { return s.prefix + "consoles/" + id }
+
+// Console is an instance's console tail as its node last sent it.
+type Console struct {
+	Text string    `json:"text"`
+	At   time.Time `json:"at"`
+}
+
+// GetConsole returns an instance's console tail (zero when none was sent).
+func (s *Store) GetConsole(ctx context.Context, id string) (Console, error) {
+	var c Console
+	_, err := s.get(ctx, s.consoleKey(id), &c)
+	if err == ErrNotFound {
+		err = nil
+	}
+	return c, err
 }
 
 // UpdateInstance changes an instance atomically; the callback may also ask to
@@ -139,6 +159,9 @@ func (s *Store) UpdateInstance(ctx context.Context, id string, fn func(*Instance
 			return r, err
 		}
 		ops := []clientv3.Op{clientv3.OpPut(key, mustJSON(r))}
+		if u.Console != "" {
+			ops = append(ops, clientv3.OpPut(s.consoleKey(id), mustJSON(Console{Text: u.Console, At: time.Now().UTC()})))
+		}
 		switch {
 		case u.Unassign && nodeBefore != "":
 			ops = append(ops, clientv3.OpDelete(s.assignKey(nodeBefore, id)))
@@ -178,12 +201,13 @@ func (s *Store) PurgeFinished(ctx context.Context, retention time.Duration) (int
 	cutoff := time.Now().Add(-retention)
 	return purge(ctx, s, "instances/", func(r InstanceRecord) (bool, error) {
 		return r.Finished() && !r.FinishedAt.After(cutoff), nil
-	})
+	}, func(r InstanceRecord) []clientv3.Op { return []clientv3.Op{clientv3.OpDelete(s.consoleKey(r.InstanceID))} })
 }
 
 // purge deletes the records under prefix that expired says may go, each
 // only if unchanged since it was read. expired may also act on a record.
-func purge[T any](ctx context.Context, s *Store, prefix string, expired func(T) (bool, error)) (int, error) {
+// also, when set, names more deletes for the same transaction.
+func purge[T any](ctx context.Context, s *Store, prefix string, expired func(T) (bool, error), also func(T) []clientv3.Op) (int, error) {
 	resp, err := s.cli.Get(ctx, s.prefix+prefix, clientv3.WithPrefix())
 	if err != nil {
 		return 0, fmt.Errorf("list %s: %w", prefix, err)
@@ -201,8 +225,12 @@ func purge[T any](ctx context.Context, s *Store, prefix string, expired func(T) 
 			continue
 		}
 		key := string(kv.Key)
+		ops := []clientv3.Op{clientv3.OpDelete(key)}
+		if also != nil {
+			ops = append(ops, also(v)...)
+		}
 		resp, err := s.cli.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(key), "=", kv.ModRevision)).
-			Then(clientv3.OpDelete(key)).Commit()
+			Then(ops...).Commit()
 		if err != nil {
 			return n, fmt.Errorf("purge %s: %w", key, err)
 		}

@@ -46,6 +46,9 @@ type Options struct {
 	Auth         controller.AuthConfig
 	// MaxWaiting, MaxWaitingPerCaller: the controllers' limits.
 	MaxWaiting, MaxWaitingPerCaller int
+	// EventMaxCount, EventWebhook, EventWebhookSecret: daemon.Config's.
+	EventMaxCount                    int
+	EventWebhook, EventWebhookSecret string
 }
 
 // NodeOptions describe one synthetic node.
@@ -186,6 +189,7 @@ func (c *Cluster) StartController(opts Options) *daemon.Daemon {
 		TemplatesFile: c.TemplatesFile, JoinToken: "test-token", EtcdLogLevel: etcdLogLevel(),
 		NodeLeaseTTL: or(opts.LeaseTTL, 2*time.Second), SchedulerTTL: or(opts.SchedulerTTL, 2*time.Second),
 		InstanceRetention: or(opts.Retention, time.Minute), AssignmentLongPoll: 5 * time.Second,
+		EventMaxCount: opts.EventMaxCount, EventWebhook: opts.EventWebhook, EventWebhookSecret: opts.EventWebhookSecret,
 		Log: Logger(c.t),
 	})
 	if err != nil {

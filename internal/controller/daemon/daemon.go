@@ -22,6 +22,7 @@ import (
 	"github.com/corral-build/corral/internal/controller/web"
 	"github.com/corral-build/corral/internal/etcdadmin"
 	"github.com/corral-build/corral/internal/etcdembed"
+	"github.com/corral-build/corral/internal/events"
 	"github.com/corral-build/corral/internal/httpserve"
 	"github.com/corral-build/corral/internal/metrics"
 	"github.com/corral-build/corral/internal/scheduler"
@@ -71,6 +72,13 @@ type Config struct {
 	DefragInterval time.Duration
 	// MetricsListen, when set, serves /metrics on this address too (":2112").
 	MetricsListen string
+	// EventMaxCount and EventMaxAge bound the event log (events defaults);
+	// EventWebhook, when set, receives every event (signed with
+	// EventWebhookSecret when that is set).
+	EventMaxCount      int
+	EventMaxAge        time.Duration
+	EventWebhook       string
+	EventWebhookSecret string
 	// Timeouts bound client connections (httpserve defaults when zero).
 	Timeouts httpserve.Timeouts
 
@@ -206,10 +214,22 @@ func Start(ctx context.Context, cfg Config) (*Daemon, error) {
 
 	runCtx, cancel := context.WithCancel(context.Background())
 	d.cancel = cancel
+	recorder := events.NewRecorder(st, events.Config{MaxCount: cfg.EventMaxCount, MaxAge: cfg.EventMaxAge,
+		Templates: reg.ListTemplates, Template: reg.GetTemplate}, log)
+	var webhook *events.Webhook
+	if cfg.EventWebhook != "" {
+		webhook = events.NewWebhook(st, cfg.EventWebhook, cfg.EventWebhookSecret, log)
+	}
 	sched := scheduler.New(st, scheduler.Config{
 		ID: electionID(d.URL), SessionTTL: int(cfg.SchedulerTTL / time.Second), Retention: cfg.InstanceRetention,
 		Known: d.Service.Catalog().Known, OnPass: m.ObservePass, OnPlaced: m.ObservePlacement,
-		WhileLeading: func(ctx context.Context) { defragLoop(ctx, d.cli, st, cfg.DefragInterval, log) },
+		WhileLeading: func(ctx context.Context, fence clientv3.Cmp) {
+			go recorder.Run(ctx, fence)
+			if webhook != nil {
+				go webhook.Run(ctx, fence)
+			}
+			defragLoop(ctx, d.cli, st, cfg.DefragInterval, log)
+		},
 	}, log)
 	if d.metrics, err = metrics.Listen(cfg.MetricsListen, m.Handler()); err != nil {
 		cancel()

@@ -3,6 +3,7 @@ package httpapi
 import (
 	"crypto/x509"
 	"encoding/json"
+	"net"
 	"net/http"
 	"strings"
 
@@ -26,6 +27,9 @@ func (a *API) requireAuth(next http.Handler) http.Handler {
 		}
 		if err != nil {
 			code, msg := a.failure(r, err)
+			if code == http.StatusUnauthorized || code == http.StatusForbidden {
+				a.svc.RecordAuthFailure(remoteHost(r), r.Method, r.URL.Path, msg)
+			}
 			writeJSON(w, code, apiv1.Envelope{Status: apiv1.StatusFAIL, Message: msg})
 			return
 		}
@@ -112,4 +116,13 @@ func (a *API) registryToken(r *http.Request) (any, error) {
 func (a *API) rotateJoinToken(r *http.Request) (any, error) {
 	token, err := a.svc.RotateJoinToken(r.Context())
 	return map[string]string{"join_token": token}, err
+}
+
+// remoteHost is the client's address without its port.
+func remoteHost(r *http.Request) string {
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		return r.RemoteAddr
+	}
+	return host
 }

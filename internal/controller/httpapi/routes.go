@@ -103,6 +103,9 @@ func (a *API) routes() []route {
 
 	mux.Handle("POST /api/v1/join-token", h(a.rotateJoinToken))
 
+	mux.HandleFunc("GET /api/v1/events", a.events)
+	mux.Handle("GET /api/v1/vm/logs", h(a.instanceLogs))
+
 	mux.Handle("POST /api/v1/image", h(a.saveImage))
 	mux.Handle("GET /api/v1/image", h(a.images))
 

@@ -197,6 +197,17 @@ func (v *vm) homeDir() (string, error) {
 
 func (v *vm) Done() <-chan struct{} { return v.done }
 
+// Console is the synthetic VM's boot log: what a guest's serial console
+// would show, so console plumbing is exercised without a hypervisor.
+func (v *vm) Console(limit int) string {
+	v.mu.Lock()
+	info := v.info
+	v.mu.Unlock()
+	log := fmt.Sprintf("synthetic console: booting %s tag %s\nsynthetic console: %d vCPU, %s RAM\nsynthetic console: sshd listening on port %d\n%s login:\n",
+		v.spec.TemplateName, v.spec.Tag, info.CPUCores, info.RAM, info.PortForwarding[0].HostPort, info.Name)
+	return log[max(0, len(log)-limit):]
+}
+
 func (v *vm) Err() error {
 	v.mu.Lock()
 	defer v.mu.Unlock()
