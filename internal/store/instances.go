@@ -201,7 +201,9 @@ func (s *Store) PurgeFinished(ctx context.Context, retention time.Duration) (int
 	cutoff := time.Now().Add(-retention)
 	return purge(ctx, s, "instances/", func(r InstanceRecord) (bool, error) {
 		return r.Finished() && !r.FinishedAt.After(cutoff), nil
-	}, func(r InstanceRecord) []clientv3.Op { return []clientv3.Op{clientv3.OpDelete(s.consoleKey(r.InstanceID))} })
+	}, func(r InstanceRecord) []clientv3.Op {
+		return []clientv3.Op{clientv3.OpDelete(s.consoleKey(r.InstanceID))}
+	})
 }
 
 // purge deletes the records under prefix that expired says may go, each

@@ -301,7 +301,9 @@ func (v *vm) crashed() bool {
 }
 
 // Console answers the tail of the guest's serial console.
-func (v *vm) Console(max int) string { return driver.TailFile(filepath.Join(v.dir, "console.log"), max) }
+func (v *vm) Console(max int) string {
+	return driver.TailFile(filepath.Join(v.dir, "console.log"), max)
+}
 
 func (v *vm) consoleTail() string {
 	data, _ := os.ReadFile(filepath.Join(v.dir, "console.log"))
