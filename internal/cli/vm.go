@@ -1,7 +1,9 @@
 package cli
 
 import (
+	"cmp"
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -10,6 +12,7 @@ import (
 	"log/slog"
 	"net"
 	"net/url"
+	"os"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -23,13 +26,14 @@ import (
 func runVM(ctx context.Context, args []string, out io.Writer) error {
 	verbs := map[string]func(context.Context, []string, io.Writer) error{
 		"start": vmStart, "list": vmList, "show": vmShow, "terminate": vmTerminate, "wait": vmWait,
+		"restart": vmRestart, "logs": vmLogs, "ssh": vmSSH,
 	}
 	if len(args) == 0 || verbs[args[0]] == nil {
-		fmt.Fprintln(out, "Usage: corral vm <start|list|show|terminate|wait> [flags] (each has --help)")
+		fmt.Fprintln(out, "Usage: corral vm <start|list|show|terminate|restart|logs|wait|ssh> [flags] (each has --help)")
 		if len(args) > 0 && (args[0] == "-h" || args[0] == "--help") {
 			return flag.ErrHelp
 		}
-		return errors.New("want a verb: start, list, show, terminate or wait")
+		return errors.New("want a verb: start, list, show, terminate, restart, logs, wait or ssh")
 	}
 	return verbs[args[0]](ctx, args[1:], out)
 }
@@ -46,11 +50,12 @@ func vmFlags(name, summary string, out io.Writer, args []string, define func(f *
 	}
 	f := newFlags(name, summary, out)
 	var controllers []string
-	var rootToken string
+	var rootToken, ctxName string
 	var c vmCommon
 	var tlsFlags clientTLSFlags
-	f.List(&controllers, "controller", "http://127.0.0.1:8090", "controller URL(s), comma-separated")
-	f.String(&rootToken, "root-token", "", "authenticate as root (a controller with --enable-auth)", "ANKA_ROOT_TOKEN")
+	f.List(&controllers, "controller", "", "controller URL(s), comma-separated (default: the saved context's, else http://127.0.0.1:8090)")
+	f.String(&rootToken, "root-token", "", "authenticate as root (a controller with --enable-auth; default: the saved context's)", "ANKA_ROOT_TOKEN")
+	f.String(&ctxName, "context", "", "a context saved by `corral login` (default: the current one)")
 	f.String(&c.output, "output", "table", "table (for people) or json (for scripts)")
 	tlsFlags.register(f, "", true, false)
 	if define != nil {
@@ -72,6 +77,19 @@ func vmFlags(name, summary string, out io.Writer, args []string, define func(f *
 	}
 	if c.output != "table" && c.output != "json" {
 		return nil, c, nil, fmt.Errorf("--output: want table or json, got %q", c.output)
+	}
+	if len(controllers) == 0 || ctxName != "" {
+		saved, ok, err := currentContext(ctxName)
+		if err != nil {
+			return nil, c, nil, err
+		}
+		switch {
+		case ok && len(controllers) == 0:
+			controllers = []string{saved.Controller}
+			rootToken = cmp.Or(rootToken, saved.RootToken)
+		case len(controllers) == 0:
+			controllers = []string{"http://127.0.0.1:8090"}
+		}
 	}
 	cl, err := client.New(controllers, "")
 	if err != nil {
@@ -105,8 +123,8 @@ func sshEndpoint(in apiv1.Instance) string {
 }
 
 func vmStart(ctx context.Context, args []string, out io.Writer) error {
-	var vmid, tag, group, node, externalID, name string
-	var count, priority int
+	var vmid, tag, group, node, externalID, name, script string
+	var count, priority, vcpu, vram int
 	var wait bool
 	var timeout time.Duration
 	cl, c, _, err := vmFlags("start", "Start instances of a template.\nUsage: corral vm start --vmid ID [--tag T] [--count N] [--group G] [--wait]", out, args, func(f *flags) {
@@ -118,6 +136,9 @@ func vmStart(ctx context.Context, args []string, out io.Writer) error {
 		f.Int(&priority, "priority", 0, "1 (most urgent) to 10000 (default 1000)")
 		f.String(&externalID, "external-id", "", "your reference for the instances")
 		f.String(&name, "name", "", "instance name")
+		f.String(&script, "script", "", "startup script run in each VM (text, or @FILE)")
+		f.Int(&vcpu, "vcpu", 0, "vCPUs per VM (default: the template's)")
+		f.Int(&vram, "vram", 0, "RAM per VM in MiB (default: the template's)")
 		f.Bool(&wait, "wait", false, "wait until every instance is Started and print its SSH endpoint")
 		f.Duration(&timeout, "timeout", 10*time.Minute, "how long --wait waits")
 	})
@@ -135,6 +156,23 @@ func vmStart(ctx context.Context, args []string, out io.Writer) error {
 	}
 	if priority > 0 {
 		req["priority"] = priority
+	}
+	if vcpu > 0 {
+		req["vcpu"] = vcpu
+	}
+	if vram > 0 {
+		req["vram"] = vram
+	}
+	if path, ok := strings.CutPrefix(script, "@"); ok {
+		data, err := os.ReadFile(path)
+		if err != nil {
+			return fmt.Errorf("--script: %w", err)
+		}
+		script = string(data)
+	}
+	if script != "" {
+		req["startup_script"] = base64.StdEncoding.EncodeToString([]byte(script))
+		req["script_monitoring"] = true
 	}
 	ids, err := cl.StartInstances(ctx, req)
 	if err != nil {

@@ -67,6 +67,8 @@ var routeAccess = map[string]string{
 	"POST /tap/v1/shake":                    "tap",
 	"POST /api/v1/image":                    apiv1.PermManageTemplates,
 	"GET /api/v1/image":                     apiv1.PermView,
+	"GET /api/v1/events":                    apiv1.PermView,
+	"GET /api/v1/vm/logs":                   apiv1.PermView,
 }
 
 // TestAuthMatrix calls every route of the controller's route table with

@@ -2,12 +2,15 @@ package e2e
 
 import (
 	"encoding/json"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	apiv1 "github.com/corral-build/corral/api/v1"
+	"github.com/corral-build/corral/internal/controller"
 	"github.com/corral-build/corral/internal/testenv"
 )
 
@@ -90,5 +93,117 @@ func TestCLIInstances(t *testing.T) {
 	corral(true, "node", "disjoin", id)
 	if got := corral(true, "node", "list", "--output", "json"); strings.Contains(got, id) {
 		t.Fatalf("disjoined node still listed: %s", got)
+	}
+}
+
+// TestCLIContextEventsLogs: `corral login` saves a context (owner-only) the
+// other commands use without flags; a wrong token is refused at login;
+// `vm logs` shows the script output and console, `vm restart --wait`
+// restarts in place, `vm ssh --dry-run` names the endpoint, `events` lists
+// and `events --follow` streams.
+func TestCLIContextEventsLogs(t *testing.T) {
+	const token = "cli-root-token"
+	c := testenv.StartCluster(t, testenv.Options{Auth: controller.AuthConfig{Enabled: true, RootToken: token},
+		Nodes: []testenv.NodeOptions{{Name: "n1", Capacity: 4}}})
+	ctl := c.Controllers[0].URL
+	cfg := filepath.Join(t.TempDir(), "corral", "config.json")
+	env := append(os.Environ(), "CORRAL_CONFIG="+cfg)
+	corral := func(wantOK bool, args ...string) string {
+		t.Helper()
+		cmd := exec.Command(corralBinary(t), args...)
+		cmd.Env = env
+		var stderr strings.Builder
+		cmd.Stderr = &stderr
+		out, err := cmd.Output()
+		if (err == nil) != wantOK {
+			t.Fatalf("corral %s: %v\n%s%s", strings.Join(args, " "), err, out, stderr.String())
+		}
+		if !wantOK {
+			return stderr.String()
+		}
+		return string(out)
+	}
+	if msg := corral(false, "login", ctl, "--token", "wrong"); !strings.Contains(msg, "Authentication Required") {
+		t.Fatalf("login with a wrong token: %q", msg)
+	}
+	if _, err := os.Stat(cfg); err == nil {
+		t.Fatal("a refused login saved a context")
+	}
+	corral(true, "login", ctl, "--token", token, "--name", "lab")
+	if fi, err := os.Stat(cfg); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("context file: %v %v", fi.Mode(), err)
+	}
+	if l := corral(true, "context", "list"); !strings.Contains(l, "* ") || !strings.Contains(l, "lab") || strings.Contains(l, token) {
+		t.Fatalf("context list %q", l)
+	}
+
+	out := corral(true, "vm", "start", "--vmid", c.TemplateID, "--script", "echo hello from the script", "--wait", "--output", "json")
+	var started []apiv1.Instance
+	if err := json.Unmarshal([]byte(out), &started); err != nil || len(started) != 1 {
+		t.Fatalf("start: %v %s", err, out)
+	}
+	id := started[0].InstanceID
+	c.WaitState(id, apiv1.StateStarted, 10*time.Second)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		logs := corral(true, "vm", "logs", id)
+		if strings.Contains(logs, "hello from the script") && strings.Contains(logs, "synthetic console: booting") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("vm logs %q", logs)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if got := corral(true, "vm", "restart", id, "--wait"); !strings.Contains(got, "Started") {
+		t.Fatalf("restart --wait %q", got)
+	}
+	if got := corral(true, "vm", "ssh", id, "--dry-run", "--", "uname", "-a"); !strings.HasPrefix(got, "ssh -p ") || !strings.Contains(got, "anka@127.0.0.1 uname -a") {
+		t.Fatalf("ssh --dry-run %q", got)
+	}
+	if got := corral(true, "events", "--instance", id); !strings.Contains(got, "instance.started") || !strings.Contains(got, "instance.restarted") {
+		t.Fatalf("events %q", got)
+	}
+	if msg := corral(false, "events", "--type", "nonsense"); !strings.Contains(msg, "type:") {
+		t.Fatalf("events bad type %q", msg)
+	}
+
+	// --follow prints what happens next, then keeps going until stopped.
+	follow := exec.Command(corralBinary(t), "events", "--follow", "--type", "instance", "--output", "json")
+	follow.Env = env
+	stdout, err := follow.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := follow.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer follow.Process.Kill()
+	lines := make(chan apiv1.Event, 100)
+	go func() {
+		dec := json.NewDecoder(stdout)
+		for {
+			var ev apiv1.Event
+			if dec.Decode(&ev) != nil {
+				close(lines)
+				return
+			}
+			lines <- ev
+		}
+	}()
+	corral(true, "vm", "terminate", id)
+	timeout := time.After(20 * time.Second)
+	for {
+		select {
+		case ev, ok := <-lines:
+			if !ok {
+				t.Fatal("events --follow ended")
+			}
+			if ev.InstanceID == id && ev.Type == apiv1.EventInstanceTerminated {
+				return
+			}
+		case <-timeout:
+			t.Fatal("events --follow did not show the termination")
+		}
 	}
 }

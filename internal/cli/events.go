@@ -1,0 +1,234 @@
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/url"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	apiv1 "github.com/corral-build/corral/api/v1"
+)
+
+func vmRestart(ctx context.Context, args []string, out io.Writer) error {
+	var wait bool
+	var timeout time.Duration
+	cl, c, pos, err := vmFlags("restart", "Restart instances' VMs in place (same node, same slot).\nUsage: corral vm restart ID... [--wait]", out, args, func(f *flags) {
+		f.Bool(&wait, "wait", false, "wait until each is Started again")
+		f.Duration(&timeout, "timeout", 10*time.Minute, "how long --wait waits")
+	})
+	if err != nil {
+		return err
+	}
+	if len(pos) == 0 {
+		return errors.New("usage: corral vm restart ID... [--wait]")
+	}
+	for _, id := range pos {
+		if err := cl.Restart(ctx, id); err != nil {
+			return fmt.Errorf("restart %s: %w", id, err)
+		}
+	}
+	if !wait {
+		for _, id := range pos {
+			fmt.Fprintln(out, id)
+		}
+		return nil
+	}
+	wctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	var got []apiv1.Instance
+	for _, id := range pos {
+		in, err := waitState(wctx, cl, id, apiv1.StateStarted)
+		if err != nil {
+			return err
+		}
+		got = append(got, in)
+	}
+	if c.output == "json" {
+		return printJSON(out, got)
+	}
+	for _, in := range got {
+		fmt.Fprintf(out, "%s\t%s\t%s\n", in.InstanceID, in.State, sshEndpoint(in))
+	}
+	return nil
+}
+
+func vmLogs(ctx context.Context, args []string, out io.Writer) error {
+	var console, script bool
+	cl, c, pos, err := vmFlags("logs", "Show an instance's startup-script output and VM console tail.\nUsage: corral vm logs ID [--console | --script]", out, args, func(f *flags) {
+		f.Bool(&console, "console", false, "only the console")
+		f.Bool(&script, "script", false, "only the startup script's output")
+	})
+	if err != nil {
+		return err
+	}
+	if len(pos) != 1 {
+		return errors.New("usage: corral vm logs ID [--console | --script]")
+	}
+	l, err := cl.Logs(ctx, pos[0])
+	if err != nil {
+		return err
+	}
+	if c.output == "json" {
+		return printJSON(out, l)
+	}
+	both := !console && !script
+	if script || both {
+		if s := l.StartupScript; s != nil {
+			if both {
+				fmt.Fprintf(out, "== startup script: exit %d%s\n", s.ReturnCode, map[bool]string{true: ", timed out"}[s.DidTimeout])
+			}
+			fmt.Fprint(out, s.Stdout)
+			if s.Stderr != "" {
+				if both {
+					fmt.Fprintln(out, "== startup script stderr")
+				}
+				fmt.Fprint(out, s.Stderr)
+			}
+		} else if both {
+			fmt.Fprintln(out, "== no startup script output")
+		}
+	}
+	if console || both {
+		if both {
+			at := "never sent"
+			if !l.ConsoleAt.IsZero() {
+				at = "as of " + l.ConsoleAt.Format(time.RFC3339)
+			}
+			fmt.Fprintf(out, "== console (%s)\n", at)
+		}
+		fmt.Fprint(out, l.Console)
+	}
+	return nil
+}
+
+func vmSSH(ctx context.Context, args []string, out io.Writer) error {
+	var user string
+	var dryRun bool
+	// Everything after "--" is the remote command.
+	var remote []string
+	for i, a := range args {
+		if a == "--" {
+			args, remote = args[:i], args[i+1:]
+			break
+		}
+	}
+	cl, _, pos, err := vmFlags("ssh", "Open an SSH session to a Started instance (execs ssh).\nUsage: corral vm ssh ID [--user anka] [-- command...]", out, args, func(f *flags) {
+		f.String(&user, "user", "anka", "the guest user")
+		f.Bool(&dryRun, "dry-run", false, "print the ssh command line instead of running it")
+	})
+	if err != nil {
+		return err
+	}
+	if len(pos) != 1 {
+		return errors.New("usage: corral vm ssh ID [--user U] [-- command...]")
+	}
+	in, err := cl.Instance(ctx, pos[0])
+	if err != nil {
+		return err
+	}
+	ep := sshEndpoint(in)
+	if in.State != apiv1.StateStarted || ep == "" {
+		return fmt.Errorf("instance %s is %s, with no SSH endpoint yet", in.InstanceID, in.State)
+	}
+	host, port, _ := strings.Cut(ep, ":")
+	if i := strings.LastIndex(ep, ":"); i >= 0 {
+		host, port = strings.Trim(ep[:i], "[]"), ep[i+1:]
+	}
+	if _, err := strconv.Atoi(port); err != nil {
+		return fmt.Errorf("instance %s: bad SSH endpoint %q", in.InstanceID, ep)
+	}
+	// Each instance is a new guest behind a reused host:port: its host key
+	// is new every time, so it is neither checked against nor added to
+	// known_hosts (the endpoint is the node's, reached on your network).
+	argv := []string{"ssh", "-p", port, "-o", "UserKnownHostsFile=/dev/null", "-o", "StrictHostKeyChecking=no",
+		"-o", "LogLevel=ERROR", user + "@" + host}
+	argv = append(argv, remote...)
+	if dryRun {
+		fmt.Fprintln(out, strings.Join(argv, " "))
+		return nil
+	}
+	path, err := exec.LookPath("ssh")
+	if err != nil {
+		return fmt.Errorf("no ssh client on PATH: %w (install openssh-client)", err)
+	}
+	return syscall.Exec(path, argv, os.Environ())
+}
+
+func runEvents(ctx context.Context, args []string, out io.Writer) error {
+	var follow bool
+	var instance, node, typ, since string
+	var limit int
+	cl, c, pos, err := vmFlags("events", "The cloud's event log, oldest first.\nUsage: corral events [--follow] [--instance ID] [--node ID] [--type T] [--since ID|TIME] [--limit N]", out, args, func(f *flags) {
+		f.Bool(&follow, "follow", false, "keep printing events as they happen")
+		f.String(&instance, "instance", "", "only this instance's events")
+		f.String(&node, "node", "", "only this node's events")
+		f.String(&typ, "type", "", "only this type (instance.error) or kind (instance, node, template, auth, scheduler)")
+		f.String(&since, "since", "", "events after this event id, or at or after this RFC 3339 time")
+		f.Int(&limit, "limit", 100, "at most this many (without --follow: the newest)")
+	})
+	if err != nil {
+		return err
+	}
+	if len(pos) > 0 {
+		return fmt.Errorf("unexpected argument %q", pos[0])
+	}
+	q := url.Values{"limit": {strconv.Itoa(limit)}}
+	for k, v := range map[string]string{"instance_id": instance, "node_id": node, "type": typ, "since": since} {
+		if v != "" {
+			q.Set(k, v)
+		}
+	}
+	print := eventPrinter(out, c.output)
+	if follow {
+		err := cl.FollowEvents(ctx, q, print)
+		if ctx.Err() != nil {
+			return nil // interrupted: the normal end of --follow
+		}
+		return err
+	}
+	evs, err := cl.Events(ctx, q)
+	if err != nil {
+		return err
+	}
+	if c.output == "json" {
+		return printJSON(out, evs)
+	}
+	for _, ev := range evs {
+		if err := print(ev); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// eventPrinter prints one event a line: aligned text, or JSON lines.
+func eventPrinter(out io.Writer, output string) func(apiv1.Event) error {
+	if output == "json" {
+		return func(ev apiv1.Event) error { return printJSONLine(out, ev) }
+	}
+	return func(ev apiv1.Event) error {
+		w := tabwriter.NewWriter(out, 0, 4, 1, ' ', 0)
+		subject := ev.InstanceID
+		if subject == "" {
+			subject = ev.NodeID
+		}
+		if subject == "" && ev.TemplateID != "" {
+			subject = ev.TemplateID
+		}
+		fmt.Fprintf(w, "%s\t%-21s\t%-36s\t%s\n", ev.Time.Local().Format("2006-01-02 15:04:05"), ev.Type, subject, ev.Message)
+		return w.Flush()
+	}
+}
+
+func printJSONLine(out io.Writer, v any) error {
+	return json.NewEncoder(out).Encode(v)
+}
