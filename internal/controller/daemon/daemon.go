@@ -207,7 +207,10 @@ func Start(ctx context.Context, cfg Config) (*Daemon, error) {
 		_, _ = io.WriteString(w, "ok\n")
 	})
 	mux.Handle("/", m.Middleware(httpapi.New(d.Service, log)))
-	mux.Handle("GET /{$}", web.New(d.Service, log))
+	dash := web.New(d.Service, log)
+	for _, p := range web.Routes() {
+		mux.Handle(p, dash)
+	}
 	d.http = cfg.Timeouts.Server(mux)
 	httpserve.WarnIfOpen(log, "the controller", ln.Addr(), cfg.Auth.Enabled,
 		"anyone who can reach it can start instances and run startup scripts on the nodes (use --enable-auth, or --listen 127.0.0.1:PORT)")

@@ -21,7 +21,7 @@ func (a *API) requireAuth(next http.Handler) http.Handler {
 			next.ServeHTTP(w, r)
 			return
 		}
-		id, err := a.svc.Authenticate(r.Context(), r.Header.Get("Authorization"), ClientCert(r))
+		id, err := a.authn(r)
 		if err == nil {
 			err = a.svc.Authorize(r.Context(), id, requiredPermission(r.Method, r.URL.Path))
 		}

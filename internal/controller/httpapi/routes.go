@@ -14,11 +14,24 @@ import (
 type API struct {
 	svc *controller.Service
 	log *slog.Logger
+	// authn finds who a request comes from (the API: its credentials).
+	authn Authenticator
 }
+
+// Authenticator finds a request's caller.
+type Authenticator func(r *http.Request) (controller.Identity, error)
 
 // New returns the handler serving /api/v1.
 func New(svc *controller.Service, log *slog.Logger) http.Handler {
-	a := &API{svc: svc, log: log}
+	return NewWithAuth(svc, log, func(r *http.Request) (controller.Identity, error) {
+		return svc.Authenticate(r.Context(), r.Header.Get("Authorization"), ClientCert(r))
+	})
+}
+
+// NewWithAuth is New with callers found by authn (the dashboard's session
+// cookie): the same routes and the same permission checks.
+func NewWithAuth(svc *controller.Service, log *slog.Logger, authn Authenticator) http.Handler {
+	a := &API{svc: svc, log: log, authn: authn}
 	mux := http.NewServeMux()
 	for _, rt := range a.routes() {
 		mux.Handle(rt.pattern, rt.handler)

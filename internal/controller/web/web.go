@@ -1,16 +1,26 @@
-// Package web is the controller's dashboard: a read-only overview of nodes,
-// instances and templates, rendered with html/template from embedded files.
-// It calls the controller service, never etcd.
+// Package web is the controller's dashboard: instances, nodes, groups,
+// templates and the event log, with forms and actions, rendered with
+// html/template from embedded files and refreshed live (fragments swapped
+// on each event, no full reloads). Actions go through the same /api/v1
+// handlers and permission checks as the REST API, with the caller from a
+// session cookie (HttpOnly, SameSite=Strict) and a CSRF token on every
+// change. It calls the controller service, never etcd.
 package web
 
 import (
+	"crypto/rand"
+	"crypto/subtle"
 	"embed"
+	"encoding/hex"
+	"errors"
 	"fmt"
 	"html/template"
+	"io/fs"
 	"log/slog"
 	"net/http"
-	"slices"
+	"net/url"
 	"strings"
+	"time"
 
 	apiv1 "github.com/corral-build/corral/api/v1"
 	"github.com/corral-build/corral/internal/controller"
@@ -20,109 +30,214 @@ import (
 //go:embed templates/*.html
 var files embed.FS
 
-var page = template.Must(template.New("").Funcs(template.FuncMap{
-	"class":   func(state string) string { return strings.ReplaceAll(strings.ToLower(state), " ", "-") },
-	"gib":     func(b int64) string { return fmt.Sprintf("%.1f GiB", float64(b)/(1<<30)) },
-	"percent": func(f float64) string { return fmt.Sprintf("%.0f%%", 100*f) },
-	// name shows a name for an id, or the id when none is known.
-	"name": func(names map[string]string, id string) string {
-		if n := names[id]; n != "" {
-			return n
-		}
-		return id
-	},
-	"ssh": func(info *apiv1.VMInfo) string {
-		if info != nil {
-			for _, p := range info.PortForwarding {
-				if p.GuestPort == 22 {
-					return fmt.Sprintf("%s:%d", info.HostIP, p.HostPort)
-				}
-			}
-		}
-		return ""
-	},
-}).ParseFS(files, "templates/*.html"))
+//go:embed static
+var static embed.FS
 
-// Dashboard serves the dashboard at /.
+const (
+	sessionCookie = "corral_session"
+	csrfCookie    = "corral_csrf"
+	csrfHeader    = "X-CSRF-Token"
+)
+
+// Dashboard serves /, /login, /logout and /ui/.
 type Dashboard struct {
-	svc *controller.Service
-	log *slog.Logger
+	svc  *controller.Service
+	log  *slog.Logger
+	mux  *http.ServeMux
+	api  http.Handler
+	page *template.Template
 }
 
 // New returns the dashboard handler.
-func New(svc *controller.Service, log *slog.Logger) *Dashboard { return &Dashboard{svc: svc, log: log} }
-
-type view struct {
-	Status    apiv1.Status
-	Nodes     []apiv1.Node
-	Instances []apiv1.Instance
-	Templates []apiv1.Template
-	ByState   []stateCount
-	Active    int
-	Slots     int
-	Used      int
-	Error     string
-	NodeNames map[string]string // id -> name
-	TmplNames map[string]string // id -> name
+func New(svc *controller.Service, log *slog.Logger) *Dashboard {
+	d := &Dashboard{svc: svc, log: log, mux: http.NewServeMux(), page: templates()}
+	d.api = http.StripPrefix("/ui", httpapi.NewWithAuth(svc, log, d.caller))
+	sub, _ := fs.Sub(static, "static")
+	d.mux.Handle("GET /ui/static/", http.StripPrefix("/ui/static/", cacheFor(time.Hour, http.FileServerFS(sub))))
+	d.mux.HandleFunc("GET /{$}", d.viewPage)
+	d.mux.HandleFunc("GET /login", d.loginPage)
+	d.mux.HandleFunc("POST /login", d.login)
+	d.mux.HandleFunc("POST /logout", d.logout)
+	d.mux.HandleFunc("GET /ui/view/{name}", d.fragment)
+	d.mux.HandleFunc("GET /ui/instance", d.instancePage)
+	d.mux.HandleFunc("GET /ui/stream", d.stream)
+	d.mux.HandleFunc("/ui/api/", d.apiCall)
+	return d
 }
 
-type stateCount struct {
-	State string
-	Count int
+// Routes lists what the controller must send to the dashboard.
+func Routes() []string {
+	return []string{"GET /{$}", "/login", "POST /logout", "/ui/"}
 }
 
 func (d *Dashboard) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if r.URL.Path != "/" {
-		http.NotFound(w, r)
-		return
+	h := w.Header()
+	h.Set("X-Frame-Options", "DENY")
+	h.Set("X-Content-Type-Options", "nosniff")
+	h.Set("Referrer-Policy", "same-origin")
+	h.Set("Content-Security-Policy", "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; connect-src 'self'; frame-ancestors 'none'; form-action 'self'")
+	d.mux.ServeHTTP(w, r)
+}
+
+func cacheFor(d time.Duration, h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Cache-Control", fmt.Sprintf("max-age=%d", int(d.Seconds())))
+		h.ServeHTTP(w, r)
+	})
+}
+
+// caller is the session's identity (root when auth is off).
+func (d *Dashboard) caller(r *http.Request) (controller.Identity, error) {
+	secret := ""
+	if c, err := r.Cookie(sessionCookie); err == nil {
+		secret = c.Value
 	}
-	ctx := r.Context()
-	id, err := d.svc.Authenticate(ctx, r.Header.Get("Authorization"), httpapi.ClientCert(r))
-	if err != nil {
-		w.Header().Set("WWW-Authenticate", `Basic realm="Corral", charset="UTF-8"`)
-		http.Error(w, "Authentication Required", http.StatusUnauthorized)
-		return
+	return d.svc.DashboardSession(r.Context(), secret)
+}
+
+// session answers the caller allowed to view, or writes the way to log in.
+func (d *Dashboard) session(w http.ResponseWriter, r *http.Request, fragment bool) (controller.Identity, bool) {
+	id, err := d.caller(r)
+	if err == nil {
+		err = d.svc.Authorize(r.Context(), id, apiv1.PermView)
 	}
-	if err := d.svc.Authorize(ctx, id, apiv1.PermView); err != nil {
+	var denied *controller.PermissionError
+	switch {
+	case err == nil:
+		return id, true
+	case errors.As(err, &denied):
 		http.Error(w, err.Error(), http.StatusForbidden)
+	case errors.Is(err, controller.ErrAuth) && fragment:
+		w.Header().Set("X-Corral-Login", "/login")
+		http.Error(w, "Authentication Required: log in again", http.StatusUnauthorized)
+	case errors.Is(err, controller.ErrAuth):
+		http.Redirect(w, r, "/login?next="+url.QueryEscape(r.URL.RequestURI()), http.StatusSeeOther)
+	default:
+		d.log.Error("dashboard session", "err", err)
+		http.Error(w, "internal error", http.StatusInternalServerError)
+	}
+	return id, false
+}
+
+// csrfToken returns the browser's CSRF token, setting one first if needed.
+func csrfToken(w http.ResponseWriter, r *http.Request) string {
+	if c, err := r.Cookie(csrfCookie); err == nil && len(c.Value) == 32 {
+		return c.Value
+	}
+	var b [16]byte
+	_, _ = rand.Read(b[:])
+	tok := hex.EncodeToString(b[:])
+	http.SetCookie(w, &http.Cookie{Name: csrfCookie, Value: tok, Path: "/", HttpOnly: true, Secure: r.TLS != nil,
+		SameSite: http.SameSiteStrictMode})
+	r.AddCookie(&http.Cookie{Name: csrfCookie, Value: tok})
+	return tok
+}
+
+// csrfOK checks a change: the token (header or form field) must match the
+// cookie, and a browser's Origin, when sent, must be this host.
+func csrfOK(r *http.Request) bool {
+	c, err := r.Cookie(csrfCookie)
+	if err != nil || len(c.Value) != 32 {
+		return false
+	}
+	got := r.Header.Get(csrfHeader)
+	if got == "" {
+		got = r.PostFormValue("csrf")
+	}
+	if subtle.ConstantTimeCompare([]byte(got), []byte(c.Value)) != 1 {
+		return false
+	}
+	if o := r.Header.Get("Origin"); o != "" {
+		u, err := url.Parse(o)
+		if err != nil || u.Host != r.Host {
+			return false
+		}
+	}
+	return true
+}
+
+// apiCall is /ui/api/v1/...: the REST API with the session's caller; every
+// change needs the CSRF token.
+func (d *Dashboard) apiCall(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodGet && r.Method != http.MethodHead && !csrfOK(r) {
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusForbidden)
+		_, _ = w.Write([]byte(`{"status":"FAIL","message":"CSRF token missing or wrong: reload the page"}` + "\n"))
 		return
 	}
-	v := view{Status: d.svc.Status(ctx)}
-	if v.Nodes, err = d.svc.ListNodes(ctx, ""); err != nil {
-		v.Error = err.Error()
+	if strings.HasPrefix(r.URL.Path, "/ui/api/v1/agent/") {
+		http.NotFound(w, r) // the nodes' protocol is not the dashboard's
+		return
 	}
-	if v.Instances, err = d.svc.ListInstances(ctx, controller.InstanceFilter{}); err != nil {
-		v.Error = err.Error()
+	d.api.ServeHTTP(w, r)
+}
+
+func (d *Dashboard) loginPage(w http.ResponseWriter, r *http.Request) {
+	if !d.svc.AuthEnabled() {
+		http.Redirect(w, r, "/", http.StatusSeeOther)
+		return
 	}
-	if v.Templates, err = d.svc.Registry().ListTemplates(ctx); err != nil && v.Error == "" {
-		v.Error = "registry: " + err.Error()
+	d.render(w, "login.html", loginView{CSRF: csrfToken(w, r), Next: safeNext(r.URL.Query().Get("next")),
+		Error: r.URL.Query().Get("error")})
+}
+
+type loginView struct {
+	CSRF, Next, Error string
+}
+
+// safeNext keeps a redirect on this site.
+func safeNext(next string) string {
+	if !strings.HasPrefix(next, "/") || strings.HasPrefix(next, "//") || strings.Contains(next, "\\") {
+		return "/"
 	}
-	v.NodeNames, v.TmplNames = map[string]string{}, map[string]string{}
-	for _, n := range v.Nodes {
-		v.NodeNames[n.NodeID] = n.NodeName
+	return next
+}
+
+func (d *Dashboard) login(w http.ResponseWriter, r *http.Request) {
+	r.Body = http.MaxBytesReader(w, r.Body, 64<<10)
+	if err := r.ParseForm(); err != nil {
+		http.Error(w, "bad form", http.StatusBadRequest)
+		return
 	}
-	for _, t := range v.Templates {
-		v.TmplNames[t.ID] = t.Name
+	next := safeNext(r.PostFormValue("next"))
+	if !csrfOK(r) {
+		http.Redirect(w, r, "/login?error="+url.QueryEscape("The form expired: try again.")+"&next="+url.QueryEscape(next), http.StatusSeeOther)
+		return
 	}
-	counts := map[string]int{}
-	for _, in := range v.Instances {
-		counts[in.State]++
+	secret, err := d.svc.DashboardLogin(r.Context(), r.PostFormValue("token"), r.PostFormValue("session"))
+	if err != nil {
+		host := r.RemoteAddr
+		if i := strings.LastIndex(host, ":"); i > 0 {
+			host = host[:i]
+		}
+		d.svc.RecordAuthFailure(host, r.Method, "/login", "dashboard login refused")
+		http.Redirect(w, r, "/login?error="+url.QueryEscape("That token was not accepted.")+"&next="+url.QueryEscape(next), http.StatusSeeOther)
+		return
 	}
-	for _, s := range apiv1.InstanceStates {
-		if counts[s] > 0 {
-			v.ByState = append(v.ByState, stateCount{s, counts[s]})
+	http.SetCookie(w, &http.Cookie{Name: sessionCookie, Value: secret, Path: "/", HttpOnly: true, Secure: r.TLS != nil,
+		SameSite: http.SameSiteStrictMode, MaxAge: int(controller.DashboardSessionTTL.Seconds())})
+	http.Redirect(w, r, next, http.StatusSeeOther)
+}
+
+func (d *Dashboard) logout(w http.ResponseWriter, r *http.Request) {
+	r.Body = http.MaxBytesReader(w, r.Body, 64<<10)
+	if !csrfOK(r) {
+		http.Error(w, "CSRF token missing or wrong: reload the page", http.StatusForbidden)
+		return
+	}
+	if c, err := r.Cookie(sessionCookie); err == nil {
+		if err := d.svc.DashboardLogout(r.Context(), c.Value); err != nil {
+			d.log.Warn("dashboard logout", "err", err)
 		}
 	}
-	for _, n := range v.Nodes {
-		if n.State == apiv1.NodeActive {
-			v.Active++
-			v.Slots += n.Capacity
-		}
-		v.Used += n.VMCount
-	}
-	slices.Reverse(v.Instances) // newest first
+	http.SetCookie(w, &http.Cookie{Name: sessionCookie, Value: "", Path: "/", MaxAge: -1, HttpOnly: true, SameSite: http.SameSiteStrictMode})
+	http.Redirect(w, r, "/login", http.StatusSeeOther)
+}
+
+func (d *Dashboard) render(w http.ResponseWriter, name string, v any) {
 	w.Header().Set("Content-Type", "text/html; charset=utf-8")
-	if err := page.ExecuteTemplate(w, "dashboard.html", v); err != nil {
-		d.log.Error("render dashboard", "err", err)
+	w.Header().Set("Cache-Control", "no-store")
+	if err := d.page.ExecuteTemplate(w, name, v); err != nil {
+		d.log.Error("render dashboard", "template", name, "err", err)
 	}
 }
