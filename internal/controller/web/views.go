@@ -58,12 +58,12 @@ func templates() *template.Template {
 			b, _ := json.MarshalIndent(v, "", "  ")
 			return string(b)
 		},
-		"js": func(v any) string { b, _ := json.Marshal(v); return string(b) },
-		"q": func(f instanceFilter, kv ...string) string { return f.with(kv...) },
-		"add":   func(a, b int) int { return a + b },
-		"sub":   func(a, b int64) int64 { return a - b },
-		"itoa":  strconv.Itoa,
-		"dict1": func(id string) map[string]string { return map[string]string{"id": id} },
+		"js":      func(v any) string { b, _ := json.Marshal(v); return string(b) },
+		"q":       func(f instanceFilter, kv ...string) string { return f.with(kv...) },
+		"add":     func(a, b int) int { return a + b },
+		"sub":     func(a, b int64) int64 { return a - b },
+		"itoa":    strconv.Itoa,
+		"dict1":   func(id string) map[string]string { return map[string]string{"id": id} },
 		"nodeids": func(id string) map[string][]string { return map[string][]string{"node_ids": {id}} },
 		"nodecfg": func(id, k string, v any) map[string]any {
 			m := map[string]any{"node_id": id}
