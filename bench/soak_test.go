@@ -3,12 +3,14 @@ package bench
 import (
 	"context"
 	"fmt"
+	"net/url"
 	"os"
 	"strconv"
 	"testing"
 	"time"
 
 	apiv1 "github.com/corral-build/corral/api/v1"
+	"github.com/corral-build/corral/internal/events"
 	"github.com/corral-build/corral/internal/testenv"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
@@ -51,6 +53,7 @@ func BenchmarkSoak(b *testing.B) {
 		before, _, _ := size()
 		start := time.Now()
 		batch := min(nodes, 100) // a batch fits in the cloud's capacity
+		lastID := ""
 		for done := 0; done < cycles; done += batch {
 			ids, err := c.Client.StartInstances(ctx, map[string]any{"vmid": c.TemplateID, "count": min(batch, cycles-done)})
 			if err != nil {
@@ -63,6 +66,7 @@ func BenchmarkSoak(b *testing.B) {
 				}
 				cancel()
 			}
+			lastID = ids[len(ids)-1]
 			for _, id := range ids {
 				if err := c.Client.Terminate(ctx, id); err != nil {
 					b.Fatal(err)
@@ -70,6 +74,32 @@ func BenchmarkSoak(b *testing.B) {
 			}
 		}
 		took := time.Since(start)
+		// The event log: it keeps up (the last termination is recorded) and
+		// stays within its bound, trimmed every 1/20th of it.
+		evBound := events.DefaultMaxCount + events.DefaultMaxCount/20 + 100
+		var evCount, evBytes int64
+		deadline := time.Now().Add(time.Minute)
+		for {
+			last, err := c.Client.Events(ctx, url.Values{"type": {apiv1.EventInstanceTerminated}, "limit": {"1"}})
+			if err != nil {
+				b.Fatal(err)
+			}
+			if len(last) == 1 && last[0].InstanceID == lastID {
+				break
+			}
+			if time.Now().After(deadline) {
+				b.Fatalf("the event log did not record the last termination within a minute")
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		resp, err := cli.Get(ctx, "/corral/events/", clientv3.WithPrefix())
+		if err != nil {
+			b.Fatal(err)
+		}
+		evCount = resp.Count
+		for _, kv := range resp.Kvs {
+			evBytes += int64(len(kv.Key) + len(kv.Value))
+		}
 		time.Sleep(6 * time.Second) // retention (2s) + a purge pass
 		after, afterInUse, rev := size()
 		// Physical compaction waits until old revisions are really gone.
@@ -86,6 +116,11 @@ func BenchmarkSoak(b *testing.B) {
 		fmt.Printf("  etcd db: before %s; after %s (in use %s); after compaction+defrag %s (in use %s); instances left %d\n",
 			mib(before), mib(after), mib(afterInUse), mib(compacted), mib(compactedInUse), len(left))
 		fmt.Printf("  bound: in use after compaction <= %s, independent of the number of cycles\n", mib(soakBound))
+		fmt.Printf("  event log: %d events, %s (bound %d events: %d kept, trimmed every %d)\n",
+			evCount, mib(evBytes), evBound, events.DefaultMaxCount, events.DefaultMaxCount/20)
+		if evCount > int64(evBound) {
+			b.Fatalf("event log holds %d events, bound %d", evCount, evBound)
+		}
 		if compactedInUse > soakBound {
 			b.Fatalf("etcd in-use size %s after compaction exceeds the %s bound", mib(compactedInUse), mib(soakBound))
 		}

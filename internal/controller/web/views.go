@@ -48,6 +48,15 @@ func templates() *template.Template {
 			return id
 		},
 		"ssh": sshEndpoint,
+		// sshcmd is the command line that reaches the guest.
+		"sshcmd": func(info *apiv1.VMInfo) string {
+			ep := sshEndpoint(info)
+			i := strings.LastIndex(ep, ":")
+			if i < 0 {
+				return ""
+			}
+			return fmt.Sprintf("ssh -p %s anka@%s", ep[i+1:], ep[:i])
+		},
 		"vnc": func(info *apiv1.VMInfo) string {
 			if info == nil || info.VNCPort == 0 {
 				return ""
