@@ -71,7 +71,9 @@ func TestDashboardInBrowser(t *testing.T) {
 	// confirm() dialogs are accepted, as the operator would.
 	if err := chromedp.Listen(ctx, func(ev any) {
 		if _, ok := ev.(*page.EventJavascriptDialogOpening); ok {
-			go func() { _, _ = chromedp.Call(ctx, page.HandleJavaScriptDialog, page.HandleJavaScriptDialogParams{Accept: true}) }()
+			go func() {
+				_, _ = chromedp.Call(ctx, page.HandleJavaScriptDialog, page.HandleJavaScriptDialogParams{Accept: true})
+			}()
 		}
 	}); err != nil {
 		t.Fatalf("start chromium: %v", err)
