@@ -125,3 +125,18 @@ func cloneValues(q url.Values) url.Values {
 	}
 	return out
 }
+
+// Distribute asks nodes to pull a template tag ahead of instances.
+func (c *Controller) Distribute(ctx context.Context, req apiv1.DistributeRequest) (string, error) {
+	var out struct {
+		RequestID string `json:"request_id"`
+	}
+	err := c.do(ctx, http.MethodPost, "/api/v1/registry/vm/distribute", req, &out)
+	return out.RequestID, err
+}
+
+// Distribution returns a distribute request's state.
+func (c *Controller) Distribution(ctx context.Context, id string) (apiv1.DistributionView, error) {
+	var d apiv1.DistributionView
+	return d, c.do(ctx, http.MethodGet, "/api/v1/registry/vm/distribute?id="+url.QueryEscape(id), nil, &d)
+}

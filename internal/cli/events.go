@@ -232,3 +232,117 @@ func eventPrinter(out io.Writer, output string) func(apiv1.Event) error {
 func printJSONLine(out io.Writer, v any) error {
 	return json.NewEncoder(out).Encode(v)
 }
+
+func vmSave(ctx context.Context, args []string, out io.Writer) error {
+	var tag, description, script, newName string
+	var wait bool
+	var timeout time.Duration
+	cl, c, pos, err := vmFlags("save", "Save a Started instance as a new tag of its template (or a new template).\nUsage: corral vm save ID --tag T [--description D] [--script TEXT|@FILE] [--new-template NAME] [--wait]", out, args, func(f *flags) {
+		f.String(&tag, "tag", "", "the new tag (required)")
+		f.String(&description, "description", "", "the tag's description")
+		f.String(&script, "script", "", "run in the VM before saving (text, or @FILE)")
+		f.String(&newName, "new-template", "", "save as a new template of this name instead")
+		f.Bool(&wait, "wait", false, "wait until the save is done")
+		f.Duration(&timeout, "timeout", time.Hour, "how long --wait waits")
+	})
+	if err != nil {
+		return err
+	}
+	if len(pos) != 1 || tag == "" {
+		return errors.New("usage: corral vm save ID --tag T [--wait]")
+	}
+	if path, ok := strings.CutPrefix(script, "@"); ok {
+		data, err := os.ReadFile(path)
+		if err != nil {
+			return fmt.Errorf("--script: %w", err)
+		}
+		script = string(data)
+	}
+	reqID, err := cl.SaveImage(ctx, apiv1.ImageRequest{ID: pos[0], Tag: tag, Description: description, Script: script, NewTemplateName: newName})
+	if err != nil {
+		return err
+	}
+	if !wait {
+		fmt.Fprintln(out, reqID)
+		return nil
+	}
+	wctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	for {
+		img, err := cl.Image(wctx, reqID)
+		if err == nil && img.Status != apiv1.ImagePending {
+			if c.output == "json" {
+				return printJSON(out, img)
+			}
+			if img.Status != apiv1.ImageDone {
+				return fmt.Errorf("save %s: %s: %s", reqID, img.Status, img.Message)
+			}
+			fmt.Fprintf(out, "%s\t%s\tsaved as tag %s\n", reqID, img.Status, tag)
+			return nil
+		}
+		select {
+		case <-wctx.Done():
+			return fmt.Errorf("save %s: still pending: %w", reqID, wctx.Err())
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+}
+
+func templateDistribute(ctx context.Context, args []string, out io.Writer) error {
+	var tag, group string
+	var nodes []string
+	var wait bool
+	var timeout time.Duration
+	cl, c, pos, err := vmFlags("template distribute", "Pull a template tag onto nodes ahead of instances (through the controller).\nUsage: corral template distribute TEMPLATE_ID [--tag T] [--group G | --nodes N,N] [--wait]", out, args, func(f *flags) {
+		f.String(&tag, "tag", "", "the tag (default: the latest)")
+		f.String(&group, "group", "", "every active node of this group id")
+		f.List(&nodes, "nodes", "", "these node ids (default: every active node)")
+		f.Bool(&wait, "wait", false, "wait until every node is done")
+		f.Duration(&timeout, "timeout", time.Hour, "how long --wait waits")
+	})
+	if err != nil {
+		return err
+	}
+	if len(pos) != 1 {
+		return errors.New("usage: corral template distribute TEMPLATE_ID [--tag T] [--group G | --nodes N,N]")
+	}
+	id, err := cl.Distribute(ctx, apiv1.DistributeRequest{TemplateID: pos[0], Tag: tag, GroupID: group, NodeIDs: nodes})
+	if err != nil {
+		return err
+	}
+	if !wait {
+		fmt.Fprintln(out, id)
+		return nil
+	}
+	wctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	for {
+		d, err := cl.Distribution(wctx, id)
+		if err == nil {
+			pending, failed := 0, []string{}
+			for node, st := range d.Nodes {
+				switch {
+				case st == "pending":
+					pending++
+				case strings.HasPrefix(st, "error"):
+					failed = append(failed, node+": "+st)
+				}
+			}
+			if pending == 0 {
+				if c.output == "json" {
+					return printJSON(out, d)
+				}
+				if len(failed) > 0 {
+					return fmt.Errorf("distribution %s: %s", id, strings.Join(failed, "; "))
+				}
+				fmt.Fprintf(out, "%s\tdone on %d node(s)\n", id, len(d.Nodes))
+				return nil
+			}
+		}
+		select {
+		case <-wctx.Done():
+			return fmt.Errorf("distribution %s: not done: %w", id, wctx.Err())
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+}

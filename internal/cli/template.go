@@ -19,13 +19,14 @@ func runTemplate(ctx context.Context, args []string, out io.Writer) error {
 	verbs := map[string]func(context.Context, []string, io.Writer) error{
 		"push": templatePush, "pull": templatePull, "list": templateList,
 		"describe": templateDescribe, "delete": templateDelete, "revert": templateRevert,
+		"distribute": templateDistribute,
 	}
 	if len(args) == 0 || verbs[args[0]] == nil {
-		fmt.Fprintln(out, "Usage: corral template <push|pull|list|describe|delete|revert> [flags] (each has --help)")
+		fmt.Fprintln(out, "Usage: corral template <push|pull|list|describe|delete|revert|distribute> [flags] (each has --help)")
 		if len(args) > 0 && (args[0] == "-h" || args[0] == "--help") {
 			return flag.ErrHelp
 		}
-		return fmt.Errorf("want a verb: push, pull, list, describe, delete or revert")
+		return fmt.Errorf("want a verb: push, pull, list, describe, delete, revert or distribute")
 	}
 	return verbs[args[0]](ctx, args[1:], out)
 }

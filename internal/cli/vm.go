@@ -26,14 +26,14 @@ import (
 func runVM(ctx context.Context, args []string, out io.Writer) error {
 	verbs := map[string]func(context.Context, []string, io.Writer) error{
 		"start": vmStart, "list": vmList, "show": vmShow, "terminate": vmTerminate, "wait": vmWait,
-		"restart": vmRestart, "logs": vmLogs, "ssh": vmSSH,
+		"restart": vmRestart, "logs": vmLogs, "ssh": vmSSH, "save": vmSave,
 	}
 	if len(args) == 0 || verbs[args[0]] == nil {
-		fmt.Fprintln(out, "Usage: corral vm <start|list|show|terminate|restart|logs|wait|ssh> [flags] (each has --help)")
+		fmt.Fprintln(out, "Usage: corral vm <start|list|show|terminate|restart|logs|wait|ssh|save> [flags] (each has --help)")
 		if len(args) > 0 && (args[0] == "-h" || args[0] == "--help") {
 			return flag.ErrHelp
 		}
-		return errors.New("want a verb: start, list, show, terminate, restart, logs, wait or ssh")
+		return errors.New("want a verb: start, list, show, terminate, restart, logs, wait, ssh or save")
 	}
 	return verbs[args[0]](ctx, args[1:], out)
 }

@@ -1,7 +1,9 @@
 package e2e
 
 import (
+	"context"
 	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -10,6 +12,7 @@ import (
 	"time"
 
 	apiv1 "github.com/corral-build/corral/api/v1"
+	"github.com/corral-build/corral/client"
 	"github.com/corral-build/corral/internal/controller"
 	"github.com/corral-build/corral/internal/testenv"
 )
@@ -205,5 +208,41 @@ func TestCLIContextEventsLogs(t *testing.T) {
 		case <-timeout:
 			t.Fatal("events --follow did not show the termination")
 		}
+	}
+}
+
+// TestCLISaveAndDistribute: `corral vm save --wait` saves a Started instance
+// as a new tag, `corral template distribute --wait` puts it on the nodes.
+func TestCLISaveAndDistribute(t *testing.T) {
+	c := testenv.StartCluster(t, testenv.Options{Registry: true, Nodes: []testenv.NodeOptions{{Name: "n1", Capacity: 2}, {Name: "n2", Capacity: 2}}})
+	rc, _ := client.NewRegistry(c.Registry.URL)
+	ctx := context.Background()
+	src := newVMDir(t, 0, 1)
+	os.WriteFile(filepath.Join(src, "config.json"), []byte(fmt.Sprintf(`{"arch":%q}`, runtimeArch())), 0o644)
+	base, err := rc.Push(ctx, client.PushOptions{Source: src, Template: "base", Tag: "v1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	corral := func(args ...string) string {
+		t.Helper()
+		cmd := exec.Command(corralBinary(t), append(args, "--controller", c.Controllers[0].URL)...)
+		var stderr strings.Builder
+		cmd.Stderr = &stderr
+		out, err := cmd.Output()
+		if err != nil {
+			t.Fatalf("corral %s: %v\n%s%s", strings.Join(args, " "), err, out, stderr.String())
+		}
+		return string(out)
+	}
+	id := strings.Fields(corral("vm", "start", "--vmid", base.TemplateID, "--wait"))[3]
+	if got := corral("vm", "save", id, "--tag", "v2", "--description", "from the CLI", "--wait"); !strings.Contains(got, "saved as tag v2") {
+		t.Fatalf("vm save %q", got)
+	}
+	d, err := c.Controllers[0].Service.Registry().GetTemplate(ctx, base.TemplateID)
+	if err != nil || len(d.Versions) != 2 {
+		t.Fatalf("after save: %v %+v", err, d.Versions)
+	}
+	if got := corral("template", "distribute", base.TemplateID, "--tag", "v2", "--wait"); !strings.Contains(got, "done on 2 node(s)") {
+		t.Fatalf("distribute %q", got)
 	}
 }
