@@ -70,7 +70,7 @@ func TestHTTPFuzz(t *testing.T) {
 		}
 	}
 	params := []string{"id", "tag", "limit", "offset", "state", "node_id", "group_id", "external_id", "scope",
-		"service", "mount", "from", "digest", "upload", "since", "n", "last"}
+		"service", "mount", "from", "digest", "upload", "since", "n", "last", "type", "instance_id"}
 	seeds := []string{
 		`{"vmid":"` + c.TemplateID + `","count":2,"startup_script":"ZWNobyBoaQ==","metadata":{"a":[1,{"b":null}]},"priority":3}`,
 		`{"name":"g","description":"d","fallback_group_id":"x"}`,
