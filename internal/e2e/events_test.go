@@ -20,6 +20,7 @@ import (
 	"github.com/corral-build/corral/client"
 	"github.com/corral-build/corral/internal/controller"
 	"github.com/corral-build/corral/internal/testenv"
+	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
 // eventTypes lists the types of evs, in order.
@@ -298,4 +299,55 @@ func TestAuthFailureEvents(t *testing.T) {
 	if len(evs) != 1 || !strings.Contains(evs[0].Message, "127.0.0.1") || strings.Contains(evs[0].Message, "guess") {
 		t.Fatalf("auth events %+v", evs)
 	}
+}
+
+// TestTemplateEvents: pushing a tag and deleting one are recorded, from the
+// registry itself (pushes do not pass through the controller).
+func TestTemplateEvents(t *testing.T) {
+	c := testenv.StartCluster(t, testenv.Options{Registry: true})
+	ctx, cancel := contextWithTimeout(time.Minute)
+	defer cancel()
+	// The recorder's first look at the registry is its baseline.
+	waitEvents(t, c.Client, url.Values{"type": {"scheduler"}}, has(apiv1.EventSchedulerLeader))
+	// Wait for the baseline (the empty registry) to be stored.
+	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{c.Etcd.ClientURL}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	for {
+		resp, err := cli.Get(ctx, "/corral/config/events-templates")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(resp.Kvs) == 1 {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatal("no template baseline")
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	rc, _ := client.NewRegistry(c.Registry.URL)
+	src := newVMDir(t, 0, 1)
+	res, err := rc.Push(ctx, client.PushOptions{Source: src, Template: "evt", Tag: "v1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := rc.Push(ctx, client.PushOptions{Source: src, Template: "evt", Tag: "v2"}); err != nil {
+		t.Fatal(err)
+	}
+	evs := waitEvents(t, c.Client, url.Values{"type": {"template"}}, func(evs []apiv1.Event) bool { return len(evs) >= 2 })
+	for _, e := range evs {
+		if e.Type != apiv1.EventTemplatePushed || e.TemplateID != res.TemplateID {
+			t.Fatalf("template events %+v", evs)
+		}
+	}
+	if err := c.Controllers[0].Service.Registry().DeleteTemplate(ctx, res.TemplateID, "v1"); err != nil {
+		t.Fatal(err)
+	}
+	waitEvents(t, c.Client, url.Values{"type": {apiv1.EventTemplateDeleted}}, func(evs []apiv1.Event) bool {
+		return len(evs) == 1 && evs[0].Tag == "v1"
+	})
 }

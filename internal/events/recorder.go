@@ -357,10 +357,8 @@ func (r *Recorder) compareTemplates(ctx context.Context, fence clientv3.Cmp) err
 	names := map[string]string{}
 	for _, t := range tmpls {
 		names[t.ID] = t.Name
-		if old, ok := seen[t.ID]; ok && old.LastPush == t.LastPush && old.Size == t.Size {
-			now[t.ID] = old // unchanged: no need to read its tags
-			continue
-		}
+		// Every template's tags are read: a deleted tag changes neither
+		// the template's last push nor, always, its size.
 		d, err := r.cfg.Template(lctx, t.ID)
 		if err != nil {
 			return fmt.Errorf("read template %s: %w", t.ID, err)

@@ -189,7 +189,7 @@ func (c *Cluster) StartController(opts Options) *daemon.Daemon {
 		TemplatesFile: c.TemplatesFile, JoinToken: "test-token", EtcdLogLevel: etcdLogLevel(),
 		NodeLeaseTTL: or(opts.LeaseTTL, 2*time.Second), SchedulerTTL: or(opts.SchedulerTTL, 2*time.Second),
 		InstanceRetention: or(opts.Retention, time.Minute), AssignmentLongPoll: 5 * time.Second,
-		EventMaxCount: opts.EventMaxCount, EventWebhook: opts.EventWebhook, EventWebhookSecret: opts.EventWebhookSecret,
+		EventMaxCount: opts.EventMaxCount, EventTemplatePoll: 200 * time.Millisecond, EventWebhook: opts.EventWebhook, EventWebhookSecret: opts.EventWebhookSecret,
 		Log: Logger(c.t),
 	})
 	if err != nil {

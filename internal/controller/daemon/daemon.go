@@ -79,6 +79,9 @@ type Config struct {
 	EventMaxAge        time.Duration
 	EventWebhook       string
 	EventWebhookSecret string
+	// EventTemplatePoll is how often the registry is compared for template
+	// events (30 s; tests make it short).
+	EventTemplatePoll time.Duration
 	// Timeouts bound client connections (httpserve defaults when zero).
 	Timeouts httpserve.Timeouts
 
@@ -218,7 +221,7 @@ func Start(ctx context.Context, cfg Config) (*Daemon, error) {
 	runCtx, cancel := context.WithCancel(context.Background())
 	d.cancel = cancel
 	recorder := events.NewRecorder(st, events.Config{MaxCount: cfg.EventMaxCount, MaxAge: cfg.EventMaxAge,
-		Templates: reg.ListTemplates, Template: reg.GetTemplate}, log)
+		Templates: reg.ListTemplates, Template: reg.GetTemplate, TemplatePoll: cfg.EventTemplatePoll}, log)
 	var webhook *events.Webhook
 	if cfg.EventWebhook != "" {
 		webhook = events.NewWebhook(st, cfg.EventWebhook, cfg.EventWebhookSecret, log)
