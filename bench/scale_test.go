@@ -1,0 +1,392 @@
+package bench
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	apiv1 "github.com/corral-build/corral/api/v1"
+	"github.com/corral-build/corral/client"
+	"github.com/corral-build/corral/internal/driver/synthetic"
+	"github.com/corral-build/corral/internal/node"
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// BenchmarkScale is the control plane at fleet scale: CORRAL_SCALE_NODES
+// node agents (1000; real internal/node agents over HTTP, in this process),
+// CORRAL_SCALE_INSTANCES instance starts (10000) from CORRAL_SCALE_CLIENTS
+// concurrent clients (50), a poller of the full list and one of ?id=,
+// against CORRAL_SCALE_CONTROLLERS real `corral controller` processes (1;
+// the first with embedded etcd, the others on it), so their CPU and memory
+// are measured apart from the agents'.
+func BenchmarkScale(b *testing.B) {
+	nodes, total, clients := envInt("CORRAL_SCALE_NODES", 1000), envInt("CORRAL_SCALE_INSTANCES", 10000), envInt("CORRAL_SCALE_CLIENTS", 50)
+	ctls := envInt("CORRAL_SCALE_CONTROLLERS", 1)
+	for range b.N {
+		runScale(b, nodes, total, clients, ctls)
+	}
+}
+
+func freePort(b *testing.B) int {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+func buildCorral(b *testing.B, dir string) string {
+	bin := filepath.Join(dir, "corral")
+	out, err := exec.Command("go", "build", "-o", bin, "github.com/corral-build/corral/cmd/corral").CombinedOutput()
+	if err != nil {
+		b.Fatalf("build corral: %v\n%s", err, out)
+	}
+	return bin
+}
+
+type proc struct {
+	cmd *exec.Cmd
+	url string
+}
+
+// cpu is the process's user+system CPU time.
+func (p proc) cpu() time.Duration {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p.cmd.Process.Pid))
+	if err != nil {
+		return 0
+	}
+	f := strings.Fields(string(data)[strings.LastIndexByte(string(data), ')')+2:])
+	ut, _ := strconv.ParseInt(f[11], 10, 64)
+	st, _ := strconv.ParseInt(f[12], 10, 64)
+	return time.Duration(ut+st) * time.Second / 100 // USER_HZ
+}
+
+// peakRSS is the process's high-water resident set.
+func (p proc) peakRSS() int64 {
+	data, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", p.cmd.Process.Pid))
+	for _, line := range strings.Split(string(data), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+			kb, _ := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
+			return kb << 10
+		}
+	}
+	return 0
+}
+
+// latencies collects one route's latencies.
+type latencies struct {
+	mu sync.Mutex
+	d  []time.Duration
+}
+
+func (l *latencies) add(d time.Duration) { l.mu.Lock(); l.d = append(l.d, d); l.mu.Unlock() }
+
+func (l *latencies) pct(p float64) time.Duration {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if len(l.d) == 0 {
+		return 0
+	}
+	s := slices.Clone(l.d)
+	slices.Sort(s)
+	return s[min(len(s)-1, int(p*float64(len(s))))]
+}
+
+func (l *latencies) n() int { l.mu.Lock(); defer l.mu.Unlock(); return len(l.d) }
+
+func ms(d time.Duration) string { return fmt.Sprintf("%.1f ms", float64(d)/float64(time.Millisecond)) }
+
+func runScale(b *testing.B, nodes, total, clients, ctls int) {
+	dir := benchDir(b)
+	bin := buildCorral(b, dir)
+	tmplFile := filepath.Join(dir, "templates.json")
+	vmid := apiv1.NewID()
+	data, _ := json.Marshal([]apiv1.TemplateDetail{{Template: apiv1.Template{ID: vmid, Name: "scale", Size: 1 << 30, Arch: runtime.GOARCH},
+		Versions: []apiv1.TemplateVersion{{Tag: "v1", Number: 0, Size: 1 << 30, ConfigFile: "config.json", Images: []string{"disk.img"}}}}})
+	if err := os.WriteFile(tmplFile, data, 0o644); err != nil {
+		b.Fatal(err)
+	}
+	etcdURL := fmt.Sprintf("http://127.0.0.1:%d", freePort(b))
+	var procs []proc
+	for i := range ctls {
+		port := freePort(b)
+		args := []string{"controller", "--listen", fmt.Sprintf("127.0.0.1:%d", port), "--data-dir", filepath.Join(dir, fmt.Sprint("ctl", i)),
+			"--templates-file", tmplFile, "--join-token", "scale-token", "--node-lease-ttl", "30s",
+			"--max-waiting-instances", "-1", "--instance-retention", "10m", "--log-level", "-1"}
+		if i == 0 {
+			args = append(args, "--etcd-client-url", etcdURL, "--etcd-peer-url", fmt.Sprintf("http://127.0.0.1:%d", freePort(b)))
+		} else {
+			args = append(args, "--etcd-endpoints", etcdURL)
+		}
+		cmd := exec.Command(bin, args...)
+		cmd.Stderr = os.Stderr
+		if err := cmd.Start(); err != nil {
+			b.Fatal(err)
+		}
+		p := proc{cmd, fmt.Sprintf("http://127.0.0.1:%d", port)}
+		b.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			resp, err := http.Get(p.url + "/readyz")
+			if err == nil {
+				resp.Body.Close()
+				if resp.StatusCode == 200 {
+					break
+				}
+			}
+			if time.Now().After(deadline) {
+				b.Fatalf("controller %d did not become ready", i)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		procs = append(procs, p)
+	}
+	var urls []string
+	for _, p := range procs {
+		urls = append(urls, p.url)
+	}
+	etcd, err := clientv3.New(clientv3.Config{Endpoints: []string{etcdURL}, DialTimeout: 5 * time.Second})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer etcd.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+
+	// The fleet: every agent in this process.
+	capacity := (total+nodes-1)/nodes + 1
+	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+	var agentWG sync.WaitGroup
+	joinStart := time.Now()
+	var memBefore runtime.MemStats
+	runtime.ReadMemStats(&memBefore)
+	for i := range nodes {
+		a, err := node.New(node.Config{ControllerURLs: urls, Token: "scale-token", Name: fmt.Sprintf("scale-%04d", i), IP: "127.0.0.1",
+			Capacity: capacity, DataDir: filepath.Join(dir, "nodes", strconv.Itoa(i)), Driver: synthetic.New(20 * time.Millisecond), Log: quiet})
+		if err != nil {
+			b.Fatal(err)
+		}
+		agentWG.Add(1)
+		go func() { defer agentWG.Done(); _ = a.Run(ctx) }()
+	}
+	cl, _ := client.New(urls, "")
+	for {
+		ns, err := cl.Nodes(ctx)
+		active := 0
+		for _, n := range ns {
+			if n.State == apiv1.NodeActive {
+				active++
+			}
+		}
+		if err == nil && active == nodes {
+			break
+		}
+		if time.Since(joinStart) > 5*time.Minute {
+			b.Fatalf("%d of %d nodes active after 5 minutes", active, nodes)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	var memAfter runtime.MemStats
+	runtime.ReadMemStats(&memAfter)
+	fmt.Printf("scale: %d node agents joined in %s (%d slots each); agents cost %.0f KiB heap and %d goroutines each\n",
+		nodes, time.Since(joinStart).Round(time.Millisecond), capacity,
+		float64(memAfter.HeapAlloc-memBefore.HeapAlloc)/1024/float64(nodes), runtime.NumGoroutine()/nodes)
+
+	// Idle: the fleet heartbeating, nothing to do.
+	idleCPU := make([]time.Duration, len(procs))
+	for i, p := range procs {
+		idleCPU[i] = p.cpu()
+	}
+	const idleFor = 10 * time.Second
+	time.Sleep(idleFor)
+	for i, p := range procs {
+		fmt.Printf("  controller %d idle with %d nodes: %.1f%% of a core\n", i, nodes, 100*float64(p.cpu()-idleCPU[i])/float64(idleFor))
+	}
+
+	st0, err := etcd.Status(ctx, etcdURL)
+	if err != nil {
+		b.Fatal(err)
+	}
+	cpu0 := make([]time.Duration, len(procs))
+	for i, p := range procs {
+		cpu0[i] = p.cpu()
+	}
+
+	// The burst, and the pollers.
+	var postLat, getLat, listLat latencies
+	posted := make(map[string]time.Time, total)
+	var postedMu sync.Mutex
+	var ids []string
+	var next atomic.Int64
+	burstStart := time.Now()
+	var lastAccepted atomic.Int64
+	var wg sync.WaitGroup
+	for c := range clients {
+		cc, _ := client.New(append(urls[c%len(urls):], urls[:c%len(urls)]...), "")
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for next.Add(1) <= int64(total) {
+				t := time.Now()
+				got, err := cc.StartInstances(ctx, map[string]any{"vmid": vmid, "count": 1})
+				if err != nil {
+					b.Errorf("start: %v", err)
+					return
+				}
+				now := time.Now()
+				postLat.add(now.Sub(t))
+				lastAccepted.Store(now.UnixNano())
+				postedMu.Lock()
+				posted[got[0]] = now
+				ids = append(ids, got[0])
+				postedMu.Unlock()
+			}
+		}()
+	}
+	placed := map[string]time.Time{}
+	started := map[string]time.Time{}
+	pollDone := make(chan struct{})
+	go func() { // GET ?id= of random instances
+		for i := 0; ; i++ {
+			select {
+			case <-pollDone:
+				return
+			default:
+			}
+			postedMu.Lock()
+			var id string
+			if len(ids) > 0 {
+				id = ids[(i*7919)%len(ids)]
+			}
+			postedMu.Unlock()
+			if id == "" {
+				time.Sleep(10 * time.Millisecond)
+				continue
+			}
+			t := time.Now()
+			if _, err := cl.Instance(ctx, id); err == nil {
+				getLat.add(time.Since(t))
+			}
+		}
+	}()
+	var lastList []apiv1.InstanceListItem
+	for {
+		t := time.Now()
+		items, err := cl.Instances(ctx, "")
+		if err != nil {
+			b.Fatal(err)
+		}
+		seen := time.Now()
+		listLat.add(seen.Sub(t))
+		lastList = items
+		for _, it := range items {
+			if it.VM.NodeID != "" {
+				if _, ok := placed[it.InstanceID]; !ok {
+					placed[it.InstanceID] = seen
+				}
+			}
+			if it.VM.State == apiv1.StateStarted {
+				if _, ok := started[it.InstanceID]; !ok {
+					started[it.InstanceID] = seen
+				}
+			}
+		}
+		if len(started) >= total {
+			break
+		}
+		if time.Since(burstStart) > 15*time.Minute {
+			b.Fatalf("after 15 minutes: %d placed, %d started of %d", len(placed), len(started), total)
+		}
+	}
+	close(pollDone)
+	wg.Wait()
+	allStarted := time.Now()
+	accepted := time.Unix(0, lastAccepted.Load())
+	var lastPlaced time.Time
+	var toStarted latencies
+	for id, at := range started {
+		toStarted.add(at.Sub(posted[id]))
+		lastPlaced = maxTime(lastPlaced, placed[id])
+	}
+	st1, _ := etcd.Status(ctx, etcdURL)
+	fmt.Printf("  %d starts from %d clients on %d controller(s): accepted %.0f/s; placements %.0f/s; all Started %s after the last accepted POST (%s after the first)\n",
+		total, clients, ctls, float64(total)/accepted.Sub(burstStart).Seconds(), float64(total)/lastPlaced.Sub(burstStart).Seconds(),
+		allStarted.Sub(accepted).Round(time.Millisecond), allStarted.Sub(burstStart).Round(time.Millisecond))
+	fmt.Printf("  POST->Started p50 %s p99 %s (seen by the list poller: resolution one list, p50 %s)\n", ms(toStarted.pct(0.5)), ms(toStarted.pct(0.99)), ms(listLat.pct(0.5)))
+	fmt.Printf("  API: POST /api/v1/vm p50 %s p99 %s (%d); GET ?id= p50 %s p99 %s (%d); GET list of %d p50 %s p99 %s (%d)\n",
+		ms(postLat.pct(0.5)), ms(postLat.pct(0.99)), postLat.n(), ms(getLat.pct(0.5)), ms(getLat.pct(0.99)), getLat.n(),
+		len(lastList), ms(listLat.pct(0.5)), ms(listLat.pct(0.99)), listLat.n())
+	burst := allStarted.Sub(burstStart)
+	for i, p := range procs {
+		fmt.Printf("  controller %d: %.1f CPU-s in the burst (%.0f%% of a core), peak RSS %.0f MiB\n", i,
+			(p.cpu() - cpu0[i]).Seconds(), 100*float64(p.cpu()-cpu0[i])/float64(burst), float64(p.peakRSS())/(1<<20))
+	}
+	// The list alone at full size: latency and the controller's CPU per list.
+	cpuL := procs[0].cpu()
+	var quietList latencies
+	lc, _ := client.New(urls[:1], "")
+	for range 20 {
+		t := time.Now()
+		if _, err := lc.Instances(ctx, ""); err != nil {
+			b.Fatal(err)
+		}
+		quietList.add(time.Since(t))
+	}
+	fmt.Printf("  GET list of %d alone: p50 %s p99 %s, %s controller CPU per list\n", total, ms(quietList.pct(0.5)), ms(quietList.pct(0.99)),
+		ms((procs[0].cpu()-cpuL)/20))
+
+	// Terminate everything: the rest of each lifecycle.
+	var tw sync.WaitGroup
+	var tnext atomic.Int64
+	for range clients {
+		tw.Add(1)
+		go func() {
+			defer tw.Done()
+			for {
+				i := int(tnext.Add(1)) - 1
+				if i >= len(ids) {
+					return
+				}
+				_ = cl.Terminate(ctx, ids[i])
+			}
+		}()
+	}
+	tw.Wait()
+	for {
+		items, err := cl.Instances(ctx, "state=Terminated")
+		if err == nil && len(items) >= total {
+			break
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	st2, _ := etcd.Status(ctx, etcdURL)
+	fmt.Printf("  etcd: %.1f revisions per instance to Started, %.1f per whole lifecycle (start..Terminated); db %s, in use %s\n",
+		float64(st1.Header.Revision-st0.Header.Revision)/float64(total), float64(st2.Header.Revision-st0.Header.Revision)/float64(total),
+		mib(st2.DbSize), mib(st2.DbSizeInUse))
+	cancel()
+	agentWG.Wait()
+	b.ReportMetric(float64(total)/lastPlaced.Sub(burstStart).Seconds(), "placements/s")
+}
+
+func maxTime(a, b time.Time) time.Time {
+	if b.After(a) {
+		return b
+	}
+	return a
+}
