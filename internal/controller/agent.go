@@ -183,7 +183,12 @@ func (s *Service) WaitAssignments(ctx context.Context, nodeID string, since int6
 	if _, err := s.st.GetNode(ctx, nodeID); errors.Is(err, store.ErrNotFound) {
 		return apiv1.Assignments{}, ErrDisjoined
 	}
-	if since > 0 {
+	if since > 0 && s.wake != nil {
+		s.wake.wait(ctx, nodeID, since, s.cfg.AssignmentPoll)
+		if ctx.Err() != nil {
+			return apiv1.Assignments{}, ctx.Err()
+		}
+	} else if since > 0 {
 		wctx, cancel := context.WithTimeout(ctx, s.cfg.AssignmentPoll)
 		// Any event, a compaction error or the timeout ends the wait; the
 		// answer is always the full desired set, so nothing can be missed.

@@ -56,6 +56,7 @@ type Service struct {
 	regKey   regauth.Key
 	waiting  waitingCount
 	authFail authFailures
+	wake     *wakeHub // nil: each long poll watches for itself
 }
 
 // New returns a Service.

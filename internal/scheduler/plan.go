@@ -68,6 +68,15 @@ func Plan(snap store.Snapshot, known TemplateKnown) []Decision {
 		}
 		return ok
 	}
+	// Candidates are pointers into the snapshot (no copy per candidate),
+	// and each instance's fallback chain of node sets is built once per
+	// (node, group) asked for, not once per instance.
+	ptrs := make([]*store.NodeEntry, len(snap.Nodes))
+	for i := range snap.Nodes {
+		ptrs[i] = &snap.Nodes[i]
+	}
+	tierMemo := map[[2]string][]tier{}
+	exhausted := map[string]string{} // instance shape -> why none fits
 	decisions := make([]Decision, 0, len(pending))
 	for _, in := range pending {
 		d := Decision{Instance: in}
@@ -81,7 +90,23 @@ func Plan(snap store.Snapshot, known TemplateKnown) []Decision {
 		case Unconfirmed:
 			d.Reason = "waiting for the registry to confirm the template"
 		default:
-			d.NodeID, d.Reason, d.Fail = placeOne(in.InstanceRecord, snap.Nodes, groups, used)
+			key := [2]string{in.Spec.NodeID, in.GroupID}
+			ts, ok := tierMemo[key]
+			if !ok {
+				ts = tiers(in.InstanceRecord, ptrs, groups)
+				tierMemo[key] = ts
+			}
+			// Usage only grows during a pass: once an instance finds no
+			// room, every later one of the same shape finds none either.
+			class := fmt.Sprintf("%s|%s|%d|%d|%s", in.Spec.NodeID, in.GroupID, in.Spec.VCPU, in.Spec.VRAM, in.Arch)
+			if reason, full := exhausted[class]; full && len(in.FailedNodes) == 0 {
+				d.Reason = reason
+				break
+			}
+			d.NodeID, d.Reason, d.Fail = placeOne(in.InstanceRecord, ts, used)
+			if d.NodeID == "" && !d.Fail && len(in.FailedNodes) == 0 {
+				exhausted[class] = d.Reason
+			}
 		}
 		if d.NodeID != "" {
 			used[d.NodeID] = used[d.NodeID].Add(in.Spec)
@@ -94,15 +119,15 @@ func Plan(snap store.Snapshot, known TemplateKnown) []Decision {
 // tier is a set of candidate nodes tried together, with a name for reasons.
 type tier struct {
 	label string
-	nodes []store.NodeEntry
+	nodes []*store.NodeEntry
 }
 
 // tiers lists candidate node sets in fallback order.
-func tiers(in store.InstanceRecord, nodes []store.NodeEntry, groups map[string]apiv1.Group) []tier {
+func tiers(in store.InstanceRecord, nodes []*store.NodeEntry, groups map[string]apiv1.Group) []tier {
 	if in.Spec.NodeID != "" {
 		for _, n := range nodes {
 			if n.Report.NodeID == in.Spec.NodeID {
-				return []tier{{"node " + n.Report.NodeName, []store.NodeEntry{n}}}
+				return []tier{{"node " + n.Report.NodeName, []*store.NodeEntry{n}}}
 			}
 		}
 		return []tier{{"node " + in.Spec.NodeID, nil}}
@@ -129,11 +154,11 @@ func tiers(in store.InstanceRecord, nodes []store.NodeEntry, groups map[string]a
 	return out
 }
 
-func placeOne(in store.InstanceRecord, nodes []store.NodeEntry, groups map[string]apiv1.Group, used map[string]store.NodeUsage) (string, string, bool) {
+func placeOne(in store.InstanceRecord, ts []tier, used map[string]store.NodeUsage) (string, string, bool) {
 	var reasons, failedOn []string
 	untried := false
-	for _, t := range tiers(in, nodes, groups) {
-		var active, free []store.NodeEntry
+	for _, t := range ts {
+		var active, free []*store.NodeEntry
 		otherArch := 0
 		for _, n := range t.nodes {
 			if !n.Alive || n.Drain {
@@ -192,8 +217,8 @@ func fits(n store.NodeRecord, u store.NodeUsage, spec apiv1.StartSpec) bool {
 
 // best prefers nodes that already hold the template+tag (no pull), then the
 // least loaded node, then the lowest id for a stable order.
-func best(free []store.NodeEntry, in store.InstanceRecord, used map[string]store.NodeUsage) store.NodeEntry {
-	holds := func(n store.NodeEntry) int {
+func best(free []*store.NodeEntry, in store.InstanceRecord, used map[string]store.NodeUsage) *store.NodeEntry {
+	holds := func(n *store.NodeEntry) int {
 		for _, t := range n.Report.Templates {
 			if t.UUID == in.VMID && t.Tag == in.Tag {
 				return 0
@@ -201,7 +226,7 @@ func best(free []store.NodeEntry, in store.InstanceRecord, used map[string]store
 		}
 		return 1
 	}
-	return slices.MinFunc(free, func(a, b store.NodeEntry) int {
+	return slices.MinFunc(free, func(a, b *store.NodeEntry) int {
 		return cmp.Or(cmp.Compare(holds(a), holds(b)),
 			cmp.Compare(used[a.Report.NodeID].Slots, used[b.Report.NodeID].Slots),
 			cmp.Compare(a.Report.NodeID, b.Report.NodeID))

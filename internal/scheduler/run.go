@@ -186,6 +186,49 @@ func (s *Scheduler) Pass(ctx context.Context, fence clientv3.Cmp) error {
 		return err
 	}
 	lastCommit := map[string]int64{}
+	nodes := map[string]*store.NodeEntry{}
+	for i := range snap.Nodes {
+		nodes[snap.Nodes[i].Report.NodeID] = &snap.Nodes[i]
+	}
+	// Placements are committed in batches, in plan (priority) order: one
+	// transaction for many, each still fenced and re-checked.
+	var batch []store.Placement
+	var batchIn []store.InstanceEntry
+	flush := func() error {
+		if len(batch) == 0 {
+			return nil
+		}
+		defer func() { batch, batchIn = batch[:0], batchIn[:0] }()
+		rev, err := s.st.PlaceBatch(ctx, batch, fence)
+		if err != nil {
+			return err
+		}
+		if rev != 0 {
+			for i, p := range batch {
+				lastCommit[p.NodeID] = rev
+				s.placed(batchIn[i], nodes[p.NodeID])
+			}
+			return nil
+		}
+		// One of them changed under us: place them one by one, so the
+		// others still go now.
+		for i, p := range batch {
+			p.AssignedSince = max(p.AssignedSince, lastCommit[p.NodeID])
+			rev, err := s.st.Place(ctx, p, fence)
+			if err != nil {
+				return err
+			}
+			if rev == 0 {
+				// The watch brings a fresh pass.
+				s.log.Debug("placement conflict, replanning", "instance", p.Instance.InstanceID, "node", p.NodeID)
+				continue
+			}
+			lastCommit[p.NodeID] = rev
+			s.placed(batchIn[i], nodes[p.NodeID])
+		}
+		return nil
+	}
+	var waits []store.Waiting
 	for _, d := range Plan(snap, s.cfg.Known) {
 		in := d.Instance
 		if d.NodeID == "" {
@@ -196,31 +239,28 @@ func (s *Scheduler) Pass(ctx context.Context, fence clientv3.Cmp) error {
 			if d.Fail {
 				in.State = apiv1.StateError
 			}
-			if err := s.st.SetWaiting(ctx, in.InstanceRecord, in.ModRev, fence); err != nil {
-				return err
-			}
+			waits = append(waits, store.Waiting{Instance: in.InstanceRecord, Rev: in.ModRev})
 			continue
 		}
-		node := nodeByID(snap, d.NodeID)
+		node := nodes[d.NodeID]
 		rec := in.InstanceRecord
 		rec.NodeID, rec.SlotHeld, rec.Message, rec.TS = d.NodeID, true, "", time.Now().UTC()
-		rev, err := s.st.Place(ctx, store.Placement{
+		batch = append(batch, store.Placement{
 			Instance: rec, InstanceRev: in.ModRev, NodeID: d.NodeID, NodeRev: node.ModRev,
 			AssignedSince: max(snap.Rev, lastCommit[d.NodeID]),
-		}, fence)
-		if err != nil {
-			return err
+		})
+		batchIn = append(batchIn, in)
+		if len(batch) == store.MaxPlacementBatch {
+			if err := flush(); err != nil {
+				return err
+			}
 		}
-		if rev == 0 {
-			// Something changed under us; the watch brings a fresh pass.
-			s.log.Debug("placement conflict, replanning", "instance", in.InstanceID, "node", d.NodeID)
-			continue
-		}
-		lastCommit[d.NodeID] = rev
-		if s.cfg.OnPlaced != nil {
-			s.cfg.OnPlaced(time.Since(in.CrTime))
-		}
-		s.log.Info("instance placed", "instance", in.InstanceID, "node", node.Report.NodeName, "priority", in.Priority)
+	}
+	if err := flush(); err != nil {
+		return err
+	}
+	if err := s.st.SetWaitingBatch(ctx, waits, fence); err != nil {
+		return err
 	}
 	if s.cfg.OnPass != nil {
 		s.cfg.OnPass(time.Since(start))
@@ -228,13 +268,16 @@ func (s *Scheduler) Pass(ctx context.Context, fence clientv3.Cmp) error {
 	return nil
 }
 
-func nodeByID(snap store.Snapshot, id string) store.NodeEntry {
-	for _, n := range snap.Nodes {
-		if n.Report.NodeID == id {
-			return n
-		}
+// placed notes a committed placement.
+func (s *Scheduler) placed(in store.InstanceEntry, node *store.NodeEntry) {
+	if s.cfg.OnPlaced != nil {
+		s.cfg.OnPlaced(time.Since(in.CrTime))
 	}
-	return store.NodeEntry{}
+	name := in.NodeID
+	if node != nil {
+		name = node.Report.NodeName
+	}
+	s.log.Info("instance placed", "instance", in.InstanceID, "node", name, "priority", in.Priority)
 }
 
 // failLostNodes releases the slots of instances whose node's lease expired or

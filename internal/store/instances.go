@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"slices"
+	"strings"
 	"time"
 
 	apiv1 "github.com/corral-build/corral/api/v1"
@@ -97,6 +99,15 @@ func (s *Store) CreateInstances(ctx context.Context, recs []InstanceRecord) erro
 
 // GetInstance returns one instance.
 func (s *Store) GetInstance(ctx context.Context, id string) (InstanceRecord, error) {
+	if s.caughtUp(ctx) {
+		s.view.mu.RLock()
+		in, ok := s.view.instances[id]
+		s.view.mu.RUnlock()
+		if !ok {
+			return InstanceRecord{}, ErrNotFound
+		}
+		return in.InstanceRecord, nil
+	}
 	var r InstanceRecord
 	_, err := s.get(ctx, s.instanceKey(id), &r)
 	return r, err
@@ -104,6 +115,16 @@ func (s *Store) GetInstance(ctx context.Context, id string) (InstanceRecord, err
 
 // ListInstances returns every instance.
 func (s *Store) ListInstances(ctx context.Context) ([]InstanceRecord, error) {
+	if s.caughtUp(ctx) {
+		s.view.mu.RLock()
+		recs := make([]InstanceRecord, 0, len(s.view.instances))
+		for _, in := range s.view.instances {
+			recs = append(recs, in.InstanceRecord)
+		}
+		s.view.mu.RUnlock()
+		slices.SortFunc(recs, func(a, b InstanceRecord) int { return strings.Compare(a.InstanceID, b.InstanceID) })
+		return recs, nil
+	}
 	recs, _, err := list[InstanceRecord](ctx, s.cli, s.prefix+"instances/")
 	return recs, err
 }

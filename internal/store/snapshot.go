@@ -42,8 +42,19 @@ type InstanceEntry struct {
 	ModRev int64
 }
 
-// Snapshot reads nodes, liveness, groups and instances at one revision.
+// Snapshot reads nodes, liveness, groups and instances at one revision:
+// from the view when it is enabled and caught up, else from etcd.
 func (s *Store) Snapshot(ctx context.Context) (Snapshot, error) {
+	if s.caughtUp(ctx) {
+		s.view.mu.RLock()
+		defer s.view.mu.RUnlock()
+		return s.view.snapshot(), nil
+	}
+	return s.readSnapshot(ctx)
+}
+
+// readSnapshot is Snapshot from etcd.
+func (s *Store) readSnapshot(ctx context.Context) (Snapshot, error) {
 	var snap Snapshot
 	resp, err := s.cli.Get(ctx, s.prefix+"instances/", clientv3.WithPrefix())
 	if err != nil {
@@ -152,6 +163,85 @@ func (s *Store) Place(ctx context.Context, p Placement, fence clientv3.Cmp) (int
 		return 0, nil
 	}
 	return resp.Header.Revision, nil
+}
+
+// MaxPlacementBatch bounds the placements PlaceBatch commits together
+// (etcd's default limit is 128 operations a transaction, compares and
+// puts counted apart: 1 + 4 a node + 1 an instance compares, 2 puts each).
+const MaxPlacementBatch = 24
+
+// PlaceBatch commits placements together, in one transaction, when every
+// check of every one holds (as Place's). When one fails none is written and
+// it answers 0; the caller then places them one by one.
+func (s *Store) PlaceBatch(ctx context.Context, ps []Placement, fence clientv3.Cmp) (int64, error) {
+	if len(ps) > MaxPlacementBatch {
+		return 0, fmt.Errorf("place: %d placements in one transaction, at most %d", len(ps), MaxPlacementBatch)
+	}
+	cmps := []clientv3.Cmp{fence}
+	var ops []clientv3.Op
+	nodeSeen := map[string]bool{}
+	for _, p := range ps {
+		inst := p.Instance
+		asg := apiv1.Assignment{InstanceID: inst.InstanceID, VMID: inst.VMID, Tag: inst.Tag, Spec: inst.Spec, Restarts: inst.Restarts}
+		cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(s.instanceKey(inst.InstanceID)), "=", p.InstanceRev))
+		if !nodeSeen[p.NodeID] {
+			nodeSeen[p.NodeID] = true
+			// Several placements on one node share its checks: the plan
+			// counted them all against the node's capacity.
+			cmps = append(cmps,
+				clientv3.Compare(clientv3.ModRevision(s.nodeKey(p.NodeID)), "=", p.NodeRev),
+				clientv3.Compare(clientv3.CreateRevision(s.aliveKey(p.NodeID)), ">", 0),
+				clientv3.Compare(clientv3.ModRevision(s.assignPrefix(p.NodeID)), "<", p.AssignedSince+1).WithPrefix())
+		}
+		ops = append(ops, clientv3.OpPut(s.instanceKey(inst.InstanceID), mustJSON(inst)),
+			clientv3.OpPut(s.assignKey(p.NodeID, inst.InstanceID), mustJSON(asg)))
+	}
+	resp, err := s.cli.Txn(ctx).If(cmps...).Then(ops...).Commit()
+	if err != nil {
+		return 0, fmt.Errorf("place %d instances: %w", len(ps), err)
+	}
+	if !resp.Succeeded {
+		return 0, nil
+	}
+	return resp.Header.Revision, nil
+}
+
+// Waiting is a waiting instance's new record (its reason) and the
+// revision it was read at.
+type Waiting struct {
+	Instance InstanceRecord
+	Rev      int64
+}
+
+// SetWaitingBatch records why instances still wait, many a transaction;
+// a batch in which one changed meanwhile is written one by one (the
+// changed one is skipped: the next pass judges it again).
+func (s *Store) SetWaitingBatch(ctx context.Context, ws []Waiting, fence clientv3.Cmp) error {
+	const per = 60
+	for len(ws) > 0 {
+		part := ws[:min(per, len(ws))]
+		ws = ws[len(part):]
+		cmps := []clientv3.Cmp{fence}
+		var ops []clientv3.Op
+		for _, w := range part {
+			key := s.instanceKey(w.Instance.InstanceID)
+			cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(key), "=", w.Rev))
+			ops = append(ops, clientv3.OpPut(key, mustJSON(w.Instance)))
+		}
+		resp, err := s.cli.Txn(ctx).If(cmps...).Then(ops...).Commit()
+		if err != nil {
+			return fmt.Errorf("record wait reasons: %w", err)
+		}
+		if resp.Succeeded {
+			continue
+		}
+		for _, w := range part {
+			if err := s.SetWaiting(ctx, w.Instance, w.Rev, fence); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }
 
 // SetWaiting records why an instance still waits, unless it changed since rev.

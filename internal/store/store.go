@@ -36,6 +36,7 @@ var errConflict = errors.New("concurrent update")
 type Store struct {
 	cli    *clientv3.Client
 	prefix string
+	view   *view // EnableView: reads from a watch-fed copy
 }
 
 // New returns a Store using keys under prefix ("/corral/" when empty).

@@ -220,6 +220,7 @@ func Start(ctx context.Context, cfg Config) (*Daemon, error) {
 
 	runCtx, cancel := context.WithCancel(context.Background())
 	d.cancel = cancel
+	d.Service.StartWatchers(runCtx)
 	recorder := events.NewRecorder(st, events.Config{MaxCount: cfg.EventMaxCount, MaxAge: cfg.EventMaxAge,
 		Templates: reg.ListTemplates, Template: reg.GetTemplate, TemplatePoll: cfg.EventTemplatePoll}, log)
 	var webhook *events.Webhook

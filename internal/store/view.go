@@ -1,0 +1,228 @@
+package store
+
+import (
+	"cmp"
+	"context"
+	"encoding/json"
+	"errors"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	apiv1 "github.com/corral-build/corral/api/v1"
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// view is a watch-fed copy of nodes, liveness, groups and instances (an
+// informer: list once, then apply the watch in revision order, relist after
+// a compaction or a broken watch). Reads served from it are consistent: a
+// read first learns etcd's current revision (one small request) and waits
+// until the view has applied it, so a client reads its own writes as from
+// etcd, without each read decoding every record.
+type view struct {
+	mu        sync.RWMutex
+	synced    bool
+	rev       int64 // applied through this revision
+	advanced  chan struct{}
+	instances map[string]InstanceEntry
+	nodes     map[string]NodeEntry
+	alive     map[string]bool
+	groups    map[string]apiv1.Group
+}
+
+// viewWait bounds how long a read waits for the view to catch up before it
+// reads etcd itself.
+const viewWait = 2 * time.Second
+
+// EnableView starts the watch-fed view; until it is synced, and whenever
+// it lags too far, reads go to etcd.
+func (s *Store) EnableView(ctx context.Context) {
+	v := &view{advanced: make(chan struct{})}
+	s.view = v
+	go func() {
+		for ctx.Err() == nil {
+			err := s.runView(ctx, v)
+			v.mu.Lock()
+			v.synced = false
+			v.mu.Unlock()
+			if ctx.Err() == nil {
+				_ = err
+				select {
+				case <-ctx.Done():
+				case <-time.After(500 * time.Millisecond):
+				}
+			}
+		}
+	}()
+}
+
+func (s *Store) runView(ctx context.Context, v *view) error {
+	snap, err := s.readSnapshot(ctx)
+	if err != nil {
+		return err
+	}
+	v.mu.Lock()
+	v.instances = make(map[string]InstanceEntry, len(snap.Instances))
+	for _, in := range snap.Instances {
+		v.instances[in.InstanceID] = in
+	}
+	v.nodes, v.alive, v.groups = map[string]NodeEntry{}, map[string]bool{}, map[string]apiv1.Group{}
+	for _, n := range snap.Nodes {
+		v.nodes[n.Report.NodeID] = n
+		if n.Alive {
+			v.alive[n.Report.NodeID] = true
+		}
+	}
+	for _, g := range snap.Groups {
+		v.groups[g.ID] = g
+	}
+	v.setRev(snap.Rev)
+	v.synced = true
+	v.mu.Unlock()
+	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
+	defer cancel()
+	watch := s.cli.Watch(wctx, s.prefix, clientv3.WithPrefix(), clientv3.WithRev(snap.Rev+1), clientv3.WithProgressNotify())
+	for resp := range watch {
+		if err := resp.Err(); err != nil {
+			return err
+		}
+		if resp.IsProgressNotify() {
+			v.mu.Lock()
+			v.setRev(resp.Header.Revision)
+			v.mu.Unlock()
+			continue
+		}
+		v.mu.Lock()
+		last := v.rev
+		for _, ev := range resp.Events {
+			s.applyToView(v, ev)
+			last = max(last, ev.Kv.ModRevision)
+		}
+		v.setRev(last)
+		v.mu.Unlock()
+	}
+	return errors.New("view watch closed")
+}
+
+// setRev moves the applied revision and wakes readers waiting for it
+// (v.mu held).
+func (v *view) setRev(rev int64) {
+	if rev <= v.rev {
+		return
+	}
+	v.rev = rev
+	close(v.advanced)
+	v.advanced = make(chan struct{})
+}
+
+func (s *Store) applyToView(v *view, ev *clientv3.Event) {
+	rel := strings.TrimPrefix(string(ev.Kv.Key), s.prefix)
+	kind, id, _ := strings.Cut(rel, "/")
+	put := ev.Type == mvccpb.PUT
+	switch kind {
+	case "instances":
+		if !put {
+			delete(v.instances, id)
+			return
+		}
+		var r InstanceRecord
+		if json.Unmarshal(ev.Kv.Value, &r) == nil {
+			v.instances[id] = InstanceEntry{r, ev.Kv.ModRevision}
+		}
+	case "nodes":
+		if !put {
+			delete(v.nodes, id)
+			return
+		}
+		var n NodeRecord
+		if json.Unmarshal(ev.Kv.Value, &n) == nil {
+			v.nodes[id] = NodeEntry{n, ev.Kv.ModRevision, false}
+		}
+	case "alive":
+		if put {
+			v.alive[id] = true
+		} else {
+			delete(v.alive, id)
+		}
+	case "groups":
+		if !put {
+			delete(v.groups, id)
+			return
+		}
+		var g apiv1.Group
+		if json.Unmarshal(ev.Kv.Value, &g) == nil {
+			v.groups[id] = g
+		}
+	}
+}
+
+// caughtUp waits until the view has applied etcd's current revision; false
+// when it is not synced or cannot catch up in time (read etcd then).
+func (s *Store) caughtUp(ctx context.Context) bool {
+	v := s.view
+	if v == nil {
+		return false
+	}
+	v.mu.RLock()
+	synced := v.synced
+	v.mu.RUnlock()
+	if !synced {
+		return false
+	}
+	// etcd's current revision: a one-key, count-only read (linearizable).
+	resp, err := s.cli.Get(ctx, s.prefix+"config/join-token-hash", clientv3.WithCountOnly())
+	if err != nil {
+		return false
+	}
+	want := resp.Header.Revision
+	deadline := time.NewTimer(viewWait)
+	defer deadline.Stop()
+	asked := false
+	for {
+		v.mu.RLock()
+		rev, ok, adv := v.rev, v.synced, v.advanced
+		v.mu.RUnlock()
+		if !ok {
+			return false
+		}
+		if rev >= want {
+			return true
+		}
+		if !asked {
+			// The newest revisions may be outside what the view watches:
+			// a progress notification tells it how far it has seen.
+			asked = true
+			_ = s.cli.RequestProgress(clientv3.WithRequireLeader(ctx))
+		}
+		select {
+		case <-adv:
+		case <-deadline.C:
+			return false
+		case <-ctx.Done():
+			return false
+		}
+	}
+}
+
+// viewSnapshot copies the view (v.mu held by the caller for reading).
+func (v *view) snapshot() Snapshot {
+	snap := Snapshot{Rev: v.rev, Nodes: make([]NodeEntry, 0, len(v.nodes)),
+		Instances: make([]InstanceEntry, 0, len(v.instances)), Groups: make([]apiv1.Group, 0, len(v.groups))}
+	for _, in := range v.instances {
+		snap.Instances = append(snap.Instances, in)
+	}
+	for id, n := range v.nodes {
+		n.Alive = v.alive[id]
+		snap.Nodes = append(snap.Nodes, n)
+	}
+	for _, g := range v.groups {
+		snap.Groups = append(snap.Groups, g)
+	}
+	// etcd's order: by key.
+	slices.SortFunc(snap.Instances, func(a, b InstanceEntry) int { return cmp.Compare(a.InstanceID, b.InstanceID) })
+	slices.SortFunc(snap.Nodes, func(a, b NodeEntry) int { return cmp.Compare(a.Report.NodeID, b.Report.NodeID) })
+	slices.SortFunc(snap.Groups, func(a, b apiv1.Group) int { return cmp.Compare(a.ID, b.ID) })
+	return snap
+}
