@@ -19,8 +19,8 @@ import (
 type wakeHub struct {
 	mu      sync.Mutex
 	ready   bool
-	floor   int64                               // changes after floor are seen
-	last    map[string]int64                    // node -> revision of its latest change
+	floor   int64                                 // changes after floor are seen
+	last    map[string]int64                      // node -> revision of its latest change
 	waiters map[string]map[chan struct{}]struct{} // node -> waiting polls
 }
 
