@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"net/url"
@@ -204,8 +205,8 @@ func runContext(_ context.Context, args []string, out io.Writer) error {
 		}
 		return cfg.save(path)
 	case args[0] == "-h" || args[0] == "--help":
-		fmt.Fprintln(out, "Usage: corral context [list | use NAME | delete NAME]")
-		return nil
+		fmt.Fprintln(out, "Usage: corral context [list | use NAME | delete NAME]\n\nSaved contexts: a controller and its token, from `corral login`.")
+		return flag.ErrHelp
 	}
 	return errors.New("usage: corral context [list | use NAME | delete NAME]")
 }

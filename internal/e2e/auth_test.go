@@ -55,9 +55,9 @@ func TestAuthentication(t *testing.T) {
 			t.Errorf("credentials %q: HTTP %d %s", bad, code, body)
 		}
 	}
-	// The dashboard asks browsers for the root token.
-	if code, _ := authCall(t, "GET", base+"/", "", ""); code != 401 {
-		t.Errorf("dashboard without credentials: HTTP %d", code)
+	// The dashboard sends browsers to its login page (no Basic prompt).
+	if code, page := authCall(t, "GET", base+"/", "", ""); code != 200 || !strings.Contains(page, `id="token"`) {
+		t.Errorf("dashboard without credentials: HTTP %d, not the login page", code)
 	}
 	if code, body := authCall(t, "GET", base+"/", root, ""); code != 200 || !strings.Contains(body, "n1") {
 		t.Errorf("dashboard with the root token: HTTP %d", code)

@@ -86,13 +86,25 @@ func cacheFor(d time.Duration, h http.Handler) http.Handler {
 	})
 }
 
-// caller is the session's identity (root when auth is off).
+// caller is the session's identity (root when auth is off); a request
+// without a session may bring API credentials instead (scripts, API-key
+// users), which no browser sends by itself: the dashboard never asks for
+// Basic credentials.
 func (d *Dashboard) caller(r *http.Request) (controller.Identity, error) {
-	secret := ""
-	if c, err := r.Cookie(sessionCookie); err == nil {
-		secret = c.Value
+	if c, err := r.Cookie(sessionCookie); err == nil || !d.svc.AuthEnabled() {
+		secret := ""
+		if c != nil {
+			secret = c.Value
+		}
+		return d.svc.DashboardSession(r.Context(), secret)
 	}
-	return d.svc.DashboardSession(r.Context(), secret)
+	if h := r.Header.Get("Authorization"); h != "" {
+		return d.svc.Authenticate(r.Context(), h, httpapi.ClientCert(r))
+	}
+	if cert := httpapi.ClientCert(r); cert != nil {
+		return d.svc.Authenticate(r.Context(), "", cert)
+	}
+	return controller.Identity{}, controller.ErrAuth
 }
 
 // session answers the caller allowed to view, or writes the way to log in.
