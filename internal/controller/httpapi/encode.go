@@ -42,6 +42,19 @@ func (a *API) handle(fn handlerFunc) http.Handler {
 				w.Header().Set("X-Corral-Truncated", "true")
 				env.Message = fmt.Sprintf("list truncated to %d of %d items: page it with ?limit=N&offset=M", p.count, p.total)
 			}
+			if p.encode != nil {
+				// Streamed: the envelope around the items, in its field order.
+				msg, _ := json.Marshal(env.Message)
+				w.Header().Set("Content-Type", "application/json")
+				w.WriteHeader(http.StatusOK)
+				_, _ = io.WriteString(w, `{"status":"OK","message":`+string(msg)+`,"body":`)
+				if err := p.encode(w); err != nil {
+					a.log.Warn("stream list", "path", r.URL.Path, "err", err)
+					return
+				}
+				_, _ = io.WriteString(w, "}\n")
+				return
+			}
 			body = p.items
 		}
 		if _, none := body.(okNoBody); !none {

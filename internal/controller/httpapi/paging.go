@@ -1,6 +1,9 @@
 package httpapi
 
 import (
+	"bufio"
+	"encoding/json"
+	"io"
 	"net/http"
 	"strconv"
 
@@ -22,6 +25,9 @@ type page struct {
 	items        any
 	count, total int
 	truncated    bool
+	// encode writes the items as a JSON array, one at a time: a list of
+	// 10,000 instances is streamed, never built whole in memory.
+	encode func(w io.Writer) error
 }
 
 // paginate applies ?limit and ?offset to items.
@@ -51,5 +57,20 @@ func paginate[T any](r *http.Request, items []T) (page, error) {
 	to := min(from+limit, total)
 	out := items[from:to]
 	return page{items: out, count: len(out), total: total,
-		truncated: q.Get("limit") == "" && total > MaxUnpagedItems}, nil
+		truncated: q.Get("limit") == "" && total > MaxUnpagedItems,
+		encode: func(w io.Writer) error {
+			bw := bufio.NewWriterSize(w, 64<<10)
+			bw.WriteByte('[')
+			enc := json.NewEncoder(bw)
+			for i := range out {
+				if i > 0 {
+					bw.WriteByte(',')
+				}
+				if err := enc.Encode(out[i]); err != nil {
+					return err
+				}
+			}
+			bw.WriteByte(']')
+			return bw.Flush()
+		}}, nil
 }
