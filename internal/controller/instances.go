@@ -7,9 +7,11 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	apiv1 "github.com/corral-build/corral/api/v1"
@@ -287,4 +289,59 @@ func (s *Service) InstanceLogs(ctx context.Context, id string) (apiv1.InstanceLo
 	}
 	return apiv1.InstanceLogs{InstanceID: r.InstanceID, State: r.State, Message: r.Message,
 		StartupScript: r.StartupScript, Console: c.Text, ConsoleAt: c.At}, nil
+}
+
+// listCache keeps each instance's encoded list item for the revision it
+// was encoded at: a list of 10,000 unchanged instances encodes none again.
+type listCache struct {
+	mu sync.Mutex
+	m  map[string]cachedItem
+}
+
+type cachedItem struct {
+	rev int64
+	js  json.RawMessage
+}
+
+// ListInstancesJSON is ListInstances as encoded list items (GET /api/v1/vm),
+// each encoded once per change of its instance.
+func (s *Service) ListInstancesJSON(ctx context.Context, f InstanceFilter) ([]json.RawMessage, error) {
+	if f.State != "" && !slices.Contains(apiv1.InstanceStates, f.State) {
+		return nil, fieldErr("state", "unknown state %q (one of %s)", f.State, strings.Join(apiv1.InstanceStates, ", "))
+	}
+	entries, err := s.st.ListInstanceEntries(ctx)
+	if err != nil {
+		return nil, err
+	}
+	slices.SortFunc(entries, func(a, b store.InstanceEntry) int {
+		return cmp.Or(a.CrTime.Compare(b.CrTime), strings.Compare(a.InstanceID, b.InstanceID))
+	})
+	c := &s.list
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	full := f == InstanceFilter{}
+	next := c.m
+	if full || next == nil {
+		next = make(map[string]cachedItem, len(entries)) // drops instances gone since
+	}
+	out := make([]json.RawMessage, 0, len(entries))
+	for _, e := range entries {
+		r := e.InstanceRecord
+		if (f.State != "" && r.State != f.State) || (f.ExternalID != "" && r.ExternalID != f.ExternalID) ||
+			(f.GroupID != "" && r.GroupID != f.GroupID) || (f.NodeID != "" && r.NodeID != f.NodeID) {
+			continue
+		}
+		it, ok := c.m[r.InstanceID]
+		if !ok || it.rev != e.ModRev {
+			js, err := json.Marshal(r.Instance.ListItem())
+			if err != nil {
+				return nil, fmt.Errorf("encode instance %s: %w", r.InstanceID, err)
+			}
+			it = cachedItem{e.ModRev, js}
+		}
+		next[r.InstanceID] = it
+		out = append(out, it.js)
+	}
+	c.m = next
+	return out, nil
 }

@@ -113,6 +113,33 @@ func (s *Store) GetInstance(ctx context.Context, id string) (InstanceRecord, err
 	return r, err
 }
 
+// ListInstanceEntries returns every instance with its revision, by id.
+func (s *Store) ListInstanceEntries(ctx context.Context) ([]InstanceEntry, error) {
+	if s.caughtUp(ctx) {
+		s.view.mu.RLock()
+		out := make([]InstanceEntry, 0, len(s.view.instances))
+		for _, in := range s.view.instances {
+			out = append(out, in)
+		}
+		s.view.mu.RUnlock()
+		slices.SortFunc(out, func(a, b InstanceEntry) int { return strings.Compare(a.InstanceID, b.InstanceID) })
+		return out, nil
+	}
+	resp, err := s.cli.Get(ctx, s.prefix+"instances/", clientv3.WithPrefix())
+	if err != nil {
+		return nil, fmt.Errorf("list instances: %w", err)
+	}
+	out := make([]InstanceEntry, 0, len(resp.Kvs))
+	for _, kv := range resp.Kvs {
+		var r InstanceRecord
+		if err := json.Unmarshal(kv.Value, &r); err != nil {
+			return nil, fmt.Errorf("decode %s: %w", kv.Key, err)
+		}
+		out = append(out, InstanceEntry{r, kv.ModRevision})
+	}
+	return out, nil
+}
+
 // ListInstances returns every instance.
 func (s *Store) ListInstances(ctx context.Context) ([]InstanceRecord, error) {
 	if s.caughtUp(ctx) {

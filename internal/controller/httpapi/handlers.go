@@ -140,15 +140,11 @@ func (a *API) getInstances(r *http.Request) (any, error) {
 	if id := q.Get("id"); id != "" {
 		return a.svc.GetInstance(r.Context(), id)
 	}
-	list, err := a.svc.ListInstances(r.Context(), controller.InstanceFilter{
+	items, err := a.svc.ListInstancesJSON(r.Context(), controller.InstanceFilter{
 		State: q.Get("state"), ExternalID: q.Get("external_id"), GroupID: q.Get("group_id"), NodeID: q.Get("node_id"),
 	})
 	if err != nil {
 		return nil, err
-	}
-	items := make([]apiv1.InstanceListItem, len(list))
-	for i, in := range list {
-		items[i] = in.ListItem()
 	}
 	return paginate(r, items)
 }

@@ -66,6 +66,10 @@ func paginate[T any](r *http.Request, items []T) (page, error) {
 				if i > 0 {
 					bw.WriteByte(',')
 				}
+				if raw, ok := any(out[i]).(json.RawMessage); ok {
+					bw.Write(raw) // encoded already (and valid: json.Marshal made it)
+					continue
+				}
 				if err := enc.Encode(out[i]); err != nil {
 					return err
 				}
