@@ -348,6 +348,15 @@ func runScale(b *testing.B, nodes, total, clients, ctls int) {
 		}
 		quietList.add(time.Since(t))
 	}
+	if resp, err := http.Get(procs[0].url + "/metrics"); err == nil {
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		for _, line := range strings.Split(string(body), "\n") {
+			if strings.HasPrefix(line, "corral_store_reads_total") {
+				fmt.Printf("  %s\n", line)
+			}
+		}
+	}
 	fmt.Printf("  GET list of %d alone: p50 %s p99 %s, %s controller CPU per list\n", total, ms(quietList.pct(0.5)), ms(quietList.pct(0.99)),
 		ms((procs[0].cpu()-cpuL)/20))
 

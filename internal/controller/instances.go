@@ -313,7 +313,14 @@ func (s *Service) ListInstancesJSON(ctx context.Context, f InstanceFilter) ([]js
 	if err != nil {
 		return nil, err
 	}
-	slices.SortFunc(entries, func(a, b store.InstanceEntry) int {
+	// Sorted through indices: swapping the records themselves (a KiB
+	// each) costs more than the whole list.
+	order := make([]int32, len(entries))
+	for i := range order {
+		order[i] = int32(i)
+	}
+	slices.SortFunc(order, func(i, j int32) int {
+		a, b := &entries[i], &entries[j]
 		return cmp.Or(a.CrTime.Compare(b.CrTime), strings.Compare(a.InstanceID, b.InstanceID))
 	})
 	c := &s.list
@@ -325,8 +332,9 @@ func (s *Service) ListInstancesJSON(ctx context.Context, f InstanceFilter) ([]js
 		next = make(map[string]cachedItem, len(entries)) // drops instances gone since
 	}
 	out := make([]json.RawMessage, 0, len(entries))
-	for _, e := range entries {
-		r := e.InstanceRecord
+	for _, i := range order {
+		e := &entries[i]
+		r := &e.InstanceRecord
 		if (f.State != "" && r.State != f.State) || (f.ExternalID != "" && r.ExternalID != f.ExternalID) ||
 			(f.GroupID != "" && r.GroupID != f.GroupID) || (f.NodeID != "" && r.NodeID != f.NodeID) {
 			continue

@@ -158,7 +158,12 @@ func (c stateCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- nodesDesc
 	ch <- dbSizeDesc
 	ch <- dbInUseDesc
+	ch <- viewReadsDesc
 }
+
+var viewReadsDesc = prometheus.NewDesc("corral_store_reads_total",
+	"Reads of instances, nodes and groups, by what served them: the watch-fed view, or etcd (the view not synced or behind).",
+	[]string{"served_by"}, nil)
 
 func (c stateCollector) Collect(ch chan<- prometheus.Metric) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -182,6 +187,9 @@ func (c stateCollector) Collect(ch chan<- prometheus.Metric) {
 			ch <- prometheus.MustNewConstMetric(nodesDesc, prometheus.GaugeValue, float64(n), s)
 		}
 	}
+	hits, misses := c.st.ViewReads()
+	ch <- prometheus.MustNewConstMetric(viewReadsDesc, prometheus.CounterValue, float64(hits), "view")
+	ch <- prometheus.MustNewConstMetric(viewReadsDesc, prometheus.CounterValue, float64(misses), "etcd")
 	cli := c.st.Client()
 	for _, ep := range cli.Endpoints() {
 		if st, err := cli.Status(ctx, ep); err == nil {

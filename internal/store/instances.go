@@ -4,8 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"slices"
-	"strings"
 	"time"
 
 	apiv1 "github.com/corral-build/corral/api/v1"
@@ -118,11 +116,10 @@ func (s *Store) ListInstanceEntries(ctx context.Context) ([]InstanceEntry, error
 	if s.caughtUp(ctx) {
 		s.view.mu.RLock()
 		out := make([]InstanceEntry, 0, len(s.view.instances))
-		for _, in := range s.view.instances {
-			out = append(out, in)
+		for _, id := range sortedKeys(s.view.instances) {
+			out = append(out, s.view.instances[id])
 		}
 		s.view.mu.RUnlock()
-		slices.SortFunc(out, func(a, b InstanceEntry) int { return strings.Compare(a.InstanceID, b.InstanceID) })
 		return out, nil
 	}
 	resp, err := s.cli.Get(ctx, s.prefix+"instances/", clientv3.WithPrefix())
@@ -145,11 +142,10 @@ func (s *Store) ListInstances(ctx context.Context) ([]InstanceRecord, error) {
 	if s.caughtUp(ctx) {
 		s.view.mu.RLock()
 		recs := make([]InstanceRecord, 0, len(s.view.instances))
-		for _, in := range s.view.instances {
-			recs = append(recs, in.InstanceRecord)
+		for _, id := range sortedKeys(s.view.instances) {
+			recs = append(recs, s.view.instances[id].InstanceRecord)
 		}
 		s.view.mu.RUnlock()
-		slices.SortFunc(recs, func(a, b InstanceRecord) int { return strings.Compare(a.InstanceID, b.InstanceID) })
 		return recs, nil
 	}
 	recs, _, err := list[InstanceRecord](ctx, s.cli, s.prefix+"instances/")

@@ -19,6 +19,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"sync/atomic"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
@@ -37,6 +38,8 @@ type Store struct {
 	cli    *clientv3.Client
 	prefix string
 	view   *view // EnableView: reads from a watch-fed copy
+	// viewHits, viewMisses: reads served by the view, and by etcd.
+	viewHits, viewMisses atomic.Int64
 }
 
 // New returns a Store using keys under prefix ("/corral/" when empty).

@@ -1,7 +1,6 @@
 package store
 
 import (
-	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -161,6 +160,21 @@ func (s *Store) applyToView(v *view, ev *clientv3.Event) {
 // caughtUp waits until the view has applied etcd's current revision; false
 // when it is not synced or cannot catch up in time (read etcd then).
 func (s *Store) caughtUp(ctx context.Context) bool {
+	ok := s.viewCaughtUp(ctx)
+	if s.view != nil {
+		if ok {
+			s.viewHits.Add(1)
+		} else {
+			s.viewMisses.Add(1)
+		}
+	}
+	return ok
+}
+
+// ViewReads counts reads the view served and those that went to etcd.
+func (s *Store) ViewReads() (view, etcd int64) { return s.viewHits.Load(), s.viewMisses.Load() }
+
+func (s *Store) viewCaughtUp(ctx context.Context) bool {
 	v := s.view
 	if v == nil {
 		return false
@@ -206,23 +220,34 @@ func (s *Store) caughtUp(ctx context.Context) bool {
 	}
 }
 
-// viewSnapshot copies the view (v.mu held by the caller for reading).
+// ViewCaughtUp reports whether reads are served by the view (tests,
+// metrics).
+func (s *Store) ViewCaughtUp(ctx context.Context) bool { return s.viewCaughtUp(ctx) }
+
+// snapshot copies the view in etcd's order (by key), sorting keys rather
+// than the records themselves (v.mu held by the caller for reading).
 func (v *view) snapshot() Snapshot {
 	snap := Snapshot{Rev: v.rev, Nodes: make([]NodeEntry, 0, len(v.nodes)),
 		Instances: make([]InstanceEntry, 0, len(v.instances)), Groups: make([]apiv1.Group, 0, len(v.groups))}
-	for _, in := range v.instances {
-		snap.Instances = append(snap.Instances, in)
+	for _, id := range sortedKeys(v.instances) {
+		snap.Instances = append(snap.Instances, v.instances[id])
 	}
-	for id, n := range v.nodes {
+	for _, id := range sortedKeys(v.nodes) {
+		n := v.nodes[id]
 		n.Alive = v.alive[id]
 		snap.Nodes = append(snap.Nodes, n)
 	}
-	for _, g := range v.groups {
-		snap.Groups = append(snap.Groups, g)
+	for _, id := range sortedKeys(v.groups) {
+		snap.Groups = append(snap.Groups, v.groups[id])
 	}
-	// etcd's order: by key.
-	slices.SortFunc(snap.Instances, func(a, b InstanceEntry) int { return cmp.Compare(a.InstanceID, b.InstanceID) })
-	slices.SortFunc(snap.Nodes, func(a, b NodeEntry) int { return cmp.Compare(a.Report.NodeID, b.Report.NodeID) })
-	slices.SortFunc(snap.Groups, func(a, b apiv1.Group) int { return cmp.Compare(a.ID, b.ID) })
 	return snap
+}
+
+func sortedKeys[T any](m map[string]T) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	return keys
 }
