@@ -42,23 +42,11 @@ func vmRestart(ctx context.Context, args []string, out io.Writer) error {
 		}
 		return nil
 	}
-	wctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
-	var got []apiv1.Instance
-	for _, id := range pos {
-		in, err := waitState(wctx, cl, id, apiv1.StateStarted)
-		if err != nil {
-			return err
-		}
-		got = append(got, in)
+	got, err := waitAll(ctx, cl, pos, apiv1.StateStarted, timeout)
+	if err != nil {
+		return err
 	}
-	if c.output == "json" {
-		return printJSON(out, got)
-	}
-	for _, in := range got {
-		fmt.Fprintf(out, "%s\t%s\t%s\n", in.InstanceID, in.State, sshEndpoint(in))
-	}
-	return nil
+	return printReached(out, c.output, got)
 }
 
 func vmLogs(ctx context.Context, args []string, out io.Writer) error {

@@ -187,15 +187,9 @@ func vmStart(ctx context.Context, args []string, out io.Writer) error {
 		}
 		return nil
 	}
-	wctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
-	var started []apiv1.Instance
-	for _, id := range ids {
-		in, err := waitState(wctx, cl, id, apiv1.StateStarted)
-		if err != nil {
-			return err
-		}
-		started = append(started, in)
+	started, err := waitAll(ctx, cl, ids, apiv1.StateStarted, timeout)
+	if err != nil {
+		return err
 	}
 	if c.output == "json" {
 		return printJSON(out, started)
@@ -326,17 +320,31 @@ func vmWait(ctx context.Context, args []string, out io.Writer) error {
 	if len(pos) == 0 {
 		return errors.New("usage: corral vm wait ID... [--state S]")
 	}
+	got, err := waitAll(ctx, cl, pos, state, timeout)
+	if err != nil {
+		return err
+	}
+	return printReached(out, c.output, got)
+}
+
+// waitAll waits, within timeout, until every instance reaches state.
+func waitAll(ctx context.Context, cl *client.Controller, ids []string, state string, timeout time.Duration) ([]apiv1.Instance, error) {
 	wctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	var got []apiv1.Instance
-	for _, id := range pos {
+	got := make([]apiv1.Instance, 0, len(ids))
+	for _, id := range ids {
 		in, err := waitState(wctx, cl, id, state)
 		if err != nil {
-			return err
+			return got, err
 		}
 		got = append(got, in)
 	}
-	if c.output == "json" {
+	return got, nil
+}
+
+// printReached prints instances that reached a state: id, state, SSH.
+func printReached(out io.Writer, output string, got []apiv1.Instance) error {
+	if output == "json" {
 		return printJSON(out, got)
 	}
 	for _, in := range got {

@@ -135,10 +135,22 @@ type InstanceFilter struct {
 	State, ExternalID, GroupID, NodeID string
 }
 
+func (f InstanceFilter) check() error {
+	if f.State != "" && !slices.Contains(apiv1.InstanceStates, f.State) {
+		return fieldErr("state", "unknown state %q (one of %s)", f.State, strings.Join(apiv1.InstanceStates, ", "))
+	}
+	return nil
+}
+
+func (f InstanceFilter) matches(r *store.InstanceRecord) bool {
+	return (f.State == "" || r.State == f.State) && (f.ExternalID == "" || r.ExternalID == f.ExternalID) &&
+		(f.GroupID == "" || r.GroupID == f.GroupID) && (f.NodeID == "" || r.NodeID == f.NodeID)
+}
+
 // ListInstances returns instances matching f, oldest first.
 func (s *Service) ListInstances(ctx context.Context, f InstanceFilter) ([]apiv1.Instance, error) {
-	if f.State != "" && !slices.Contains(apiv1.InstanceStates, f.State) {
-		return nil, fieldErr("state", "unknown state %q (one of %s)", f.State, strings.Join(apiv1.InstanceStates, ", "))
+	if err := f.check(); err != nil {
+		return nil, err
 	}
 	recs, err := s.st.ListInstances(ctx)
 	if err != nil {
@@ -146,8 +158,7 @@ func (s *Service) ListInstances(ctx context.Context, f InstanceFilter) ([]apiv1.
 	}
 	out := make([]apiv1.Instance, 0, len(recs))
 	for _, r := range recs {
-		if (f.State == "" || r.State == f.State) && (f.ExternalID == "" || r.ExternalID == f.ExternalID) &&
-			(f.GroupID == "" || r.GroupID == f.GroupID) && (f.NodeID == "" || r.NodeID == f.NodeID) {
+		if f.matches(&r) {
 			out = append(out, r.Instance)
 		}
 	}
@@ -306,8 +317,8 @@ type cachedItem struct {
 // ListInstancesJSON is ListInstances as encoded list items (GET /api/v1/vm),
 // each encoded once per change of its instance.
 func (s *Service) ListInstancesJSON(ctx context.Context, f InstanceFilter) ([]json.RawMessage, error) {
-	if f.State != "" && !slices.Contains(apiv1.InstanceStates, f.State) {
-		return nil, fieldErr("state", "unknown state %q (one of %s)", f.State, strings.Join(apiv1.InstanceStates, ", "))
+	if err := f.check(); err != nil {
+		return nil, err
 	}
 	entries, err := s.st.ListInstanceEntries(ctx)
 	if err != nil {
@@ -335,8 +346,7 @@ func (s *Service) ListInstancesJSON(ctx context.Context, f InstanceFilter) ([]js
 	for _, i := range order {
 		e := &entries[i]
 		r := &e.InstanceRecord
-		if (f.State != "" && r.State != f.State) || (f.ExternalID != "" && r.ExternalID != f.ExternalID) ||
-			(f.GroupID != "" && r.GroupID != f.GroupID) || (f.NodeID != "" && r.NodeID != f.NodeID) {
+		if !f.matches(r) {
 			continue
 		}
 		it, ok := c.m[r.InstanceID]
