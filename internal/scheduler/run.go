@@ -178,7 +178,7 @@ func (s *Scheduler) lead(ctx context.Context, fence clientv3.Cmp) {
 // Pass takes one snapshot, fails instances of lost nodes, and commits the plan.
 func (s *Scheduler) Pass(ctx context.Context, fence clientv3.Cmp) error {
 	start := time.Now()
-	snap, err := s.st.Snapshot(ctx)
+	snap, err := s.st.SchedulingSnapshot(ctx)
 	if err != nil {
 		return err
 	}

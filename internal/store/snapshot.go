@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"strings"
 
 	apiv1 "github.com/corral-build/corral/api/v1"
@@ -16,6 +17,9 @@ type Snapshot struct {
 	Nodes     []NodeEntry
 	Groups    []apiv1.Group
 	Instances []InstanceEntry
+	// usage, when set, is every node's usage (a scheduling snapshot holds
+	// only the instances a pass acts on, not every slot-holding one).
+	usage map[string]NodeUsage
 }
 
 // NodeEntry is a node with its liveness and revision.
@@ -51,6 +55,40 @@ func (s *Store) Snapshot(ctx context.Context) (Snapshot, error) {
 		return s.view.snapshot(), nil
 	}
 	return s.readSnapshot(ctx)
+}
+
+// SchedulingSnapshot is what a scheduling pass needs: every node and group,
+// the node usage, and only the instances it acts on (waiting to be placed,
+// or holding a slot on a node that is gone). From the view it costs
+// O(nodes + those instances), not O(every instance).
+func (s *Store) SchedulingSnapshot(ctx context.Context) (Snapshot, error) {
+	if !s.caughtUp(ctx) {
+		return s.readSnapshot(ctx)
+	}
+	v := s.view
+	v.mu.RLock()
+	defer v.mu.RUnlock()
+	snap := Snapshot{Rev: v.rev, usage: maps.Clone(v.usage)}
+	for _, id := range sortedKeys(v.nodes) {
+		n := v.nodes[id]
+		n.Alive = v.alive[id]
+		snap.Nodes = append(snap.Nodes, n)
+	}
+	for _, id := range sortedKeys(v.groups) {
+		snap.Groups = append(snap.Groups, v.groups[id])
+	}
+	for id := range v.pending {
+		snap.Instances = append(snap.Instances, v.instances[id])
+	}
+	for node, ids := range v.holding {
+		if v.alive[node] {
+			continue
+		}
+		for id := range ids {
+			snap.Instances = append(snap.Instances, v.instances[id])
+		}
+	}
+	return snap, nil
 }
 
 // readSnapshot is Snapshot from etcd.
@@ -118,6 +156,9 @@ func (r InstanceRecord) Resources() apiv1.StartSpec {
 
 // Usage sums, per node, the instances holding a slot there.
 func (snap Snapshot) Usage() map[string]NodeUsage {
+	if snap.usage != nil {
+		return maps.Clone(snap.usage)
+	}
 	used := map[string]NodeUsage{}
 	for _, in := range snap.Instances {
 		if in.SlotHeld {

@@ -29,6 +29,63 @@ type view struct {
 	nodes     map[string]NodeEntry
 	alive     map[string]bool
 	groups    map[string]apiv1.Group
+	// Kept as instances change, for scheduling snapshots: what each node's
+	// slot-holding instances use, which instances wait to be placed, and
+	// which hold a slot on each node.
+	usage   map[string]NodeUsage
+	pending map[string]struct{}
+	holding map[string]map[string]struct{}
+}
+
+// track adds (sign 1) or removes (sign -1) an instance's part in the
+// scheduling indexes.
+func (v *view) track(in InstanceEntry, sign int) {
+	if in.State == apiv1.StateScheduling && in.NodeID == "" {
+		if sign > 0 {
+			v.pending[in.InstanceID] = struct{}{}
+		} else {
+			delete(v.pending, in.InstanceID)
+		}
+	}
+	if !in.SlotHeld {
+		return
+	}
+	r := in.Resources()
+	u := v.usage[in.NodeID]
+	u.Slots += sign
+	u.VCPU += sign * r.VCPU
+	u.VRAM += sign * r.VRAM
+	if u == (NodeUsage{}) {
+		delete(v.usage, in.NodeID)
+	} else {
+		v.usage[in.NodeID] = u
+	}
+	if sign > 0 {
+		if v.holding[in.NodeID] == nil {
+			v.holding[in.NodeID] = map[string]struct{}{}
+		}
+		v.holding[in.NodeID][in.InstanceID] = struct{}{}
+	} else {
+		delete(v.holding[in.NodeID], in.InstanceID)
+		if len(v.holding[in.NodeID]) == 0 {
+			delete(v.holding, in.NodeID)
+		}
+	}
+}
+
+func (v *view) putInstance(in InstanceEntry) {
+	if old, ok := v.instances[in.InstanceID]; ok {
+		v.track(old, -1)
+	}
+	v.instances[in.InstanceID] = in
+	v.track(in, 1)
+}
+
+func (v *view) deleteInstance(id string) {
+	if old, ok := v.instances[id]; ok {
+		v.track(old, -1)
+		delete(v.instances, id)
+	}
 }
 
 // viewWait bounds how long a read waits for the view to catch up before it
@@ -64,8 +121,9 @@ func (s *Store) runView(ctx context.Context, v *view) error {
 	}
 	v.mu.Lock()
 	v.instances = make(map[string]InstanceEntry, len(snap.Instances))
+	v.usage, v.pending, v.holding = map[string]NodeUsage{}, map[string]struct{}{}, map[string]map[string]struct{}{}
 	for _, in := range snap.Instances {
-		v.instances[in.InstanceID] = in
+		v.putInstance(in)
 	}
 	v.nodes, v.alive, v.groups = map[string]NodeEntry{}, map[string]bool{}, map[string]apiv1.Group{}
 	for _, n := range snap.Nodes {
@@ -123,12 +181,12 @@ func (s *Store) applyToView(v *view, ev *clientv3.Event) {
 	switch kind {
 	case "instances":
 		if !put {
-			delete(v.instances, id)
+			v.deleteInstance(id)
 			return
 		}
 		var r InstanceRecord
 		if json.Unmarshal(ev.Kv.Value, &r) == nil {
-			v.instances[id] = InstanceEntry{r, ev.Kv.ModRevision}
+			v.putInstance(InstanceEntry{r, ev.Kv.ModRevision})
 		}
 	case "nodes":
 		if !put {

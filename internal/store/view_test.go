@@ -2,6 +2,7 @@ package store_test
 
 import (
 	"context"
+	"maps"
 	"testing"
 	"time"
 
@@ -44,3 +45,58 @@ func TestViewReadsItsWrites(t *testing.T) {
 	}
 }
 
+// TestSchedulingSnapshotMatchesFull: the view's kept usage and waiting set
+// equal what a full snapshot computes, after places and releases.
+func TestSchedulingSnapshotMatchesFull(t *testing.T) {
+	st := newStore(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	st.EnableView(ctx)
+	var ids []string
+	for range 30 {
+		rec := store.InstanceRecord{Instance: apiv1.Instance{InstanceID: apiv1.NewID(), State: apiv1.StateScheduling, CrTime: time.Now()},
+			Spec: apiv1.StartSpec{VCPU: 2, VRAM: 1024}}
+		if err := st.CreateInstances(ctx, []store.InstanceRecord{rec}); err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, rec.InstanceID)
+	}
+	for i, id := range ids[:20] {
+		node := []string{"n1", "n2", "n3"}[i%3]
+		if _, err := st.UpdateInstance(ctx, id, func(r *store.InstanceRecord) (store.InstanceUpdate, error) {
+			r.NodeID, r.SlotHeld, r.State = node, true, apiv1.StatePulling
+			if i%4 == 0 { // released again
+				r.SlotHeld, r.State = false, apiv1.StateTerminated
+			}
+			return store.InstanceUpdate{}, nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	full, err := st.Snapshot(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sched, err := st.SchedulingSnapshot(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := sched.Usage(), full.Usage(); !maps.Equal(got, want) {
+		t.Fatalf("usage %v, want %v", got, want)
+	}
+	// The nodes never joined: their slot holders are there to be failed.
+	waiting, lost := 0, 0
+	for _, in := range sched.Instances {
+		switch {
+		case in.State == apiv1.StateScheduling:
+			waiting++
+		case in.SlotHeld:
+			lost++
+		default:
+			t.Fatalf("scheduling snapshot holds a %s instance holding no slot", in.State)
+		}
+	}
+	if waiting != 10 || lost != 15 {
+		t.Fatalf("%d waiting, %d on lost nodes; want 10 and 15", waiting, lost)
+	}
+}
