@@ -352,7 +352,7 @@ func runScale(b *testing.B, nodes, total, clients, ctls int) {
 		body, _ := io.ReadAll(resp.Body)
 		resp.Body.Close()
 		for _, line := range strings.Split(string(body), "\n") {
-			if strings.HasPrefix(line, "corral_store_reads_total") {
+			if strings.HasPrefix(line, "corral_store_reads_total") || strings.HasPrefix(line, "corral_scheduler_pass_duration_seconds_sum") || strings.HasPrefix(line, "corral_scheduler_pass_duration_seconds_count") || strings.HasPrefix(line, "corral_api_requests_total") && strings.Contains(line, "agent") {
 				fmt.Printf("  %s\n", line)
 			}
 		}

@@ -190,6 +190,9 @@ func (s *Scheduler) Pass(ctx context.Context, fence clientv3.Cmp) error {
 	for i := range snap.Nodes {
 		nodes[snap.Nodes[i].Report.NodeID] = &snap.Nodes[i]
 	}
+	// What each node holds, with this pass's placements counted as they
+	// commit (for re-checks of a node whose record changed meanwhile).
+	used := snap.Usage()
 	// Placements are committed in batches, in plan (priority) order: one
 	// transaction for many, each still fenced and re-checked.
 	var batch []store.Placement
@@ -206,6 +209,7 @@ func (s *Scheduler) Pass(ctx context.Context, fence clientv3.Cmp) error {
 		if rev != 0 {
 			for i, p := range batch {
 				lastCommit[p.NodeID] = rev
+				used[p.NodeID] = used[p.NodeID].Add(p.Instance.Spec)
 				s.placed(batchIn[i], nodes[p.NodeID])
 			}
 			return nil
@@ -219,11 +223,24 @@ func (s *Scheduler) Pass(ctx context.Context, fence clientv3.Cmp) error {
 				return err
 			}
 			if rev == 0 {
+				// Most often the node's own report changed its record (not
+				// its capacity): when the node as it is now still takes
+				// the instance, try once more at its new revision.
+				if n, nrev, err := s.st.GetNodeRev(ctx, p.NodeID); err == nil && nrev != p.NodeRev && !n.Drain &&
+					fits(n, used[p.NodeID], p.Instance.Spec) {
+					p.NodeRev = nrev
+					if rev, err = s.st.Place(ctx, p, fence); err != nil {
+						return err
+					}
+				}
+			}
+			if rev == 0 {
 				// The watch brings a fresh pass.
 				s.log.Debug("placement conflict, replanning", "instance", p.Instance.InstanceID, "node", p.NodeID)
 				continue
 			}
 			lastCommit[p.NodeID] = rev
+			used[p.NodeID] = used[p.NodeID].Add(p.Instance.Spec)
 			s.placed(batchIn[i], nodes[p.NodeID])
 		}
 		return nil

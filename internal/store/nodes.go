@@ -52,6 +52,13 @@ func (s *Store) GetNode(ctx context.Context, id string) (NodeRecord, error) {
 	return n, err
 }
 
+// GetNodeRev returns a node record and its revision, from etcd.
+func (s *Store) GetNodeRev(ctx context.Context, id string) (NodeRecord, int64, error) {
+	var n NodeRecord
+	rev, err := s.get(ctx, s.nodeKey(id), &n)
+	return n, rev, err
+}
+
 // ListNodes returns every registered node.
 func (s *Store) ListNodes(ctx context.Context) ([]NodeRecord, error) {
 	nodes, _, err := list[NodeRecord](ctx, s.cli, s.prefix+"nodes/")
