@@ -5,6 +5,7 @@ package scheduler
 
 import (
 	"cmp"
+	"container/heap"
 	"fmt"
 	"slices"
 	"strings"
@@ -77,6 +78,7 @@ func Plan(snap store.Snapshot, known TemplateKnown) []Decision {
 	}
 	tierMemo := map[[2]string][]tier{}
 	exhausted := map[string]string{} // instance shape -> why none fits
+	heaps := map[string]tierHeaps{}  // instance shape and template -> its candidates
 	decisions := make([]Decision, 0, len(pending))
 	for _, in := range pending {
 		d := Decision{Instance: in}
@@ -102,6 +104,20 @@ func Plan(snap store.Snapshot, known TemplateKnown) []Decision {
 			if reason, full := exhausted[class]; full && len(in.FailedNodes) == 0 {
 				d.Reason = reason
 				break
+			}
+			if len(in.FailedNodes) == 0 && useHeaps {
+				// The usual case: the best node from a heap per shape and
+				// tier, O(log nodes) instead of a scan of every node.
+				hk := class + "|" + in.VMID + "|" + in.Tag
+				hs, ok := heaps[hk]
+				if !ok {
+					hs = newTierHeaps(in.InstanceRecord, ts, used)
+					heaps[hk] = hs
+				}
+				if id := hs.pick(in.Spec, used); id != "" {
+					d.NodeID = id
+					break
+				}
 			}
 			d.NodeID, d.Reason, d.Fail = placeOne(in.InstanceRecord, ts, used)
 			if d.NodeID == "" && !d.Fail && len(in.FailedNodes) == 0 {
@@ -231,4 +247,82 @@ func best(free []*store.NodeEntry, in store.InstanceRecord, used map[string]stor
 			cmp.Compare(used[a.Report.NodeID].Slots, used[b.Report.NodeID].Slots),
 			cmp.Compare(a.Report.NodeID, b.Report.NodeID))
 	})
+}
+
+// useHeaps turns the heap path on (tests compare it with the scan).
+var useHeaps = true
+
+// candidate is a node in a tier's heap, keyed as best orders nodes: holds
+// the template first, then the fewest slots used, then the lowest id.
+type candidate struct {
+	n     *store.NodeEntry
+	holds int
+	slots int
+}
+
+type candHeap []candidate
+
+func (h candHeap) Len() int { return len(h) }
+func (h candHeap) Less(i, j int) bool {
+	a, b := h[i], h[j]
+	return cmp.Or(cmp.Compare(a.holds, b.holds), cmp.Compare(a.slots, b.slots),
+		cmp.Compare(a.n.Report.NodeID, b.n.Report.NodeID)) < 0
+}
+func (h candHeap) Swap(i, j int) { h[i], h[j] = h[j], h[i] }
+func (h *candHeap) Push(x any)   { *h = append(*h, x.(candidate)) }
+func (h *candHeap) Pop() any {
+	old := *h
+	x := old[len(old)-1]
+	*h = old[:len(old)-1]
+	return x
+}
+
+// tierHeaps holds, per tier of one instance shape, its eligible nodes.
+type tierHeaps []*candHeap
+
+func newTierHeaps(in store.InstanceRecord, ts []tier, used map[string]store.NodeUsage) tierHeaps {
+	out := make(tierHeaps, len(ts))
+	for i, t := range ts {
+		h := &candHeap{}
+		for _, n := range t.nodes {
+			if !n.Alive || n.Drain || (in.Arch != "" && n.Report.HostArch != "" && n.Report.HostArch != in.Arch) {
+				continue
+			}
+			holds := 1
+			for _, tp := range n.Report.Templates {
+				if tp.UUID == in.VMID && tp.Tag == in.Tag {
+					holds = 0
+					break
+				}
+			}
+			*h = append(*h, candidate{n, holds, used[n.Report.NodeID].Slots})
+		}
+		heap.Init(h)
+		out[i] = h
+	}
+	return out
+}
+
+// pick answers the node best would choose: in the first tier with room,
+// the least node by (holds, slots used, id). Usage only grows during a
+// pass, so a stale key is only ever too small: it is refreshed when it
+// comes to the top, and a node that cannot take this shape now never can
+// again in this pass.
+func (hs tierHeaps) pick(spec apiv1.StartSpec, used map[string]store.NodeUsage) string {
+	for _, h := range hs {
+		for h.Len() > 0 {
+			top := &(*h)[0]
+			u := used[top.n.Report.NodeID]
+			if u.Slots != top.slots {
+				top.slots = u.Slots
+				heap.Fix(h, 0)
+				continue
+			}
+			if fits(top.n.NodeRecord, u, spec) {
+				return top.n.Report.NodeID
+			}
+			heap.Pop(h)
+		}
+	}
+	return ""
 }

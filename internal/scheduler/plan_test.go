@@ -2,6 +2,7 @@ package scheduler
 
 import (
 	"fmt"
+	"math/rand/v2"
 	"testing"
 	"time"
 
@@ -218,5 +219,58 @@ func TestPlanAsksTheRegistryOncePerTemplate(t *testing.T) {
 	d := Plan(snap, func(string, string) Verdict { calls++; return Known })
 	if calls != 1 || len(d) != 50 || d[49].NodeID != "n1" {
 		t.Fatalf("%d lookups for 50 instances of one template (decisions %d)", calls, len(d))
+	}
+}
+
+// TestPlanHeapsMatchTheScan: on random clouds (groups with fallbacks, drained
+// and offline nodes, other arches, vCPU limits, held templates, failed
+// nodes, running instances), the heap path places every instance exactly
+// where the scan of every node does, with the same reasons.
+func TestPlanHeapsMatchTheScan(t *testing.T) {
+	for seed := range int64(300) {
+		rng := rand.New(rand.NewPCG(uint64(seed), 7))
+		groups := []apiv1.Group{{ID: "g0", Name: "g0"}, {ID: "g1", Name: "g1", FallbackGroupID: "g0"}, {ID: "g2", Name: "g2", FallbackGroupID: "g1"}}
+		snap := store.Snapshot{Groups: groups}
+		nodes := 1 + rng.IntN(12)
+		for i := range nodes {
+			n := mkNode(nodeSpec{id: fmt.Sprintf("n%02d", i), capacity: rng.IntN(4), groups: []string{groups[rng.IntN(3)].ID},
+				alive: rng.IntN(6) > 0, drain: rng.IntN(6) == 0, arch: []string{apiv1.ArchARM64, apiv1.ArchAMD64}[rng.IntN(4)/3],
+				holds: []string{"", "v1", "v2"}[rng.IntN(3)]})
+			if rng.IntN(4) == 0 {
+				n.MaxVCPU = 4
+			}
+			snap.Nodes = append(snap.Nodes, n)
+		}
+		for i := range rng.IntN(8) {
+			node := snap.Nodes[rng.IntN(nodes)].Report.NodeID
+			snap.Instances = append(snap.Instances, mkInstance(fmt.Sprintf("run%d", i), 1000, 0, running(node)))
+		}
+		for i := range 1 + rng.IntN(30) {
+			mods := []func(*store.InstanceRecord){func(r *store.InstanceRecord) {
+				r.Tag = []string{"v1", "v2"}[rng.IntN(2)]
+				r.Spec.VCPU = rng.IntN(3) * 2
+				if rng.IntN(3) == 0 {
+					r.GroupID = groups[rng.IntN(3)].ID
+				}
+				if rng.IntN(10) == 0 {
+					r.FailedNodes = []string{snap.Nodes[rng.IntN(nodes)].Report.NodeID}
+				}
+				if rng.IntN(10) == 0 {
+					r.Spec.NodeID = snap.Nodes[rng.IntN(nodes)].Report.NodeID
+				}
+			}}
+			snap.Instances = append(snap.Instances, mkInstance(fmt.Sprintf("i%02d", i), 1+rng.IntN(3), time.Duration(rng.IntN(100))*time.Second, mods...))
+		}
+		useHeaps = false
+		want := Plan(snap, nil)
+		useHeaps = true
+		got := Plan(snap, nil)
+		for i := range want {
+			w, g := want[i], got[i]
+			if w.Instance.InstanceID != g.Instance.InstanceID || w.NodeID != g.NodeID || w.Reason != g.Reason || w.Fail != g.Fail {
+				t.Fatalf("seed %d, instance %s: heaps gave (%q %q %v), the scan (%q %q %v)", seed, w.Instance.InstanceID,
+					g.NodeID, g.Reason, g.Fail, w.NodeID, w.Reason, w.Fail)
+			}
+		}
 	}
 }
