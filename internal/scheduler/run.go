@@ -202,6 +202,20 @@ func (s *Scheduler) Pass(ctx context.Context, fence clientv3.Cmp) error {
 			return nil
 		}
 		defer func() { batch, batchIn = batch[:0], batchIn[:0] }()
+		// Nodes' agents rewrite their records as they report: commit at
+		// each node's newest revision where the node as it is now still
+		// takes the instance, so one report does not fail the batch.
+		inBatch := map[string]store.NodeUsage{} // the batch's own, before p
+		for i := range batch {
+			p := &batch[i]
+			u := used[p.NodeID]
+			b := inBatch[p.NodeID]
+			u = store.NodeUsage{Slots: u.Slots + b.Slots, VCPU: u.VCPU + b.VCPU, VRAM: u.VRAM + b.VRAM}
+			if n, ok := s.st.ViewNode(p.NodeID); ok && n.ModRev > p.NodeRev && !n.Drain && fits(n.NodeRecord, u, p.Instance.Spec) {
+				p.NodeRev = n.ModRev
+			}
+			inBatch[p.NodeID] = b.Add(p.Instance.Spec)
+		}
 		rev, err := s.st.PlaceBatch(ctx, batch, fence)
 		if err != nil {
 			return err

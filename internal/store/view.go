@@ -278,6 +278,22 @@ func (s *Store) viewCaughtUp(ctx context.Context) bool {
 	}
 }
 
+// ViewNode is a node as the view last saw it (no consistency barrier:
+// callers compare its revision in a transaction). False without a view.
+func (s *Store) ViewNode(id string) (NodeEntry, bool) {
+	v := s.view
+	if v == nil {
+		return NodeEntry{}, false
+	}
+	v.mu.RLock()
+	defer v.mu.RUnlock()
+	if !v.synced {
+		return NodeEntry{}, false
+	}
+	n, ok := v.nodes[id]
+	return n, ok
+}
+
 // ViewCaughtUp reports whether reads are served by the view (tests,
 // metrics).
 func (s *Store) ViewCaughtUp(ctx context.Context) bool { return s.viewCaughtUp(ctx) }
