@@ -132,12 +132,27 @@ func (s *Service) Heartbeat(ctx context.Context, req apiv1.HeartbeatRequest) err
 	if _, err := s.nodeWithLease(ctx, req); err != nil {
 		return err
 	}
-	return s.st.KeepAlive(ctx, req.LeaseID)
+	err := s.st.KeepAlive(ctx, req.LeaseID)
+	if errors.Is(err, store.ErrLeaseExpired) {
+		// The view may not have seen a disjoin yet: a disjoined node must
+		// hear so, not rejoin.
+		if _, gerr := s.st.GetNode(ctx, req.NodeID); errors.Is(gerr, store.ErrNotFound) {
+			return ErrDisjoined
+		}
+	}
+	return err
 }
 
 // nodeWithLease returns the node of a heartbeat or leave, checking that the
 // lease it names is still the node's.
 func (s *Service) nodeWithLease(ctx context.Context, req apiv1.HeartbeatRequest) (store.NodeRecord, error) {
+	// The view answers the common case without an etcd read: the node is
+	// there with this lease. Anything else (unknown to the view, another
+	// lease) is read from etcd; a lease the view still shows but etcd has
+	// revoked fails in the keep-alive itself.
+	if n, ok := s.st.ViewNode(req.NodeID); ok && n.LeaseID == req.LeaseID {
+		return n.NodeRecord, nil
+	}
 	n, err := s.st.GetNode(ctx, req.NodeID)
 	if errors.Is(err, store.ErrNotFound) {
 		return n, ErrDisjoined
