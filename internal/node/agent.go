@@ -123,13 +123,17 @@ func (a *Agent) Run(ctx context.Context) error {
 	sent := make(chan struct{})
 	go func() { a.sendStatusLoop(sendCtx); close(sent) }()
 	go func() { errc <- a.heartbeatLoop(ctx, join) }()
-	go func() { errc <- a.assignmentLoop(ctx) }()
+	assigning := make(chan struct{})
+	go func() { errc <- a.assignmentLoop(ctx); close(assigning) }()
 	go a.reportLoop(ctx)
 	select {
 	case err = <-errc:
 	case <-ctx.Done():
 	}
 	cancel()
+	// No reconcile may start instances while they are being stopped (its
+	// WaitGroup Add would race stopAll's Wait): the loop ends first.
+	<-assigning
 	a.stopAll()
 	a.flushStatus(5 * time.Second)
 	stopSending()
