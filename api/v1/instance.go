@@ -4,6 +4,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
+	"net"
 	"strconv"
 	"strings"
 	"time"
@@ -319,6 +320,29 @@ type IDRequest struct {
 
 // RAMMB parses a VM's RAM as drivers and the reference report it ("4G",
 // "2048M", "8GB", a bare number of MB); ok is false when it cannot.
+// SSH is where the guest's SSH (guest port 22) is reached on its node;
+// ok is false before the VM runs. Endpoint is the same as "host:port".
+func (v *VMInfo) SSH() (host string, port int, ok bool) {
+	if v == nil {
+		return "", 0, false
+	}
+	for _, p := range v.PortForwarding {
+		if p.GuestPort == 22 {
+			return v.HostIP, p.HostPort, true
+		}
+	}
+	return "", 0, false
+}
+
+// SSHEndpoint is SSH as "host:port" ("" before the VM runs).
+func (v *VMInfo) SSHEndpoint() string {
+	host, port, ok := v.SSH()
+	if !ok {
+		return ""
+	}
+	return net.JoinHostPort(host, strconv.Itoa(port))
+}
+
 func (v VMInfo) RAMMB() (int, bool) {
 	s := strings.ToUpper(strings.TrimSpace(v.RAM))
 	s = strings.TrimSuffix(s, "B")

@@ -123,21 +123,14 @@ func vmSSH(ctx context.Context, args []string, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	ep := sshEndpoint(in)
-	if in.State != apiv1.StateStarted || ep == "" {
+	host, port, ok := in.VMInfo.SSH()
+	if in.State != apiv1.StateStarted || !ok {
 		return fmt.Errorf("instance %s is %s, with no SSH endpoint yet", in.InstanceID, in.State)
-	}
-	host, port, _ := strings.Cut(ep, ":")
-	if i := strings.LastIndex(ep, ":"); i >= 0 {
-		host, port = strings.Trim(ep[:i], "[]"), ep[i+1:]
-	}
-	if _, err := strconv.Atoi(port); err != nil {
-		return fmt.Errorf("instance %s: bad SSH endpoint %q", in.InstanceID, ep)
 	}
 	// Each instance is a new guest behind a reused host:port: its host key
 	// is new every time, so it is neither checked against nor added to
 	// known_hosts (the endpoint is the node's, reached on your network).
-	argv := []string{"ssh", "-p", port, "-o", "UserKnownHostsFile=/dev/null", "-o", "StrictHostKeyChecking=no",
+	argv := []string{"ssh", "-p", strconv.Itoa(port), "-o", "UserKnownHostsFile=/dev/null", "-o", "StrictHostKeyChecking=no",
 		"-o", "LogLevel=ERROR", user + "@" + host}
 	argv = append(argv, remote...)
 	if dryRun {
@@ -239,12 +232,8 @@ func vmSave(ctx context.Context, args []string, out io.Writer) error {
 	if len(pos) != 1 || tag == "" {
 		return errors.New("usage: corral vm save ID --tag T [--wait]")
 	}
-	if path, ok := strings.CutPrefix(script, "@"); ok {
-		data, err := os.ReadFile(path)
-		if err != nil {
-			return fmt.Errorf("--script: %w", err)
-		}
-		script = string(data)
+	if script, err = scriptArg(script); err != nil {
+		return err
 	}
 	reqID, err := cl.SaveImage(ctx, apiv1.ImageRequest{ID: pos[0], Tag: tag, Description: description, Script: script, NewTemplateName: newName})
 	if err != nil {

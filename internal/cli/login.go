@@ -7,6 +7,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -121,7 +122,7 @@ func runLogin(ctx context.Context, args []string, out io.Writer) error {
 	var token, name string
 	f.String(&token, "token", "", "the controller's root token (when it runs with --enable-auth)", "ANKA_ROOT_TOKEN")
 	f.String(&name, "name", "", "the context's name (default: the URL's host)")
-	pos, err := parseInterleaved(f, args)
+	pos, err := parseInterleaved(f, args, nil)
 	if err != nil {
 		return err
 	}
@@ -211,8 +212,9 @@ func runContext(_ context.Context, args []string, out io.Writer) error {
 	return errors.New("usage: corral context [list | use NAME | delete NAME]")
 }
 
-// parseInterleaved parses flags with positional arguments anywhere.
-func parseInterleaved(f *flags, args []string) ([]string, error) {
+// parseInterleaved parses flags with positional arguments anywhere (log,
+// when set, warns of unknown environment variables).
+func parseInterleaved(f *flags, args []string, log func() *slog.Logger) ([]string, error) {
 	var positional []string
 	for len(args) > 0 {
 		if err := f.fs.Parse(args); err != nil {
@@ -224,5 +226,5 @@ func parseInterleaved(f *flags, args []string) ([]string, error) {
 			args = args[1:]
 		}
 	}
-	return positional, f.Parse(nil, nil)
+	return positional, f.Parse(nil, log)
 }

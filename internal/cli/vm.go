@@ -10,10 +10,8 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"net/url"
 	"os"
-	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -61,18 +59,8 @@ func vmFlags(name, summary string, out io.Writer, args []string, define func(f *
 	if define != nil {
 		define(f)
 	}
-	var positional []string
-	for len(args) > 0 {
-		if err := f.fs.Parse(args); err != nil {
-			return nil, c, nil, err
-		}
-		args = f.fs.Args()
-		if len(args) > 0 {
-			positional = append(positional, args[0])
-			args = args[1:]
-		}
-	}
-	if err := f.Parse(nil, slog.Default); err != nil {
+	positional, err := parseInterleaved(f, args, slog.Default)
+	if err != nil {
 		return nil, c, nil, err
 	}
 	if c.output != "table" && c.output != "json" {
@@ -110,16 +98,19 @@ func printJSON(out io.Writer, v any) error {
 }
 
 // sshEndpoint is where an instance's SSH is reached ("" before it runs).
-func sshEndpoint(in apiv1.Instance) string {
-	if in.VMInfo == nil {
-		return ""
+func sshEndpoint(in apiv1.Instance) string { return in.VMInfo.SSHEndpoint() }
+
+// scriptArg reads a --script value: the text, or @FILE's contents.
+func scriptArg(script string) (string, error) {
+	path, ok := strings.CutPrefix(script, "@")
+	if !ok {
+		return script, nil
 	}
-	for _, pf := range in.VMInfo.PortForwarding {
-		if pf.GuestPort == 22 {
-			return net.JoinHostPort(in.VMInfo.HostIP, strconv.Itoa(pf.HostPort))
-		}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return "", fmt.Errorf("--script: %w", err)
 	}
-	return ""
+	return string(data), nil
 }
 
 func vmStart(ctx context.Context, args []string, out io.Writer) error {
@@ -163,12 +154,8 @@ func vmStart(ctx context.Context, args []string, out io.Writer) error {
 	if vram > 0 {
 		req["vram"] = vram
 	}
-	if path, ok := strings.CutPrefix(script, "@"); ok {
-		data, err := os.ReadFile(path)
-		if err != nil {
-			return fmt.Errorf("--script: %w", err)
-		}
-		script = string(data)
+	if script, err = scriptArg(script); err != nil {
+		return err
 	}
 	if script != "" {
 		req["startup_script"] = base64.StdEncoding.EncodeToString([]byte(script))

@@ -149,22 +149,36 @@ func (f InstanceFilter) matches(r *store.InstanceRecord) bool {
 
 // ListInstances returns instances matching f, oldest first.
 func (s *Service) ListInstances(ctx context.Context, f InstanceFilter) ([]apiv1.Instance, error) {
-	if err := f.check(); err != nil {
-		return nil, err
-	}
-	recs, err := s.st.ListInstances(ctx)
+	entries, err := s.listed(ctx, f)
 	if err != nil {
 		return nil, err
 	}
-	out := make([]apiv1.Instance, 0, len(recs))
-	for _, r := range recs {
-		if f.matches(&r) {
-			out = append(out, r.Instance)
+	out := make([]apiv1.Instance, len(entries))
+	for i, e := range entries {
+		out[i] = e.Instance
+	}
+	return out, nil
+}
+
+// listed is the instances matching f in creation order, ties (one
+// request's instances) by id: a stable order for paging. It sorts
+// pointers: swapping the records themselves (a KiB each) costs more than
+// the whole list.
+func (s *Service) listed(ctx context.Context, f InstanceFilter) ([]*store.InstanceEntry, error) {
+	if err := f.check(); err != nil {
+		return nil, err
+	}
+	entries, err := s.st.ListInstanceEntries(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]*store.InstanceEntry, 0, len(entries))
+	for i := range entries {
+		if f.matches(&entries[i].InstanceRecord) {
+			out = append(out, &entries[i])
 		}
 	}
-	// Creation order, ties (one request's instances) by id: a stable order
-	// for paging.
-	slices.SortFunc(out, func(a, b apiv1.Instance) int {
+	slices.SortFunc(out, func(a, b *store.InstanceEntry) int {
 		return cmp.Or(a.CrTime.Compare(b.CrTime), strings.Compare(a.InstanceID, b.InstanceID))
 	})
 	return out, nil
@@ -317,23 +331,10 @@ type cachedItem struct {
 // ListInstancesJSON is ListInstances as encoded list items (GET /api/v1/vm),
 // each encoded once per change of its instance.
 func (s *Service) ListInstancesJSON(ctx context.Context, f InstanceFilter) ([]json.RawMessage, error) {
-	if err := f.check(); err != nil {
-		return nil, err
-	}
-	entries, err := s.st.ListInstanceEntries(ctx)
+	entries, err := s.listed(ctx, f)
 	if err != nil {
 		return nil, err
 	}
-	// Sorted through indices: swapping the records themselves (a KiB
-	// each) costs more than the whole list.
-	order := make([]int32, len(entries))
-	for i := range order {
-		order[i] = int32(i)
-	}
-	slices.SortFunc(order, func(i, j int32) int {
-		a, b := &entries[i], &entries[j]
-		return cmp.Or(a.CrTime.Compare(b.CrTime), strings.Compare(a.InstanceID, b.InstanceID))
-	})
 	c := &s.list
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -343,12 +344,8 @@ func (s *Service) ListInstancesJSON(ctx context.Context, f InstanceFilter) ([]js
 		next = make(map[string]cachedItem, len(entries)) // drops instances gone since
 	}
 	out := make([]json.RawMessage, 0, len(entries))
-	for _, i := range order {
-		e := &entries[i]
+	for _, e := range entries {
 		r := &e.InstanceRecord
-		if !f.matches(r) {
-			continue
-		}
 		it, ok := c.m[r.InstanceID]
 		if !ok || it.rev != e.ModRev {
 			js, err := json.Marshal(r.Instance.ListItem())

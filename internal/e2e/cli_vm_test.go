@@ -17,6 +17,26 @@ import (
 	"github.com/corral-build/corral/internal/testenv"
 )
 
+// runCorral runs the corral binary (env nil: this process's environment)
+// and answers its stdout, or its stderr when it was meant to fail; an exit
+// status other than wanted fails the test. Warnings (CI's CORRAL_TEST_*
+// variables) go to stderr, so they stay out of the output checked.
+func runCorral(t *testing.T, env []string, wantOK bool, args ...string) string {
+	t.Helper()
+	cmd := exec.Command(corralBinary(t), args...)
+	cmd.Env = env
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if (err == nil) != wantOK {
+		t.Fatalf("corral %s: %v\n%s%s", strings.Join(args, " "), err, out, stderr.String())
+	}
+	if !wantOK {
+		return stderr.String()
+	}
+	return string(out)
+}
+
 // TestCLIInstances drives instances with `corral vm` as a user would,
 // without curl: start and wait (SSH endpoint printed), list (table and
 // JSON), show, terminate --all; errors exit non-zero with the reason.
@@ -25,17 +45,7 @@ func TestCLIInstances(t *testing.T) {
 	ctl := c.Controllers[0].URL
 	corral := func(wantOK bool, args ...string) string {
 		t.Helper()
-		cmd := exec.Command(corralBinary(t), append(args, "--controller", ctl)...)
-		var stderr strings.Builder
-		cmd.Stderr = &stderr // warnings (CI's CORRAL_TEST_* variables) stay out of the output checked
-		out, err := cmd.Output()
-		if (err == nil) != wantOK {
-			t.Fatalf("corral %s: %v\n%s%s", strings.Join(args, " "), err, out, stderr.String())
-		}
-		if !wantOK {
-			return stderr.String()
-		}
-		return string(out)
+		return runCorral(t, nil, wantOK, append(args, "--controller", ctl)...)
 	}
 	out := corral(true, "vm", "start", "--vmid", c.TemplateID, "--count", "2", "--wait")
 	if lines := strings.Split(strings.TrimSpace(out), "\n"); len(lines) != 3 || !strings.Contains(out, "Started") || !strings.Contains(out, "127.0.0.1:") {
@@ -113,18 +123,7 @@ func TestCLIContextEventsLogs(t *testing.T) {
 	env := append(os.Environ(), "CORRAL_CONFIG="+cfg)
 	corral := func(wantOK bool, args ...string) string {
 		t.Helper()
-		cmd := exec.Command(corralBinary(t), args...)
-		cmd.Env = env
-		var stderr strings.Builder
-		cmd.Stderr = &stderr
-		out, err := cmd.Output()
-		if (err == nil) != wantOK {
-			t.Fatalf("corral %s: %v\n%s%s", strings.Join(args, " "), err, out, stderr.String())
-		}
-		if !wantOK {
-			return stderr.String()
-		}
-		return string(out)
+		return runCorral(t, env, wantOK, args...)
 	}
 	if msg := corral(false, "login", ctl, "--token", "wrong"); !strings.Contains(msg, "Authentication Required") {
 		t.Fatalf("login with a wrong token: %q", msg)
@@ -225,14 +224,7 @@ func TestCLISaveAndDistribute(t *testing.T) {
 	}
 	corral := func(args ...string) string {
 		t.Helper()
-		cmd := exec.Command(corralBinary(t), append(args, "--controller", c.Controllers[0].URL)...)
-		var stderr strings.Builder
-		cmd.Stderr = &stderr
-		out, err := cmd.Output()
-		if err != nil {
-			t.Fatalf("corral %s: %v\n%s%s", strings.Join(args, " "), err, out, stderr.String())
-		}
-		return string(out)
+		return runCorral(t, nil, true, append(args, "--controller", c.Controllers[0].URL)...)
 	}
 	id := strings.Fields(corral("vm", "start", "--vmid", base.TemplateID, "--wait"))[3]
 	if got := corral("vm", "save", id, "--tag", "v2", "--description", "from the CLI", "--wait"); !strings.Contains(got, "saved as tag v2") {

@@ -7,6 +7,7 @@
 package events
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -280,7 +281,7 @@ func instanceEvents(prevKV *mvccpb.KeyValue, value []byte) []apiv1.Event {
 		case apiv1.StateTerminating:
 			out = append(out, with(apiv1.EventInstanceTerminating, cur.Message))
 		case apiv1.StateTerminated:
-			out = append(out, with(apiv1.EventInstanceTerminated, cmpOr(cur.Message, "terminated")))
+			out = append(out, with(apiv1.EventInstanceTerminated, cmp.Or(cur.Message, "terminated")))
 		}
 	}
 	return out
@@ -314,13 +315,6 @@ func nodeName(value []byte) string {
 		return ""
 	}
 	return "node " + n.Report.NodeName + " disjoined"
-}
-
-func cmpOr(a, b string) string {
-	if a != "" {
-		return a
-	}
-	return b
 }
 
 // watchTemplates compares the registry's templates and tags with what it

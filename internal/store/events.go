@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
 
 	apiv1 "github.com/corral-build/corral/api/v1"
@@ -40,11 +41,9 @@ func (s *Store) EventQueuePrefix() string { return s.prefix + eventQueueDir }
 // writes change nothing the scheduler plans from.
 func (s *Store) IsEventKey(key string) bool {
 	rel := key[min(len(key), len(s.prefix)):]
-	return hasPrefix(rel, eventsDir) || hasPrefix(rel, eventQueueDir) ||
+	return strings.HasPrefix(rel, eventsDir) || strings.HasPrefix(rel, eventQueueDir) ||
 		rel == eventsCheckpoint || rel == webhookCursorKey || rel == eventsTemplatesKey
 }
-
-func hasPrefix(s, p string) bool { return len(s) >= len(p) && s[:len(p)] == p }
 
 func (s *Store) eventKey(id apiv1.EventID) string {
 	return fmt.Sprintf("%s%s%020d-%04d", s.prefix, eventsDir, id.Rev, id.Index)

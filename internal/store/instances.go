@@ -139,17 +139,15 @@ func (s *Store) ListInstanceEntries(ctx context.Context) ([]InstanceEntry, error
 
 // ListInstances returns every instance.
 func (s *Store) ListInstances(ctx context.Context) ([]InstanceRecord, error) {
-	if s.caughtUp(ctx) {
-		s.view.mu.RLock()
-		recs := make([]InstanceRecord, 0, len(s.view.instances))
-		for _, id := range sortedKeys(s.view.instances) {
-			recs = append(recs, s.view.instances[id].InstanceRecord)
-		}
-		s.view.mu.RUnlock()
-		return recs, nil
+	entries, err := s.ListInstanceEntries(ctx)
+	if err != nil {
+		return nil, err
 	}
-	recs, _, err := list[InstanceRecord](ctx, s.cli, s.prefix+"instances/")
-	return recs, err
+	recs := make([]InstanceRecord, len(entries))
+	for i := range entries {
+		recs[i] = entries[i].InstanceRecord
+	}
+	return recs, nil
 }
 
 // InstanceUpdate is what UpdateInstance's callback decides beyond the record itself.

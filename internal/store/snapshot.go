@@ -69,14 +69,7 @@ func (s *Store) SchedulingSnapshot(ctx context.Context) (Snapshot, error) {
 	v.mu.RLock()
 	defer v.mu.RUnlock()
 	snap := Snapshot{Rev: v.rev, usage: maps.Clone(v.usage)}
-	for _, id := range sortedKeys(v.nodes) {
-		n := v.nodes[id]
-		n.Alive = v.alive[id]
-		snap.Nodes = append(snap.Nodes, n)
-	}
-	for _, id := range sortedKeys(v.groups) {
-		snap.Groups = append(snap.Groups, v.groups[id])
-	}
+	v.nodesAndGroups(&snap)
 	for id := range v.pending {
 		snap.Instances = append(snap.Instances, v.instances[id])
 	}

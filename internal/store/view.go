@@ -306,6 +306,13 @@ func (v *view) snapshot() Snapshot {
 	for _, id := range sortedKeys(v.instances) {
 		snap.Instances = append(snap.Instances, v.instances[id])
 	}
+	v.nodesAndGroups(&snap)
+	return snap
+}
+
+// nodesAndGroups copies every node (with its liveness) and group into snap,
+// by key (v.mu held for reading).
+func (v *view) nodesAndGroups(snap *Snapshot) {
 	for _, id := range sortedKeys(v.nodes) {
 		n := v.nodes[id]
 		n.Alive = v.alive[id]
@@ -314,7 +321,6 @@ func (v *view) snapshot() Snapshot {
 	for _, id := range sortedKeys(v.groups) {
 		snap.Groups = append(snap.Groups, v.groups[id])
 	}
-	return snap
 }
 
 func sortedKeys[T any](m map[string]T) []string {

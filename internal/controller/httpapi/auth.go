@@ -28,7 +28,7 @@ func (a *API) requireAuth(next http.Handler) http.Handler {
 		if err != nil {
 			code, msg := a.failure(r, err)
 			if code == http.StatusUnauthorized || code == http.StatusForbidden {
-				a.svc.RecordAuthFailure(remoteHost(r), r.Method, r.URL.Path, msg)
+				a.svc.RecordAuthFailure(RemoteHost(r), r.Method, r.URL.Path, msg)
 			}
 			writeJSON(w, code, apiv1.Envelope{Status: apiv1.StatusFAIL, Message: msg})
 			return
@@ -118,8 +118,8 @@ func (a *API) rotateJoinToken(r *http.Request) (any, error) {
 	return map[string]string{"join_token": token}, err
 }
 
-// remoteHost is the client's address without its port.
-func remoteHost(r *http.Request) string {
+// RemoteHost is the client's address without its port.
+func RemoteHost(r *http.Request) string {
 	host, _, err := net.SplitHostPort(r.RemoteAddr)
 	if err != nil {
 		return r.RemoteAddr

@@ -47,16 +47,16 @@ func templates() *template.Template {
 			}
 			return id
 		},
-		"ssh": sshEndpoint,
+		"ssh": func(info *apiv1.VMInfo) string { return info.SSHEndpoint() },
 		// sshcmd is the command line that reaches the guest.
 		"sshcmd": func(info *apiv1.VMInfo) string {
-			ep := sshEndpoint(info)
-			i := strings.LastIndex(ep, ":")
-			if i < 0 {
+			host, port, ok := info.SSH()
+			if !ok {
 				return ""
 			}
-			return fmt.Sprintf("ssh -p %s anka@%s", ep[i+1:], ep[:i])
+			return fmt.Sprintf("ssh -p %d anka@%s", port, host)
 		},
+
 		"vnc": func(info *apiv1.VMInfo) string {
 			if info == nil || info.VNCPort == 0 {
 				return ""
@@ -85,17 +85,6 @@ func templates() *template.Template {
 			return []string{"instance", "node", "template", "auth", "scheduler", apiv1.EventInstanceError, apiv1.EventInstanceTerminated}
 		},
 	}).ParseFS(files, "templates/*.html"))
-}
-
-func sshEndpoint(info *apiv1.VMInfo) string {
-	if info != nil {
-		for _, p := range info.PortForwarding {
-			if p.GuestPort == 22 {
-				return fmt.Sprintf("%s:%d", info.HostIP, p.HostPort)
-			}
-		}
-	}
-	return ""
 }
 
 // pageView is the shell around a view.

@@ -218,11 +218,7 @@ func (d *Dashboard) login(w http.ResponseWriter, r *http.Request) {
 	}
 	secret, err := d.svc.DashboardLogin(r.Context(), r.PostFormValue("token"), r.PostFormValue("session"))
 	if err != nil {
-		host := r.RemoteAddr
-		if i := strings.LastIndex(host, ":"); i > 0 {
-			host = host[:i]
-		}
-		d.svc.RecordAuthFailure(host, r.Method, "/login", "dashboard login refused")
+		d.svc.RecordAuthFailure(httpapi.RemoteHost(r), r.Method, "/login", "dashboard login refused")
 		http.Redirect(w, r, "/login?error="+url.QueryEscape("That token was not accepted.")+"&next="+url.QueryEscape(next), http.StatusSeeOther)
 		return
 	}
