@@ -153,6 +153,19 @@ func (c *Controller) once(ctx context.Context, method, path string, payload []by
 }
 
 func decodeEnvelope(resp *http.Response, out any, what string) error {
+	return decodeAnswer(resp, out, what, true)
+}
+
+// decodeRegistryEnvelope is decodeEnvelope for the registry, whose 409s
+// (missing chunks, tag exists) are FAILs to act on, not the agent
+// protocol's lease outcomes.
+func decodeRegistryEnvelope(resp *http.Response, out any, what string) error {
+	return decodeAnswer(resp, out, what, false)
+}
+
+// decodeAnswer decodes an envelope; agent maps the agent protocol's
+// 409/410 to ErrLeaseExpired/ErrDisjoined.
+func decodeAnswer(resp *http.Response, out any, what string, agent bool) error {
 	defer resp.Body.Close()
 	data, err := io.ReadAll(resp.Body)
 	if err != nil {
@@ -165,9 +178,13 @@ func decodeEnvelope(resp *http.Response, out any, what string) error {
 	if env.Status != apiv1.StatusOK {
 		switch resp.StatusCode {
 		case http.StatusGone:
-			return ErrDisjoined
+			if agent {
+				return ErrDisjoined
+			}
 		case http.StatusConflict:
-			return ErrLeaseExpired
+			if agent {
+				return ErrLeaseExpired
+			}
 		case http.StatusUnauthorized:
 			return ErrUnauthorized
 		}

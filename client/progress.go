@@ -68,6 +68,14 @@ func (m *meter) add(content, wire int64, transferred bool) {
 	m.report(false)
 }
 
+// addSent counts chunks that went over the wire together.
+func (m *meter) addSent(content, wire, chunks int64) {
+	m.done.Add(content)
+	m.wire.Add(wire)
+	m.chunks.Add(chunks)
+	m.report(false)
+}
+
 func (m *meter) snapshot() Progress {
 	return Progress{Phase: m.phase, Done: m.done.Load(), Total: m.total, WireBytes: m.wire.Load(),
 		Chunks: m.chunks.Load(), Skipped: m.skipped.Load(), Elapsed: time.Since(m.start)}

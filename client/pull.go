@@ -1,17 +1,24 @@
 package client
 
 import (
+	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"path/filepath"
+	"runtime"
+	"slices"
+	"strings"
 	"sync"
 
 	apiv1 "github.com/corral-build/corral/api/v1"
 	"github.com/corral-build/corral/internal/registry/chunk"
+	"github.com/corral-build/corral/internal/retry"
 )
 
 // PulledManifest is the sidecar a completed pull leaves in its directory:
@@ -128,72 +135,106 @@ func openPartial(path string, size int64) (*os.File, error) {
 	return f, nil
 }
 
+// runPull makes every chunk of the partial files right: first what needs
+// no network (zeros stay holes, chunks already there from an interrupted
+// pull or in a local source are kept or copied), then the rest in fetch
+// requests of up to Window chunks, each verified once and written at every
+// offset that holds it.
 func (r *Registry) runPull(ctx context.Context, jobs []pullJob, local map[string]chunkRef, workers int, m *meter, res *PullResult) error {
 	var mu sync.Mutex
-	return parallel(ctx, len(jobs), workers, func() func(context.Context, int) error {
+	fetch := map[string][]pullJob{}
+	var order []string
+	err := parallel(ctx, len(jobs), min(workers, runtime.NumCPU()+1), func() func(context.Context, int) error {
 		raw := make([]byte, chunk.Size)
-		enc := make([]byte, 0, chunk.MaxEncoded)
 		return func(ctx context.Context, i int) error {
 			j := jobs[i]
-			how, wire, err := r.pullChunk(ctx, j, local, raw, &enc)
+			how, err := pullLocal(j, local, raw)
 			if err != nil {
 				return err
 			}
 			mu.Lock()
+			defer mu.Unlock()
 			switch how {
-			case "network":
-				res.DownloadedChunk++
 			case "local":
 				res.LocalChunks++
+			case "network":
+				if len(fetch[j.digest]) == 0 {
+					order = append(order, j.digest)
+				}
+				fetch[j.digest] = append(fetch[j.digest], j)
+				return nil
 			}
-			mu.Unlock()
-			m.add(j.size, wire, how == "network")
+			m.add(j.size, 0, false)
 			return nil
+		}
+	})
+	if err != nil {
+		return err
+	}
+	slices.SortFunc(order, func(a, b string) int { // file order: sequential reads and writes
+		ja, jb := fetch[a][0], fetch[b][0]
+		return cmp.Or(strings.Compare(ja.name, jb.name), cmp.Compare(ja.index, jb.index))
+	})
+	var batches [][]string
+	for len(order) > 0 {
+		n := min(Window, len(order))
+		batches = append(batches, order[:n])
+		order = order[n:]
+	}
+	return parallel(ctx, len(batches), workers, func() func(context.Context, int) error {
+		scratch := make([]byte, 0, chunk.Size)
+		return func(ctx context.Context, i int) error {
+			return r.fetchChunks(ctx, batches[i], func(d string, enc []byte) error {
+				js := fetch[d]
+				plain, err := chunk.Verify(enc, d, scratch)
+				if err != nil {
+					return fmt.Errorf("pull %s chunk %d (%s): the registry's copy is damaged: %w", js[0].name, js[0].index, d, err)
+				}
+				for _, j := range js {
+					if int64(len(plain)) != j.size {
+						return fmt.Errorf("pull %s chunk %d: %d bytes, want %d", j.name, j.index, len(plain), j.size)
+					}
+					if _, err := j.file.WriteAt(plain, j.index*chunk.Size); err != nil {
+						return fmt.Errorf("pull %s: %w", j.name, err)
+					}
+				}
+				mu.Lock()
+				res.DownloadedChunk++
+				mu.Unlock()
+				m.add(js[0].size*int64(len(js)), int64(len(enc)+chunk.FrameHeader), true)
+				return nil
+			})
 		}
 	})
 }
 
-// pullChunk makes one chunk of the partial file right: zeros stay a hole,
-// a chunk already there (resume) or in a local source is kept or copied,
-// anything else is downloaded and verified.
-func (r *Registry) pullChunk(ctx context.Context, j pullJob, local map[string]chunkRef, raw []byte, enc *[]byte) (string, int64, error) {
+// pullLocal handles a chunk without the network if it can: "zero", "local"
+// (kept from an interrupted pull or copied from a source), else "network".
+func pullLocal(j pullJob, local map[string]chunkRef, raw []byte) (string, error) {
 	off := j.index * chunk.Size
 	buf := raw[:j.size]
 	if j.digest == "" {
 		if inHole(j.file, off, j.size) {
-			return "zero", 0, nil
+			return "zero", nil
 		}
 		clear(buf) // a resumed file may hold old data here
 		_, err := j.file.WriteAt(buf, off)
-		return "zero", 0, err
+		return "zero", err
 	}
 	if !inHole(j.file, off, j.size) {
 		if _, err := j.file.ReadAt(buf, off); err == nil || errors.Is(err, io.EOF) {
 			if chunk.Digest(buf) == j.digest {
-				return "local", 0, nil
+				return "local", nil
 			}
 		}
 	}
 	if ref, ok := local[j.digest]; ok && ref.size == j.size {
 		if readChunk(ref, buf) == nil && chunk.Digest(buf) == j.digest {
 			_, err := j.file.WriteAt(buf, off)
-			return "local", 0, err
+			return "local", err
 		}
 	}
-	data, err := r.getChunk(ctx, j.digest, (*enc)[:0])
-	if err != nil {
-		return "", 0, fmt.Errorf("pull %s chunk %d: %w", j.name, j.index, err)
-	}
-	*enc = data
-	plain, err := chunk.Decode(buf[:0], data, j.digest)
-	if err != nil {
-		return "", 0, fmt.Errorf("pull %s chunk %d (%s): the registry's copy is damaged: %w", j.name, j.index, j.digest, err)
-	}
-	if int64(len(plain)) != j.size {
-		return "", 0, fmt.Errorf("pull %s chunk %d: %d bytes, want %d", j.name, j.index, len(plain), j.size)
-	}
-	_, err = j.file.WriteAt(plain, off)
-	return "network", int64(len(data)), err
+	return "network", nil
 }
 
 // indexSources maps digests to local copies from earlier complete pulls.
@@ -219,3 +260,77 @@ func indexSources(dirs []string) map[string]chunkRef {
 	}
 	return index
 }
+
+// fetchChunks streams digests from the registry, calling got for each as it
+// arrives; a broken stream is retried for the chunks not yet received. A
+// registry older than chunk streams is asked chunk by chunk.
+func (r *Registry) fetchChunks(ctx context.Context, digests []string, got func(d string, enc []byte) error) error {
+	left := slices.Clone(digests)
+	var gotErr error
+	buf := make([]byte, 0, chunk.MaxEncoded)
+	err := r.withRetry(ctx, fmt.Sprintf("download %d chunks", len(digests)), func(ctx context.Context) error {
+		body, _ := json.Marshal(apiv1.FetchRequest{Digests: left})
+		req, err := http.NewRequestWithContext(ctx, http.MethodPost, r.base+"/registry/corral/v1/chunks/fetch", bytes.NewReader(body))
+		if err != nil {
+			return err
+		}
+		req.Header.Set("Content-Type", "application/json")
+		resp, err := r.do(req)
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		if resp.StatusCode != http.StatusOK || !strings.HasPrefix(resp.Header.Get("Content-Type"), "application/octet-stream") {
+			err := decodeRegistryEnvelope(resp, nil, "POST chunks/fetch")
+			var fe *FailError
+			if errors.As(err, &fe) && fe.HTTPStatus == http.StatusOK {
+				return retry.Permanent(errOldRegistry) // the catch-all FAIL of a registry without the route
+			}
+			if err == nil {
+				err = fmt.Errorf("POST chunks/fetch: HTTP %d", resp.StatusCode)
+			}
+			return err
+		}
+		done := map[string]bool{}
+		defer func() { left = slices.DeleteFunc(left, func(d string) bool { return done[d] }) }()
+		for len(done) < len(left) {
+			d, enc, err := chunk.ReadFrame(resp.Body, buf)
+			if err != nil {
+				if errors.Is(err, io.EOF) {
+					err = io.ErrUnexpectedEOF
+				}
+				return err // retried for what is left
+			}
+			buf = enc[:0]
+			if !slices.Contains(left, d) || done[d] {
+				return retry.Permanent(fmt.Errorf("POST chunks/fetch: the registry sent chunk %s, which was not asked for", d))
+			}
+			if gotErr = got(d, enc); gotErr != nil {
+				return retry.Permanent(gotErr)
+			}
+			done[d] = true
+		}
+		return nil
+	})
+	if gotErr != nil {
+		return gotErr
+	}
+	if errors.Is(err, errOldRegistry) {
+		for _, d := range left {
+			enc, err := r.getChunk(ctx, d, buf[:0])
+			if err != nil {
+				return err
+			}
+			if err := got(d, enc); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	return err
+}
+
+// errOldRegistry: the registry predates chunk streams and packs (its
+// catch-all answers HTTP 200 FAIL); the client falls back to one chunk per
+// request.
+var errOldRegistry = errors.New("the registry predates chunk streams")

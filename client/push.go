@@ -8,21 +8,21 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"runtime"
-	"sort"
 	"strings"
-	"sync"
 	"syscall"
 
 	apiv1 "github.com/corral-build/corral/api/v1"
 	"github.com/corral-build/corral/internal/registry/chunk"
 )
 
-// DefaultConcurrency is the number of chunks in flight. Measured with
-// bench.BenchmarkPushConcurrency on a 2-core machine over loopback: 4 and 8
-// are within noise of each other (1.6-1.7x of 1), 16 loses to contention;
-// 4 uses the least memory and leaves headroom for latency on real links.
+// DefaultConcurrency is the number of requests in flight, each carrying up
+// to Window chunks: while one window is read and hashed, others are on the
+// wire or being stored.
 const DefaultConcurrency = 4
+
+// Window is how many chunks a push reads, hashes and asks about at once,
+// and at most how many one pack request carries (64 MiB of data).
+const Window = 64
 
 // PushOptions describe a push.
 type PushOptions struct {
@@ -73,55 +73,36 @@ func (r *Registry) Push(ctx context.Context, opts PushOptions) (PushResult, erro
 		res.TotalBytes += f.Size
 	}
 
-	// 1. Hash every chunk (in parallel; holes are never read).
-	m.begin("scanning", res.TotalBytes)
-	where := map[string]chunkRef{} // digest -> one place it is found
-	for i := range files {
-		if err := hashFile(ctx, &files[i], opts.Concurrency, m, where); err != nil {
-			return res, err
-		}
-		for _, d := range files[i].Chunks {
-			if d == "" {
-				res.ZeroChunks++
-			}
-		}
-	}
-	res.UniqueChunks = int64(len(where))
-
-	// 2. Ask what is missing, under an upload lease that protects our chunks from GC.
+	// One pass: each window of chunks is read once, hashed, asked about
+	// and (what the registry lacks) sent from memory as one pack, under an
+	// upload lease that protects the chunks we rely on from GC.
 	upload, err := r.startUpload(ctx)
 	if err != nil {
 		return res, err
 	}
 	defer r.endUpload(context.WithoutCancel(ctx), upload.ID)
-	digests := make([]string, 0, len(where))
-	for d := range where {
-		digests = append(digests, d)
-	}
-	sort.Strings(digests)
-	missing, err := r.missingAll(ctx, upload.ID, digests)
-	if err != nil {
+	m.begin("uploading", res.TotalBytes)
+	p := &pusher{r: r, upload: upload.ID, m: m, where: map[string]chunkRef{}}
+	if err := p.run(ctx, files, opts.Concurrency); err != nil {
 		return res, err
 	}
+	for _, f := range files {
+		for _, d := range f.Chunks {
+			if d == "" {
+				res.ZeroChunks++
+			}
+		}
+	}
+	res.UniqueChunks = int64(len(p.where))
 
 	req := apiv1.CommitRequest{UploadID: upload.ID, Template: opts.Template, Arch: opts.Arch, Tag: opts.Tag,
 		Description: opts.Description, Manifest: apiv1.Manifest{ChunkSize: chunk.Size}}
 	for _, f := range files {
 		req.Manifest.Files = append(req.Manifest.Files, f.ManifestFile)
 	}
-	// 3. Upload, commit; if GC or a crash lost chunks meanwhile, send those and commit again.
+	// Commit; if GC or a registry crash lost chunks meanwhile, send those and commit again.
 	for attempt := 0; attempt < 3; attempt++ {
-		var missingBytes int64
-		for _, d := range missing {
-			missingBytes += where[d].size
-		}
-		m.begin("uploading", missingBytes)
-		if err := r.uploadChunks(ctx, upload.ID, missing, where, opts.Concurrency, m); err != nil {
-			return res, err
-		}
-		res.SentChunks += m.chunks.Load()
-		res.SentBytes = m.wire.Load()
-		if opts.BeforeCommit != nil && attempt == 0 {
+		if attempt == 0 && opts.BeforeCommit != nil {
 			if err := opts.BeforeCommit(ctx); err != nil {
 				return res, err
 			}
@@ -131,11 +112,14 @@ func (r *Registry) Push(ctx context.Context, opts PushOptions) (PushResult, erro
 			return res, err
 		}
 		if len(again) == 0 {
+			res.SentChunks, res.SentBytes = m.chunks.Load(), m.wire.Load()
 			res.CommitResponse = resp
 			m.begin("done", 0)
 			return res, nil
 		}
-		missing = again
+		if err := p.resend(ctx, again); err != nil {
+			return res, err
+		}
 	}
 	return res, fmt.Errorf("commit: chunks keep disappearing from the registry")
 }
@@ -241,52 +225,6 @@ func configArch(path string) string {
 	return ""
 }
 
-// hashFile fills f.Chunks using workers that read disjoint chunks.
-func hashFile(ctx context.Context, f *localFile, workers int, m *meter, where map[string]chunkRef) error {
-	fh, err := os.Open(f.path)
-	if err != nil {
-		return fmt.Errorf("push %s: %w", f.Name, err)
-	}
-	defer fh.Close()
-	n := chunk.Count(f.Size)
-	f.Chunks = make([]string, n)
-	var mu sync.Mutex
-	return parallel(ctx, int(n), min(workers, runtime.NumCPU()+1), func() func(context.Context, int) error {
-		buf := make([]byte, chunk.Size)
-		return func(_ context.Context, i int) error {
-			off := int64(i) * chunk.Size
-			size := min(chunk.Size, f.Size-off)
-			d, err := hashChunk(fh, buf[:size], off)
-			if err != nil {
-				return fmt.Errorf("push %s at %d: %w", f.Name, off, err)
-			}
-			f.Chunks[i] = d
-			mu.Lock()
-			if _, ok := where[d]; d != "" && !ok {
-				where[d] = chunkRef{f.path, off, size}
-			}
-			mu.Unlock()
-			m.add(size, 0, false)
-			return nil
-		}
-	})
-}
-
-// hashChunk returns the chunk's digest, or "" for zeros. A chunk lying in a
-// hole of a sparse file is known to be zero without reading it.
-func hashChunk(f *os.File, buf []byte, off int64) (string, error) {
-	if inHole(f, off, int64(len(buf))) {
-		return "", nil
-	}
-	if _, err := f.ReadAt(buf, off); err != nil && !errors.Is(err, io.EOF) {
-		return "", err
-	}
-	if chunk.IsZero(buf) {
-		return "", nil
-	}
-	return chunk.Digest(buf), nil
-}
-
 // inHole uses SEEK_DATA: if the next data starts past the chunk, it is a hole.
 func inHole(f *os.File, off, size int64) bool {
 	const seekData = 3
@@ -295,33 +233,6 @@ func inHole(f *os.File, off, size int64) bool {
 		return true // no data after off
 	}
 	return err == nil && next >= off+size
-}
-
-// uploadChunks sends chunks from their local files in parallel.
-func (r *Registry) uploadChunks(ctx context.Context, upload string, digests []string, where map[string]chunkRef, workers int, m *meter) error {
-	return parallel(ctx, len(digests), workers, func() func(context.Context, int) error {
-		raw := make([]byte, chunk.Size)
-		enc := make([]byte, 0, chunk.MaxEncoded)
-		return func(ctx context.Context, i int) error {
-			d := digests[i]
-			ref := where[d]
-			if err := readChunk(ref, raw[:ref.size]); err != nil {
-				return err
-			}
-			enc = chunk.Encode(enc, raw[:ref.size])
-			// The registry verifies every chunk against its digest, so a file
-			// modified during the push fails here rather than publishing junk.
-			if err := r.putChunk(ctx, upload, d, enc); err != nil {
-				var fe *FailError
-				if errors.As(err, &fe) && strings.Contains(fe.Message, "content hashes to") {
-					err = fmt.Errorf("push: %s changed while pushing (chunk at offset %d): %w", ref.path, ref.offset, err)
-				}
-				return err
-			}
-			m.add(ref.size, int64(len(enc)), true)
-			return nil
-		}
-	})
 }
 
 func readChunk(ref chunkRef, buf []byte) error {

@@ -59,7 +59,10 @@ func NewRegistry(base string) (*Registry, error) {
 	if err != nil || u.Scheme == "" || u.Host == "" {
 		return nil, fmt.Errorf("registry URL %q: want http(s)://host:port", base)
 	}
-	return &Registry{base: strings.TrimRight(base, "/"), http: &http.Client{Transport: newTransport(64)}, Retry: retry.Default}, nil
+	t := newTransport(64)
+	// Chunk bodies are MiBs: write and read them in large pieces.
+	t.WriteBufferSize, t.ReadBufferSize = 256<<10, 256<<10
+	return &Registry{base: strings.TrimRight(base, "/"), http: &http.Client{Transport: t}, Retry: retry.Default}, nil
 }
 
 // UseTLS sets how the client trusts the registry.
@@ -109,7 +112,7 @@ func (r *Registry) call(ctx context.Context, method, path string, in, out any) e
 		if err != nil {
 			return err
 		}
-		return decodeEnvelope(resp, out, method+" "+path)
+		return decodeRegistryEnvelope(resp, out, method+" "+path)
 	})
 }
 
@@ -212,7 +215,7 @@ func (r *Registry) putChunk(ctx context.Context, upload, digest string, encoded 
 		if err != nil {
 			return err
 		}
-		return decodeEnvelope(resp, nil, "PUT chunk")
+		return decodeRegistryEnvelope(resp, nil, "PUT chunk")
 	})
 }
 

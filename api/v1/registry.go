@@ -45,6 +45,19 @@ type MissingResponse struct {
 	Missing []string `json:"missing"`
 }
 
+// PackResponse reports a pack upload: chunks in the request, chunks the
+// registry stored (the others it had) and their encoded bytes.
+type PackResponse struct {
+	Chunks      int   `json:"chunks"`
+	Stored      int   `json:"stored"`
+	StoredBytes int64 `json:"stored_bytes"`
+}
+
+// FetchRequest names chunks to stream back as frames.
+type FetchRequest struct {
+	Digests []string `json:"digests"`
+}
+
 // Upload is a push's lease: chunks it relies on are safe from GC while it lives.
 type Upload struct {
 	ID      string    `json:"upload_id"`

@@ -122,12 +122,7 @@ func TestPullFailureReplaces(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Damage every chunk in the registry's store: every pull fails verification.
-	chunks, _ := filepath.Glob(filepath.Join(c.Dir, "registry", "chunks", "*", "*"))
-	for _, p := range chunks {
-		data, _ := os.ReadFile(p)
-		data[len(data)/2] ^= 0xff
-		os.WriteFile(p, data, 0o644)
-	}
+	damagePacks(t, filepath.Join(c.Dir, "registry"))
 	base := c.Controllers[0].URL + "/api/v1"
 	id := ok(t, "POST", base+"/vm", `{"vmid":"`+res.TemplateID+`"}`).([]any)[0].(string)
 	in := c.WaitState(id, apiv1.StateError, 20*time.Second)

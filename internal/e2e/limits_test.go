@@ -124,7 +124,7 @@ func TestLowSpaceFreesAbortedPushesSoon(t *testing.T) {
 	}
 	chunks := func() int {
 		n := 0
-		filepath.WalkDir(filepath.Join(dir, "chunks"), func(_ string, e os.DirEntry, _ error) error {
+		filepath.WalkDir(filepath.Join(dir, "packs"), func(_ string, e os.DirEntry, _ error) error {
 			if e != nil && !e.IsDir() {
 				n++
 			}

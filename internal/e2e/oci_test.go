@@ -232,7 +232,7 @@ func TestOCISharesChunksWithTemplates(t *testing.T) {
 	}
 	countChunks := func() int {
 		n := 0
-		filepath.WalkDir(filepath.Join(store, "chunks"), func(_ string, d os.DirEntry, _ error) error {
+		filepath.WalkDir(filepath.Join(store, "packs"), func(_ string, d os.DirEntry, _ error) error {
 			if d != nil && !d.IsDir() {
 				n++
 			}

@@ -35,6 +35,8 @@ var registryAccess = map[string][]registryCase{
 	"PUT /registry/corral/v1/chunks/{digest}": {{"PUT", "/registry/corral/v1/chunks/" + zeroDigest, "push *"}},
 	"GET /registry/corral/v1/chunks/{digest}": {{"GET", "/registry/corral/v1/chunks/" + zeroDigest, "pull *"}},
 	"POST /registry/corral/v1/commit":         {{"POST", "/registry/corral/v1/commit", "push *"}},
+	"POST /registry/corral/v1/packs":          {{"POST", "/registry/corral/v1/packs", "push *"}},
+	"POST /registry/corral/v1/chunks/fetch":   {{"POST", "/registry/corral/v1/chunks/fetch", "pull *"}},
 	"GET /registry/corral/v1/manifest":        {{"GET", "/registry/corral/v1/manifest?id=x", "pull *"}},
 	"/registry/":                              {{"GET", "/registry/nothing", "pull *"}, {"POST", "/registry/nothing", "push *"}},
 	"GET /v2/token":                           {{"GET", "/v2/token", "token"}},

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	mrand "math/rand"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -47,6 +48,22 @@ func makeImage(t *testing.T, path string, size int64, dataAtMiB ...int64) {
 		if _, err := f.WriteAt(buf, mib*chunk.Size); err != nil {
 			t.Fatal(err)
 		}
+	}
+}
+
+// damagePacks flips a data byte of the first chunk of every pack in a
+// registry's store (its index stays readable, so the damage is found when
+// the chunk is verified).
+func damagePacks(t *testing.T, store string) {
+	t.Helper()
+	packs, _ := filepath.Glob(filepath.Join(store, "packs", "*.pack"))
+	if len(packs) == 0 {
+		t.Fatalf("no packs in %s", store)
+	}
+	for _, p := range packs {
+		data, _ := os.ReadFile(p)
+		data[1] ^= 0x55
+		os.WriteFile(p, data, 0o644)
 	}
 }
 
@@ -202,16 +219,30 @@ func TestPullResumes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// A proxy that breaks after 15 chunk downloads, like a dropped link.
+	// A proxy whose link drops after 15 chunks have streamed through it.
 	target, _ := url.Parse(reg.URL)
 	proxy := httputil.NewSingleHostReverseProxy(target)
 	var served atomic.Int64
 	flaky := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if strings.Contains(r.URL.Path, "/chunks/") && served.Add(1) > 15 {
-			http.Error(w, "link down", http.StatusBadGateway)
+		if !strings.HasSuffix(r.URL.Path, "/chunks/fetch") {
+			proxy.ServeHTTP(w, r)
 			return
 		}
-		proxy.ServeHTTP(w, r)
+		resp, err := http.Post(reg.URL+r.URL.Path, "application/json", r.Body)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadGateway)
+			return
+		}
+		defer resp.Body.Close()
+		w.Header().Set("Content-Type", resp.Header.Get("Content-Type"))
+		for {
+			d, enc, err := chunk.ReadFrame(resp.Body, nil)
+			if err != nil || served.Add(1) > 15 {
+				panic(http.ErrAbortHandler) // the link drops
+			}
+			hdr, _ := chunk.AppendFrameHeader(nil, d, len(enc))
+			w.Write(append(hdr, enc...))
+		}
 	}))
 	defer flaky.Close()
 	cut, _ := client.NewRegistry(flaky.URL)
@@ -233,9 +264,11 @@ func TestPullResumes(t *testing.T) {
 	}
 }
 
-// TestRegistryKilledMidPush: a real registry process is SIGKILLed during a
-// push; after a restart no half tag is listed, and re-running the push sends
-// only what had not arrived.
+// TestRegistryKilledMidPush: a real registry process is SIGKILLed in the
+// middle of a pack upload, at a random byte of the body (seeded, logged),
+// in several rounds. After each restart no half tag is listed, every tag
+// committed before pulls whole, and re-running the push sends only what had
+// not arrived.
 func TestRegistryKilledMidPush(t *testing.T) {
 	bin := corralBinary(t)
 	store := t.TempDir()
@@ -244,15 +277,17 @@ func TestRegistryKilledMidPush(t *testing.T) {
 	ln.Close()
 	rc, _ := client.NewRegistry("http://" + addr)
 	rc.Retry = retry.Policy{Attempts: 1, PerAttempt: time.Minute}
-	start := func() *exec.Cmd {
+	var proc atomic.Pointer[exec.Cmd]
+	start := func() {
 		cmd := exec.Command(bin, "registry", "--listen", addr, "--data-dir", store)
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+		proc.Store(cmd)
 		for deadline := time.Now().Add(10 * time.Second); ; {
 			if _, err := rc.Status(context.Background()); err == nil {
-				return cmd
+				return
 			}
 			if time.Now().After(deadline) {
 				t.Fatal("registry did not start")
@@ -260,44 +295,110 @@ func TestRegistryKilledMidPush(t *testing.T) {
 			time.Sleep(50 * time.Millisecond)
 		}
 	}
-	proc := start()
-	src := newVMDir(t, allMiB(64)...)
-	// The client talks through a proxy that SIGKILLs the registry process
-	// when the 21st chunk upload arrives: a crash at a known point mid-push.
+	start()
+	seed := time.Now().UnixNano()
+	t.Logf("kill points from seed %d", seed)
+	rnd := mrand.New(mrand.NewSource(seed))
+
+	// The client talks through a proxy that SIGKILLs the registry when the
+	// killPack-th pack upload has sent a random part of its body.
 	target, _ := url.Parse("http://" + addr)
 	proxy := httputil.NewSingleHostReverseProxy(target)
-	var puts atomic.Int64
+	var packs, killPack atomic.Int64
+	var killPermille atomic.Int64
 	front := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.Method == http.MethodPut && puts.Add(1) == 21 {
-			_ = proc.Process.Kill()
-			_ = proc.Wait()
+		if r.Method == http.MethodPost && strings.HasSuffix(r.URL.Path, "/packs") && packs.Add(1) == killPack.Load() {
+			at := max(1, r.ContentLength*killPermille.Load()/1000)
+			t.Logf("killing the registry after %d of %d bytes of pack upload %d", at, r.ContentLength, killPack.Load())
+			r.Body = &killingBody{r: r.Body, left: at, kill: func() {
+				_ = proc.Load().Process.Kill()
+				_ = proc.Load().Wait()
+			}}
 		}
 		proxy.ServeHTTP(w, r)
 	}))
 	defer front.Close()
 	viaProxy, _ := client.NewRegistry(front.URL)
 	viaProxy.Retry = retry.Policy{Attempts: 1, PerAttempt: time.Minute}
-	_, err := viaProxy.Push(context.Background(), client.PushOptions{Source: src, Template: "big", Tag: "v1", Concurrency: 1})
-	if err == nil {
-		t.Fatal("push survived its registry being killed")
+
+	src := t.TempDir()
+	os.WriteFile(filepath.Join(src, "config.json"), []byte(`{"arch":"amd64"}`), 0o644)
+	makeImage(t, filepath.Join(src, "disk.img"), 192*chunk.Size, allMiB(192)...)
+	pushed := map[string]string{} // tag -> a copy of what it holds
+	for round := range 3 {
+		tag := fmt.Sprint("v", round)
+		if round > 0 {
+			makeChanged(t, filepath.Join(src, "disk.img"), 70, 100, 130) // new chunks in every window
+		}
+		// Round 0 sends config, disk windows 0, 1, 2: kill in window 1. Later
+		// rounds send only the changed windows 1 and 2: kill in the first.
+		packs.Store(0)
+		killPack.Store(map[bool]int64{true: 3, false: 1}[round == 0])
+		killPermille.Store(1 + rnd.Int63n(998))
+		if _, err := viaProxy.Push(context.Background(), client.PushOptions{Source: src, Template: "big", Tag: tag, Concurrency: 1}); err == nil {
+			t.Fatal("push survived its registry being killed")
+		}
+		start()
+		if id, err := rc.FindTemplate(context.Background(), "big"); round == 0 && err == nil {
+			t.Fatal("after a crash mid-push the registry lists the template")
+		} else if round > 0 {
+			d, err := rc.Template(context.Background(), id)
+			if err != nil || len(d.Versions) != round {
+				t.Fatalf("round %d: after a crash mid-push the template has %d tags (err %v), want %d", round, len(d.Versions), err, round)
+			}
+		}
+		res, err := rc.Push(context.Background(), client.PushOptions{Source: src, Template: "big", Tag: tag})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if res.SentChunks > res.UniqueChunks-64 && round == 0 {
+			t.Fatalf("re-run sent %d of %d chunks; the first run had stored at least 64", res.SentChunks, res.UniqueChunks)
+		}
+		pushed[tag] = copyTree(t, src)
+		for tag, want := range pushed {
+			dest := t.TempDir()
+			if _, err := rc.Pull(context.Background(), client.PullOptions{TemplateID: res.TemplateID, Tag: tag, Dest: dest}); err != nil {
+				t.Fatalf("round %d: pull %s: %v", round, tag, err)
+			}
+			if fileSum(t, filepath.Join(dest, "disk.img")) != fileSum(t, filepath.Join(want, "disk.img")) {
+				t.Fatalf("round %d: tag %s pulls different bytes", round, tag)
+			}
+		}
 	}
-	start()
-	list, err := rc.Templates(context.Background())
-	if err != nil || len(list) != 0 {
-		t.Fatalf("after a crash mid-push the registry lists %v (err %v)", list, err)
+}
+
+// killingBody kills a process once left bytes have been read through it.
+type killingBody struct {
+	r    io.ReadCloser
+	left int64
+	kill func()
+}
+
+func (k *killingBody) Read(p []byte) (int, error) {
+	if k.left <= 0 {
+		k.kill()
+		return 0, errors.New("registry killed")
 	}
-	res, err := rc.Push(context.Background(), client.PushOptions{Source: src, Template: "big", Tag: "v1"})
-	if err != nil {
-		t.Fatal(err)
+	n, err := k.r.Read(p[:min(int64(len(p)), k.left)])
+	k.left -= int64(n)
+	return n, err
+}
+
+func (k *killingBody) Close() error { return k.r.Close() }
+
+// copyTree copies a directory's regular files.
+func copyTree(t *testing.T, src string) string {
+	t.Helper()
+	dst := t.TempDir()
+	entries, _ := os.ReadDir(src)
+	for _, e := range entries {
+		data, err := os.ReadFile(filepath.Join(src, e.Name()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		os.WriteFile(filepath.Join(dst, e.Name()), data, 0o644)
 	}
-	if res.SentChunks > res.UniqueChunks-20 {
-		t.Fatalf("re-run sent %d of %d chunks; the first run had stored at least 20", res.SentChunks, res.UniqueChunks)
-	}
-	dest := t.TempDir()
-	if _, err := rc.Pull(context.Background(), client.PullOptions{TemplateID: res.TemplateID, Dest: dest}); err != nil {
-		t.Fatal(err)
-	}
-	sameFiles(t, src, dest)
+	return dst
 }
 
 // TestConcurrentPushesAndGC: two overlapping pushes at once, then a delete +
@@ -375,12 +476,7 @@ func TestCorruptChunkDetected(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	chunks, _ := filepath.Glob(filepath.Join(store, "chunks", "*", "*"))
-	for _, p := range chunks {
-		data, _ := os.ReadFile(p)
-		data[len(data)/2] ^= 0x55
-		os.WriteFile(p, data, 0o644)
-	}
+	damagePacks(t, store)
 	_, err = rc.Pull(context.Background(), client.PullOptions{TemplateID: res.TemplateID, Dest: t.TempDir()})
 	if err == nil || !strings.Contains(err.Error(), "damaged") || !errors.Is(err, chunk.ErrCorrupt) {
 		t.Fatalf("pull of corrupt chunk: %v", err)
@@ -506,8 +602,8 @@ func TestS3Replicas(t *testing.T) {
 	}
 	sameFiles(t, src, dest)
 	// Objects really live in the bucket, under the prefix.
-	if _, err := os.Stat(filepath.Join(srv.Root, srv.Bucket, "shared", "chunks")); err != nil {
-		t.Fatalf("no chunks under the bucket prefix: %v", err)
+	if _, err := os.Stat(filepath.Join(srv.Root, srv.Bucket, "shared", "packs")); err != nil {
+		t.Fatalf("no packs under the bucket prefix: %v", err)
 	}
 }
 
@@ -639,4 +735,36 @@ func TestTagNumbersFromZero(t *testing.T) {
 		t.Fatalf("latest started %+v", got)
 	}
 	fail(t, "POST", base+"/vm", `{"vmid":"`+id+`","version":-1}`, 200, "version: must be an integer from 0 to 2147483648")
+}
+
+// TestPushResendsWhatCommitFindsMissing: chunks lost between upload and
+// commit (a registry volume restored, an operator's cleanup) are sent
+// again when the commit names them. The registry's 409 used to reach the
+// push as the agent protocol's "node lease expired".
+func TestPushResendsWhatCommitFindsMissing(t *testing.T) {
+	store := t.TempDir()
+	reg := testenv.StartRegistry(t, store)
+	rc, _ := client.NewRegistry(reg.URL)
+	src := newVMDir(t, 1, 2, 3)
+	res, err := rc.Push(context.Background(), client.PushOptions{Source: src, Template: "lost", Tag: "v1",
+		BeforeCommit: func(context.Context) error {
+			packs, _ := filepath.Glob(filepath.Join(store, "packs", "*.pack"))
+			for _, p := range packs {
+				if err := os.Remove(p); err != nil {
+					return err
+				}
+			}
+			return nil
+		}})
+	if err != nil {
+		t.Fatalf("push whose chunks vanished before the commit: %v", err)
+	}
+	if res.SentChunks != 2*res.UniqueChunks {
+		t.Fatalf("sent %d chunks for %d unique, want each sent twice", res.SentChunks, res.UniqueChunks)
+	}
+	dest := t.TempDir()
+	if _, err := rc.Pull(context.Background(), client.PullOptions{TemplateID: res.TemplateID, Dest: dest}); err != nil {
+		t.Fatal(err)
+	}
+	sameFiles(t, src, dest)
 }

@@ -17,13 +17,14 @@ import (
 // GCStats reports what a GC run did.
 type GCStats struct {
 	Referenced     int   // chunks referenced by tags or recent commits
-	Condemned      int   // chunks moved to trash this run
-	Deleted        int   // chunks deleted from trash (condemned at least Grace ago)
+	Condemned      int   // chunks condemned this run (loose ones to trash, packed ones with their pack)
+	Deleted        int   // chunks deleted (condemned at least Grace ago)
 	Rescued        int   // trashed chunks and records referenced again
 	BytesFreed     int64 // bytes of deleted chunks
 	UploadsPurged  int   // stale upload leases and unfinished writes removed
 	ManifestsFreed int   // manifests and OCI blob records deleted from the attic
 	MetaCondemned  int   // manifests and OCI blob records moved to the attic this run
+	PacksRewritten int   // packs whose live chunks were copied into new packs
 }
 
 // ErrGCRunning means another replica holds the GC lock.
@@ -76,6 +77,9 @@ func (r *Registry) GCWithGrace(ctx context.Context, grace time.Duration) (GCStat
 		return s, err
 	}
 	s.Referenced = len(live.chunks)
+	if err := r.markAtticPacks(ctx, live); err != nil {
+		return s, err
+	}
 
 	if err := r.sweepAttic(ctx, now.Add(-grace), live, &s); err != nil {
 		return s, err
@@ -84,6 +88,9 @@ func (r *Registry) GCWithGrace(ctx context.Context, grace time.Duration) (GCStat
 		return s, err
 	}
 	if err := r.condemnChunks(ctx, protectSince, live, &s); err != nil {
+		return s, err
+	}
+	if err := r.collectPacks(ctx, protectSince, live, &s); err != nil {
 		return s, err
 	}
 	for _, p := range live.candidates {
@@ -129,6 +136,11 @@ func (r *Registry) sweepAttic(ctx context.Context, condemnedBefore time.Time, li
 		}
 		if err := r.st.Delete(ctx, p); err != nil {
 			return fmt.Errorf("gc: %w", err)
+		}
+		if pack, ok := r.atticPack(p); ok {
+			s.Deleted += pack.deadEntries(live)
+			s.BytesFreed += info.Size
+			continue
 		}
 		s.ManifestsFreed++
 	}

@@ -121,7 +121,7 @@ func TestOpenChunkIOErrorIsNotNotFound(t *testing.T) {
 	if s, err := r.GC(ctx); err != nil || s.Condemned != 1 {
 		t.Fatalf("GC: %+v %v", s, err)
 	}
-	fb.FailNth(faulty.Rename, "trash/", 1)
+	fb.FailNth(faulty.Rename, "attic/packs/", 1)
 	_, _, err := r.OpenChunk(ctx, d[0], 0)
 	if err == nil || errors.Is(err, registry.ErrNotFound) || !errors.Is(err, faulty.ErrInjected) {
 		t.Fatalf("OpenChunk with a failing rescue: %v, want the I/O error and not ErrNotFound", err)

@@ -234,17 +234,39 @@ func (r *Registry) ociWrite(ctx context.Context, id string, u *ociUpload, body i
 		}
 		buf = slices.Grow(buf, chunk.Size-len(buf))
 	}
-	var enc, scratch []byte
+	// Chunks go into packs (a new one every PackTarget bytes), each hashed
+	// once here; the session is written only after its packs landed.
+	var enc []byte
+	var pack *packWriter
+	defer func() {
+		if pack != nil {
+			pack.abort(errors.New("upload write failed"))
+		}
+	}()
+	lk := newLookups(false)
 	flush := func() error {
 		d := ""
 		if !chunk.IsZero(buf) {
 			d = chunk.Digest(buf)
-			enc = chunk.Encode(enc, buf)
-			if scratch == nil {
-				scratch = make([]byte, 0, chunk.Size)
-			}
-			if err := r.PutChunk(ctx, d, enc, scratch); err != nil {
+			ok, err := r.ensureChunk(ctx, d, lk)
+			if err != nil {
 				return fmt.Errorf("upload %s: %w", id, err)
+			}
+			if !ok {
+				if pack == nil {
+					pack = r.packs.create(ctx)
+				}
+				enc = chunk.Encode(enc, buf)
+				if err := pack.add(d, enc); err != nil {
+					return fmt.Errorf("upload %s: %w", id, err)
+				}
+				if pack.size() >= PackTarget {
+					err := pack.close()
+					pack = nil
+					if err != nil {
+						return fmt.Errorf("upload %s: %w", id, err)
+					}
+				}
 			}
 		}
 		u.Chunks = append(u.Chunks, d)
@@ -273,6 +295,13 @@ func (r *Registry) ociWrite(ctx context.Context, id string, u *ociUpload, body i
 	if final && len(buf) > 0 {
 		if err := flush(); err != nil {
 			return err
+		}
+	}
+	if pack != nil {
+		err := pack.close()
+		pack = nil
+		if err != nil {
+			return fmt.Errorf("upload %s: %w", id, err)
 		}
 	}
 	state, _ := h.(encoding.BinaryMarshaler).MarshalBinary()
@@ -469,20 +498,16 @@ func (r *Registry) OCIOpenBlob(ctx context.Context, repo, digest string, offset,
 
 func (r *Registry) writeBlob(ctx context.Context, w io.Writer, b ociBlob, from, to int64) error {
 	zero := make([]byte, chunk.Size)
-	var raw []byte
+	var raw, encBuf []byte
 	for i := from / chunk.Size; i < int64(len(b.Chunks)) && i*chunk.Size < to; i++ {
 		lo, hi := i*chunk.Size, min((i+1)*chunk.Size, b.Size)
 		data := zero[:hi-lo]
 		if d := b.Chunks[i]; d != "" {
-			rc, _, err := r.OpenChunk(ctx, d, 0)
+			enc, err := r.ReadChunk(ctx, d, encBuf)
 			if err != nil {
 				return fmt.Errorf("blob chunk %s: %w", d, err)
 			}
-			enc, err := io.ReadAll(io.LimitReader(rc, chunk.MaxEncoded))
-			rc.Close()
-			if err != nil {
-				return err
-			}
+			encBuf = enc
 			if raw, err = chunk.Decode(raw, enc, d); err != nil {
 				return fmt.Errorf("blob chunk %s: %w", d, err)
 			}

@@ -5,8 +5,10 @@
 //
 // Storage layout:
 //
-//	chunks/<aa>/<digest>                 encoded chunk (format byte + data)
-//	trash/<aa>/<digest>                  chunk condemned by GC, deleted next run unless rescued
+//	packs/<id>.pack                      encoded chunks (format byte + data) with their index (pack.go)
+//	attic/packs/<id>.pack                pack condemned by GC, deleted a grace period later unless rescued
+//	chunks/<aa>/<digest>                 loose chunk, as stores before packs wrote them
+//	trash/<aa>/<digest>                  loose chunk condemned by GC, deleted next run unless rescued
 //	manifests/<digest>.json              immutable manifest
 //	names/<template name>                template id (exclusive create: one id per name)
 //	templates/<id>/template.json         {id, name, arch}
@@ -27,7 +29,6 @@ import (
 	"time"
 
 	apiv1 "github.com/corral-build/corral/api/v1"
-	"github.com/corral-build/corral/internal/registry/chunk"
 	"github.com/corral-build/corral/internal/registry/storage"
 )
 
@@ -61,11 +62,14 @@ type Registry struct {
 	Grace time.Duration
 	// UploadTTL is how long an upload lease lives without activity.
 	UploadTTL time.Duration
+
+	packs *packIndex
+	loose looseState
 }
 
 // New returns a Registry over st.
 func New(st storage.Backend, log *slog.Logger) *Registry {
-	return &Registry{st: st, log: log, Grace: time.Hour, UploadTTL: 24 * time.Hour}
+	return &Registry{st: st, log: log, Grace: time.Hour, UploadTTL: 24 * time.Hour, packs: newPackIndex(st, log)}
 }
 
 // Backend exposes the storage for disk usage.
@@ -101,98 +105,6 @@ func (r *Registry) writeJSON(ctx context.Context, path string, v any, mode stora
 		return err
 	}
 	return r.st.Put(ctx, path, bytes.NewReader(data), mode)
-}
-
-// Missing returns the digests the store lacks. Present chunks are touched, so
-// GC keeps them while the push that asked is under way.
-func (r *Registry) Missing(ctx context.Context, digests []string) ([]string, error) {
-	var missing []string
-	for _, d := range digests {
-		if !chunk.ValidDigest(d) {
-			return nil, &InvalidError{"digests", fmt.Sprintf("%q is not a sha256 hex digest", d)}
-		}
-		ok, err := r.ensureChunk(ctx, d)
-		if err != nil {
-			return nil, err
-		}
-		if !ok {
-			missing = append(missing, d)
-		}
-	}
-	return missing, nil
-}
-
-// ensureChunk reports whether the chunk exists, rescuing it from GC's trash
-// and refreshing its modification time. An empty chunk file (what a power
-// loss can leave of a chunk written just before it) counts as missing.
-func (r *Registry) ensureChunk(ctx context.Context, d string) (bool, error) {
-	info, err := r.st.Stat(ctx, chunkPath(d))
-	if err == nil && info.Size <= 1 {
-		_ = r.st.Delete(ctx, chunkPath(d))
-		err = storage.ErrNotFound
-	}
-	if err == nil {
-		err = r.st.Touch(ctx, chunkPath(d))
-	}
-	if err == nil {
-		return true, nil
-	}
-	if !errors.Is(err, storage.ErrNotFound) {
-		return false, err
-	}
-	if err := r.st.Rename(ctx, trashPath(d), chunkPath(d)); err != nil {
-		if errors.Is(err, storage.ErrNotFound) {
-			return false, nil
-		}
-		return false, err
-	}
-	r.log.Info("chunk rescued from GC trash", "digest", d)
-	return true, r.st.Touch(ctx, chunkPath(d))
-}
-
-// PutChunk verifies an encoded chunk against its digest and stores it.
-// Concurrent puts of one chunk are safe: both write the same bytes atomically.
-func (r *Registry) PutChunk(ctx context.Context, digest string, encoded []byte, scratch []byte) error {
-	if !chunk.ValidDigest(digest) {
-		return &InvalidError{"digest", fmt.Sprintf("%q is not a sha256 hex digest", digest)}
-	}
-	if len(encoded) > chunk.MaxEncoded {
-		return &InvalidError{"chunk", fmt.Sprintf("%d bytes, more than the %d-byte limit", len(encoded), chunk.MaxEncoded)}
-	}
-	raw, err := chunk.Decode(scratch, encoded, digest)
-	if err != nil {
-		return &InvalidError{"chunk", err.Error()}
-	}
-	if chunk.IsZero(raw) {
-		return &InvalidError{"chunk", "all-zero chunks are implicit; list them as \"\" in the manifest"}
-	}
-	if ok, err := r.ensureChunk(ctx, digest); err != nil || ok {
-		return err
-	}
-	return r.st.Put(ctx, chunkPath(digest), bytes.NewReader(encoded), storage.Unsynced)
-}
-
-// OpenChunk returns an encoded chunk from offset.
-func (r *Registry) OpenChunk(ctx context.Context, digest string, offset int64) (io.ReadCloser, int64, error) {
-	if !chunk.ValidDigest(digest) {
-		return nil, 0, &InvalidError{"digest", fmt.Sprintf("%q is not a sha256 hex digest", digest)}
-	}
-	info, err := r.st.Stat(ctx, chunkPath(digest))
-	if errors.Is(err, storage.ErrNotFound) {
-		ok, rerr := r.ensureChunk(ctx, digest)
-		if rerr != nil {
-			return nil, 0, fmt.Errorf("chunk %s: %w", digest, rerr) // an I/O error is not a 404
-		}
-		if !ok {
-			return nil, 0, ErrNotFound
-		}
-		info, err = r.st.Stat(ctx, chunkPath(digest))
-	}
-	if err != nil {
-		return nil, 0, err
-	}
-	rc, err := r.st.Open(ctx, chunkPath(digest), offset)
-	return rc, info.Size, err
 }
 
 // StartUpload opens an upload lease.

@@ -8,7 +8,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"path"
 	"slices"
 	"strings"
@@ -319,6 +318,7 @@ func (r *Registry) Commit(ctx context.Context, req apiv1.CommitRequest) (apiv1.C
 	r.TouchUpload(ctx, req.UploadID)
 	var missing []string
 	seen := map[string]bool{}
+	lk := newLookups(true)
 	var size int64
 	for _, f := range req.Manifest.Files {
 		size += f.Size
@@ -330,7 +330,7 @@ func (r *Registry) Commit(ctx context.Context, req apiv1.CommitRequest) (apiv1.C
 			if err := ctx.Err(); err != nil {
 				return apiv1.CommitResponse{}, err // the client went away: stop the work
 			}
-			ok, err := r.ensureChunk(ctx, d)
+			ok, err := r.ensureChunk(ctx, d, lk)
 			if err != nil {
 				return apiv1.CommitResponse{}, err
 			}
@@ -519,12 +519,7 @@ func (r *Registry) VMInfo(ctx context.Context, id, tag string) (map[string]any, 
 				data = append(data, make([]byte, n)...)
 				continue
 			}
-			rc, _, err := r.OpenChunk(ctx, d, 0)
-			if err != nil {
-				return nil, fmt.Errorf("config file %s: %w", f.Name, err)
-			}
-			enc, err := io.ReadAll(io.LimitReader(rc, 2*chunk.Size))
-			rc.Close()
+			enc, err := r.ReadChunk(ctx, d, nil)
 			if err != nil {
 				return nil, fmt.Errorf("config file %s: %w", f.Name, err)
 			}

@@ -82,22 +82,34 @@ const probeSize = 64 << 10
 
 // Encode returns the wire/storage form of data, compressed only when that
 // saves at least an eighth (incompressible data is not worth the CPU on
-// pull). A 64 KiB probe decides first, so incompressible chunks, most of a
-// disk image's bytes, cost 1/16 of a full compression attempt.
+// pull).
 func Encode(dst, data []byte) []byte {
+	if out, ok := Compress(dst, data); ok {
+		return out
+	}
+	return append(append(dst[:0], formatRaw), data...)
+}
+
+// Compress returns the compressed form of data (format byte included) when
+// it saves at least an eighth; otherwise ok is false and the raw form (a 0
+// byte, then data) is what to send. A 64 KiB probe decides first, so
+// incompressible chunks, most of a disk image's bytes, cost 1/16 of a full
+// compression attempt.
+func Compress(dst, data []byte) (out []byte, ok bool) {
 	enc := encoders.Get().(*zstd.Encoder)
 	defer encoders.Put(enc)
 	if len(data) > 2*probeSize {
 		probe := enc.EncodeAll(data[:probeSize], dst[:0])
 		if len(probe) > probeSize-probeSize/8 {
-			return append(append(dst[:0], formatRaw), data...)
+			return probe[:0], false
 		}
+		dst = probe
 	}
-	out := enc.EncodeAll(data, append(dst[:0], formatZstd))
+	out = enc.EncodeAll(data, append(dst[:0], formatZstd))
 	if len(out)-1 <= len(data)-len(data)/8 {
-		return out
+		return out, true
 	}
-	return append(append(out[:0], formatRaw), data...)
+	return out[:0], false
 }
 
 // ErrCorrupt means a chunk's bytes do not match its digest.
@@ -131,6 +143,23 @@ func Decode(dst, encoded []byte, digest string) ([]byte, error) {
 		return nil, fmt.Errorf("%w: content hashes to %s, not %s", ErrCorrupt, got[:12], digest[:min(12, len(digest))])
 	}
 	return raw, nil
+}
+
+// Verify checks an encoded chunk against digest and returns its raw bytes:
+// a raw chunk is hashed where it lies (no copy), a compressed one is
+// decoded into scratch.
+func Verify(encoded []byte, digest string, scratch []byte) ([]byte, error) {
+	if len(encoded) > 0 && encoded[0] == formatRaw {
+		raw := encoded[1:]
+		if len(raw) > Size {
+			return nil, fmt.Errorf("%w: %d bytes, more than the chunk size", ErrCorrupt, len(raw))
+		}
+		if got := Digest(raw); got != digest {
+			return nil, fmt.Errorf("%w: content hashes to %s, not %s", ErrCorrupt, got[:12], digest[:min(12, len(digest))])
+		}
+		return raw, nil
+	}
+	return Decode(scratch, encoded, digest)
 }
 
 // Count is the number of chunks of a file of size bytes.

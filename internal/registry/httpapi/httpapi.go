@@ -88,6 +88,8 @@ func (a *api) routes(g *guard) []route {
 	add("DELETE /registry/corral/v1/uploads/{id}", h(a.endUpload))
 	add("POST /registry/corral/v1/chunks/missing", h(a.missing))
 	add("PUT /registry/corral/v1/chunks/{digest}", h(a.putChunk))
+	add("POST /registry/corral/v1/packs", h(a.putPack))
+	add("POST /registry/corral/v1/chunks/fetch", http.HandlerFunc(a.fetch))
 	add("GET /registry/corral/v1/chunks/{digest}", http.HandlerFunc(a.getChunk))
 	add("POST /registry/corral/v1/commit", h(a.commit))
 	add("GET /registry/corral/v1/manifest", h(a.manifest))
@@ -345,6 +347,68 @@ func (a *api) putChunk(r *http.Request) (any, error) {
 	}
 	a.reg.TouchUpload(r.Context(), r.URL.Query().Get("upload"))
 	return noBody{}, a.reg.PutChunk(r.Context(), r.PathValue("digest"), data, (*scratch)[:0])
+}
+
+// putPack stores a stream of chunk frames (up to registry.MaxPackRequest
+// bytes) as one pack.
+func (a *api) putPack(r *http.Request) (any, error) {
+	if r.ContentLength > registry.MaxPackRequest {
+		return nil, &registry.InvalidError{Field: "body", Reason: fmt.Sprintf("%d bytes, more than the %d-byte limit", r.ContentLength, registry.MaxPackRequest)}
+	}
+	a.reg.TouchUpload(r.Context(), r.URL.Query().Get("upload"))
+	body := &limitedBody{r: r.Body, left: registry.MaxPackRequest}
+	s, err := a.reg.PutChunks(r.Context(), body)
+	if body.over {
+		return nil, &registry.InvalidError{Field: "body", Reason: fmt.Sprintf("more than the %d-byte limit", registry.MaxPackRequest)}
+	}
+	return apiv1.PackResponse{Chunks: s.Chunks, Stored: s.Stored, StoredBytes: s.Encoded}, err
+}
+
+// limitedBody fails a read past its limit (and remembers that it did).
+type limitedBody struct {
+	r    io.Reader
+	left int64
+	over bool
+}
+
+func (l *limitedBody) Read(p []byte) (int, error) {
+	if l.left <= 0 {
+		var one [1]byte
+		if n, _ := l.r.Read(one[:]); n > 0 {
+			l.over = true
+			return 0, errors.New("request body over its limit")
+		}
+		return 0, io.EOF
+	}
+	n, err := l.r.Read(p[:min(int64(len(p)), l.left)])
+	l.left -= int64(n)
+	return n, err
+}
+
+// fetch streams the chunks a body {"digests"} names as frames (at most
+// registry.MaxFetchChunks): every digest is checked before the first byte.
+func (a *api) fetch(w http.ResponseWriter, r *http.Request) {
+	var req apiv1.FetchRequest
+	err := decode(r, registry.MaxFetchChunks*80+1024, &req)
+	var plan *registry.FetchPlan
+	if err == nil {
+		plan, err = a.reg.PlanFetch(r.Context(), req.Digests)
+	}
+	if err != nil {
+		code, env := a.failure(r, err)
+		if errors.Is(err, registry.ErrNotFound) {
+			code, env.Message = http.StatusNotFound, err.Error()
+		}
+		writeJSON(w, code, env)
+		return
+	}
+	w.Header().Set("Content-Type", "application/octet-stream")
+	if err := a.reg.Stream(r.Context(), plan, w); err != nil && r.Context().Err() == nil {
+		// Headers are out: cut the stream so the client sees it short and
+		// asks again for what it did not get.
+		a.log.Warn("chunk stream broken", "err", err)
+		panic(http.ErrAbortHandler)
+	}
 }
 
 func readLimited(r io.Reader, buf []byte, limit int) ([]byte, error) {
