@@ -82,7 +82,8 @@ func (r *Registry) Push(ctx context.Context, opts PushOptions) (PushResult, erro
 	}
 	defer r.endUpload(context.WithoutCancel(ctx), upload.ID)
 	m.begin("uploading", res.TotalBytes)
-	p := &pusher{r: r, upload: upload.ID, m: m, where: map[string]chunkRef{}}
+	p := &pusher{r: r, upload: upload.ID, m: m, where: map[string]chunkRef{}, bases: r.previousTag(ctx, opts.Template)}
+	p.deltas.Store(len(p.bases) > 0)
 	if err := p.run(ctx, files, opts.Concurrency); err != nil {
 		return res, err
 	}
@@ -245,4 +246,23 @@ func readChunk(ref chunkRef, buf []byte) error {
 		return fmt.Errorf("read %s at %d: %w", ref.path, ref.offset, err)
 	}
 	return nil
+}
+
+// previousTag returns the chunks of each file of the template's latest tag
+// (nil for a new template, or if it cannot be read: the push then sends
+// changed chunks whole).
+func (r *Registry) previousTag(ctx context.Context, template string) map[string][]string {
+	id, err := r.FindTemplate(ctx, template)
+	if err != nil {
+		return nil
+	}
+	tm, err := r.Manifest(ctx, id, "")
+	if err != nil {
+		return nil
+	}
+	out := map[string][]string{}
+	for _, f := range tm.Manifest.Files {
+		out[f.Name] = f.Chunks
+	}
+	return out
 }

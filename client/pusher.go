@@ -3,15 +3,20 @@ package client
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"os"
+	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 
+	apiv1 "github.com/corral-build/corral/api/v1"
 	"github.com/corral-build/corral/internal/registry/chunk"
 	"github.com/corral-build/corral/internal/retry"
 )
@@ -26,6 +31,11 @@ type pusher struct {
 
 	mu    sync.Mutex
 	where map[string]chunkRef // digest -> the first place it was found; claimed by the window that found it
+
+	// bases are the previous tag's chunks per file name: a changed chunk is
+	// sent as a delta against the one at its index when that is smaller.
+	bases  map[string][]string
+	deltas atomic.Bool // the registry takes deltas
 }
 
 // slotSize holds one frame: header, format byte, the largest encoding.
@@ -125,6 +135,17 @@ func (w *windowWorker) push(ctx context.Context, win window, fh *os.File) error 
 	for _, d := range missing {
 		need[d] = true
 	}
+	base := func(d string) string {
+		b := w.p.bases[f.Name]
+		if i := win.first + int64(askSlot[d].slot); i < int64(len(b)) && b[i] != d {
+			return b[i]
+		}
+		return ""
+	}
+	sigs, err := w.p.signatures(ctx, missing, base)
+	if err != nil {
+		return err
+	}
 	var frames [][]byte
 	var content int64
 	for _, d := range ask {
@@ -133,19 +154,50 @@ func (w *windowWorker) push(ctx context.Context, win window, fh *os.File) error 
 			w.p.m.add(int64(a.size), 0, false)
 			continue
 		}
-		frames = append(frames, w.frame(w.slot(a.slot), d, a.size))
+		b := base(d)
+		frames = append(frames, w.frame(w.slot(a.slot), d, a.size, b, sigs[b]))
 		content += int64(a.size)
 	}
 	return w.p.send(ctx, frames, content)
 }
 
+// signatures fetches the block signatures of the bases of missing chunks
+// (none when the registry does not take deltas).
+func (p *pusher) signatures(ctx context.Context, missing []string, base func(string) string) (map[string][]uint32, error) {
+	if !p.deltas.Load() {
+		return nil, nil
+	}
+	var want []string
+	for _, d := range missing {
+		if b := base(d); b != "" && !slices.Contains(want, b) {
+			want = append(want, b)
+		}
+	}
+	if len(want) == 0 {
+		return nil, nil
+	}
+	sigs, wire, err := p.r.signatures(ctx, want)
+	if errors.Is(err, errOldRegistry) {
+		p.deltas.Store(false)
+		return nil, nil
+	}
+	p.m.wire.Add(wire)
+	return sigs, err
+}
+
 // frame encodes the chunk lying raw in slot in place and writes its header;
 // it returns the whole frame.
-func (w *windowWorker) frame(slot []byte, d string, size int) []byte {
+func (w *windowWorker) frame(slot []byte, d string, size int, base string, sig []uint32) []byte {
 	data := slot[chunk.FrameHeader+1 : chunk.FrameHeader+1+size]
 	n := size + 1
 	var ok bool
-	if w.scratch, ok = chunk.Compress(w.scratch, data); ok { // smaller: over the raw bytes
+	if sig != nil {
+		if w.scratch, ok = chunk.EncodeDelta(w.scratch, base, sig, data); ok {
+			n = copy(slot[chunk.FrameHeader:], w.scratch)
+		}
+	}
+	if ok {
+	} else if w.scratch, ok = chunk.Compress(w.scratch, data); ok { // smaller: over the raw bytes
 		n = copy(slot[chunk.FrameHeader:], w.scratch)
 	} else {
 		slot[chunk.FrameHeader] = 0 // raw, where it was read
@@ -160,7 +212,10 @@ func (p *pusher) send(ctx context.Context, frames [][]byte, content int64) error
 	if len(frames) == 0 {
 		return nil
 	}
-	wire, err := p.r.putPack(ctx, p.upload, frames)
+	wire, resend, err := p.r.putPack(ctx, p.upload, frames)
+	if err == nil && len(resend) > 0 {
+		err = p.resend(ctx, resend) // deltas the registry could not rebuild
+	}
 	if err != nil {
 		var fe *FailError
 		if errors.As(err, &fe) && strings.Contains(fe.Message, "content hashes to") {
@@ -191,7 +246,7 @@ func (p *pusher) resend(ctx context.Context, digests []string) error {
 			if chunk.Digest(slot[chunk.FrameHeader+1:chunk.FrameHeader+1+int(ref.size)]) != d {
 				return fmt.Errorf("push: %s changed while pushing (chunk at offset %d)", ref.path, ref.offset)
 			}
-			frames = append(frames, w.frame(slot, d, int(ref.size)))
+			frames = append(frames, w.frame(slot, d, int(ref.size), "", nil))
 			content += ref.size
 		}
 		if err := p.send(ctx, frames, content); err != nil {
@@ -203,11 +258,12 @@ func (p *pusher) resend(ctx context.Context, digests []string) error {
 }
 
 // putPack sends frames as one pack and returns the bytes sent.
-func (r *Registry) putPack(ctx context.Context, upload string, frames [][]byte) (int64, error) {
+func (r *Registry) putPack(ctx context.Context, upload string, frames [][]byte) (int64, []string, error) {
 	var size int64
 	for _, f := range frames {
 		size += int64(len(f))
 	}
+	var out apiv1.PackResponse
 	err := r.withRetry(ctx, fmt.Sprintf("upload %d chunks", len(frames)), func(ctx context.Context) error {
 		bufs := make([]io.Reader, len(frames))
 		for i, f := range frames {
@@ -223,7 +279,7 @@ func (r *Registry) putPack(ctx context.Context, upload string, frames [][]byte) 
 		if err != nil {
 			return err
 		}
-		err = decodeRegistryEnvelope(resp, nil, "POST pack")
+		err = decodeRegistryEnvelope(resp, &out, "POST pack")
 		var fe *FailError
 		if errors.As(err, &fe) && fe.HTTPStatus == http.StatusOK {
 			return retry.Permanent(errOldRegistry)
@@ -234,10 +290,60 @@ func (r *Registry) putPack(ctx context.Context, upload string, frames [][]byte) 
 		for _, f := range frames {
 			d := hex.EncodeToString(f[:32])
 			if err := r.putChunk(ctx, upload, d, f[chunk.FrameHeader:]); err != nil {
-				return 0, err
+				return 0, nil, err
 			}
 		}
-		return size, nil
+		return size, nil, nil
 	}
-	return size, err
+	return size, out.Resend, err
+}
+
+// signatures asks for the block signatures of stored chunks.
+func (r *Registry) signatures(ctx context.Context, digests []string) (map[string][]uint32, int64, error) {
+	out := map[string][]uint32{}
+	var wire int64
+	err := r.withRetry(ctx, fmt.Sprintf("signatures of %d chunks", len(digests)), func(ctx context.Context) error {
+		body, _ := json.Marshal(apiv1.FetchRequest{Digests: digests})
+		req, err := http.NewRequestWithContext(ctx, http.MethodPost, r.base+"/registry/corral/v1/chunks/signatures", bytes.NewReader(body))
+		if err != nil {
+			return err
+		}
+		req.Header.Set("Content-Type", "application/json")
+		resp, err := r.do(req)
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		if resp.StatusCode != http.StatusOK || resp.Header.Get("Content-Type") != "application/octet-stream" {
+			err := decodeRegistryEnvelope(resp, nil, "POST chunks/signatures")
+			var fe *FailError
+			if errors.As(err, &fe) && fe.HTTPStatus == http.StatusOK {
+				return retry.Permanent(errOldRegistry)
+			}
+			if err == nil {
+				err = fmt.Errorf("POST chunks/signatures: HTTP %d", resp.StatusCode)
+			}
+			return err
+		}
+		data, err := io.ReadAll(io.LimitReader(resp.Body, int64(len(digests))*(36+4*chunk.Blocks)+1))
+		if err != nil {
+			return err
+		}
+		wire = int64(len(data))
+		for len(data) >= 36 {
+			d := hex.EncodeToString(data[:32])
+			n := int(binary.LittleEndian.Uint32(data[32:]))
+			if n > chunk.Blocks || len(data) < 36+4*n {
+				return retry.Permanent(fmt.Errorf("POST chunks/signatures: malformed answer"))
+			}
+			sig := make([]uint32, n)
+			for i := range sig {
+				sig[i] = binary.LittleEndian.Uint32(data[36+4*i:])
+			}
+			out[d] = sig
+			data = data[36+4*n:]
+		}
+		return nil
+	})
+	return out, wire, err
 }

@@ -46,11 +46,14 @@ type MissingResponse struct {
 }
 
 // PackResponse reports a pack upload: chunks in the request, chunks the
-// registry stored (the others it had) and their encoded bytes.
+// registry stored (the others it had) and their stored bytes.
 type PackResponse struct {
 	Chunks      int   `json:"chunks"`
 	Stored      int   `json:"stored"`
 	StoredBytes int64 `json:"stored_bytes"`
+	// Resend lists chunks sent as deltas the registry could not rebuild:
+	// send them whole.
+	Resend []string `json:"resend,omitempty"`
 }
 
 // FetchRequest names chunks to stream back as frames.

@@ -83,7 +83,7 @@ func templatePush(ctx context.Context, args []string, out io.Writer) error {
 		f.String(&o.Tag, "tag", "", "tag name for this version")
 		f.String(&o.Description, "description", "", "tag description")
 		f.String(&o.Arch, "arch", "", "amd64 or arm64 (default: from the config file, else amd64)")
-		f.Int(&o.Concurrency, "concurrency", client.DefaultConcurrency, "chunks in flight")
+		f.Int(&o.Concurrency, "concurrency", client.DefaultConcurrency, "requests in flight (each up to 64 chunks)")
 	})
 	if err != nil {
 		return err
@@ -111,7 +111,7 @@ func templatePull(ctx context.Context, args []string, out io.Writer) error {
 	reg, pos, err := templateFlags("pull", "Pull a template tag into a directory (sparse files, every chunk verified).\nUsage: corral template pull <name|id> --dest DIR [--tag T]", out, args, func(f *flags) {
 		f.String(&o.Tag, "tag", "", "tag (default: latest)")
 		f.String(&o.Dest, "dest", "", "directory to write the files into")
-		f.Int(&o.Concurrency, "concurrency", client.DefaultConcurrency, "chunks in flight")
+		f.Int(&o.Concurrency, "concurrency", client.DefaultConcurrency, "requests in flight (each up to 64 chunks)")
 	})
 	if err != nil {
 		return err

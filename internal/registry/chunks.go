@@ -195,6 +195,9 @@ type PackStats struct {
 	Chunks  int   // chunks in the request
 	Stored  int   // chunks written (the rest were present already)
 	Encoded int64 // encoded bytes written
+	// Resend lists chunks sent as deltas that could not be rebuilt (base
+	// gone, or a block signature collision): send them whole.
+	Resend []string
 }
 
 // PutChunks reads a stream of chunk frames, verifies each once and writes
@@ -202,6 +205,7 @@ type PackStats struct {
 // stream ends cleanly; a bad frame or a broken stream publishes nothing.
 func (r *Registry) PutChunks(ctx context.Context, body io.Reader) (PackStats, error) {
 	var s PackStats
+	var d deltaBufs
 	w := r.packs.create(ctx)
 	buf := make([]byte, 0, chunk.MaxEncoded)
 	scratch := make([]byte, 0, chunk.Size)
@@ -221,7 +225,26 @@ func (r *Registry) PutChunks(ctx context.Context, body io.Reader) (PackStats, er
 		if s.Chunks++; s.Chunks > MaxPackChunks {
 			return fail(&InvalidError{"body", fmt.Sprintf("more than %d chunks in one request", MaxPackChunks)})
 		}
-		if err := verifyChunk(digest, enc, scratch); err != nil {
+		if base, ok := chunk.IsDelta(enc); ok {
+			if _, ok := r.packs.lookup(digest); ok {
+				continue
+			}
+			raw, err := r.rebuild(ctx, base, enc, &d)
+			if err != nil {
+				if ctx.Err() != nil {
+					return fail(ctx.Err())
+				}
+				s.Resend = append(s.Resend, digest)
+				continue
+			}
+			d.raw = raw[:0]
+			if chunk.Digest(raw) != digest || chunk.IsZero(raw) {
+				s.Resend = append(s.Resend, digest)
+				continue
+			}
+			enc = chunk.Encode(d.enc, raw)
+			d.enc = enc[:0]
+		} else if err := verifyChunk(digest, enc, scratch); err != nil {
 			var inv *InvalidError
 			errors.As(err, &inv)
 			return fail(&InvalidError{fmt.Sprintf("body: chunk %d (%s)", s.Chunks-1, digest[:min(12, len(digest))]), inv.Reason})
@@ -238,10 +261,63 @@ func (r *Registry) PutChunks(ctx context.Context, body io.Reader) (PackStats, er
 	if s.Chunks == 0 {
 		return fail(&InvalidError{"body", "no chunks"})
 	}
+	if len(s.Resend) > 0 {
+		r.log.Info("deltas not rebuilt; the client sends them whole", "chunks", len(s.Resend))
+	}
 	if err := w.close(); err != nil {
 		return PackStats{}, err
 	}
 	return s, nil
+}
+
+// deltaBufs are the buffers rebuilding deltas reuses.
+type deltaBufs struct{ base, baseRaw, raw, enc []byte }
+
+// rebuild applies a delta to its base chunk (stored, so verified already).
+func (r *Registry) rebuild(ctx context.Context, base string, delta []byte, d *deltaBufs) ([]byte, error) {
+	enc, err := r.ReadChunk(ctx, base, d.base)
+	if err != nil {
+		return nil, err
+	}
+	d.base = enc[:0]
+	if d.baseRaw == nil {
+		d.baseRaw = make([]byte, 0, chunk.Size)
+	}
+	raw, err := chunk.DecodeStored(d.baseRaw, enc)
+	if err != nil {
+		return nil, err
+	}
+	return chunk.ApplyDelta(d.raw, delta, raw)
+}
+
+// Signatures returns the block signature of each stored chunk named
+// (delta pushes compare against it); chunks not stored are left out.
+func (r *Registry) Signatures(ctx context.Context, digests []string) (map[string][]uint32, error) {
+	if len(digests) > MaxFetchChunks {
+		return nil, &InvalidError{"digests", fmt.Sprintf("%d digests: want at most %d per request", len(digests), MaxFetchChunks)}
+	}
+	out := map[string][]uint32{}
+	var buf, raw []byte
+	for _, d := range digests {
+		if !chunk.ValidDigest(d) {
+			return nil, &InvalidError{"digests", fmt.Sprintf("%q is not a sha256 hex digest", d)}
+		}
+		enc, err := r.ReadChunk(ctx, d, buf)
+		if errors.Is(err, ErrNotFound) {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		buf = enc[:0]
+		plain, err := chunk.DecodeStored(raw, enc)
+		if err != nil {
+			r.log.Warn("stored chunk does not decode", "digest", d, "err", err)
+			continue
+		}
+		out[d] = chunk.Signature(plain)
+	}
+	return out, nil
 }
 
 // OpenChunk returns an encoded chunk from offset, and its encoded size.

@@ -103,6 +103,8 @@ func needOf(r *http.Request) need {
 		return n
 	case p == "/registry/corral/v1/chunks/fetch":
 		return need{repo: "*", action: regauth.Pull} // a POST that reads chunks
+	case p == "/registry/corral/v1/chunks/signatures":
+		return need{repo: "*", action: regauth.Push} // part of a delta push
 	case strings.HasPrefix(p, "/registry/corral/v1/") && (r.Method == http.MethodPost || r.Method == http.MethodPut || r.Method == http.MethodDelete):
 		return need{repo: "*", action: regauth.Push} // pushing a template (a missing-chunks query is part of a push)
 	}

@@ -7,6 +7,8 @@ package httpapi
 import (
 	"cmp"
 	"context"
+	"encoding/binary"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -90,6 +92,7 @@ func (a *api) routes(g *guard) []route {
 	add("PUT /registry/corral/v1/chunks/{digest}", h(a.putChunk))
 	add("POST /registry/corral/v1/packs", h(a.putPack))
 	add("POST /registry/corral/v1/chunks/fetch", http.HandlerFunc(a.fetch))
+	add("POST /registry/corral/v1/chunks/signatures", http.HandlerFunc(a.signatures))
 	add("GET /registry/corral/v1/chunks/{digest}", http.HandlerFunc(a.getChunk))
 	add("POST /registry/corral/v1/commit", h(a.commit))
 	add("GET /registry/corral/v1/manifest", h(a.manifest))
@@ -361,7 +364,7 @@ func (a *api) putPack(r *http.Request) (any, error) {
 	if body.over {
 		return nil, &registry.InvalidError{Field: "body", Reason: fmt.Sprintf("more than the %d-byte limit", registry.MaxPackRequest)}
 	}
-	return apiv1.PackResponse{Chunks: s.Chunks, Stored: s.Stored, StoredBytes: s.Encoded}, err
+	return apiv1.PackResponse{Chunks: s.Chunks, Stored: s.Stored, StoredBytes: s.Encoded, Resend: s.Resend}, err
 }
 
 // limitedBody fails a read past its limit (and remembers that it did).
@@ -409,6 +412,40 @@ func (a *api) fetch(w http.ResponseWriter, r *http.Request) {
 		a.log.Warn("chunk stream broken", "err", err)
 		panic(http.ErrAbortHandler)
 	}
+}
+
+// signatures answers {"digests"} (at most registry.MaxFetchChunks) with the
+// block signature of each stored one, binary: digest (32 bytes), uint32
+// block count, then a uint32 CRC-32C per block (little endian).
+func (a *api) signatures(w http.ResponseWriter, r *http.Request) {
+	var req apiv1.FetchRequest
+	err := decode(r, registry.MaxFetchChunks*80+1024, &req)
+	var sigs map[string][]uint32
+	if err == nil {
+		sigs, err = a.reg.Signatures(r.Context(), req.Digests)
+	}
+	if err != nil {
+		code, env := a.failure(r, err)
+		writeJSON(w, code, env)
+		return
+	}
+	var out []byte
+	for _, d := range req.Digests {
+		sig, ok := sigs[d]
+		if !ok {
+			continue
+		}
+		raw, _ := hex.DecodeString(d)
+		out = append(out, raw...)
+		out = binary.LittleEndian.AppendUint32(out, uint32(len(sig)))
+		for _, c := range sig {
+			out = binary.LittleEndian.AppendUint32(out, c)
+		}
+		delete(sigs, d)
+	}
+	w.Header().Set("Content-Type", "application/octet-stream")
+	w.Header().Set("Content-Length", strconv.Itoa(len(out)))
+	_, _ = w.Write(out)
 }
 
 func readLimited(r io.Reader, buf []byte, limit int) ([]byte, error) {
