@@ -76,44 +76,15 @@ func (r *Registry) PlanFetch(ctx context.Context, digests []string) (*FetchPlan,
 // a pack are read in one sequential stream.
 func (r *Registry) Stream(ctx context.Context, plan *FetchPlan, w io.Writer) error {
 	buf := make([]byte, chunk.FrameHeader+chunk.MaxEncoded)
-	body := buf[chunk.FrameHeader:chunk.FrameHeader]
-	var rc io.ReadCloser
-	var at int64
-	var in *packFile
-	defer func() {
-		if rc != nil {
-			rc.Close()
-		}
-	}()
+	c := r.newCursor()
+	defer c.close()
 	for _, it := range plan.items {
-		var enc []byte
-		var err error
-		e := it.loc.entry()
-		switch {
-		case it.packed && rc != nil && in == it.loc.pack && at == e.off:
-			enc, err = readN(rc, body, int(e.n))
-		case it.packed:
-			if rc != nil {
-				rc.Close()
-				rc = nil
-			}
-			rc, err = r.st.Open(ctx, it.loc.pack.path(), e.off)
-			if err == nil {
-				in = it.loc.pack
-				enc, err = readN(rc, body, int(e.n))
-			} else if errors.Is(err, storage.ErrNotFound) {
-				enc, err = r.ReadChunk(ctx, it.digest, body) // moved meanwhile
-			}
-		default:
-			enc, err = r.ReadChunk(ctx, it.digest, body)
-		}
+		enc, err := c.read(ctx, it.digest, buf[chunk.FrameHeader:chunk.FrameHeader])
 		if err != nil {
 			return fmt.Errorf("chunk %s: %w", it.digest, err)
 		}
-		at = e.off + int64(len(enc))
 		hdr, _ := chunk.AppendFrameHeader(buf[:0], it.digest, len(enc))
-		if &hdr[0] != &buf[0] || &enc[0] != &buf[chunk.FrameHeader] {
-			// ReadChunk grew its own buffer: send header and body apart.
+		if &enc[0] != &buf[chunk.FrameHeader] { // read into a buffer of its own
 			if _, err := w.Write(hdr); err != nil {
 				return err
 			}
@@ -127,6 +98,52 @@ func (r *Registry) Stream(ctx context.Context, plan *FetchPlan, w io.Writer) err
 		}
 	}
 	return nil
+}
+
+// cursor reads stored chunks one after another, keeping a pack open while
+// the reads are adjacent in it (a blob or a fetch in file order is then
+// one sequential read per pack).
+type cursor struct {
+	r  *Registry
+	rc io.ReadCloser
+	in *packFile
+	at int64
+}
+
+func (r *Registry) newCursor() *cursor { return &cursor{r: r} }
+
+func (c *cursor) read(ctx context.Context, d string, buf []byte) ([]byte, error) {
+	if l, ok := c.r.packs.lookup(d); ok && !l.pack.attic.Load() {
+		e := l.entry()
+		if c.rc == nil || c.in != l.pack || c.at != e.off {
+			c.close()
+			rc, err := c.r.st.Open(ctx, l.pack.path(), e.off)
+			if err == nil {
+				c.rc, c.in = rc, l.pack
+			} else if !errors.Is(err, storage.ErrNotFound) {
+				return nil, err
+			}
+		}
+		if c.rc != nil {
+			enc, err := readN(c.rc, buf, int(e.n))
+			if err == nil {
+				c.at = e.off + int64(e.n)
+				return enc, nil
+			}
+			c.close()
+			if !errors.Is(err, storage.ErrNotFound) {
+				return nil, err
+			}
+		}
+	}
+	return c.r.ReadChunk(ctx, d, buf) // moved, condemned, or loose: look it up afresh
+}
+
+func (c *cursor) close() {
+	if c.rc != nil {
+		c.rc.Close()
+		c.rc, c.in = nil, nil
+	}
 }
 
 func readN(r io.Reader, buf []byte, n int) ([]byte, error) {

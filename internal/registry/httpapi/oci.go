@@ -187,14 +187,14 @@ func (a *api) ociBlob(w http.ResponseWriter, r *http.Request, repo, digest strin
 		w.WriteHeader(code)
 		return nil
 	}
-	rc, err := a.reg.OCIOpenBlob(ctx, repo, digest, from, to-from)
-	if err != nil {
+	started := false
+	err = a.reg.OCIWriteBlob(ctx, w, func() { started = true; w.WriteHeader(code) }, repo, digest, from, to-from)
+	if err != nil && !started {
 		return err
 	}
-	defer rc.Close()
-	w.WriteHeader(code)
-	if _, err := io.Copy(w, rc); err != nil && ctx.Err() == nil {
+	if err != nil && ctx.Err() == nil {
 		a.log.Warn("oci blob read", "digest", digest, "err", err)
+		panic(http.ErrAbortHandler) // cut the response: the client sees it short
 	}
 	return nil
 }
