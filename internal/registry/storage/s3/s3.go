@@ -27,9 +27,9 @@ import (
 	"github.com/corral-build/corral/internal/registry/storage"
 )
 
-// MaxObject bounds what one Put buffers. Registry objects are chunks (about
-// 1 MiB), manifests (about 70 bytes per MiB of image: 7 MB for 100 GB) and
-// small JSON records, so this is never reached by a sane template.
+// MaxObject bounds one object. Registry objects are packs (about 64 MiB),
+// manifests (about 70 bytes per MiB of image: 7 MB for 100 GB) and small
+// JSON records, so this is never reached by a sane template.
 const MaxObject = 256 << 20
 
 // Config names a bucket and how to reach it. Credentials come from the
@@ -164,12 +164,17 @@ func (b *Backend) Put(ctx context.Context, p string, r io.Reader, mode storage.P
 	}
 	// Buffered so the request has a length and can be signed and retried;
 	// a stream that breaks sends nothing, so no half object can appear.
-	data, err := io.ReadAll(io.LimitReader(r, MaxObject+1))
+	// Objects larger than a part (packs) go up as a multipart upload, one
+	// part buffered at a time, visible only once completed.
+	data, err := io.ReadAll(io.LimitReader(r, PartSize+1))
 	if err != nil {
 		return fmt.Errorf("storage put %s: %w", p, err)
 	}
-	if len(data) > MaxObject {
-		return fmt.Errorf("storage put %s: larger than %d bytes", p, MaxObject)
+	if len(data) > PartSize {
+		if mode == storage.Exclusive {
+			return fmt.Errorf("storage put %s: exclusive objects are small (over %d bytes)", p, PartSize)
+		}
+		return b.putMultipart(ctx, p, key, data, r)
 	}
 	for attempt := 0; ; attempt++ {
 		in := &sdk.PutObjectInput{Bucket: &b.bucket, Key: &key, Body: bytes.NewReader(data),
@@ -191,6 +196,56 @@ func (b *Backend) Put(ctx context.Context, p string, r io.Reader, mode storage.P
 			return fmt.Errorf("storage put %s: %w", p, err)
 		}
 	}
+}
+
+// PartSize is the part of a multipart upload held in memory at a time.
+const PartSize = 16 << 20
+
+// putMultipart uploads first (a part's worth, read already) and the rest of
+// r in parts; any failure aborts the upload, so nothing appears.
+func (b *Backend) putMultipart(ctx context.Context, p, key string, first []byte, r io.Reader) error {
+	up, err := b.api.CreateMultipartUpload(ctx, &sdk.CreateMultipartUploadInput{Bucket: &b.bucket, Key: &key, Metadata: touchedNow()})
+	if err != nil {
+		return fmt.Errorf("storage put %s: %w", p, err)
+	}
+	abort := func(err error) error {
+		_, _ = b.api.AbortMultipartUpload(context.WithoutCancel(ctx), &sdk.AbortMultipartUploadInput{Bucket: &b.bucket, Key: &key, UploadId: up.UploadId})
+		return fmt.Errorf("storage put %s: %w", p, err)
+	}
+	var parts []types.CompletedPart
+	var next []byte
+	buf, total := first, int64(0)
+	for n := int32(1); ; n++ {
+		part := buf[:min(len(buf), PartSize)]
+		rest := buf[len(part):]
+		out, err := b.api.UploadPart(ctx, &sdk.UploadPartInput{Bucket: &b.bucket, Key: &key, UploadId: up.UploadId,
+			PartNumber: aws.Int32(n), Body: bytes.NewReader(part), ContentLength: aws.Int64(int64(len(part)))})
+		if err != nil {
+			return abort(err)
+		}
+		parts = append(parts, types.CompletedPart{ETag: out.ETag, PartNumber: aws.Int32(n)})
+		if total += int64(len(part)); total > MaxObject {
+			return abort(fmt.Errorf("larger than %d bytes", MaxObject))
+		}
+		// Refill to one part and a byte: the last part may be small, no other.
+		if next == nil {
+			next = make([]byte, PartSize+1)
+		}
+		kept := copy(next, rest)
+		got, err := io.ReadFull(r, next[kept:])
+		if err != nil && err != io.EOF && err != io.ErrUnexpectedEOF {
+			return abort(err)
+		}
+		if buf = next[:kept+got]; len(buf) == 0 {
+			break
+		}
+	}
+	_, err = b.api.CompleteMultipartUpload(ctx, &sdk.CompleteMultipartUploadInput{Bucket: &b.bucket, Key: &key, UploadId: up.UploadId,
+		MultipartUpload: &types.CompletedMultipartUpload{Parts: parts}})
+	if err != nil {
+		return abort(err)
+	}
+	return nil
 }
 
 // Sync does nothing: a PUT that S3 acknowledged is durable.
@@ -331,8 +386,8 @@ func escapeKey(key string) string {
 }
 
 // PurgeIncomplete aborts multipart uploads under the prefix older than age.
-// Corral itself sends single PUTs; these are what other tools (or a future
-// large-object path) can leave behind, and buckets bill for them.
+// A registry killed during a pack upload leaves one; so can other tools,
+// and buckets bill for them.
 func (b *Backend) PurgeIncomplete(ctx context.Context, age time.Duration) (int, error) {
 	n := 0
 	in := &sdk.ListMultipartUploadsInput{Bucket: &b.bucket, Prefix: aws.String(b.prefix)}

@@ -1,12 +1,16 @@
 package s3_test
 
 import (
+	"bytes"
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
+	"io"
 	"strings"
 	"sync/atomic"
 	"testing"
+	"testing/iotest"
 	"time"
 
 	"github.com/corral-build/corral/internal/registry/storage"
@@ -71,5 +75,41 @@ func TestHungEndpointFailsTheCall(t *testing.T) {
 		}
 	case <-time.After(time.Minute):
 		t.Fatal("Stat against a hung endpoint never returned")
+	}
+}
+
+// TestLargePutIsMultipartAndAtomic: an object over a part (a pack) goes up
+// in parts and reads back whole; a stream that breaks midway leaves no
+// object and no unfinished upload.
+func TestLargePutIsMultipartAndAtomic(t *testing.T) {
+	srv := testenv.StartS3(t)
+	b, err := s3.New(context.Background(), s3.Config{Endpoint: srv.Endpoint, Bucket: srv.Bucket, PathStyle: true, Prefix: "large"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	data := make([]byte, 2*s3.PartSize+12345)
+	rand.Read(data)
+	if err := b.Put(ctx, "packs/big.pack", bytes.NewReader(data), storage.Unsynced); err != nil {
+		t.Fatal(err)
+	}
+	rc, err := b.Open(ctx, "packs/big.pack", s3.PartSize-7)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, _ := io.ReadAll(rc)
+	rc.Close()
+	if !bytes.Equal(got, data[s3.PartSize-7:]) {
+		t.Fatalf("read back %d bytes that differ from what was put", len(got))
+	}
+	broken := io.MultiReader(bytes.NewReader(data[:s3.PartSize+100]), iotest.ErrReader(errors.New("client went away")))
+	if err := b.Put(ctx, "packs/broken.pack", broken, storage.Unsynced); err == nil {
+		t.Fatal("a broken stream was stored")
+	}
+	if _, err := b.Stat(ctx, "packs/broken.pack"); !errors.Is(err, storage.ErrNotFound) {
+		t.Fatalf("half an object is visible: %v", err)
+	}
+	if n, err := b.PurgeIncomplete(ctx, 0); err != nil || n != 0 {
+		t.Fatalf("unfinished uploads left: %d (%v)", n, err)
 	}
 }
