@@ -50,18 +50,18 @@ func ValidDigest(d string) bool {
 	return err == nil && d == string(bytes.ToLower([]byte(d)))
 }
 
+// zeros is compared against: bytes.Equal is the runtime's vectorized
+// memequal, many times faster than a byte loop over a zero chunk.
+var zeros [Size]byte
+
 // IsZero reports whether data is all zero bytes.
 func IsZero(data []byte) bool {
-	for len(data) >= 8 {
-		if data[0]|data[1]|data[2]|data[3]|data[4]|data[5]|data[6]|data[7] != 0 {
+	for len(data) > 0 {
+		n := min(len(data), Size)
+		if !bytes.Equal(data[:n], zeros[:n]) {
 			return false
 		}
-		data = data[8:]
-	}
-	for _, b := range data {
-		if b != 0 {
-			return false
-		}
+		data = data[n:]
 	}
 	return true
 }

@@ -51,3 +51,22 @@ func TestIsZeroAndDigest(t *testing.T) {
 		t.Fatal("ValidDigest")
 	}
 }
+
+func TestIsZero(t *testing.T) {
+	for _, n := range []int{0, 1, 7, 8, 4096, Size, Size + 3} {
+		data := make([]byte, n)
+		if !IsZero(data) {
+			t.Fatalf("%d zero bytes: not zero", n)
+		}
+		for _, at := range []int{0, n / 2, n - 1} {
+			if n == 0 {
+				continue
+			}
+			data[at] = 1
+			if IsZero(data) {
+				t.Fatalf("%d bytes with byte %d set: zero", n, at)
+			}
+			data[at] = 0
+		}
+	}
+}
