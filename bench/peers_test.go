@@ -78,8 +78,11 @@ func BenchmarkTransfers(b *testing.B) {
 					p, q := sys.run(b, dir)
 					push, pull = append(push, p), append(pull, q)
 				}
-				for op, rs := range map[string][]opResult{"push": push, "pull": pull} {
-					m := medianResult(rs)
+				for _, op := range []struct {
+					name string
+					rs   []opResult
+				}{{"push", push}, {"pull", pull}} {
+					op, m := op.name, medianResult(op.rs)
 					results[sys.name+" "+op] = m
 					fmt.Printf("  %-26s %-5s %8.2f %8.2f %9d %9d %10d\n", sys.name, op, m.wall.Seconds(), m.cpu.Seconds(), m.clientRSS>>20, m.serverRSS>>20, m.wire>>20)
 				}
