@@ -17,6 +17,7 @@ import (
 	"sync"
 
 	apiv1 "github.com/corral-build/corral/api/v1"
+	"github.com/corral-build/corral/internal/hostinfo"
 	"github.com/corral-build/corral/internal/registry/chunk"
 	"github.com/corral-build/corral/internal/retry"
 )
@@ -207,6 +208,11 @@ func (r *Registry) runPull(ctx context.Context, jobs []pullJob, local map[string
 				}
 				mu.Lock()
 				res.DownloadedChunk++
+				if res.DownloadedChunk%Window == 0 {
+					for _, j := range js {
+						hostinfo.StartWriteback(j.file) // the final fsync then finds little left
+					}
+				}
 				mu.Unlock()
 				m.add(js[0].size*int64(len(js)), int64(len(enc)+chunk.FrameHeader), true)
 				return nil

@@ -75,3 +75,10 @@ func SyncFS(dir string) error {
 	}
 	return nil
 }
+
+// StartWriteback asks the kernel to start writing f's dirty pages to disk
+// now, without waiting: a later fsync or syncfs then finds little left, and
+// the disk works while the transfer still runs. Best effort.
+func StartWriteback(f *os.File) {
+	_ = unix.SyncFileRange(int(f.Fd()), 0, 0, unix.SYNC_FILE_RANGE_WRITE)
+}

@@ -63,6 +63,8 @@ func (b *Backend) Put(ctx context.Context, p string, r io.Reader, mode storage.P
 	copyBufs.Put(bufp)
 	if err == nil && mode != storage.Unsynced {
 		err = f.Sync()
+	} else if err == nil {
+		hostinfo.StartWriteback(f) // the commit's Sync then finds little left
 	}
 	if cerr := f.Close(); err == nil {
 		err = cerr
