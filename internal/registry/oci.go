@@ -15,6 +15,7 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	apiv1 "github.com/corral-build/corral/api/v1"
@@ -234,45 +235,10 @@ func (r *Registry) ociWrite(ctx context.Context, id string, u *ociUpload, body i
 		}
 		buf = slices.Grow(buf, chunk.Size-len(buf))
 	}
-	// Chunks go into packs (a new one every PackTarget bytes), each hashed
-	// once here; the session is written only after its packs landed.
-	var enc []byte
-	var pack *packWriter
-	defer func() {
-		if pack != nil {
-			pack.abort(errors.New("upload write failed"))
-		}
-	}()
-	lk := newLookups(false)
-	flush := func() error {
-		d := ""
-		if !chunk.IsZero(buf) {
-			d = chunk.Digest(buf)
-			ok, err := r.ensureChunk(ctx, d, lk)
-			if err != nil {
-				return fmt.Errorf("upload %s: %w", id, err)
-			}
-			if !ok {
-				if pack == nil {
-					pack = r.packs.create(ctx)
-				}
-				enc = chunk.Encode(enc, buf)
-				if err := pack.add(d, enc); err != nil {
-					return fmt.Errorf("upload %s: %w", id, err)
-				}
-				if pack.size() >= PackTarget {
-					err := pack.close()
-					pack = nil
-					if err != nil {
-						return fmt.Errorf("upload %s: %w", id, err)
-					}
-				}
-			}
-		}
-		u.Chunks = append(u.Chunks, d)
-		buf = buf[:0]
-		return nil
-	}
+	// Full chunks go to a chunk store on a goroutine of its own (their
+	// hashes, encoding, packs), so the blob's hash here and theirs there
+	// use two cores; the session is written only after its packs landed.
+	cs := r.startChunkStore(ctx, id)
 	if body != nil {
 		for {
 			n, err := io.ReadFull(body, buf[len(buf):chunk.Size])
@@ -280,30 +246,28 @@ func (r *Registry) ociWrite(ctx context.Context, id string, u *ociUpload, body i
 			buf = buf[:len(buf)+n]
 			u.Size += int64(n)
 			if len(buf) == chunk.Size {
-				if ferr := flush(); ferr != nil {
-					return ferr
-				}
+				buf = cs.put(buf)
 			}
 			if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
 				break
 			}
 			if err != nil {
+				cs.finish()
 				return fmt.Errorf("upload %s: read body: %w", id, err)
+			}
+			if cs.failed.Load() {
+				break // finish reports why
 			}
 		}
 	}
 	if final && len(buf) > 0 {
-		if err := flush(); err != nil {
-			return err
-		}
+		buf = cs.put(buf)
 	}
-	if pack != nil {
-		err := pack.close()
-		pack = nil
-		if err != nil {
-			return fmt.Errorf("upload %s: %w", id, err)
-		}
+	digests, err := cs.finish()
+	if err != nil {
+		return err
 	}
+	u.Chunks = append(u.Chunks, digests...)
 	state, _ := h.(encoding.BinaryMarshaler).MarshalBinary()
 	u.HashState = state
 	if len(buf) > 0 {
@@ -318,6 +282,86 @@ func (r *Registry) ociWrite(ctx context.Context, id string, u *ociUpload, body i
 		_ = r.st.Delete(ctx, oldTail)
 	}
 	return nil
+}
+
+// chunkStore stores an upload's full chunks in order, on its own goroutine.
+type chunkStore struct {
+	in      chan []byte
+	free    chan []byte
+	done    chan error
+	failed  atomic.Bool
+	digests []string
+}
+
+func (r *Registry) startChunkStore(ctx context.Context, id string) *chunkStore {
+	cs := &chunkStore{in: make(chan []byte, 2), free: make(chan []byte, 3), done: make(chan error, 1)}
+	for range cap(cs.free) {
+		cs.free <- make([]byte, 0, chunk.Size)
+	}
+	go func() { cs.done <- cs.run(ctx, r, id) }()
+	return cs
+}
+
+// put hands over a full (or final) chunk and returns an empty buffer.
+func (cs *chunkStore) put(buf []byte) []byte {
+	cs.in <- buf
+	return <-cs.free
+}
+
+// finish waits for every chunk handed over; it returns their digests ("" for
+// zero chunks) in order.
+func (cs *chunkStore) finish() ([]string, error) {
+	close(cs.in)
+	return cs.digests, <-cs.done
+}
+
+func (cs *chunkStore) run(ctx context.Context, r *Registry, id string) error {
+	var enc []byte
+	var pack *packWriter
+	var failure error
+	lk := newLookups(false)
+	store := func(buf []byte) (string, error) {
+		if chunk.IsZero(buf) {
+			return "", nil
+		}
+		d := chunk.Digest(buf)
+		ok, err := r.ensureChunk(ctx, d, lk)
+		if err != nil || ok {
+			return d, err
+		}
+		if pack == nil {
+			pack = r.packs.create(ctx)
+		}
+		enc = chunk.Encode(enc, buf)
+		if err := pack.add(d, enc); err != nil {
+			return d, err
+		}
+		if pack.size() >= PackTarget {
+			err := pack.close()
+			pack = nil
+			return d, err
+		}
+		return d, nil
+	}
+	for buf := range cs.in {
+		if failure == nil {
+			d, err := store(buf)
+			if err != nil {
+				failure = fmt.Errorf("upload %s: %w", id, err)
+				cs.failed.Store(true)
+			}
+			cs.digests = append(cs.digests, d)
+		}
+		cs.free <- buf[:0]
+	}
+	if pack != nil {
+		if failure != nil {
+			pack.abort(failure)
+		} else if err := pack.close(); err != nil {
+			failure = fmt.Errorf("upload %s: %w", id, err)
+		}
+	}
+	return failure
 }
 
 // OCIFinishUpload adds the last bytes, checks the whole blob against digest
