@@ -18,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/corral-build/corral/internal/testenv"
 	"github.com/klauspost/compress/zstd"
 )
 
@@ -67,7 +68,7 @@ func BenchmarkTransfers(b *testing.B) {
 			fmt.Printf("\n%s image: %s (cp durable, cold: %.2fs)\n", img.name, gib(img.size), cp.Seconds())
 			fmt.Printf("  %-26s %-5s %8s %8s %9s %9s %10s\n", "system", "op", "wall s", "CPU s", "cli MiB", "srv MiB", "wire MiB")
 			results := map[string]opResult{}
-			systems := []transferSystem{corralTemplates(bin, src)}
+			systems := []transferSystem{corralTemplates("corral template", corralRegistry(bin), bin, src)}
 			if distBin != "" && orasBin != "" {
 				systems = append(systems, orasTo("oras -> distribution", distRegistry(distBin), orasBin, layers),
 					orasTo("oras -> corral /v2/", corralRegistry(bin), orasBin, layers))
@@ -147,6 +148,60 @@ func (s server) stop() int64 {
 
 type serverKind func(b *testing.B, store string) server
 
+// corralOnS3 is a registry process storing in a versitygw bucket (a fresh
+// prefix per run).
+func corralOnS3(bin string, s3 testenv.S3Server) serverKind {
+	return func(b *testing.B, store string) server {
+		addr := freeAddr(b)
+		cmd := exec.Command(bin, "registry", "--listen", addr, "--backend", "s3", "--s3-bucket", s3.Bucket,
+			"--s3-endpoint", s3.Endpoint, "--s3-path-style", "--s3-prefix", fmt.Sprint("run", time.Now().UnixNano()))
+		return startServer(b, cmd, "http://"+addr, "/registry/status")
+	}
+}
+
+// BenchmarkS3VsFilesystem pushes and pulls a dense image through a registry
+// on a directory and one on S3 (versitygw on the same disk), cold cache and
+// durable, and prints the ratios (target: S3 within 2x). Env:
+// CORRAL_BENCH_S3_GIB (default 1), CORRAL_BENCH_REPS (3).
+func BenchmarkS3VsFilesystem(b *testing.B) {
+	size := envGiB("CORRAL_BENCH_S3_GIB", 1)
+	reps := 3
+	if v, err := strconv.Atoi(os.Getenv("CORRAL_BENCH_REPS")); err == nil && v > 0 {
+		reps = v
+	}
+	dir := benchDir(b)
+	bin := buildCorral(b, dir)
+	src := filepath.Join(dir, "src")
+	os.MkdirAll(src, 0o755)
+	makeDense(b, filepath.Join(src, "disk.img"), size)
+	s3 := testenv.StartS3(b)
+	for range b.N {
+		fmt.Printf("dense %s through the registry: filesystem vs S3 (versitygw, same disk), medians of %d\n", gib(size), reps)
+		fmt.Printf("  %-18s %-5s %8s %8s %9s\n", "store", "op", "wall s", "CPU s", "srv MiB")
+		got := map[string]opResult{}
+		for _, sys := range []transferSystem{corralTemplates("filesystem", corralRegistry(bin), bin, src), corralTemplates("s3", corralOnS3(bin, s3), bin, src)} {
+			var push, pull []opResult
+			for range reps {
+				p, q := sys.run(b, dir)
+				push, pull = append(push, p), append(pull, q)
+			}
+			for _, op := range []struct {
+				name string
+				rs   []opResult
+			}{{"push", push}, {"pull", pull}} {
+				m := medianResult(op.rs)
+				got[sys.name+" "+op.name] = m
+				fmt.Printf("  %-18s %-5s %8.2f %8.2f %9d\n", sys.name, op.name, m.wall.Seconds(), m.cpu.Seconds(), m.serverRSS>>20)
+			}
+		}
+		for _, op := range []string{"push", "pull"} {
+			fs, s := got["filesystem "+op], got["s3 "+op]
+			fmt.Printf("  %s on S3: %.2fx the filesystem's time, %.2fx its registry RSS (target <= 2x; versitygw's own CPU not counted)\n",
+				op, s.wall.Seconds()/fs.wall.Seconds(), float64(s.serverRSS)/float64(fs.serverRSS))
+		}
+	}
+}
+
 func corralRegistry(bin string) serverKind {
 	return func(b *testing.B, store string) server {
 		addr := freeAddr(b)
@@ -180,10 +235,10 @@ func startServer(b *testing.B, cmd *exec.Cmd, url, probe string) server {
 	}
 }
 
-func corralTemplates(bin, src string) transferSystem {
-	return transferSystem{"corral template", func(b *testing.B, dir string) (opResult, opResult) {
+func corralTemplates(name string, kind serverKind, bin, src string) transferSystem {
+	return transferSystem{name, func(b *testing.B, dir string) (opResult, opResult) {
 		store := filepath.Join(dir, "store")
-		srv := corralRegistry(bin)(b, store)
+		srv := kind(b, store)
 		defer os.RemoveAll(store)
 		push := timeOp(b, srv, exec.Command(bin, "template", "push", src, "--name", "img", "--tag", "v1", "--registry", srv.url))
 		dest := filepath.Join(dir, "pulled")

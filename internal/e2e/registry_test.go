@@ -810,3 +810,28 @@ func testDeltaPush(t *testing.T, reg *regdaemon.Daemon) {
 	}
 	sameFiles(t, src, dest)
 }
+
+// TestFewFilesPerGiB: a push stores its chunks in a few packs (one per
+// 64 MiB window), not one file per MiB.
+func TestFewFilesPerGiB(t *testing.T) {
+	store := t.TempDir()
+	reg := testenv.StartRegistry(t, store)
+	rc, _ := client.NewRegistry(reg.URL)
+	src := t.TempDir()
+	makeImage(t, filepath.Join(src, "disk.img"), 256*chunk.Size, allMiB(256)...)
+	if _, err := rc.Push(context.Background(), client.PushOptions{Source: src, Template: "packed", Tag: "v1"}); err != nil {
+		t.Fatal(err)
+	}
+	var files int
+	filepath.WalkDir(store, func(_ string, d os.DirEntry, _ error) error {
+		if d != nil && !d.IsDir() {
+			files++
+		}
+		return nil
+	})
+	packs, _ := filepath.Glob(filepath.Join(store, "packs", "*.pack"))
+	// 256 MiB: 4 packs (16 per GiB) plus the template's records.
+	if len(packs) != 4 || files > 10 {
+		t.Fatalf("256 MiB stored as %d packs and %d files in all, want 4 packs and at most 10 files", len(packs), files)
+	}
+}

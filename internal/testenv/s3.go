@@ -24,7 +24,7 @@ type S3Server struct {
 // sets AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY for the test. The binary is
 // $CORRAL_TEST_VERSITYGW or versitygw on PATH (see Binary; CORRAL_TEST_S3=1
 // makes its absence a failure).
-func StartS3(t *testing.T) S3Server {
+func StartS3(t testing.TB) S3Server {
 	t.Helper()
 	bin := Binary(t, "versitygw", "CORRAL_TEST_VERSITYGW", "CORRAL_TEST_S3",
 		"go install github.com/versity/versitygw/cmd/versitygw@v1.8.0")
@@ -71,7 +71,7 @@ func StartS3(t *testing.T) S3Server {
 }
 
 // testWriter sends a subprocess's output to the test log.
-type testWriter struct{ t *testing.T }
+type testWriter struct{ t testing.TB }
 
 func (w testWriter) Write(p []byte) (int, error) {
 	w.t.Log(string(p))

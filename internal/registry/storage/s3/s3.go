@@ -15,6 +15,7 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
@@ -166,9 +167,19 @@ func (b *Backend) Put(ctx context.Context, p string, r io.Reader, mode storage.P
 	// a stream that breaks sends nothing, so no half object can appear.
 	// Objects larger than a part (packs) go up as a multipart upload, one
 	// part buffered at a time, visible only once completed.
-	data, err := io.ReadAll(io.LimitReader(r, PartSize+1))
+	data, err := io.ReadAll(io.LimitReader(r, smallObject+1))
 	if err != nil {
 		return fmt.Errorf("storage put %s: %w", p, err)
+	}
+	if len(data) > smallObject { // a large object: a part buffer from the pool
+		bufp := partBufs.Get().(*[]byte)
+		defer partBufs.Put(bufp)
+		n := copy(*bufp, data)
+		got, err := io.ReadFull(r, (*bufp)[n:])
+		if err != nil && err != io.EOF && err != io.ErrUnexpectedEOF {
+			return fmt.Errorf("storage put %s: %w", p, err)
+		}
+		data = (*bufp)[:n+got]
 	}
 	if len(data) > PartSize {
 		if mode == storage.Exclusive {
@@ -198,12 +209,22 @@ func (b *Backend) Put(ctx context.Context, p string, r io.Reader, mode storage.P
 	}
 }
 
-// PartSize is the part of a multipart upload held in memory at a time.
-const PartSize = 16 << 20
+// PartSize is the part of a multipart upload held in memory at a time (S3's
+// smallest is 5 MiB).
+const PartSize = 8 << 20
 
-// putMultipart uploads first (a part's worth, read already) and the rest of
-// r in parts; any failure aborts the upload, so nothing appears.
-func (b *Backend) putMultipart(ctx context.Context, p, key string, first []byte, r io.Reader) error {
+// smallObject is what a Put reads before it takes a part buffer: records
+// and manifests of small templates stay small allocations.
+const smallObject = 256 << 10
+
+// partBufs hold a part and one byte (to tell whether more follows); a Put
+// uses one, whatever the object's size.
+var partBufs = sync.Pool{New: func() any { b := make([]byte, PartSize+1); return &b }}
+
+// putMultipart uploads buf (a whole part's worth and a byte, read already)
+// and the rest of r in parts, refilling buf; any failure aborts the upload,
+// so nothing appears.
+func (b *Backend) putMultipart(ctx context.Context, p, key string, buf []byte, r io.Reader) error {
 	up, err := b.api.CreateMultipartUpload(ctx, &sdk.CreateMultipartUploadInput{Bucket: &b.bucket, Key: &key, Metadata: touchedNow()})
 	if err != nil {
 		return fmt.Errorf("storage put %s: %w", p, err)
@@ -213,8 +234,7 @@ func (b *Backend) putMultipart(ctx context.Context, p, key string, first []byte,
 		return fmt.Errorf("storage put %s: %w", p, err)
 	}
 	var parts []types.CompletedPart
-	var next []byte
-	buf, total := first, int64(0)
+	next, total := buf, int64(0)
 	for n := int32(1); ; n++ {
 		part := buf[:min(len(buf), PartSize)]
 		rest := buf[len(part):]
@@ -228,10 +248,7 @@ func (b *Backend) putMultipart(ctx context.Context, p, key string, first []byte,
 			return abort(fmt.Errorf("larger than %d bytes", MaxObject))
 		}
 		// Refill to one part and a byte: the last part may be small, no other.
-		if next == nil {
-			next = make([]byte, PartSize+1)
-		}
-		kept := copy(next, rest)
+		kept := copy(next, rest) // the byte past the part, to the front
 		got, err := io.ReadFull(r, next[kept:])
 		if err != nil && err != io.EOF && err != io.ErrUnexpectedEOF {
 			return abort(err)
