@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -256,8 +258,8 @@ func (r *Registry) previousTag(ctx context.Context, template string) map[string]
 	if err != nil {
 		return nil
 	}
-	tm, err := r.Manifest(ctx, id, "")
-	if err != nil {
+	var tm apiv1.TagManifest
+	if err := r.call(ctx, http.MethodGet, "/registry/corral/v1/manifest?purpose=delta-base&id="+url.QueryEscape(id), nil, &tm); err != nil {
 		return nil
 	}
 	out := map[string][]string{}

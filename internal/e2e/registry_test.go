@@ -804,6 +804,10 @@ func testDeltaPush(t *testing.T, reg *regdaemon.Daemon) {
 	if res.SentChunks < 60 || res.SentBytes > 2*changed {
 		t.Fatalf("second tag sent %d bytes in %d chunks for %d changed bytes, want at most 2x", res.SentBytes, res.SentChunks, changed)
 	}
+	// Reading v1 as the base of v2's deltas is not a pull of v1.
+	if d, err := rc.Template(ctx, res.TemplateID); err != nil || d.LastPull != 0 {
+		t.Fatalf("after two pushes and no pull, last pull is %d (err %v), want 0", d.LastPull, err)
+	}
 	dest := t.TempDir()
 	if _, err := rc.Pull(ctx, client.PullOptions{TemplateID: res.TemplateID, Tag: "v2", Dest: dest}); err != nil {
 		t.Fatal(err)

@@ -181,6 +181,12 @@ func (r *Registry) TagManifest(ctx context.Context, id, tag string) (apiv1.TagMa
 	return r.tagManifest(ctx, id, tag, true)
 }
 
+// DeltaBase returns the latest tag's manifest for a push to send deltas
+// against; it is not counted as a pull.
+func (r *Registry) DeltaBase(ctx context.Context, id string) (apiv1.TagManifest, error) {
+	return r.tagManifest(ctx, id, "", false)
+}
+
 // tagManifest is TagManifest; pull says whether it counts as a pull.
 func (r *Registry) tagManifest(ctx context.Context, id, tag string, pull bool) (apiv1.TagManifest, error) {
 	t, err := r.template(ctx, id)

@@ -540,5 +540,8 @@ func (a *api) manifest(r *http.Request) (any, error) {
 	if q.Get("id") == "" {
 		return nil, &registry.InvalidError{Field: "id", Reason: "required as ?id="}
 	}
+	if q.Get("purpose") == "delta-base" { // a push reading the tag it builds on: not a pull
+		return a.reg.DeltaBase(r.Context(), q.Get("id"))
+	}
 	return a.reg.TagManifest(r.Context(), q.Get("id"), q.Get("tag"))
 }
