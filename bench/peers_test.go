@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"fmt"
 	"io"
+	"iter"
 	"net"
 	"net/http"
 	"os"
@@ -74,16 +75,7 @@ func BenchmarkTransfers(b *testing.B) {
 					orasTo("oras -> corral /v2/", corralRegistry(bin), orasBin, layers))
 			}
 			for _, sys := range systems {
-				var push, pull []opResult
-				for range reps {
-					p, q := sys.run(b, dir)
-					push, pull = append(push, p), append(pull, q)
-				}
-				for _, op := range []struct {
-					name string
-					rs   []opResult
-				}{{"push", push}, {"pull", pull}} {
-					op, m := op.name, medianResult(op.rs)
+				for op, m := range sys.medians(b, dir, reps) {
 					results[sys.name+" "+op] = m
 					fmt.Printf("  %-26s %-5s %8.2f %8.2f %9d %9d %10d\n", sys.name, op, m.wall.Seconds(), m.cpu.Seconds(), m.clientRSS>>20, m.serverRSS>>20, m.wire>>20)
 				}
@@ -99,6 +91,18 @@ type opResult struct {
 	wall, cpu            time.Duration
 	clientRSS, serverRSS int64 // bytes
 	wire                 int64 // loopback bytes
+}
+
+// medians runs the system reps times and yields the median push, then pull.
+func (sys transferSystem) medians(b *testing.B, dir string, reps int) iter.Seq2[string, opResult] {
+	var push, pull []opResult
+	for range reps {
+		p, q := sys.run(b, dir)
+		push, pull = append(push, p), append(pull, q)
+	}
+	return func(yield func(string, opResult) bool) {
+		_ = yield("push", medianResult(push)) && yield("pull", medianResult(pull))
+	}
 }
 
 func medianResult(rs []opResult) opResult {
@@ -139,8 +143,8 @@ type server struct {
 
 func (s server) cpu() time.Duration { return procCPU(s.cmd.Process.Pid) }
 
-func (s server) stop() int64 {
-	peak := procHWM(s.cmd.Process.Pid)
+func (s server) stop(b *testing.B) int64 {
+	peak := procStatusKiB(b, s.cmd.Process.Pid, "VmHWM") << 10
 	s.cmd.Process.Kill()
 	s.cmd.Wait()
 	return peak
@@ -180,18 +184,9 @@ func BenchmarkS3VsFilesystem(b *testing.B) {
 		fmt.Printf("  %-18s %-5s %8s %8s %9s\n", "store", "op", "wall s", "CPU s", "srv MiB")
 		got := map[string]opResult{}
 		for _, sys := range []transferSystem{corralTemplates("filesystem", corralRegistry(bin), bin, src), corralTemplates("s3", corralOnS3(bin, s3), bin, src)} {
-			var push, pull []opResult
-			for range reps {
-				p, q := sys.run(b, dir)
-				push, pull = append(push, p), append(pull, q)
-			}
-			for _, op := range []struct {
-				name string
-				rs   []opResult
-			}{{"push", push}, {"pull", pull}} {
-				m := medianResult(op.rs)
-				got[sys.name+" "+op.name] = m
-				fmt.Printf("  %-18s %-5s %8.2f %8.2f %9d\n", sys.name, op.name, m.wall.Seconds(), m.cpu.Seconds(), m.serverRSS>>20)
+			for op, m := range sys.medians(b, dir, reps) {
+				got[sys.name+" "+op] = m
+				fmt.Printf("  %-18s %-5s %8.2f %8.2f %9d\n", sys.name, op, m.wall.Seconds(), m.cpu.Seconds(), m.serverRSS>>20)
 			}
 		}
 		for _, op := range []string{"push", "pull"} {
@@ -244,7 +239,7 @@ func corralTemplates(name string, kind serverKind, bin, src string) transferSyst
 		dest := filepath.Join(dir, "pulled")
 		pull := timeOp(b, srv, exec.Command(bin, "template", "pull", "img", "--tag", "v1", "--dest", dest, "--registry", srv.url))
 		os.RemoveAll(dest)
-		push.serverRSS = srv.stop()
+		push.serverRSS = srv.stop(b)
 		pull.serverRSS = push.serverRSS
 		return push, pull
 	}}
@@ -267,7 +262,7 @@ func orasTo(name string, kind serverKind, oras, layers string) transferSystem {
 		dest := filepath.Join(dir, "pulled")
 		pull := timeOp(b, srv, exec.Command(oras, "pull", "--plain-http", "-o", dest, ref))
 		os.RemoveAll(dest)
-		push.serverRSS = srv.stop()
+		push.serverRSS = srv.stop(b)
 		pull.serverRSS = push.serverRSS
 		return push, pull
 	}}
@@ -477,15 +472,4 @@ func procCPU(pid int) time.Duration {
 	ut, _ := strconv.ParseInt(fields[11], 10, 64)
 	st, _ := strconv.ParseInt(fields[12], 10, 64)
 	return time.Duration(ut+st) * time.Second / 100 // USER_HZ
-}
-
-func procHWM(pid int) int64 {
-	data, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	for _, line := range strings.Split(string(data), "\n") {
-		if rest, ok := strings.CutPrefix(line, "VmHWM:"); ok {
-			n, _ := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(rest), "kB")), 10, 64)
-			return n << 10
-		}
-	}
-	return 0
 }

@@ -1,14 +1,12 @@
 package client
 
 import (
-	"bytes"
 	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
-	"net/http"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -282,28 +280,11 @@ func (r *Registry) fetchChunks(ctx context.Context, digests []string, got func(d
 	var gotErr error
 	buf := make([]byte, 0, chunk.MaxEncoded)
 	err := r.withRetry(ctx, fmt.Sprintf("download %d chunks", len(digests)), func(ctx context.Context) error {
-		body, _ := json.Marshal(apiv1.FetchRequest{Digests: left})
-		req, err := http.NewRequestWithContext(ctx, http.MethodPost, r.base+"/registry/corral/v1/chunks/fetch", bytes.NewReader(body))
-		if err != nil {
-			return err
-		}
-		req.Header.Set("Content-Type", "application/json")
-		resp, err := r.do(req)
+		resp, err := r.postForBytes(ctx, "/registry/corral/v1/chunks/fetch", apiv1.FetchRequest{Digests: left})
 		if err != nil {
 			return err
 		}
 		defer resp.Body.Close()
-		if resp.StatusCode != http.StatusOK || !strings.HasPrefix(resp.Header.Get("Content-Type"), "application/octet-stream") {
-			err := decodeRegistryEnvelope(resp, nil, "POST chunks/fetch")
-			var fe *FailError
-			if errors.As(err, &fe) && fe.HTTPStatus == http.StatusOK {
-				return retry.Permanent(errOldRegistry) // the catch-all FAIL of a registry without the route
-			}
-			if err == nil {
-				err = fmt.Errorf("POST chunks/fetch: HTTP %d", resp.StatusCode)
-			}
-			return err
-		}
 		done := map[string]bool{}
 		defer func() { left = slices.DeleteFunc(left, func(d string) bool { return done[d] }) }()
 		for len(done) < len(left) {

@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/binary"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -303,28 +302,11 @@ func (r *Registry) signatures(ctx context.Context, digests []string) (map[string
 	out := map[string][]uint32{}
 	var wire int64
 	err := r.withRetry(ctx, fmt.Sprintf("signatures of %d chunks", len(digests)), func(ctx context.Context) error {
-		body, _ := json.Marshal(apiv1.FetchRequest{Digests: digests})
-		req, err := http.NewRequestWithContext(ctx, http.MethodPost, r.base+"/registry/corral/v1/chunks/signatures", bytes.NewReader(body))
-		if err != nil {
-			return err
-		}
-		req.Header.Set("Content-Type", "application/json")
-		resp, err := r.do(req)
+		resp, err := r.postForBytes(ctx, "/registry/corral/v1/chunks/signatures", apiv1.FetchRequest{Digests: digests})
 		if err != nil {
 			return err
 		}
 		defer resp.Body.Close()
-		if resp.StatusCode != http.StatusOK || resp.Header.Get("Content-Type") != "application/octet-stream" {
-			err := decodeRegistryEnvelope(resp, nil, "POST chunks/signatures")
-			var fe *FailError
-			if errors.As(err, &fe) && fe.HTTPStatus == http.StatusOK {
-				return retry.Permanent(errOldRegistry)
-			}
-			if err == nil {
-				err = fmt.Errorf("POST chunks/signatures: HTTP %d", resp.StatusCode)
-			}
-			return err
-		}
 		data, err := io.ReadAll(io.LimitReader(resp.Body, int64(len(digests))*(36+4*chunk.Blocks)+1))
 		if err != nil {
 			return err

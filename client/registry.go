@@ -116,6 +116,38 @@ func (r *Registry) call(ctx context.Context, method, path string, in, out any) e
 	})
 }
 
+// postForBytes POSTs in as JSON to a route that answers binary
+// (application/octet-stream); any other answer is its FAIL as an error, and
+// the catch-all FAIL of a registry without the route is errOldRegistry
+// (permanent). The caller closes the body.
+func (r *Registry) postForBytes(ctx context.Context, path string, in any) (*http.Response, error) {
+	body, err := json.Marshal(in)
+	if err != nil {
+		return nil, err
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, r.base+path, bytes.NewReader(body))
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := r.do(req)
+	if err != nil {
+		return nil, err
+	}
+	if resp.StatusCode == http.StatusOK && resp.Header.Get("Content-Type") == "application/octet-stream" {
+		return resp, nil
+	}
+	err = decodeRegistryEnvelope(resp, nil, "POST "+path)
+	var fe *FailError
+	if errors.As(err, &fe) && fe.HTTPStatus == http.StatusOK {
+		return nil, retry.Permanent(errOldRegistry)
+	}
+	if err == nil {
+		err = fmt.Errorf("POST %s: HTTP %d", path, resp.StatusCode)
+	}
+	return nil, err
+}
+
 // Status checks the registry is running.
 func (r *Registry) Status(ctx context.Context) (apiv1.RegistryStatus, error) {
 	var s apiv1.RegistryStatus

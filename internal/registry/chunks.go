@@ -39,21 +39,28 @@ func newLookups(fresh bool) *lookups { return &lookups{touched: map[string]bool{
 // Missing returns the digests the store lacks. Present chunks' packs are
 // touched, so GC keeps them while the push that asked is under way.
 func (r *Registry) Missing(ctx context.Context, digests []string) ([]string, error) {
-	var missing []string
-	lk := newLookups(false)
+	_, missing, err := r.present(ctx, digests, newLookups(false))
+	return missing, err
+}
+
+// present checks digests (each must be valid) with ensureChunk and splits
+// them into the stored and the missing.
+func (r *Registry) present(ctx context.Context, digests []string, lk *lookups) (stored, missing []string, err error) {
 	for _, d := range digests {
 		if !chunk.ValidDigest(d) {
-			return nil, &InvalidError{"digests", fmt.Sprintf("%q is not a sha256 hex digest", d)}
+			return nil, nil, &InvalidError{"digests", fmt.Sprintf("%q is not a sha256 hex digest", d)}
 		}
 		ok, err := r.ensureChunk(ctx, d, lk)
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
-		if !ok {
+		if ok {
+			stored = append(stored, d)
+		} else {
 			missing = append(missing, d)
 		}
 	}
-	return missing, nil
+	return stored, missing, nil
 }
 
 // ensureChunk reports whether the chunk is stored, touching its pack (GC

@@ -191,15 +191,11 @@ func (r *Registry) condemnChunks(ctx context.Context, protectSince time.Time, li
 		if live.chunks[d] {
 			continue
 		}
-		info, err := r.st.Stat(ctx, p)
-		if errors.Is(err, storage.ErrNotFound) {
-			continue
-		}
-		if err != nil {
-			return fmt.Errorf("gc: %w", err)
-		}
-		if !info.ModTime.Before(protectSince) {
-			continue
+		if recent, err := r.recent(ctx, p, protectSince); err != nil || recent {
+			if err != nil {
+				return err
+			}
+			continue // touched by a push, or gone meanwhile
 		}
 		if err := r.st.Rename(ctx, p, trashPath(d)); err != nil {
 			if errors.Is(err, storage.ErrNotFound) {

@@ -82,15 +82,11 @@ func (r *Registry) collectPacks(ctx context.Context, protectSince time.Time, liv
 		if p.attic.Load() {
 			continue
 		}
-		info, err := r.st.Stat(ctx, p.path())
-		if errors.Is(err, storage.ErrNotFound) {
-			continue
-		}
-		if err != nil {
-			return fmt.Errorf("gc: %w", err)
-		}
-		if !info.ModTime.Before(protectSince) {
-			continue
+		if recent, err := r.recent(ctx, p.path(), protectSince); err != nil || recent {
+			if err != nil {
+				return err
+			}
+			continue // a push relies on it, or it moved meanwhile
 		}
 		lb := p.liveBytes(live)
 		switch {

@@ -42,21 +42,12 @@ func (r *Registry) PlanFetch(ctx context.Context, digests []string) (*FetchPlan,
 	if len(digests) == 0 || len(digests) > MaxFetchChunks {
 		return nil, &InvalidError{"digests", fmt.Sprintf("%d digests: want 1 to %d per request", len(digests), MaxFetchChunks)}
 	}
-	lk := newLookups(true)
+	stored, missing, err := r.present(ctx, digests, newLookups(true))
+	if err != nil {
+		return nil, err
+	}
 	plan := &FetchPlan{}
-	var missing []string
-	for _, d := range digests {
-		if !chunk.ValidDigest(d) {
-			return nil, &InvalidError{"digests", fmt.Sprintf("%q is not a sha256 hex digest", d)}
-		}
-		ok, err := r.ensureChunk(ctx, d, lk)
-		if err != nil {
-			return nil, err
-		}
-		if !ok {
-			missing = append(missing, d)
-			continue
-		}
+	for _, d := range stored {
 		l, packed := r.packs.lookup(d)
 		plan.items = append(plan.items, fetchItem{d, l, packed})
 	}
