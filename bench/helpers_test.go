@@ -35,28 +35,12 @@ func benchDir(b *testing.B) string {
 // makeImage writes a disk image of size bytes: alternating 64 MiB regions of
 // random data and zeros (holes), like a freshly installed guest disk.
 func makeImage(b *testing.B, path string, size int64) {
-	f, err := os.Create(path)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer f.Close()
-	if err := f.Truncate(size); err != nil {
-		b.Fatal(err)
-	}
-	buf := make([]byte, 8<<20)
-	const region = 64 << 20
-	for off := int64(0); off < size; off += 2 * region {
-		for o := off; o < min(off+region, size); o += int64(len(buf)) {
-			rand.Read(buf)
-			n := min(int64(len(buf)), size-o)
-			if _, err := f.WriteAt(buf[:n], o); err != nil {
-				b.Fatal(err)
-			}
+	writeRegions(b, path, size, func(off int64) string {
+		if off/(64<<20)%2 == 0 {
+			return "random"
 		}
-	}
-	if err := f.Sync(); err != nil {
-		b.Fatal(err)
-	}
+		return "hole"
+	})
 }
 
 // changeBlocks rewrites frac of the image's 4 KiB blocks with random data, in
