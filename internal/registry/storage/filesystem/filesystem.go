@@ -19,6 +19,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/corral-build/corral/internal/directio"
 	"github.com/corral-build/corral/internal/hostinfo"
 	"github.com/corral-build/corral/internal/registry/storage"
 )
@@ -58,12 +59,19 @@ func (b *Backend) Put(ctx context.Context, p string, r io.Reader, mode storage.P
 		return fmt.Errorf("storage put %s: %w", p, err)
 	}
 	defer os.Remove(tmp) // no-op after a successful rename
-	bufp := copyBufs.Get().(*[]byte)
-	_, err = io.CopyBuffer(writerOnly{f}, readerWithContext{ctx, r}, *bufp)
-	copyBufs.Put(bufp)
+	direct := directio.Enable(f) == nil
+	if direct {
+		// Objects (packs, blobs) are written once and rarely read soon:
+		// around the page cache, which costs more than the copy here.
+		_, err = directio.Copy(f, readerWithContext{ctx, r})
+	} else {
+		bufp := copyBufs.Get().(*[]byte)
+		_, err = io.CopyBuffer(writerOnly{f}, readerWithContext{ctx, r}, *bufp)
+		copyBufs.Put(bufp)
+	}
 	if err == nil && mode != storage.Unsynced {
 		err = f.Sync()
-	} else if err == nil {
+	} else if err == nil && !direct {
 		hostinfo.StartWriteback(f) // the commit's Sync then finds little left
 	}
 	if cerr := f.Close(); err == nil {

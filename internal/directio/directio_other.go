@@ -1,0 +1,11 @@
+//go:build !linux && !darwin
+
+package directio
+
+import (
+	"errors"
+	"os"
+)
+
+func enable(*os.File) error  { return errors.ErrUnsupported }
+func disable(*os.File) error { return nil }
