@@ -13,11 +13,13 @@
 package directio
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"io"
 	"os"
 	"sync"
+	"sync/atomic"
 	"unsafe"
 )
 
@@ -54,39 +56,85 @@ func Enable(f *os.File) error {
 	return nil
 }
 
+// depth is how many buffers Copy keeps between reading and writing: a
+// direct write returns when the device has the data, so reads (from the
+// network, the hash) go on while up to depth-1 buffers are written.
+const depth = 4
+
 // Copy writes everything r yields to f, switched by Enable, at an aligned
-// offset, and returns the bytes written. Whole buffers go directly; the
-// unaligned tail is written after f is switched to buffered I/O.
+// offset, and returns the bytes written. Whole buffers go directly, written
+// on a goroutine of their own while the next ones are read; the unaligned
+// tail is written after f is switched to buffered I/O.
 func Copy(f *os.File, r io.Reader) (int64, error) {
-	bp := bufs.Get().(*[]byte)
-	defer bufs.Put(bp)
-	buf := *bp
-	var total int64
-	for {
-		n, rerr := io.ReadFull(r, buf)
-		if rerr != nil && !errors.Is(rerr, io.EOF) && !errors.Is(rerr, io.ErrUnexpectedEOF) {
-			return total, rerr
-		}
-		aligned := n &^ (Align - 1)
-		if aligned > 0 {
-			if _, err := f.Write(buf[:aligned]); err != nil {
-				return total, err
+	full := make(chan block, depth)
+	free := make(chan *[]byte, depth)
+	for range depth {
+		free <- bufs.Get().(*[]byte)
+	}
+	var failed atomic.Bool
+	type result struct {
+		n   int64
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		var res result
+		for b := range full {
+			if res.err == nil {
+				var n int
+				n, res.err = writeBlock(f, (*b.buf)[:b.n])
+				res.n += int64(n)
+				failed.Store(res.err != nil)
 			}
-			total += int64(aligned)
+			free <- b.buf
 		}
-		if aligned < n {
-			if err := disable(f); err != nil {
-				return total, fmt.Errorf("direct I/O off: %w", err)
-			}
-			if _, err := f.Write(buf[aligned:n]); err != nil {
-				return total, err
-			}
-			total += int64(n - aligned)
+		done <- res
+	}()
+	var rerr error
+	for !failed.Load() {
+		bp := <-free
+		n, err := io.ReadFull(r, *bp)
+		if n > 0 {
+			full <- block{bp, n}
+		} else {
+			free <- bp
 		}
-		if rerr != nil || n < len(buf) {
-			return total, nil
+		if err != nil {
+			if !errors.Is(err, io.EOF) && !errors.Is(err, io.ErrUnexpectedEOF) {
+				rerr = err
+			}
+			break
 		}
 	}
+	close(full)
+	res := <-done
+	for range depth {
+		bufs.Put(<-free)
+	}
+	return res.n, cmp.Or(res.err, rerr)
+}
+
+type block struct {
+	buf *[]byte
+	n   int
+}
+
+// writeBlock writes p's aligned part directly, then the rest buffered.
+func writeBlock(f *os.File, p []byte) (int, error) {
+	aligned := len(p) &^ (Align - 1)
+	if aligned > 0 {
+		if n, err := f.Write(p[:aligned]); err != nil {
+			return n, err
+		}
+	}
+	if aligned == len(p) {
+		return aligned, nil
+	}
+	if err := disable(f); err != nil {
+		return aligned, fmt.Errorf("direct I/O off: %w", err)
+	}
+	n, err := f.Write(p[aligned:])
+	return aligned + n, err
 }
 
 // WriteAt writes p at off through direct when the transfer can be direct
@@ -112,4 +160,27 @@ func WriteAt(direct, buffered *os.File, p []byte, off int64) error {
 	}
 	_, err := direct.WriteAt(p, off)
 	return err
+}
+
+// ReadAt reads len(p) bytes at off like buffered.ReadAt, taking them from
+// the page cache where they all are and otherwise reading directly (p
+// aligned; cap(p) at least len(p) rounded up to Align for a short tail at
+// the end of the file), so a cold multi-GB file is read without filling
+// the cache. direct may be nil.
+func ReadAt(direct, buffered *os.File, p []byte, off int64) (int, error) {
+	whole := (len(p) + Align - 1) &^ (Align - 1)
+	if direct == nil || cap(p) < whole || !IsAligned(p[:whole], off) {
+		return buffered.ReadAt(p, off)
+	}
+	if n, ok := readCached(buffered, p, off); ok {
+		return n, nil
+	}
+	n, err := direct.ReadAt(p[:whole], off)
+	if n >= len(p) {
+		return len(p), nil
+	}
+	if err == nil {
+		err = io.EOF
+	}
+	return n, err
 }

@@ -14,3 +14,7 @@ func enable(f *os.File) error {
 }
 
 func disable(*os.File) error { return nil } // F_NOCACHE has no alignment rules
+
+// readCached leaves every read to the F_NOCACHE descriptor, which is served
+// from the cache where the data is there.
+func readCached(*os.File, []byte, int64) (int, bool) { return 0, false }

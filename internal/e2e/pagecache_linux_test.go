@@ -2,11 +2,13 @@ package e2e
 
 import (
 	"context"
+	"os"
 	"path/filepath"
 	"testing"
 
 	"github.com/corral-build/corral/client"
 	"github.com/corral-build/corral/internal/testenv"
+	"golang.org/x/sys/unix"
 )
 
 // TestTransfersAroundThePageCache: a push stores its packs, and a pull
@@ -18,9 +20,13 @@ func TestTransfersAroundThePageCache(t *testing.T) {
 	rc, _ := client.NewRegistry(reg.URL)
 	ctx := context.Background()
 	src := newVMDir(t, allMiB(48)...)
+	evict(t, filepath.Join(src, "disk.img")) // as an image written long ago
 	res, err := rc.Push(ctx, client.PushOptions{Source: src, Template: "dense", Tag: "v1"})
 	if err != nil {
 		t.Fatal(err)
+	}
+	if resident, pages := testenv.PagesCached(t, filepath.Join(src, "disk.img")); resident > 1 {
+		t.Errorf("pushed image: %d of %d pages in the page cache after the push", resident, pages)
 	}
 	packs, _ := filepath.Glob(filepath.Join(store, "packs", "*.pack"))
 	if len(packs) == 0 {
@@ -40,4 +46,22 @@ func TestTransfersAroundThePageCache(t *testing.T) {
 		t.Errorf("pulled image: %d of %d pages in the page cache", resident, pages)
 	}
 	sameFiles(t, src, dest)
+}
+
+// evict drops a file's pages from the page cache.
+func evict(t *testing.T, path string) {
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := f.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Fadvise(int(f.Fd()), 0, 0, unix.FADV_DONTNEED); err != nil {
+		t.Fatal(err)
+	}
+	if resident, _ := testenv.PagesCached(t, path); resident > 0 {
+		t.Fatalf("%s: %d pages still cached", path, resident)
+	}
 }
