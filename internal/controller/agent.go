@@ -254,8 +254,28 @@ func (s *Service) ReportStatus(ctx context.Context, rep apiv1.StatusReport) erro
 		return ErrDisjoined // a disjoined node's instances are the scheduler's to fail
 	}
 	_ = err // other errors: the updates below fail with their own
+	// A report's updates go to etcd together, a round per update of the same
+	// instance (the k-th update of each instance in round k), so every state
+	// an instance passed through is still a revision of its own for watchers
+	// (the event log) while a report on many instances costs one.
+	var rounds [][]apiv1.InstanceStatus
+	seen := map[string]int{}
 	for _, st := range rep.Instances {
-		_, err := s.st.UpdateInstance(ctx, st.InstanceID, func(r *store.InstanceRecord) (store.InstanceUpdate, error) {
+		k := seen[st.InstanceID]
+		seen[st.InstanceID]++
+		if k == len(rounds) {
+			rounds = append(rounds, nil)
+		}
+		rounds[k] = append(rounds[k], st)
+	}
+	for _, round := range rounds {
+		ids := make([]string, len(round))
+		byID := make(map[string]apiv1.InstanceStatus, len(round))
+		for i, st := range round {
+			ids[i], byID[st.InstanceID] = st.InstanceID, st
+		}
+		err := s.st.UpdateInstances(ctx, ids, func(r *store.InstanceRecord) (store.InstanceUpdate, error) {
+			st := byID[r.InstanceID]
 			if r.NodeID != rep.NodeID || !r.SlotHeld {
 				return store.InstanceUpdate{Skip: true}, nil
 			}
@@ -269,8 +289,8 @@ func (s *Service) ReportStatus(ctx context.Context, rep apiv1.StatusReport) erro
 			u.Console = st.Console
 			return u, nil
 		})
-		if err != nil && !errors.Is(err, store.ErrNotFound) {
-			return fmt.Errorf("instance %s: %w", st.InstanceID, err)
+		if err != nil {
+			return fmt.Errorf("report of node %s: %w", rep.NodeID, err)
 		}
 	}
 	return nil

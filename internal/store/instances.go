@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"time"
 
@@ -200,17 +201,8 @@ func (s *Store) UpdateInstance(ctx context.Context, id string, fn func(*Instance
 		if err != nil || u.Skip {
 			return r, err
 		}
-		ops := []clientv3.Op{clientv3.OpPut(key, mustJSON(r))}
-		if u.Console != "" {
-			ops = append(ops, clientv3.OpPut(s.consoleKey(id), mustJSON(Console{Text: u.Console, At: time.Now().UTC()})))
-		}
-		switch {
-		case u.Unassign && nodeBefore != "":
-			ops = append(ops, clientv3.OpDelete(s.assignKey(nodeBefore, id)))
-		case u.Terminate && nodeBefore != "":
-			marker := apiv1.Assignment{InstanceID: id, VMID: r.VMID, Tag: r.Tag, Terminate: true}
-			ops = append(ops, clientv3.OpPut(s.assignKey(nodeBefore, id), mustJSON(marker)))
-		case u.Restart && nodeBefore != "":
+		ops := s.updateOps(id, r, nodeBefore, u)
+		if u.Restart && nodeBefore != "" {
 			asg := apiv1.Assignment{InstanceID: id, VMID: r.VMID, Tag: r.Tag, Spec: r.Spec, Restarts: r.Restarts}
 			// Only while the assignment exists: a restart never re-places.
 			cmp := clientv3.Compare(clientv3.CreateRevision(s.assignKey(nodeBefore, id)), ">", 0)
@@ -237,6 +229,116 @@ func (s *Store) UpdateInstance(ctx context.Context, id string, fn func(*Instance
 	}
 }
 
+// updateOps writes an updated record and what u asks besides (but a
+// restart's assignment, which is conditional).
+func (s *Store) updateOps(id string, r InstanceRecord, nodeBefore string, u InstanceUpdate) []clientv3.Op {
+	ops := []clientv3.Op{clientv3.OpPut(s.instanceKey(id), mustJSON(r))}
+	if u.Console != "" {
+		ops = append(ops, clientv3.OpPut(s.consoleKey(id), mustJSON(Console{Text: u.Console, At: time.Now().UTC()})))
+	}
+	switch {
+	case u.Unassign && nodeBefore != "":
+		ops = append(ops, clientv3.OpDelete(s.assignKey(nodeBefore, id)))
+	case u.Terminate && nodeBefore != "":
+		marker := apiv1.Assignment{InstanceID: id, VMID: r.VMID, Tag: r.Tag, Terminate: true}
+		ops = append(ops, clientv3.OpPut(s.assignKey(nodeBefore, id), mustJSON(marker)))
+	}
+	return ops
+}
+
+// UpdateInstances applies fn to each of several instances (distinct ids)
+// and commits the changes together: one transaction, so one etcd revision,
+// for a node's report on many instances, each write compared on its
+// record's mod revision. Batches that lost a race are updated one instance
+// at a time (UpdateInstance), fn called again on the record as it is then.
+// Instances that do not exist are left out; fn may not ask for a Restart.
+func (s *Store) UpdateInstances(ctx context.Context, ids []string, fn func(*InstanceRecord) (InstanceUpdate, error)) error {
+	// etcd caps a transaction's operations (128 by default) and a request's
+	// bytes (1.5 MiB by default; a console tail is up to 64 KiB).
+	const maxIDs, maxBytes = 32, 1 << 20
+	for len(ids) > 0 {
+		n := min(maxIDs, len(ids))
+		if err := s.updateBatch(ctx, ids[:n], maxBytes, fn); err != nil {
+			return err
+		}
+		ids = ids[n:]
+	}
+	return nil
+}
+
+func (s *Store) updateBatch(ctx context.Context, ids []string, maxBytes int, fn func(*InstanceRecord) (InstanceUpdate, error)) error {
+	gets := make([]clientv3.Op, len(ids))
+	for i, id := range ids {
+		gets[i] = clientv3.OpGet(s.instanceKey(id))
+	}
+	read, err := s.cli.Txn(ctx).Then(gets...).Commit()
+	if err != nil {
+		return fmt.Errorf("read instances: %w", err)
+	}
+	var cmps []clientv3.Cmp
+	var ops []clientv3.Op
+	var batched []string
+	size := 0
+	one := func(id string) error {
+		if _, err := s.UpdateInstance(ctx, id, fn); err != nil && !errors.Is(err, ErrNotFound) {
+			return err
+		}
+		return nil
+	}
+	for i, id := range ids {
+		kvs := read.Responses[i].GetResponseRange().Kvs
+		if len(kvs) == 0 {
+			continue
+		}
+		var r InstanceRecord
+		if err := json.Unmarshal(kvs[0].Value, &r); err != nil {
+			return fmt.Errorf("decode %s: %w", kvs[0].Key, err)
+		}
+		nodeBefore := r.NodeID
+		u, err := fn(&r)
+		if err != nil {
+			return err
+		}
+		if u.Skip {
+			continue
+		}
+		if u.Restart {
+			return fmt.Errorf("update instance %s: a restart is not batched", id)
+		}
+		more := s.updateOps(id, r, nodeBefore, u)
+		bytes := 0
+		for _, op := range more {
+			bytes += len(op.KeyBytes()) + len(op.ValueBytes())
+		}
+		if size+bytes > maxBytes { // too big to share a transaction
+			if err := one(id); err != nil {
+				return err
+			}
+			continue
+		}
+		size += bytes
+		cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(s.instanceKey(id)), "=", kvs[0].ModRevision))
+		ops = append(ops, more...)
+		batched = append(batched, id)
+	}
+	if len(ops) == 0 {
+		return nil
+	}
+	resp, err := s.cli.Txn(ctx).If(cmps...).Then(ops...).Commit()
+	if err != nil {
+		return fmt.Errorf("update %d instances: %w", len(batched), err)
+	}
+	if resp.Succeeded {
+		return nil
+	}
+	for _, id := range batched {
+		if err := one(id); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // PurgeFinished deletes instances Terminated longer than retention ago, so
 // the database does not grow without bound. It returns how many it deleted.
 func (s *Store) PurgeFinished(ctx context.Context, retention time.Duration) (int, error) {
@@ -249,14 +351,50 @@ func (s *Store) PurgeFinished(ctx context.Context, retention time.Duration) (int
 }
 
 // purge deletes the records under prefix that expired says may go, each
-// only if unchanged since it was read. expired may also act on a record.
-// also, when set, names more deletes for the same transaction.
+// only if unchanged since it was read, up to purgeBatch records a
+// transaction (one etcd revision for many; a batch in which one changed is
+// tried one record at a time). expired may also act on a record. also,
+// when set, names more deletes for the same transaction.
 func purge[T any](ctx context.Context, s *Store, prefix string, expired func(T) (bool, error), also func(T) []clientv3.Op) (int, error) {
 	resp, err := s.cli.Get(ctx, s.prefix+prefix, clientv3.WithPrefix())
 	if err != nil {
 		return 0, fmt.Errorf("list %s: %w", prefix, err)
 	}
+	type gone struct {
+		cmp clientv3.Cmp
+		ops []clientv3.Op
+	}
 	n := 0
+	commit := func(batch []gone) (bool, error) {
+		var cmps []clientv3.Cmp
+		var ops []clientv3.Op
+		for _, g := range batch {
+			cmps, ops = append(cmps, g.cmp), append(ops, g.ops...)
+		}
+		resp, err := s.cli.Txn(ctx).If(cmps...).Then(ops...).Commit()
+		if err != nil {
+			return false, fmt.Errorf("purge %s: %w", prefix, err)
+		}
+		if resp.Succeeded {
+			n += len(batch)
+		}
+		return resp.Succeeded, nil
+	}
+	flush := func(batch []gone) error {
+		if len(batch) == 0 {
+			return nil
+		}
+		if ok, err := commit(batch); ok || err != nil || len(batch) == 1 {
+			return err
+		}
+		for _, g := range batch { // one changed meanwhile: it is judged again next time
+			if _, err := commit([]gone{g}); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	var batch []gone
 	for _, kv := range resp.Kvs {
 		var v T
 		if json.Unmarshal(kv.Value, &v) != nil {
@@ -273,17 +411,20 @@ func purge[T any](ctx context.Context, s *Store, prefix string, expired func(T) 
 		if also != nil {
 			ops = append(ops, also(v)...)
 		}
-		resp, err := s.cli.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(key), "=", kv.ModRevision)).
-			Then(ops...).Commit()
-		if err != nil {
-			return n, fmt.Errorf("purge %s: %w", key, err)
-		}
-		if resp.Succeeded { // else it changed meanwhile: judged again next time
-			n++
+		batch = append(batch, gone{clientv3.Compare(clientv3.ModRevision(key), "=", kv.ModRevision), ops})
+		if len(batch) == purgeBatch {
+			if err := flush(batch); err != nil {
+				return n, err
+			}
+			batch = batch[:0]
 		}
 	}
-	return n, nil
+	return n, flush(batch)
 }
+
+// purgeBatch keeps a purge transaction's operations under etcd's default
+// cap of 128 (a record and up to one more delete each).
+const purgeBatch = 50
 
 // AssignPrefix is the watched prefix of one node's desired state.
 func (s *Store) AssignPrefix(node string) string { return s.assignPrefix(node) }

@@ -3,6 +3,7 @@ package store_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"testing"
 	"time"
 
@@ -200,5 +201,74 @@ func TestPurgeRequests(t *testing.T) {
 	}
 	if n, err := st.PurgeFinishedImages(ctx, 0); err != nil || n != 1 {
 		t.Fatalf("purge finished image request: %d %v", n, err)
+	}
+}
+
+// TestUpdateInstancesLosesARace: a batch whose record changed between its
+// read and its commit is applied one instance at a time on the records as
+// they are then, keeping the other writer's change.
+func TestUpdateInstancesLosesARace(t *testing.T) {
+	ctx := context.Background()
+	st := newStore(t)
+	recs := []store.InstanceRecord{
+		{Instance: apiv1.Instance{InstanceID: "a", State: apiv1.StatePulling}},
+		{Instance: apiv1.Instance{InstanceID: "b", State: apiv1.StatePulling}},
+	}
+	if err := st.CreateInstances(ctx, recs); err != nil {
+		t.Fatal(err)
+	}
+	raced := false
+	err := st.UpdateInstances(ctx, []string{"a", "b", "missing"}, func(r *store.InstanceRecord) (store.InstanceUpdate, error) {
+		if !raced {
+			raced = true
+			if _, err := st.UpdateInstance(ctx, "b", func(r *store.InstanceRecord) (store.InstanceUpdate, error) {
+				r.Message = "changed meanwhile"
+				return store.InstanceUpdate{}, nil
+			}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		r.State = apiv1.StateStarted
+		return store.InstanceUpdate{}, nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range []string{"a", "b"} {
+		r, err := st.GetInstance(ctx, id)
+		if err != nil || r.State != apiv1.StateStarted {
+			t.Errorf("%s: %s, %v", id, r.State, err)
+		}
+	}
+	if r, _ := st.GetInstance(ctx, "b"); r.Message != "changed meanwhile" {
+		t.Errorf("the other writer's change was lost: %q", r.Message)
+	}
+}
+
+// TestPurgeIsBatched: purging many finished instances takes one etcd
+// revision per batch (it took one per instance: a second revision per
+// instance lifecycle), and one that changed meanwhile stays.
+func TestPurgeIsBatched(t *testing.T) {
+	ctx := context.Background()
+	st := newStore(t)
+	old := time.Now().Add(-time.Hour)
+	var recs []store.InstanceRecord
+	for i := range 120 {
+		recs = append(recs, store.InstanceRecord{Instance: apiv1.Instance{InstanceID: fmt.Sprint("i", i), State: apiv1.StateTerminated}, FinishedAt: old})
+	}
+	if err := st.CreateInstances(ctx, recs); err != nil {
+		t.Fatal(err)
+	}
+	before, _ := st.Client().Get(ctx, "x")
+	n, err := st.PurgeFinished(ctx, time.Minute)
+	if err != nil || n != 120 {
+		t.Fatalf("purged %d, err %v", n, err)
+	}
+	after, _ := st.Client().Get(ctx, "x")
+	if revs := after.Header.Revision - before.Header.Revision; revs > 3 {
+		t.Errorf("purging 120 instances took %d etcd revisions, want at most 3", revs)
+	}
+	if left, _ := st.ListInstances(ctx); len(left) != 0 {
+		t.Errorf("%d instances left", len(left))
 	}
 }
