@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"cmp"
 	"crypto/rand"
 	"crypto/sha256"
 	"fmt"
@@ -439,9 +440,13 @@ func peerTool(name string) string {
 		return p
 	}
 	home, _ := os.UserHomeDir()
-	p := filepath.Join(home, ".cache", "corral-ci", "peers", name)
-	if _, err := os.Stat(p); err == nil {
-		return p
+	gopath := cmp.Or(os.Getenv("GOPATH"), filepath.Join(home, "go"))
+	// "registry" is too common a name to take from PATH: where go install
+	// puts it, or the CI cache.
+	for _, p := range []string{filepath.Join(gopath, "bin", name), filepath.Join(home, ".cache", "corral-ci", "peers", name)} {
+		if _, err := os.Stat(p); err == nil {
+			return p
+		}
 	}
 	return ""
 }
