@@ -1,7 +1,6 @@
 package controller
 
 import (
-	"cmp"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -11,7 +10,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	apiv1 "github.com/corral-build/corral/api/v1"
@@ -161,27 +159,13 @@ func (s *Service) ListInstances(ctx context.Context, f InstanceFilter) ([]apiv1.
 }
 
 // listed is the instances matching f in creation order, ties (one
-// request's instances) by id: a stable order for paging. It sorts
-// pointers: swapping the records themselves (a KiB each) costs more than
-// the whole list.
-func (s *Service) listed(ctx context.Context, f InstanceFilter) ([]*store.InstanceEntry, error) {
+// request's instances) by id: a stable order for paging. The entries are
+// the view's own (read-only), not copies.
+func (s *Service) listed(ctx context.Context, f InstanceFilter) ([]store.Listed, error) {
 	if err := f.check(); err != nil {
 		return nil, err
 	}
-	entries, err := s.st.ListInstanceEntries(ctx)
-	if err != nil {
-		return nil, err
-	}
-	out := make([]*store.InstanceEntry, 0, len(entries))
-	for i := range entries {
-		if f.matches(&entries[i].InstanceRecord) {
-			out = append(out, &entries[i])
-		}
-	}
-	slices.SortFunc(out, func(a, b *store.InstanceEntry) int {
-		return cmp.Or(a.CrTime.Compare(b.CrTime), strings.Compare(a.InstanceID, b.InstanceID))
-	})
-	return out, nil
+	return s.st.InstancesByCreation(ctx, f.matches)
 }
 
 // UpdateInstance changes an instance's external_id, name or metadata.
@@ -316,18 +300,6 @@ func (s *Service) InstanceLogs(ctx context.Context, id string) (apiv1.InstanceLo
 		StartupScript: r.StartupScript, Console: c.Text, ConsoleAt: c.At}, nil
 }
 
-// listCache keeps each instance's encoded list item for the revision it
-// was encoded at: a list of 10,000 unchanged instances encodes none again.
-type listCache struct {
-	mu sync.Mutex
-	m  map[string]cachedItem
-}
-
-type cachedItem struct {
-	rev int64
-	js  json.RawMessage
-}
-
 // ListInstancesJSON is ListInstances as encoded list items (GET /api/v1/vm),
 // each encoded once per change of its instance.
 func (s *Service) ListInstancesJSON(ctx context.Context, f InstanceFilter) ([]json.RawMessage, error) {
@@ -335,28 +307,11 @@ func (s *Service) ListInstancesJSON(ctx context.Context, f InstanceFilter) ([]js
 	if err != nil {
 		return nil, err
 	}
-	c := &s.list
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	full := f == InstanceFilter{}
-	next := c.m
-	if full || next == nil {
-		next = make(map[string]cachedItem, len(entries)) // drops instances gone since
-	}
-	out := make([]json.RawMessage, 0, len(entries))
-	for _, e := range entries {
-		r := &e.InstanceRecord
-		it, ok := c.m[r.InstanceID]
-		if !ok || it.rev != e.ModRev {
-			js, err := json.Marshal(r.Instance.ListItem())
-			if err != nil {
-				return nil, fmt.Errorf("encode instance %s: %w", r.InstanceID, err)
-			}
-			it = cachedItem{e.ModRev, js}
+	out := make([]json.RawMessage, len(entries))
+	for i, e := range entries {
+		if out[i], err = e.ListItemJSON(); err != nil {
+			return nil, fmt.Errorf("encode instance %s: %w", e.InstanceID, err)
 		}
-		next[r.InstanceID] = it
-		out = append(out, it.js)
 	}
-	c.m = next
 	return out, nil
 }

@@ -57,7 +57,6 @@ type Service struct {
 	waiting  waitingCount
 	authFail authFailures
 	wake     *wakeHub // nil: each long poll watches for itself
-	list     listCache
 }
 
 // New returns a Service.

@@ -105,7 +105,7 @@ func (s *Store) GetInstance(ctx context.Context, id string) (InstanceRecord, err
 		if !ok {
 			return InstanceRecord{}, ErrNotFound
 		}
-		return in.InstanceRecord, nil
+		return in.InstanceRecord, nil // a copy
 	}
 	var r InstanceRecord
 	_, err := s.get(ctx, s.instanceKey(id), &r)
@@ -118,7 +118,7 @@ func (s *Store) ListInstanceEntries(ctx context.Context) ([]InstanceEntry, error
 		s.view.mu.RLock()
 		out := make([]InstanceEntry, 0, len(s.view.instances))
 		for _, id := range sortedKeys(s.view.instances) {
-			out = append(out, s.view.instances[id])
+			out = append(out, s.view.instances[id].InstanceEntry)
 		}
 		s.view.mu.RUnlock()
 		return out, nil

@@ -71,14 +71,14 @@ func (s *Store) SchedulingSnapshot(ctx context.Context) (Snapshot, error) {
 	snap := Snapshot{Rev: v.rev, usage: maps.Clone(v.usage)}
 	v.nodesAndGroups(&snap)
 	for id := range v.pending {
-		snap.Instances = append(snap.Instances, v.instances[id])
+		snap.Instances = append(snap.Instances, v.instances[id].InstanceEntry)
 	}
 	for node, ids := range v.holding {
 		if v.alive[node] {
 			continue
 		}
 		for id := range ids {
-			snap.Instances = append(snap.Instances, v.instances[id])
+			snap.Instances = append(snap.Instances, v.instances[id].InstanceEntry)
 		}
 	}
 	return snap, nil

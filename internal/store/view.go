@@ -1,6 +1,7 @@
 package store
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -25,10 +26,17 @@ type view struct {
 	synced    bool
 	rev       int64 // applied through this revision
 	advanced  chan struct{}
-	instances map[string]InstanceEntry
-	nodes     map[string]NodeEntry
-	alive     map[string]bool
-	groups    map[string]apiv1.Group
+	instances map[string]*viewInstance
+	// order is the instances' ids by creation (CrTime, then id), kept while
+	// instances are created in that order (the usual case) and rebuilt on
+	// the next list otherwise; deleted ids stay in it until then (gone
+	// counts them).
+	order   []string
+	orderOK bool
+	gone    int
+	nodes   map[string]NodeEntry
+	alive   map[string]bool
+	groups  map[string]apiv1.Group
 	// Kept as instances change, for scheduling snapshots: what each node's
 	// slot-holding instances use, which instances wait to be placed, and
 	// which hold a slot on each node.
@@ -73,19 +81,121 @@ func (v *view) track(in InstanceEntry, sign int) {
 	}
 }
 
+// viewInstance is an instance as the view holds it: never changed once
+// stored (an update stores a new one), so readers may keep it after
+// unlocking, and its list item is encoded at most once.
+type viewInstance struct {
+	InstanceEntry
+	once sync.Once
+	item json.RawMessage
+	err  error
+}
+
 func (v *view) putInstance(in InstanceEntry) {
-	if old, ok := v.instances[in.InstanceID]; ok {
-		v.track(old, -1)
+	old, ok := v.instances[in.InstanceID]
+	if ok {
+		v.track(old.InstanceEntry, -1)
 	}
-	v.instances[in.InstanceID] = in
+	v.instances[in.InstanceID] = &viewInstance{InstanceEntry: in}
 	v.track(in, 1)
+	if ok || !v.orderOK {
+		return
+	}
+	if n := len(v.order); n > 0 {
+		if last, ok := v.instances[v.order[n-1]]; !ok || createdBefore(&in.InstanceRecord, &last.InstanceRecord) {
+			v.orderOK = false // out of order: rebuilt by the next list
+			return
+		}
+	}
+	v.order = append(v.order, in.InstanceID)
 }
 
 func (v *view) deleteInstance(id string) {
 	if old, ok := v.instances[id]; ok {
-		v.track(old, -1)
+		v.track(old.InstanceEntry, -1)
 		delete(v.instances, id)
+		v.gone++
+		if v.gone > len(v.instances) {
+			v.orderOK = false
+		}
 	}
+}
+
+// createdBefore is the order of instance lists: creation time, then id
+// (one request's instances share a time).
+func createdBefore(a, b *InstanceRecord) bool {
+	return cmp.Or(a.CrTime.Compare(b.CrTime), strings.Compare(a.InstanceID, b.InstanceID)) < 0
+}
+
+// Listed is an instance of a list, shared with the view: read-only.
+type Listed struct {
+	*InstanceEntry
+	vi *viewInstance // nil when read from etcd
+}
+
+// ListItemJSON is the instance's item of GET /api/v1/vm, encoded once per
+// revision when it comes from the view.
+func (l Listed) ListItemJSON() (json.RawMessage, error) {
+	if l.vi == nil {
+		return json.Marshal(l.Instance.ListItem())
+	}
+	l.vi.once.Do(func() { l.vi.item, l.vi.err = json.Marshal(l.vi.Instance.ListItem()) })
+	return l.vi.item, l.vi.err
+}
+
+// InstancesByCreation lists the instances keep says to keep, in creation
+// order (CrTime, then id: a stable order for paging). From the view the
+// entries are shared, not copied: a list of 10,000 costs no record copies.
+func (s *Store) InstancesByCreation(ctx context.Context, keep func(*InstanceRecord) bool) ([]Listed, error) {
+	if !s.caughtUp(ctx) {
+		entries, err := s.ListInstanceEntries(ctx)
+		if err != nil {
+			return nil, err
+		}
+		var out []Listed
+		for i := range entries {
+			if keep(&entries[i].InstanceRecord) {
+				out = append(out, Listed{InstanceEntry: &entries[i]})
+			}
+		}
+		slices.SortFunc(out, func(a, b Listed) int {
+			return cmp.Or(a.CrTime.Compare(b.CrTime), strings.Compare(a.InstanceID, b.InstanceID))
+		})
+		return out, nil
+	}
+	v := s.view
+	v.mu.RLock()
+	if !v.orderOK {
+		v.mu.RUnlock()
+		v.mu.Lock()
+		v.sortOrder()
+		v.mu.Unlock()
+		v.mu.RLock()
+	}
+	defer v.mu.RUnlock()
+	out := make([]Listed, 0, len(v.instances))
+	for _, id := range v.order {
+		if vi, ok := v.instances[id]; ok && keep(&vi.InstanceRecord) {
+			out = append(out, Listed{&vi.InstanceEntry, vi})
+		}
+	}
+	return out, nil
+}
+
+// sortOrder rebuilds the creation order (v.mu held).
+func (v *view) sortOrder() {
+	if v.orderOK {
+		return
+	}
+	v.order = v.order[:0]
+	for id := range v.instances {
+		v.order = append(v.order, id)
+	}
+	slices.SortFunc(v.order, func(a, b string) int {
+		ra, rb := &v.instances[a].InstanceRecord, &v.instances[b].InstanceRecord
+		return cmp.Or(ra.CrTime.Compare(rb.CrTime), strings.Compare(a, b))
+	})
+	v.orderOK, v.gone = true, 0
 }
 
 // viewWait bounds how long a read waits for the view to catch up before it
@@ -120,7 +230,8 @@ func (s *Store) runView(ctx context.Context, v *view) error {
 		return err
 	}
 	v.mu.Lock()
-	v.instances = make(map[string]InstanceEntry, len(snap.Instances))
+	v.instances = make(map[string]*viewInstance, len(snap.Instances))
+	v.order, v.orderOK, v.gone = nil, false, 0
 	v.usage, v.pending, v.holding = map[string]NodeUsage{}, map[string]struct{}{}, map[string]map[string]struct{}{}
 	for _, in := range snap.Instances {
 		v.putInstance(in)
@@ -304,7 +415,7 @@ func (v *view) snapshot() Snapshot {
 	snap := Snapshot{Rev: v.rev, Nodes: make([]NodeEntry, 0, len(v.nodes)),
 		Instances: make([]InstanceEntry, 0, len(v.instances)), Groups: make([]apiv1.Group, 0, len(v.groups))}
 	for _, id := range sortedKeys(v.instances) {
-		snap.Instances = append(snap.Instances, v.instances[id])
+		snap.Instances = append(snap.Instances, v.instances[id].InstanceEntry)
 	}
 	v.nodesAndGroups(&snap)
 	return snap

@@ -2,7 +2,9 @@ package store_test
 
 import (
 	"context"
+	"fmt"
 	"maps"
+	"math/rand/v2"
 	"testing"
 	"time"
 
@@ -98,5 +100,77 @@ func TestSchedulingSnapshotMatchesFull(t *testing.T) {
 	}
 	if waiting != 10 || lost != 15 {
 		t.Fatalf("%d waiting, %d on lost nodes; want 10 and 15", waiting, lost)
+	}
+}
+
+// TestListByCreationMatchesEtcd: the view's creation order (appended while
+// instances come in order, rebuilt when one does not, deleted ones left
+// out) lists what etcd holds, in the order a sort of etcd's records gives,
+// with each instance as it is now.
+func TestListByCreationMatchesEtcd(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	viewed := newStore(t)
+	viewed.EnableView(ctx)
+	direct := store.New(viewed.Client(), "")
+	rng := rand.New(rand.NewPCG(1, 2))
+	base := time.Now()
+	var ids []string
+	all := func(*store.InstanceRecord) bool { return true }
+	for step := range 400 {
+		switch op := rng.IntN(10); {
+		case op < 5 || len(ids) == 0: // create, mostly in order, sometimes earlier, several at one time
+			at := base.Add(time.Duration(step) * time.Millisecond)
+			if rng.IntN(8) == 0 {
+				at = base.Add(-time.Duration(rng.IntN(1000)) * time.Millisecond)
+			}
+			var recs []store.InstanceRecord
+			for range 1 + rng.IntN(3) {
+				id := apiv1.NewID()
+				ids = append(ids, id)
+				recs = append(recs, store.InstanceRecord{Instance: apiv1.Instance{InstanceID: id, State: apiv1.StateScheduling, CrTime: at}})
+			}
+			if err := viewed.CreateInstances(ctx, recs); err != nil {
+				t.Fatal(err)
+			}
+		case op < 8: // update
+			id := ids[rng.IntN(len(ids))]
+			viewed.UpdateInstance(ctx, id, func(r *store.InstanceRecord) (store.InstanceUpdate, error) {
+				r.Message = fmt.Sprint("step ", step)
+				return store.InstanceUpdate{}, nil
+			})
+		default: // delete
+			i := rng.IntN(len(ids))
+			viewed.Client().Delete(ctx, viewed.Key("instances/"+ids[i]))
+			ids = append(ids[:i], ids[i+1:]...)
+		}
+		if step%7 != 0 {
+			continue
+		}
+		got, err := viewed.InstancesByCreation(ctx, all)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want, err := direct.InstancesByCreation(ctx, all)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(got) != len(want) {
+			t.Fatalf("step %d: the view lists %d instances, etcd holds %d", step, len(got), len(want))
+		}
+		for i := range want {
+			if got[i].InstanceID != want[i].InstanceID || got[i].Message != want[i].Message || got[i].ModRev != want[i].ModRev {
+				t.Fatalf("step %d, item %d: view %s %q rev %d, etcd %s %q rev %d", step, i,
+					got[i].InstanceID, got[i].Message, got[i].ModRev, want[i].InstanceID, want[i].Message, want[i].ModRev)
+			}
+			a, _ := got[i].ListItemJSON()
+			b, _ := want[i].ListItemJSON()
+			if string(a) != string(b) {
+				t.Fatalf("step %d: list item of %s differs: %s vs %s", step, want[i].InstanceID, a, b)
+			}
+		}
+	}
+	if hits, _ := viewed.ViewReads(); hits == 0 {
+		t.Fatal("no list was served by the view")
 	}
 }
