@@ -347,8 +347,9 @@ func (d *Driver) Start(ctx context.Context, spec driver.Spec) (driver.VM, error)
 		return nil, err
 	}
 	name := instancePrefix + spec.InstanceID
-	v := &vm{d: d, name: name, spec: spec, done: make(chan struct{})}
+	v := &vm{d: d, name: name, spec: spec, done: make(chan struct{}), stop: make(chan struct{}), watched: make(chan struct{})}
 	fail := func(err error) (driver.VM, error) {
+		close(v.watched) // never started
 		_ = v.Destroy(context.WithoutCancel(ctx))
 		return nil, err
 	}
@@ -440,6 +441,11 @@ type vm struct {
 	spec driver.Spec
 	done chan struct{}
 
+	// stop wakes the watcher when the VM is stopped on purpose; watched
+	// is closed when the watcher has returned (its last anka command done).
+	stop    chan struct{}
+	watched chan struct{}
+
 	mu      sync.Mutex
 	info    apiv1.VMInfo
 	err     error
@@ -485,9 +491,15 @@ func (v *vm) refresh(ctx context.Context) (vmShow, error) {
 
 // watch reports the VM stopping on its own.
 func (v *vm) watch() {
+	defer close(v.watched)
 	t := time.NewTicker(v.d.cfg.PollInterval)
 	defer t.Stop()
-	for range t.C {
+	for {
+		select {
+		case <-t.C:
+		case <-v.stop:
+			return
+		}
 		v.mu.Lock()
 		stopped := v.stopped
 		v.mu.Unlock()
@@ -547,6 +559,9 @@ func (v *vm) markStopped() bool {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	was := v.stopped
+	if !was {
+		close(v.stop)
+	}
 	v.stopped = true
 	return was
 }
@@ -564,6 +579,11 @@ func (v *vm) Stop(ctx context.Context) error {
 
 func (v *vm) Destroy(ctx context.Context) error {
 	_ = v.Stop(ctx)
+	// The watcher's anka command in flight ends before the VM's files go.
+	select {
+	case <-v.watched:
+	case <-ctx.Done():
+	}
 	err := v.d.mr(ctx, nil, "delete", "--yes", v.name)
 	if isCode(err, codeNotFound) {
 		return nil

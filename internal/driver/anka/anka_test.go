@@ -296,7 +296,8 @@ func TestSweepDeletesLeftInstances(t *testing.T) {
 	tmplDir := e.template(t)
 	d := e.driver(t)
 	ctx := context.Background()
-	if _, err := d.Start(ctx, driver.Spec{InstanceID: "i1", VMID: "t", Tag: "v", TemplateDir: tmplDir}); err != nil {
+	m, err := d.Start(ctx, driver.Spec{InstanceID: "i1", VMID: "t", Tag: "v", TemplateDir: tmplDir})
+	if err != nil {
 		t.Fatal(err)
 	}
 	e.anka(t, "create", "mine", "15.3") // not ours: kept
@@ -307,6 +308,14 @@ func TestSweepDeletesLeftInstances(t *testing.T) {
 	}
 	if vms := e.vms(t); strings.Join(vms, ",") != "corral-tmpl-t-v,mine" {
 		t.Fatalf("left: %v", vms)
+	}
+	// The first driver's watcher runs anka until it sees its VM gone: wait
+	// for that, or it writes into the fake's home while the test's
+	// directory is removed ("directory not empty", seen in make test).
+	select {
+	case <-m.Done():
+	case <-time.After(time.Minute):
+		t.Fatal("the swept VM's watcher never saw it gone")
 	}
 }
 
