@@ -107,18 +107,6 @@ func (s *Store) JoinNode(ctx context.Context, report apiv1.NodeReport, groups []
 // ErrLeaseExpired means the node must join again.
 var ErrLeaseExpired = fmt.Errorf("node lease expired")
 
-// KeepAlive renews a node's lease once. Lease renewal is not a write to the
-// key space, so heartbeats do not grow etcd's history.
-func (s *Store) KeepAlive(ctx context.Context, leaseID int64) error {
-	_, err := s.cli.KeepAliveOnce(ctx, clientv3.LeaseID(leaseID))
-	if err == rpctypes.ErrLeaseNotFound {
-		return ErrLeaseExpired
-	}
-	if err != nil {
-		return fmt.Errorf("renew lease %x: %w", leaseID, err)
-	}
-	return nil
-}
 
 // ReleaseLease ends a node's lease now (the node is leaving): its alive key
 // goes with it, so the node is Offline at once instead of after the TTL.

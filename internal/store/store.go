@@ -40,6 +40,7 @@ type Store struct {
 	view   *view // EnableView: reads from a watch-fed copy
 	// viewHits, viewMisses: reads served by the view, and by etcd.
 	viewHits, viewMisses atomic.Int64
+	renew                renewer
 }
 
 // New returns a Store using keys under prefix ("/corral/" when empty).
@@ -47,7 +48,7 @@ func New(cli *clientv3.Client, prefix string) *Store {
 	if prefix == "" {
 		prefix = "/corral/"
 	}
-	return &Store{cli: cli, prefix: prefix}
+	return &Store{cli: cli, prefix: prefix, renew: renewer{cli: cli}}
 }
 
 // Client exposes the etcd client for leader election and maintenance.

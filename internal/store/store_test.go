@@ -272,3 +272,47 @@ func TestPurgeIsBatched(t *testing.T) {
 		t.Errorf("%d instances left", len(left))
 	}
 }
+
+// TestKeepAliveManyAtOnce: renewals of many leases at once over the one
+// stream each get their own lease's answer; a lease that does not exist
+// (or was revoked) is ErrLeaseExpired, and the stream goes on serving.
+func TestKeepAliveManyAtOnce(t *testing.T) {
+	ctx := context.Background()
+	st := newStore(t)
+	var leases []int64
+	for i := range 40 {
+		l, err := st.JoinNode(ctx, apiv1.NodeReport{NodeID: fmt.Sprint("n", i), NodeName: "n", Capacity: 1}, nil, 30)
+		if err != nil {
+			t.Fatal(err)
+		}
+		leases = append(leases, l)
+	}
+	if err := st.ReleaseLease(ctx, leases[0]); err != nil {
+		t.Fatal(err)
+	}
+	errs := make(chan error, 4*len(leases))
+	for range 4 {
+		for i, l := range leases {
+			go func() {
+				err := st.KeepAlive(ctx, l)
+				if i == 0 && !errors.Is(err, store.ErrLeaseExpired) {
+					err = fmt.Errorf("revoked lease: %v, want ErrLeaseExpired", err)
+				} else if i == 0 {
+					err = nil
+				}
+				errs <- err
+			}()
+		}
+	}
+	for range 4 * len(leases) {
+		if err := <-errs; err != nil {
+			t.Error(err)
+		}
+	}
+	if err := st.KeepAlive(ctx, 12345); !errors.Is(err, store.ErrLeaseExpired) {
+		t.Fatalf("unknown lease: %v", err)
+	}
+	if err := st.KeepAlive(ctx, leases[1]); err != nil {
+		t.Fatalf("after the errors: %v", err)
+	}
+}
