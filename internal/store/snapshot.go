@@ -68,7 +68,13 @@ func (s *Store) SchedulingSnapshot(ctx context.Context) (Snapshot, error) {
 	v := s.view
 	v.mu.RLock()
 	defer v.mu.RUnlock()
-	snap := Snapshot{Rev: v.rev, usage: maps.Clone(v.usage)}
+	snap := Snapshot{Rev: v.rev}
+	if len(v.pending) == 0 && !v.holdingOnDeadNodes() {
+		// Nothing to place or fail: an idle cloud's passes (every few
+		// seconds, and after its nodes' writes) copy no nodes.
+		return snap, nil
+	}
+	snap.usage = maps.Clone(v.usage)
 	v.nodesAndGroups(&snap)
 	for id := range v.pending {
 		snap.Instances = append(snap.Instances, v.instances[id].InstanceEntry)
@@ -288,4 +294,15 @@ func (s *Store) SetWaiting(ctx context.Context, inst InstanceRecord, rev int64, 
 		return fmt.Errorf("record wait reason for %s: %w", inst.InstanceID, err)
 	}
 	return nil
+}
+
+// holdingOnDeadNodes reports whether an instance holds a slot on a node
+// that is not alive (v.mu held for reading).
+func (v *view) holdingOnDeadNodes() bool {
+	for node := range v.holding {
+		if !v.alive[node] {
+			return true
+		}
+	}
+	return false
 }
