@@ -51,7 +51,12 @@ func freePort(b *testing.B) int {
 	return ln.Addr().(*net.TCPAddr).Port
 }
 
+// buildCorral builds the corral binary the benchmarks run as servers, or
+// takes CORRAL_BENCH_CORRAL (an earlier build: A/B runs in one tree).
 func buildCorral(b *testing.B, dir string) string {
+	if bin := os.Getenv("CORRAL_BENCH_CORRAL"); bin != "" {
+		return bin
+	}
 	bin := filepath.Join(dir, "corral")
 	out, err := exec.Command("go", "build", "-o", bin, "github.com/corral-build/corral/cmd/corral").CombinedOutput()
 	if err != nil {
@@ -208,12 +213,15 @@ func runScale(b *testing.B, nodes, total, clients, ctls int) {
 		nodes, time.Since(joinStart).Round(time.Millisecond), capacity,
 		float64(memAfter.HeapAlloc-memBefore.HeapAlloc)/1024/float64(nodes), runtime.NumGoroutine()/nodes)
 
-	// Idle: the fleet heartbeating, nothing to do.
+	// Idle: the fleet heartbeating and reporting, nothing to do; measured
+	// over a whole report period after the one that follows the joins
+	// (a node's first report after joining carries its first CPU sample).
+	time.Sleep(15 * time.Second)
 	idleCPU := make([]time.Duration, len(procs))
 	for i, p := range procs {
 		idleCPU[i] = p.cpu()
 	}
-	const idleFor = 10 * time.Second
+	const idleFor = 15 * time.Second
 	time.Sleep(idleFor)
 	for i, p := range procs {
 		fmt.Printf("  controller %d idle with %d nodes: %.1f%% of a core\n", i, nodes, 100*float64(p.cpu()-idleCPU[i])/float64(idleFor))
