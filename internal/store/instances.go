@@ -57,11 +57,11 @@ func (s *Store) CreateInstances(ctx context.Context, recs []InstanceRecord) erro
 		if len(ops) == 0 {
 			return nil
 		}
-		resp, err := s.cli.Txn(ctx).If(cmps...).Then(ops...).Commit()
+		ok, err := s.group.commit(ctx, cmps, ops)
 		if err != nil {
 			return fmt.Errorf("create instances: %w", err)
 		}
-		if !resp.Succeeded {
+		if !ok {
 			return fmt.Errorf("create instances: id collision")
 		}
 		ops, cmps, size = ops[:0], cmps[:0], 0
@@ -216,11 +216,11 @@ func (s *Store) UpdateInstance(ctx context.Context, id string, fn func(*Instance
 			}
 			continue
 		}
-		resp, err := s.cli.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(key), "=", rev)).Then(ops...).Commit()
+		ok, err := s.group.commit(ctx, []clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(key), "=", rev)}, ops)
 		if err != nil {
 			return r, fmt.Errorf("update instance %s: %w", id, err)
 		}
-		if resp.Succeeded {
+		if ok {
 			return r, nil
 		}
 		if err := ctx.Err(); err != nil {
@@ -324,11 +324,11 @@ func (s *Store) updateBatch(ctx context.Context, ids []string, maxBytes int, fn 
 	if len(ops) == 0 {
 		return nil
 	}
-	resp, err := s.cli.Txn(ctx).If(cmps...).Then(ops...).Commit()
+	ok, err := s.group.commit(ctx, cmps, ops)
 	if err != nil {
 		return fmt.Errorf("update %d instances: %w", len(batched), err)
 	}
-	if resp.Succeeded {
+	if ok {
 		return nil
 	}
 	for _, id := range batched {

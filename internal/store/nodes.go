@@ -107,7 +107,6 @@ func (s *Store) JoinNode(ctx context.Context, report apiv1.NodeReport, groups []
 // ErrLeaseExpired means the node must join again.
 var ErrLeaseExpired = fmt.Errorf("node lease expired")
 
-
 // ReleaseLease ends a node's lease now (the node is leaving): its alive key
 // goes with it, so the node is Offline at once instead of after the TTL.
 func (s *Store) ReleaseLease(ctx context.Context, leaseID int64) error {

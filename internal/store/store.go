@@ -41,6 +41,7 @@ type Store struct {
 	// viewHits, viewMisses: reads served by the view, and by etcd.
 	viewHits, viewMisses atomic.Int64
 	renew                renewer
+	group                groupCommit // instance creates and updates
 }
 
 // New returns a Store using keys under prefix ("/corral/" when empty).
@@ -48,7 +49,7 @@ func New(cli *clientv3.Client, prefix string) *Store {
 	if prefix == "" {
 		prefix = "/corral/"
 	}
-	return &Store{cli: cli, prefix: prefix, renew: renewer{cli: cli}}
+	return &Store{cli: cli, prefix: prefix, renew: renewer{cli: cli}, group: groupCommit{cli: cli}}
 }
 
 // Client exposes the etcd client for leader election and maintenance.
