@@ -11,18 +11,19 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
-// groupCommit writes concurrent callers' transactions as one: while one
-// etcd transaction is in flight, the ones that arrive queue, and the next
-// carries them all, each as a nested transaction of its own (its compares
-// decide its own writes alone, and each learns its own outcome). A burst of
-// 50 clients' starts or terminates is then a few etcd revisions, WAL
-// appends and fsyncs instead of one each; a caller alone waits for nothing.
+// groupCommit writes concurrent callers' transactions as one: while
+// groupInFlight etcd transactions are in flight, the ones that arrive
+// queue, and the next carries them all, each as a nested transaction of its
+// own (its compares decide its own writes alone, and each learns its own
+// outcome). A burst of terminates and of nodes' reports is then a few etcd
+// revisions, WAL appends and fsyncs instead of one each; a caller alone
+// waits for nothing.
 type groupCommit struct {
 	cli *clientv3.Client
 
 	mu      sync.Mutex
 	queue   []*pendingTxn
-	running bool
+	running int // commit loops, at most groupInFlight
 }
 
 type pendingTxn struct {
@@ -37,6 +38,11 @@ type txnResult struct {
 	ok  bool
 	err error
 }
+
+// groupInFlight is how many shared commits may be in flight at once:
+// etcd pipelines them (raft batches proposals too), so one at a time would
+// cost throughput under load.
+const groupInFlight = 4
 
 // etcd's defaults bound a request's bytes (1.5 MiB) and its operations: a
 // branch holds at most 128, and a nested transaction at most 128 less the
@@ -57,8 +63,8 @@ func (g *groupCommit) commit(ctx context.Context, cmps []clientv3.Cmp, ops []cli
 	}
 	g.mu.Lock()
 	g.queue = append(g.queue, p)
-	if !g.running {
-		g.running = true
+	if g.running < groupInFlight {
+		g.running++
 		go g.loop()
 	}
 	g.mu.Unlock()
@@ -91,8 +97,7 @@ func (g *groupCommit) loop() {
 			size, inner = size+p.bytes, in
 		}
 		if len(batch) == 0 {
-			g.running = false
-			g.queue = nil
+			g.running--
 			g.mu.Unlock()
 			return
 		}

@@ -33,10 +33,12 @@ func TestGroupCommitSharesOneRevision(t *testing.T) {
 	g := &groupCommit{cli: cli}
 	// Queue everything first, as if a commit were in flight.
 	g.mu.Lock()
-	g.running = true
+	g.running = groupInFlight
 	g.mu.Unlock()
 	put := func(k string) []clientv3.Op { return []clientv3.Op{clientv3.OpPut(k, "v")} }
-	absent := func(k string) []clientv3.Cmp { return []clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(k), "=", 0)} }
+	absent := func(k string) []clientv3.Cmp {
+		return []clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(k), "=", 0)}
+	}
 	if _, err := cli.Put(ctx, "taken", "x"); err != nil {
 		t.Fatal(err)
 	}
@@ -77,7 +79,7 @@ func TestGroupCommitSharesOneRevision(t *testing.T) {
 		time.Sleep(time.Millisecond) // polling the queue's length, bounded above
 	}
 	before, _ := cli.Get(ctx, "x")
-	go g.loop()
+	go g.loop() // as one of the loops ending its commit
 	wg.Wait()
 	after, _ := cli.Get(ctx, "x")
 	if n := after.Header.Revision - before.Header.Revision; n != 1 {
@@ -102,9 +104,9 @@ func TestGroupCommitSharesOneRevision(t *testing.T) {
 	// Two writes of one key in one queue: one after the other.
 	for deadline := time.Now().Add(10 * time.Second); ; {
 		g.mu.Lock()
-		idle := !g.running
+		idle := g.running == groupInFlight-1
 		if idle {
-			g.running = true // hold the queue again
+			g.running = groupInFlight // hold the queue again
 		}
 		g.mu.Unlock()
 		if idle {
