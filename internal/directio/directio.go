@@ -20,6 +20,7 @@ import (
 	"os"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"unsafe"
 )
 
@@ -119,11 +120,20 @@ type block struct {
 	n   int
 }
 
-// writeBlock writes p's aligned part directly, then the rest buffered.
+// writeBlock writes p's aligned part directly, then the rest buffered. A
+// device whose direct transfers need a larger alignment refuses the first
+// (EINVAL): f is then switched to buffered I/O for good.
 func writeBlock(f *os.File, p []byte) (int, error) {
 	aligned := len(p) &^ (Align - 1)
 	if aligned > 0 {
-		if n, err := f.Write(p[:aligned]); err != nil {
+		n, err := f.Write(p[:aligned])
+		if n == 0 && errors.Is(err, syscall.EINVAL) {
+			if derr := disable(f); derr != nil {
+				return 0, err
+			}
+			n, err = f.Write(p[:aligned])
+		}
+		if err != nil {
 			return n, err
 		}
 	}
@@ -146,19 +156,21 @@ func WriteAt(direct, buffered *os.File, p []byte, off int64) error {
 		_, err := buffered.WriteAt(p, off)
 		return err
 	}
+	var err error
 	if !IsAligned(p, off) {
 		bp := bufs.Get().(*[]byte)
 		defer bufs.Put(bp)
-		for len(p) > 0 {
-			n := copy(*bp, p)
-			if _, err := direct.WriteAt((*bp)[:n], off); err != nil {
-				return err
-			}
-			p, off = p[n:], off+int64(n)
+		for q, at := p, off; len(q) > 0 && err == nil; {
+			n := copy(*bp, q)
+			_, err = direct.WriteAt((*bp)[:n], at)
+			q, at = q[n:], at+int64(n)
 		}
-		return nil
+	} else {
+		_, err = direct.WriteAt(p, off)
 	}
-	_, err := direct.WriteAt(p, off)
+	if errors.Is(err, syscall.EINVAL) { // the device wants a larger alignment
+		_, err = buffered.WriteAt(p, off)
+	}
 	return err
 }
 
@@ -176,6 +188,9 @@ func ReadAt(direct, buffered *os.File, p []byte, off int64) (int, error) {
 		return n, nil
 	}
 	n, err := direct.ReadAt(p[:whole], off)
+	if n == 0 && errors.Is(err, syscall.EINVAL) { // the device wants a larger alignment
+		return buffered.ReadAt(p, off)
+	}
 	if n >= len(p) {
 		return len(p), nil
 	}
