@@ -15,6 +15,22 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
+// newService is a controller service on a fresh embedded etcd; setup
+// runs on the store before the service is made.
+func newService(t *testing.T, setup func(*store.Store)) (*clientv3.Client, *store.Store, *controller.Service) {
+	e := testenv.StartEtcd(t)
+	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{e.ClientURL}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cli.Close() })
+	st := store.New(cli, "")
+	if setup != nil {
+		setup(st)
+	}
+	return cli, st, controller.New(st, nil, controller.Config{}, testenv.Logger(t))
+}
+
 // TestReportIsOneRevisionPerRound: a node's report on many instances is
 // written in one etcd transaction (it was one per instance: 10k instance
 // lifecycles cost 5.5 revisions each), while an instance reported twice in
@@ -22,14 +38,7 @@ import (
 // that watchers (the event log) see.
 func TestReportIsOneRevisionPerRound(t *testing.T) {
 	ctx := context.Background()
-	e := testenv.StartEtcd(t)
-	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{e.ClientURL}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cli.Close()
-	st := store.New(cli, "")
-	svc := controller.New(st, nil, controller.Config{}, testenv.Logger(t))
+	cli, st, svc := newService(t, nil)
 	if _, err := st.JoinNode(ctx, apiv1.NodeReport{NodeID: "n1", NodeName: "n1", Capacity: 20}, nil, 10); err != nil {
 		t.Fatal(err)
 	}
@@ -99,15 +108,7 @@ func TestReportIsOneRevisionPerRound(t *testing.T) {
 func TestIdleReportsWriteNothing(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	e := testenv.StartEtcd(t)
-	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{e.ClientURL}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cli.Close()
-	st := store.New(cli, "")
-	st.EnableView(ctx)
-	svc := controller.New(st, nil, controller.Config{}, testenv.Logger(t))
+	cli, st, svc := newService(t, func(st *store.Store) { st.EnableView(ctx) })
 	report := apiv1.NodeReport{NodeID: "n1", NodeName: "n1", Capacity: 4, CPUUtil: 0.20, RAMUtil: 0.50, FreeDiskSpace: 100 << 30,
 		Templates: []apiv1.NodeTemplate{{UUID: "t1", Tag: "v1"}}}
 	if _, err := st.JoinNode(ctx, report, nil, 30); err != nil {
