@@ -213,8 +213,9 @@ func (r *Registry) runPull(ctx context.Context, jobs []pullJob, local map[string
 	var writeMu sync.Mutex
 	return parallel(ctx, len(batches), workers, func() func(context.Context, int) error {
 		scratch := directio.Alloc(chunk.Size)[:0] // decoded chunks are written directly
+		run := &runWriter{mu: &writeMu, buf: directio.Alloc(runBytes)[:0]}
 		return func(ctx context.Context, i int) error {
-			return r.fetchChunks(ctx, batches[i], func(d string, enc []byte) error {
+			err := r.fetchChunks(ctx, batches[i], func(d string, enc []byte) error {
 				js := fetch[d]
 				plain, err := chunk.Verify(enc, d, scratch)
 				if err != nil {
@@ -224,10 +225,7 @@ func (r *Registry) runPull(ctx context.Context, jobs []pullJob, local map[string
 					if int64(len(plain)) != j.size {
 						return fmt.Errorf("pull %s chunk %d: %d bytes, want %d", j.name, j.index, len(plain), j.size)
 					}
-					writeMu.Lock()
-					err := directio.WriteAt(j.direct, j.file, plain, j.index*chunk.Size)
-					writeMu.Unlock()
-					if err != nil {
+					if err := run.add(j, plain); err != nil {
 						return fmt.Errorf("pull %s: %w", j.name, err)
 					}
 				}
@@ -242,8 +240,59 @@ func (r *Registry) runPull(ctx context.Context, jobs []pullJob, local map[string
 				m.add(js[0].size*int64(len(js)), int64(len(enc)+chunk.FrameHeader), true)
 				return nil
 			})
+			if ferr := run.flush(); err == nil && ferr != nil {
+				err = fmt.Errorf("pull %s: %w", run.name, ferr)
+			}
+			return err
 		}
 	})
+}
+
+// runBytes bounds a run of adjacent chunks written as one direct write:
+// fewer, larger writes keep the disk busier at one write at a time (dd,
+// 2 GiB direct into a new file here: 1.7-1.8 s in 1 MiB writes, 1.4 s in
+// 8 MiB ones).
+const runBytes = 8 << 20
+
+// runWriter gathers chunks that follow each other in one file and writes
+// them together; anything else is written as it comes.
+type runWriter struct {
+	mu       *sync.Mutex // one write at a time
+	buf      []byte      // aligned, cap runBytes
+	name     string
+	direct   *os.File
+	buffered *os.File
+	off      int64
+}
+
+func (w *runWriter) add(j pullJob, plain []byte) error {
+	off := j.index * chunk.Size
+	if w.direct == nil || len(w.buf) == 0 || j.direct != w.direct || off != w.off+int64(len(w.buf)) || len(w.buf)+len(plain) > cap(w.buf) {
+		if err := w.flush(); err != nil {
+			return err
+		}
+		w.name, w.direct, w.buffered, w.off = j.name, j.direct, j.file, off
+	}
+	if j.direct == nil || len(plain)%directio.Align != 0 {
+		return w.write(plain, off) // no direct I/O here, or the file's tail
+	}
+	w.buf = append(w.buf, plain...)
+	return nil
+}
+
+func (w *runWriter) flush() error {
+	if len(w.buf) == 0 {
+		return nil
+	}
+	err := w.write(w.buf, w.off)
+	w.buf = w.buf[:0]
+	return err
+}
+
+func (w *runWriter) write(p []byte, off int64) error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return directio.WriteAt(w.direct, w.buffered, p, off)
 }
 
 // pullLocal handles a chunk without the network if it can: "zero", "local"
