@@ -5,8 +5,6 @@ import (
 	"crypto/subtle"
 	"errors"
 	"fmt"
-	"math"
-	"reflect"
 	"strings"
 	"time"
 
@@ -199,8 +197,11 @@ func (s *Service) Leave(ctx context.Context, req apiv1.HeartbeatRequest) error {
 
 // UpdateReport stores a node's changed report (templates, disk, utilization).
 func (s *Service) UpdateReport(ctx context.Context, r apiv1.NodeReport) error {
-	if n, ok := s.st.ViewNode(r.NodeID); ok && !reportChanged(n.Report, r) && time.Since(n.ReportedAt) < reportRefresh {
-		return nil // nothing a reader or the scheduler would notice: no write
+	if n, ok := s.st.ViewNode(r.NodeID); ok && !apiv1.ReportChanged(n.Report, r) && time.Since(n.ReportedAt) < apiv1.ReportRefresh/2 {
+		// Nothing a reader or the scheduler would notice: no write. (Half
+		// the refresh: an agent's own refresh, a minute after its last
+		// report, then always finds the stored one old enough to write.)
+		return nil
 	}
 	_, err := s.st.UpdateNode(ctx, r.NodeID, func(n *store.NodeRecord) error {
 		n.Report, n.ReportedAt = r, time.Now().UTC()
@@ -210,38 +211,6 @@ func (s *Service) UpdateReport(ctx context.Context, r apiv1.NodeReport) error {
 		return ErrDisjoined
 	}
 	return err
-}
-
-// reportRefresh is how old a node's stored report may grow while only its
-// measurements drift a little (as the kubelet's node status, whose
-// liveness is a lease too): a thousand idle nodes reporting every 15 s
-// were 67 etcd writes a second.
-const reportRefresh = time.Minute
-
-// reportChanged reports whether a node's new report differs from the
-// stored one in anything but small drifts of its measurements: the CPU or
-// RAM use by less than 5 points, the free or template disk by less than
-// 1 GiB, none of them appearing or vanishing.
-func reportChanged(old, new apiv1.NodeReport) bool {
-	// A measurement that appears (the first CPU sample needs two readings)
-	// or vanishes is a change however small.
-	near := func(a, b, by float64) bool { return (a == 0) == (b == 0) && math.Abs(a-b) < by }
-	const gib = 1 << 30
-	if !near(old.CPUUtil, new.CPUUtil, 0.05) || !near(old.RAMUtil, new.RAMUtil, 0.05) ||
-		!near(float64(old.FreeDiskSpace), float64(new.FreeDiskSpace), gib) ||
-		!near(float64(old.TemplateDiskUsage), float64(new.TemplateDiskUsage), gib) {
-		return true
-	}
-	for _, r := range []*apiv1.NodeReport{&old, &new} {
-		r.CPUUtil, r.RAMUtil, r.FreeDiskSpace, r.TemplateDiskUsage = 0, 0, 0, 0
-		if len(r.Templates) == 0 {
-			r.Templates = nil // [] and null alike
-		}
-		if len(r.Groups) == 0 {
-			r.Groups = nil
-		}
-	}
-	return !reflect.DeepEqual(old, new)
 }
 
 // WaitAssignments returns the node's desired instances once they changed after

@@ -104,7 +104,7 @@ func TestReportIsOneRevisionPerRound(t *testing.T) {
 // TestIdleReportsWriteNothing: a node's periodic report whose measurements
 // only drift is not written (1,000 idle nodes made 67 etcd writes a
 // second); a change that matters is, and so is a report once the stored
-// one is a minute old.
+// one is half a minute old (apiv1.ReportRefresh/2).
 func TestIdleReportsWriteNothing(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()

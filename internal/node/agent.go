@@ -292,25 +292,46 @@ func (a *Agent) heartbeatLoop(ctx context.Context, join apiv1.JoinResponse) erro
 	}
 }
 
-// reportLoop sends the node's report when its templates change and every
-// reportEvery with fresh measurements.
+// reportLoop sends the node's report when its templates change, and every
+// reportEvery when its measurements moved noticeably or the last one sent
+// is apiv1.ReportRefresh old (a report that only drifts is not worth a
+// request: the controller would not write it).
 func (a *Agent) reportLoop(ctx context.Context) {
 	tick := time.NewTicker(reportEvery)
 	defer tick.Stop()
+	var last *apiv1.NodeReport
+	var lastAt time.Time
 	for {
+		forced := false
 		select {
 		case <-ctx.Done():
 			return
 		case <-tick.C:
 		case <-a.reportCh:
+			forced = true
+		}
+		cur := a.currentReport()
+		if !reportDue(last, lastAt, cur, time.Now(), forced) {
+			continue
 		}
 		rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		err := a.ctl.Report(rctx, a.currentReport())
+		err := a.ctl.Report(rctx, cur)
 		cancel()
-		if err != nil && ctx.Err() == nil {
-			a.log.Warn("report failed", "err", err)
+		if err != nil {
+			if ctx.Err() == nil {
+				a.log.Warn("report failed", "err", err)
+			}
+			continue
 		}
+		last, lastAt = &cur, time.Now()
 	}
+}
+
+// reportDue decides whether a periodic report is sent: always when asked
+// (forced) or nothing was sent yet, else when it changed more than a drift
+// or the last sent is apiv1.ReportRefresh old.
+func reportDue(last *apiv1.NodeReport, lastAt time.Time, cur apiv1.NodeReport, now time.Time, forced bool) bool {
+	return forced || last == nil || apiv1.ReportChanged(*last, cur) || now.Sub(lastAt) >= apiv1.ReportRefresh
 }
 
 // currentReport measures the machine and returns a copy of the report.

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	apiv1 "github.com/corral-build/corral/api/v1"
+	"github.com/corral-build/corral/internal/node"
 	"github.com/corral-build/corral/internal/testenv"
 	"github.com/corral-build/corral/internal/testenv/faultproxy"
 )
@@ -83,5 +84,37 @@ func TestHungReportsDoNotStopHeartbeats(t *testing.T) {
 	}
 	if proxy.Hits("/api/v1/agent/report") == 0 {
 		t.Fatal("no report reached the hung endpoint: the fault was not exercised")
+	}
+}
+
+// TestReportDue: an agent sends a periodic report that only drifted once a
+// minute, one that changed (or was asked for) at once.
+func TestReportDue(t *testing.T) {
+	now := time.Now()
+	last := apiv1.NodeReport{NodeID: "n", CPUUtil: 0.2, RAMUtil: 0.5, FreeDiskSpace: 50 << 30, Templates: []apiv1.NodeTemplate{{UUID: "t", Tag: "v1"}}}
+	drift := last
+	drift.CPUUtil, drift.FreeDiskSpace = 0.22, 50<<30-1<<20
+	busy := last
+	busy.CPUUtil = 0.6
+	pulled := last
+	pulled.Templates = append(pulled.Templates, apiv1.NodeTemplate{UUID: "u", Tag: "v1"})
+	for _, c := range []struct {
+		name   string
+		last   *apiv1.NodeReport
+		age    time.Duration
+		cur    apiv1.NodeReport
+		forced bool
+		want   bool
+	}{
+		{"first", nil, 0, drift, false, true},
+		{"drift", &last, 15 * time.Second, drift, false, false},
+		{"drift, a minute on", &last, time.Minute, drift, false, true},
+		{"busy", &last, 15 * time.Second, busy, false, true},
+		{"template pulled", &last, 15 * time.Second, pulled, false, true},
+		{"asked", &last, time.Second, drift, true, true},
+	} {
+		if got := node.ReportDue(c.last, now.Add(-c.age), c.cur, now, c.forced); got != c.want {
+			t.Errorf("%s: due %v, want %v", c.name, got, c.want)
+		}
 	}
 }
