@@ -102,7 +102,7 @@ func (v *view) putInstance(in InstanceEntry) {
 		return
 	}
 	if n := len(v.order); n > 0 {
-		if last, ok := v.instances[v.order[n-1]]; !ok || createdBefore(&in.InstanceRecord, &last.InstanceRecord) {
+		if last, ok := v.instances[v.order[n-1]]; !ok || compareCreated(&in.InstanceRecord, &last.InstanceRecord) < 0 {
 			v.orderOK = false // out of order: rebuilt by the next list
 			return
 		}
@@ -121,10 +121,10 @@ func (v *view) deleteInstance(id string) {
 	}
 }
 
-// createdBefore is the order of instance lists: creation time, then id
+// compareCreated is the order of instance lists: creation time, then id
 // (one request's instances share a time).
-func createdBefore(a, b *InstanceRecord) bool {
-	return cmp.Or(a.CrTime.Compare(b.CrTime), strings.Compare(a.InstanceID, b.InstanceID)) < 0
+func compareCreated(a, b *InstanceRecord) int {
+	return cmp.Or(a.CrTime.Compare(b.CrTime), strings.Compare(a.InstanceID, b.InstanceID))
 }
 
 // Listed is an instance of a list, shared with the view: read-only.
@@ -158,9 +158,7 @@ func (s *Store) InstancesByCreation(ctx context.Context, keep func(*InstanceReco
 				out = append(out, Listed{InstanceEntry: &entries[i]})
 			}
 		}
-		slices.SortFunc(out, func(a, b Listed) int {
-			return cmp.Or(a.CrTime.Compare(b.CrTime), strings.Compare(a.InstanceID, b.InstanceID))
-		})
+		slices.SortFunc(out, func(a, b Listed) int { return compareCreated(&a.InstanceRecord, &b.InstanceRecord) })
 		return out, nil
 	}
 	v := s.view
@@ -192,8 +190,7 @@ func (v *view) sortOrder() {
 		v.order = append(v.order, id)
 	}
 	slices.SortFunc(v.order, func(a, b string) int {
-		ra, rb := &v.instances[a].InstanceRecord, &v.instances[b].InstanceRecord
-		return cmp.Or(ra.CrTime.Compare(rb.CrTime), strings.Compare(a, b))
+		return compareCreated(&v.instances[a].InstanceRecord, &v.instances[b].InstanceRecord)
 	})
 	v.orderOK, v.gone = true, 0
 }
