@@ -33,20 +33,31 @@ func readCached(f *os.File, p []byte, off int64) (int, bool) {
 	if len(p) == 0 || off%int64(os.Getpagesize()) != 0 {
 		return 0, false
 	}
-	m, err := unix.Mmap(int(f.Fd()), off, len(p), unix.PROT_READ, unix.MAP_SHARED)
-	if err != nil {
+	if resident, pages, err := Resident(f, off, len(p)); err != nil || resident < pages {
 		return 0, false
-	}
-	defer unix.Munmap(m)
-	vec := make([]byte, (len(p)+os.Getpagesize()-1)/os.Getpagesize())
-	if _, _, errno := unix.Syscall(unix.SYS_MINCORE, uintptr(unsafe.Pointer(unsafe.SliceData(m))), uintptr(len(m)), uintptr(unsafe.Pointer(unsafe.SliceData(vec)))); errno != 0 {
-		return 0, false
-	}
-	for _, v := range vec {
-		if v&1 == 0 {
-			return 0, false
-		}
 	}
 	n, err := f.ReadAt(p, off)
 	return n, err == nil
+}
+
+// Resident counts the pages of f's n bytes at off (a page boundary) that
+// are in the page cache, and the pages in all (mincore on a mapping that
+// is never touched, so nothing is read in).
+func Resident(f *os.File, off int64, n int) (resident, pages int, err error) {
+	if n == 0 {
+		return 0, 0, nil
+	}
+	m, err := unix.Mmap(int(f.Fd()), off, n, unix.PROT_READ, unix.MAP_SHARED)
+	if err != nil {
+		return 0, 0, err
+	}
+	defer unix.Munmap(m)
+	vec := make([]byte, (n+os.Getpagesize()-1)/os.Getpagesize())
+	if _, _, errno := unix.Syscall(unix.SYS_MINCORE, uintptr(unsafe.Pointer(unsafe.SliceData(m))), uintptr(len(m)), uintptr(unsafe.Pointer(unsafe.SliceData(vec)))); errno != 0 {
+		return 0, 0, errno
+	}
+	for _, v := range vec {
+		resident += int(v & 1)
+	}
+	return resident, len(vec), nil
 }
