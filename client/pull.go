@@ -95,7 +95,9 @@ func (r *Registry) Pull(ctx context.Context, opts PullOptions) (PullResult, erro
 		}
 		files = append(files, f)
 		partials[mf.Name] = f
-		direct := openDirect(f.Name())
+		// Written around the page cache: a multi-GB image evicts what is
+		// hot and, on many hosts, page allocation costs more than the copy.
+		direct := directio.Open(f.Name(), os.O_WRONLY)
 		if direct != nil {
 			files = append(files, direct) // closed with the others; not synced or renamed
 		}
@@ -141,22 +143,6 @@ func openPartial(path string, size int64) (*os.File, error) {
 		return nil, fmt.Errorf("pull: %w", err)
 	}
 	return f, nil
-}
-
-// openDirect opens a partial file a second time for direct I/O (written
-// around the page cache: a multi-GB image evicts what is hot and, on many
-// hosts, page allocation costs more than the copy); nil where the
-// filesystem has none.
-func openDirect(path string) *os.File {
-	f, err := os.OpenFile(path, os.O_WRONLY, 0)
-	if err != nil {
-		return nil
-	}
-	if directio.Enable(f) != nil {
-		f.Close()
-		return nil
-	}
-	return f
 }
 
 // runPull makes every chunk of the partial files right: first what needs

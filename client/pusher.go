@@ -64,17 +64,12 @@ func (p *pusher) run(ctx context.Context, files []localFile, workers int) error 
 			return fmt.Errorf("push %s: %w", f.Name, err)
 		}
 		defer fh.Close()
-		h := handle{file: fh}
 		// What is not in the page cache is read around it: a cold
 		// multi-GB image would fill it, and page allocation costs more
 		// than the copy on many hosts.
-		if d, err := os.Open(f.path); err == nil {
-			if directio.Enable(d) == nil {
-				defer d.Close()
-				h.direct = d
-			} else {
-				d.Close()
-			}
+		h := handle{file: fh, direct: directio.Open(f.path, os.O_RDONLY)}
+		if h.direct != nil {
+			defer h.direct.Close()
 		}
 		handles[f.path] = h
 	}

@@ -57,6 +57,20 @@ func Enable(f *os.File) error {
 	return nil
 }
 
+// Open opens path with flag for direct I/O, or returns nil where the
+// platform or filesystem has none (callers then use their ordinary file).
+func Open(path string, flag int) *os.File {
+	f, err := os.OpenFile(path, flag, 0)
+	if err != nil {
+		return nil
+	}
+	if Enable(f) != nil {
+		f.Close()
+		return nil
+	}
+	return f
+}
+
 // depth is how many buffers Copy keeps between reading and writing: a
 // direct write returns when the device has the data, so reads (from the
 // network, the hash) go on while up to depth-1 buffers are written.
