@@ -57,24 +57,47 @@ const (
 
 // commit runs If(cmps).Then(ops) and reports whether it succeeded.
 func (g *groupCommit) commit(ctx context.Context, cmps []clientv3.Cmp, ops []clientv3.Op) (bool, error) {
-	p := &pendingTxn{ctx: ctx, cmps: cmps, ops: ops, done: make(chan txnResult, 1)}
-	for _, op := range ops {
-		p.bytes += len(op.KeyBytes()) + len(op.ValueBytes())
+	r := g.commitAll(ctx, []txn{{cmps, ops}})[0]
+	return r.ok, r.err
+}
+
+// txn is one caller's transaction: If(cmps).Then(ops).
+type txn struct {
+	cmps []clientv3.Cmp
+	ops  []clientv3.Op
+}
+
+// commitAll queues several transactions at once, so they share a commit
+// (each still deciding its own writes), and returns each one's outcome.
+func (g *groupCommit) commitAll(ctx context.Context, txns []txn) []txnResult {
+	if len(txns) == 0 {
+		return nil
+	}
+	ps := make([]*pendingTxn, len(txns))
+	for i, t := range txns {
+		p := &pendingTxn{ctx: ctx, cmps: t.cmps, ops: t.ops, done: make(chan txnResult, 1)}
+		for _, op := range t.ops {
+			p.bytes += len(op.KeyBytes()) + len(op.ValueBytes())
+		}
+		ps[i] = p
 	}
 	g.mu.Lock()
-	g.queue = append(g.queue, p)
+	g.queue = append(g.queue, ps...)
 	if g.running < groupInFlight {
 		g.running++
 		go g.loop()
 	}
 	g.mu.Unlock()
-	select {
-	case r := <-p.done:
-		return r.ok, r.err
-	case <-ctx.Done():
-		// As with a transaction of one's own, the outcome is then unknown.
-		return false, ctx.Err()
+	out := make([]txnResult, len(ps))
+	for i, p := range ps {
+		select {
+		case out[i] = <-p.done:
+		case <-ctx.Done():
+			// As with a transaction of one's own, the outcome is then unknown.
+			out[i] = txnResult{err: ctx.Err()}
+		}
 	}
+	return out
 }
 
 func (g *groupCommit) loop() {

@@ -249,18 +249,19 @@ func (s *Store) updateOps(id string, r InstanceRecord, nodeBefore string, u Inst
 }
 
 // UpdateInstances applies fn to each of several instances (distinct ids)
-// and commits the changes together: one transaction, so one etcd revision,
-// for a node's report on many instances, each write compared on its
-// record's mod revision. Batches that lost a race are updated one instance
-// at a time (UpdateInstance), fn called again on the record as it is then.
-// Instances that do not exist are left out; fn may not ask for a Restart.
+// and commits the changes together through the group commit: for a node's
+// report on many instances one etcd revision, each write a transaction of
+// its own compared on its record's mod revision. One that lost a race is
+// updated again on its own (UpdateInstance), fn called on the record as it
+// is then. Instances that do not exist are left out; fn may not ask for a
+// Restart.
 func (s *Store) UpdateInstances(ctx context.Context, ids []string, fn func(*InstanceRecord) (InstanceUpdate, error)) error {
-	// etcd caps a transaction's operations (128 by default) and a request's
-	// bytes (1.5 MiB by default; a console tail is up to 64 KiB).
-	const maxIDs, maxBytes = 32, 1 << 20
+	// One read transaction per batch: etcd caps its operations (128 by
+	// default).
+	const maxIDs = 100
 	for len(ids) > 0 {
 		n := min(maxIDs, len(ids))
-		if err := s.updateBatch(ctx, ids[:n], maxBytes, fn); err != nil {
+		if err := s.updateBatch(ctx, ids[:n], fn); err != nil {
 			return err
 		}
 		ids = ids[n:]
@@ -268,7 +269,7 @@ func (s *Store) UpdateInstances(ctx context.Context, ids []string, fn func(*Inst
 	return nil
 }
 
-func (s *Store) updateBatch(ctx context.Context, ids []string, maxBytes int, fn func(*InstanceRecord) (InstanceUpdate, error)) error {
+func (s *Store) updateBatch(ctx context.Context, ids []string, fn func(*InstanceRecord) (InstanceUpdate, error)) error {
 	gets := make([]clientv3.Op, len(ids))
 	for i, id := range ids {
 		gets[i] = clientv3.OpGet(s.instanceKey(id))
@@ -277,16 +278,8 @@ func (s *Store) updateBatch(ctx context.Context, ids []string, maxBytes int, fn 
 	if err != nil {
 		return fmt.Errorf("read instances: %w", err)
 	}
-	var cmps []clientv3.Cmp
-	var ops []clientv3.Op
+	var txns []txn
 	var batched []string
-	size := 0
-	one := func(id string) error {
-		if _, err := s.UpdateInstance(ctx, id, fn); err != nil && !errors.Is(err, ErrNotFound) {
-			return err
-		}
-		return nil
-	}
 	for i, id := range ids {
 		kvs := read.Responses[i].GetResponseRange().Kvs
 		if len(kvs) == 0 {
@@ -307,34 +300,18 @@ func (s *Store) updateBatch(ctx context.Context, ids []string, maxBytes int, fn 
 		if u.Restart {
 			return fmt.Errorf("update instance %s: a restart is not batched", id)
 		}
-		more := s.updateOps(id, r, nodeBefore, u)
-		bytes := 0
-		for _, op := range more {
-			bytes += len(op.KeyBytes()) + len(op.ValueBytes())
-		}
-		if size+bytes > maxBytes { // too big to share a transaction
-			if err := one(id); err != nil {
-				return err
-			}
-			continue
-		}
-		size += bytes
-		cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(s.instanceKey(id)), "=", kvs[0].ModRevision))
-		ops = append(ops, more...)
+		txns = append(txns, txn{[]clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(s.instanceKey(id)), "=", kvs[0].ModRevision)},
+			s.updateOps(id, r, nodeBefore, u)})
 		batched = append(batched, id)
 	}
-	if len(ops) == 0 {
-		return nil
-	}
-	ok, err := s.group.commit(ctx, cmps, ops)
-	if err != nil {
-		return fmt.Errorf("update %d instances: %w", len(batched), err)
-	}
-	if ok {
-		return nil
-	}
-	for _, id := range batched {
-		if err := one(id); err != nil {
+	for i, res := range s.group.commitAll(ctx, txns) {
+		if res.err != nil {
+			return fmt.Errorf("update instance %s: %w", batched[i], res.err)
+		}
+		if res.ok {
+			continue
+		}
+		if _, err := s.UpdateInstance(ctx, batched[i], fn); err != nil && !errors.Is(err, ErrNotFound) {
 			return err
 		}
 	}
