@@ -10,7 +10,6 @@ import (
 
 	apiv1 "github.com/corral-build/corral/api/v1"
 	"github.com/corral-build/corral/internal/store"
-	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
 // AuthorizeNode checks a node agent's join token (joining only).
@@ -214,50 +213,21 @@ func (s *Service) UpdateReport(ctx context.Context, r apiv1.NodeReport) error {
 }
 
 // WaitAssignments returns the node's desired instances once they changed after
-// revision since, or after the poll interval; since 0 answers at once.
+// revision since, or after the poll interval; since 0 answers at once. With
+// the store's view on, a poll costs no etcd request: the node, the wait
+// and the answer all come from the view.
 func (s *Service) WaitAssignments(ctx context.Context, nodeID string, since int64) (apiv1.Assignments, error) {
-	if _, err := s.st.GetNode(ctx, nodeID); errors.Is(err, store.ErrNotFound) {
-		return apiv1.Assignments{}, ErrDisjoined
-	}
-	if since > 0 && s.wake != nil {
-		s.wake.wait(ctx, nodeID, since, s.cfg.AssignmentPoll)
-		if ctx.Err() != nil {
-			return apiv1.Assignments{}, ctx.Err()
-		}
-	} else if since > 0 {
-		wctx, cancel := context.WithTimeout(ctx, s.cfg.AssignmentPoll)
-		// Any event, a compaction error or the timeout ends the wait; the
-		// answer is always the full desired set, so nothing can be missed.
-		cli := s.st.Client()
-		assigned := cli.Watch(wctx, s.st.AssignPrefix(nodeID), clientv3.WithPrefix(), clientv3.WithRev(since+1))
-		prefetch := cli.Watch(wctx, s.st.DistributePrefix(nodeID), clientv3.WithPrefix(), clientv3.WithRev(since+1))
-		saves := cli.Watch(wctx, s.st.SavePrefix(nodeID), clientv3.WithPrefix(), clientv3.WithRev(since+1))
-		select {
-		case <-assigned:
-		case <-prefetch:
-		case <-saves:
-		case <-wctx.Done():
-		}
-		cancel()
-		if ctx.Err() != nil {
-			return apiv1.Assignments{}, ctx.Err()
+	if _, ok := s.st.ViewNode(nodeID); !ok {
+		if _, err := s.st.GetNode(ctx, nodeID); errors.Is(err, store.ErrNotFound) {
+			return apiv1.Assignments{}, ErrDisjoined
 		}
 	}
-	list, rev, err := s.st.Assignments(ctx, nodeID)
+	d, err := s.st.WaitDesired(ctx, nodeID, since, s.cfg.AssignmentPoll)
 	if err != nil {
 		return apiv1.Assignments{}, err
 	}
-	prefetches, err := s.st.Prefetches(ctx, nodeID)
-	if err != nil {
-		return apiv1.Assignments{}, err
-	}
-	saves, err := s.st.Saves(ctx, nodeID)
-	if err != nil {
-		return apiv1.Assignments{}, err
-	}
-	// rev was read first, so changes between the reads wake the next poll.
-	out := apiv1.Assignments{Revision: rev, Prefetches: prefetches, Saves: saves, Assignments: list[:0:0]}
-	for _, as := range list {
+	out := apiv1.Assignments{Revision: d.Rev, Prefetches: d.Prefetches, Saves: d.Saves, Assignments: d.Assignments[:0:0]}
+	for _, as := range d.Assignments {
 		if as.Terminate {
 			out.Terminate = append(out.Terminate, as.InstanceID)
 		} else {

@@ -56,7 +56,6 @@ type Service struct {
 	regKey   regauth.Key
 	waiting  waitingCount
 	authFail authFailures
-	wake     *wakeHub // nil: each long poll watches for itself
 }
 
 // New returns a Service.
@@ -108,3 +107,8 @@ func notFound(err error) error {
 func fieldErr(field, format string, args ...any) error {
 	return &apiv1.FieldError{Field: field, Reason: fmt.Sprintf(format, args...)}
 }
+
+// StartWatchers runs the controller's shared watch until ctx ends: the
+// store's view (instances, nodes, groups and each node's desired state,
+// which also wakes the nodes' long polls).
+func (s *Service) StartWatchers(ctx context.Context) { s.st.EnableView(ctx) }

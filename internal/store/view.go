@@ -43,6 +43,12 @@ type view struct {
 	usage   map[string]NodeUsage
 	pending map[string]struct{}
 	holding map[string]map[string]struct{}
+	// Each node's desired state (desired.go) and its waiting long polls;
+	// desiredFloor is the revision of the last relist: deletes before it
+	// were not seen, so a poll from before it is answered at once.
+	desired      map[string]*nodeDesired
+	desiredFloor int64
+	waiters      map[string][]chan struct{}
 }
 
 // track adds (sign 1) or removes (sign -1) an instance's part in the
@@ -209,6 +215,7 @@ func (s *Store) EnableView(ctx context.Context) {
 			err := s.runView(ctx, v)
 			v.mu.Lock()
 			v.synced = false
+			v.wakeAll() // their polls go to etcd until the view is back
 			v.mu.Unlock()
 			if ctx.Err() == nil {
 				_ = err
@@ -226,7 +233,16 @@ func (s *Store) runView(ctx context.Context, v *view) error {
 	if err != nil {
 		return err
 	}
+	desired, err := s.readDesired(ctx, snap.Rev)
+	if err != nil {
+		return err
+	}
 	v.mu.Lock()
+	v.desired, v.desiredFloor = desired, snap.Rev
+	if v.waiters == nil {
+		v.waiters = map[string][]chan struct{}{}
+	}
+	v.wakeAll()
 	v.instances = make(map[string]*viewInstance, len(snap.Instances))
 	v.order, v.orderOK, v.gone = nil, false, 0
 	v.usage, v.pending, v.holding = map[string]NodeUsage{}, map[string]struct{}{}, map[string]map[string]struct{}{}
@@ -320,6 +336,8 @@ func (s *Store) applyToView(v *view, ev *clientv3.Event) {
 		if json.Unmarshal(ev.Kv.Value, &g) == nil {
 			v.groups[id] = g
 		}
+	case "assign", "distribute", "save":
+		v.applyDesired(kind, id, ev.Kv.Value, put, ev.Kv.ModRevision)
 	}
 }
 

@@ -1,0 +1,247 @@
+package store
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	apiv1 "github.com/corral-build/corral/api/v1"
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// NodeDesired is what a node is asked to do, all read at revision Rev: its
+// assignments (terminations included), template pulls and image saves.
+type NodeDesired struct {
+	Rev         int64
+	Assignments []apiv1.Assignment
+	Prefetches  []apiv1.Prefetch
+	Saves       []apiv1.ImageSave
+}
+
+// desiredKinds are the key kinds of a node's desired state, each
+// "<kind>/<node>/<id>".
+var desiredKinds = []string{"assign", "distribute", "save"}
+
+// nodeDesired is a node's desired state as the view holds it, by key.
+type nodeDesired struct {
+	assign     map[string]json.RawMessage
+	distribute map[string]json.RawMessage
+	save       map[string]json.RawMessage
+	changed    int64 // mod revision of its latest change seen
+}
+
+func (d *nodeDesired) kind(kind string) map[string]json.RawMessage {
+	switch kind {
+	case "assign":
+		return d.assign
+	case "distribute":
+		return d.distribute
+	}
+	return d.save
+}
+
+// applyDesired applies one event on a desired-state key (v.mu held for
+// writing) and wakes the node's waiting polls.
+func (v *view) applyDesired(kind, rest string, value []byte, put bool, rev int64) {
+	if node, ok := setDesired(v.desired, kind, rest, value, put, rev); ok {
+		v.wake(node)
+	}
+}
+
+// setDesired applies a put or delete of "<kind>/<rest>" to m and returns
+// the node it belongs to. An entry stays when its node has nothing left:
+// its revision still tells polls that something changed.
+func setDesired(m map[string]*nodeDesired, kind, rest string, value []byte, put bool, rev int64) (string, bool) {
+	node, id, ok := strings.Cut(rest, "/")
+	if !ok {
+		return "", false
+	}
+	d := m[node]
+	if d == nil {
+		d = &nodeDesired{assign: map[string]json.RawMessage{}, distribute: map[string]json.RawMessage{}, save: map[string]json.RawMessage{}}
+		m[node] = d
+	}
+	if put {
+		d.kind(kind)[id] = value
+	} else {
+		delete(d.kind(kind), id)
+	}
+	d.changed = max(d.changed, rev)
+	return node, true
+}
+
+// wake ends node's waiting polls (v.mu held for writing).
+func (v *view) wake(node string) {
+	for _, ch := range v.waiters[node] {
+		close(ch)
+	}
+	delete(v.waiters, node)
+}
+
+// wakeAll ends every waiting poll (v.mu held for writing): after a relist
+// the view cannot tell which nodes changed while it was not watching.
+func (v *view) wakeAll() {
+	for node := range v.waiters {
+		v.wake(node)
+	}
+}
+
+// readDesired reads every node's desired state at rev, for the view.
+func (s *Store) readDesired(ctx context.Context, rev int64) (map[string]*nodeDesired, error) {
+	m := map[string]*nodeDesired{}
+	for _, kind := range desiredKinds {
+		resp, err := s.cli.Get(ctx, s.prefix+kind+"/", clientv3.WithPrefix(), clientv3.WithRev(rev))
+		if err != nil {
+			return nil, fmt.Errorf("snapshot %s: %w", kind, err)
+		}
+		for _, kv := range resp.Kvs {
+			setDesired(m, kind, strings.TrimPrefix(string(kv.Key), s.prefix+kind+"/"), kv.Value, true, kv.ModRevision)
+		}
+	}
+	return m, nil
+}
+
+// WaitDesired returns node's desired state once it changed after revision
+// since, or after timeout (the answer is always the whole desired state, at
+// a revision not older than since); since 0 answers at once. With the view
+// synced it reads nothing from etcd and opens no watch: a poll waits on
+// the view's watch, woken by its node's changes only. Without the view (or
+// when the view is too far behind since) it watches and reads etcd.
+func (s *Store) WaitDesired(ctx context.Context, node string, since int64, timeout time.Duration) (NodeDesired, error) {
+	if d, ok := s.waitInView(ctx, node, since, timeout); ok {
+		return d, ctx.Err()
+	}
+	if since > 0 {
+		wctx, cancel := context.WithTimeout(ctx, timeout)
+		// Any event, a compaction error or the timeout ends the wait.
+		var chans []clientv3.WatchChan
+		for _, kind := range desiredKinds {
+			chans = append(chans, s.cli.Watch(wctx, s.prefix+kind+"/"+node+"/", clientv3.WithPrefix(), clientv3.WithRev(since+1)))
+		}
+		select {
+		case <-chans[0]:
+		case <-chans[1]:
+		case <-chans[2]:
+		case <-wctx.Done():
+		}
+		cancel()
+		if ctx.Err() != nil {
+			return NodeDesired{}, ctx.Err()
+		}
+	}
+	return s.readNodeDesired(ctx, node)
+}
+
+// readNodeDesired reads node's desired state from etcd, at one revision.
+func (s *Store) readNodeDesired(ctx context.Context, node string) (NodeDesired, error) {
+	var d NodeDesired
+	var err error
+	if d.Assignments, d.Rev, err = list[apiv1.Assignment](ctx, s.cli, s.assignPrefix(node)); err != nil {
+		return d, err
+	}
+	at := clientv3.WithRev(d.Rev)
+	if d.Prefetches, _, err = list[apiv1.Prefetch](ctx, s.cli, s.DistributePrefix(node), at); err != nil {
+		return d, err
+	}
+	d.Saves, _, err = list[apiv1.ImageSave](ctx, s.cli, s.SavePrefix(node), at)
+	return d, err
+}
+
+// waitInView is WaitDesired served by the view; false when it cannot be
+// (no view, not synced, or not caught up with since within viewWait).
+func (s *Store) waitInView(ctx context.Context, node string, since int64, timeout time.Duration) (NodeDesired, bool) {
+	v := s.view
+	if v == nil {
+		return NodeDesired{}, false
+	}
+	t := time.NewTimer(timeout)
+	defer t.Stop()
+	var ch chan struct{}
+	for {
+		v.mu.Lock()
+		if !v.synced {
+			v.mu.Unlock()
+			return NodeDesired{}, false
+		}
+		if v.rev < since {
+			// This poll's last answer came from a newer revision (another
+			// controller, or etcd): never answer older than it.
+			adv := v.advanced
+			v.mu.Unlock()
+			wait := time.NewTimer(viewWait)
+			select {
+			case <-adv:
+				wait.Stop()
+				continue
+			case <-wait.C:
+				return NodeDesired{}, false
+			case <-ctx.Done():
+				wait.Stop()
+				return NodeDesired{}, true
+			}
+		}
+		d := v.desired[node]
+		if since == 0 || since < v.desiredFloor || ch != nil || (d != nil && d.changed > since) {
+			out := v.nodeDesired(node)
+			if ch != nil {
+				v.unwait(node, ch)
+			}
+			v.mu.Unlock()
+			return out, true
+		}
+		ch = make(chan struct{})
+		v.waiters[node] = append(v.waiters[node], ch)
+		v.mu.Unlock()
+		select {
+		case <-ch: // changed, or the view relisted
+		case <-t.C:
+		case <-ctx.Done():
+			v.mu.Lock()
+			v.unwait(node, ch)
+			v.mu.Unlock()
+			return NodeDesired{}, true
+		}
+		// Answer (ch != nil) at the view's revision now.
+	}
+}
+
+// unwait removes a poll's channel from node's waiters (v.mu held).
+func (v *view) unwait(node string, ch chan struct{}) {
+	ws := v.waiters[node]
+	if i := slices.Index(ws, ch); i >= 0 {
+		ws = slices.Delete(ws, i, i+1)
+	}
+	if len(ws) == 0 {
+		delete(v.waiters, node)
+	} else {
+		v.waiters[node] = ws
+	}
+}
+
+// nodeDesired decodes node's desired state at the view's revision, in key
+// order as etcd lists it (v.mu held).
+func (v *view) nodeDesired(node string) NodeDesired {
+	out := NodeDesired{Rev: v.rev}
+	d := v.desired[node]
+	if d == nil {
+		return out
+	}
+	out.Assignments = decodeSorted[apiv1.Assignment](d.assign)
+	out.Prefetches = decodeSorted[apiv1.Prefetch](d.distribute)
+	out.Saves = decodeSorted[apiv1.ImageSave](d.save)
+	return out
+}
+
+func decodeSorted[T any](m map[string]json.RawMessage) []T {
+	out := make([]T, 0, len(m))
+	for _, k := range sortedKeys(m) {
+		var v T
+		if json.Unmarshal(m[k], &v) == nil {
+			out = append(out, v)
+		}
+	}
+	return out
+}
