@@ -25,22 +25,34 @@ type NodeDesired struct {
 // "<kind>/<node>/<id>".
 var desiredKinds = []string{"assign", "distribute", "save"}
 
-// nodeDesired is a node's desired state as the view holds it, by key.
+// nodeDesired is a node's desired state as the view holds it, by key,
+// decoded once as it changes (a poll's answer decodes nothing).
 type nodeDesired struct {
-	assign     map[string]json.RawMessage
-	distribute map[string]json.RawMessage
-	save       map[string]json.RawMessage
+	assign     map[string]apiv1.Assignment
+	distribute map[string]apiv1.Prefetch
+	save       map[string]apiv1.ImageSave
 	changed    int64 // mod revision of its latest change seen
 }
 
-func (d *nodeDesired) kind(kind string) map[string]json.RawMessage {
+// set puts (value non-nil) or deletes id's entry of kind.
+func (d *nodeDesired) set(kind, id string, value []byte) {
 	switch kind {
 	case "assign":
-		return d.assign
+		setDecoded(d.assign, id, value)
 	case "distribute":
-		return d.distribute
+		setDecoded(d.distribute, id, value)
+	case "save":
+		setDecoded(d.save, id, value)
 	}
-	return d.save
+}
+
+func setDecoded[T any](m map[string]T, id string, value []byte) {
+	var v T
+	if value == nil || json.Unmarshal(value, &v) != nil {
+		delete(m, id) // gone, or not one of ours
+		return
+	}
+	m[id] = v
 }
 
 // applyDesired applies one event on a desired-state key (v.mu held for
@@ -61,14 +73,13 @@ func setDesired(m map[string]*nodeDesired, kind, rest string, value []byte, put 
 	}
 	d := m[node]
 	if d == nil {
-		d = &nodeDesired{assign: map[string]json.RawMessage{}, distribute: map[string]json.RawMessage{}, save: map[string]json.RawMessage{}}
+		d = &nodeDesired{assign: map[string]apiv1.Assignment{}, distribute: map[string]apiv1.Prefetch{}, save: map[string]apiv1.ImageSave{}}
 		m[node] = d
 	}
-	if put {
-		d.kind(kind)[id] = value
-	} else {
-		delete(d.kind(kind), id)
+	if !put {
+		value = nil
 	}
+	d.set(kind, id, value)
 	d.changed = max(d.changed, rev)
 	return node, true
 }
@@ -221,7 +232,7 @@ func (v *view) unwait(node string, ch chan struct{}) {
 	}
 }
 
-// nodeDesired decodes node's desired state at the view's revision, in key
+// nodeDesired is node's desired state at the view's revision, in key
 // order as etcd lists it (v.mu held).
 func (v *view) nodeDesired(node string) NodeDesired {
 	out := NodeDesired{Rev: v.rev}
@@ -229,19 +240,16 @@ func (v *view) nodeDesired(node string) NodeDesired {
 	if d == nil {
 		return out
 	}
-	out.Assignments = decodeSorted[apiv1.Assignment](d.assign)
-	out.Prefetches = decodeSorted[apiv1.Prefetch](d.distribute)
-	out.Saves = decodeSorted[apiv1.ImageSave](d.save)
+	out.Assignments = sortedValues(d.assign)
+	out.Prefetches = sortedValues(d.distribute)
+	out.Saves = sortedValues(d.save)
 	return out
 }
 
-func decodeSorted[T any](m map[string]json.RawMessage) []T {
+func sortedValues[T any](m map[string]T) []T {
 	out := make([]T, 0, len(m))
 	for _, k := range sortedKeys(m) {
-		var v T
-		if json.Unmarshal(m[k], &v) == nil {
-			out = append(out, v)
-		}
+		out = append(out, m[k])
 	}
 	return out
 }
