@@ -171,6 +171,7 @@ func (s *Store) waitInView(ctx context.Context, node string, since int64, timeou
 	t := time.NewTimer(timeout)
 	defer t.Stop()
 	var ch chan struct{}
+	asked := false
 	for {
 		v.mu.Lock()
 		if !v.synced {
@@ -182,6 +183,12 @@ func (s *Store) waitInView(ctx context.Context, node string, since int64, timeou
 			// controller, or etcd): never answer older than it.
 			adv := v.advanced
 			v.mu.Unlock()
+			if !asked {
+				// since may lie past the last change the view watches: a
+				// progress notification moves it there.
+				asked = true
+				_ = s.cli.RequestProgress(clientv3.WithRequireLeader(ctx))
+			}
 			wait := time.NewTimer(viewWait)
 			select {
 			case <-adv:

@@ -262,3 +262,41 @@ func TestGetDoesNotWaitForTheView(t *testing.T) {
 	get(apiv1.StateStarted) // the view has not seen it
 	gate.Unlock()
 }
+
+// TestPollNeverAnswersOlderThanItsLast: a node's poll whose last answer
+// was at a newer revision than the view has applied (another controller's
+// answer, or etcd's) is not answered from the lagging view, which would
+// take back what the node was already told; it is answered from etcd.
+func TestPollNeverAnswersOlderThanItsLast(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	gate, stall := stallWatches()
+	e := testenv.StartEtcd(t)
+	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{e.ClientURL}, DialOptions: []grpc.DialOption{stall}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cli.Close() })
+	st := store.New(cli, "")
+	st.EnableView(ctx)
+	for deadline := time.Now().Add(10 * time.Second); !st.ViewCaughtUp(ctx); {
+		if time.Now().After(deadline) {
+			t.Fatal("the view did not catch up with etcd in 10 s")
+		}
+	}
+	gate.Lock()
+	defer gate.Unlock()
+	if err := st.CreateDistribution(ctx, apiv1.Distribution{RequestID: "d1", Nodes: map[string]string{"n1": ""}},
+		apiv1.Prefetch{RequestID: "d1", VMID: "t1", Tag: "v1"}); err != nil {
+		t.Fatal(err)
+	}
+	now, err := cli.Get(ctx, "x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	since := now.Header.Revision // the node was told about d1 at this revision
+	d, err := st.WaitDesired(ctx, "n1", since, 100*time.Millisecond)
+	if err != nil || d.Rev < since || len(d.Prefetches) != 1 {
+		t.Fatalf("poll since %d answered at revision %d with %d pulls (%v): older than the node's last answer", since, d.Rev, len(d.Prefetches), err)
+	}
+}
