@@ -337,23 +337,55 @@ func (s *Store) updateBatch(ctx context.Context, ids []string, fn func(*Instance
 // the database does not grow without bound. It returns how many it deleted.
 func (s *Store) PurgeFinished(ctx context.Context, retention time.Duration) (int, error) {
 	cutoff := time.Now().Add(-retention)
-	return purge(ctx, s, "instances/", func(r InstanceRecord) (bool, error) {
-		return r.Finished() && !r.FinishedAt.After(cutoff), nil
-	}, func(r InstanceRecord) []clientv3.Op {
+	expired := func(r InstanceRecord) (bool, error) { return r.Finished() && !r.FinishedAt.After(cutoff), nil }
+	also := func(r InstanceRecord) []clientv3.Op {
 		return []clientv3.Op{clientv3.OpDelete(s.consoleKey(r.InstanceID))}
-	})
+	}
+	if v := s.view; v != nil {
+		// The view's records, not a read and decode of every instance every
+		// few seconds: each delete compares the revision it saw, so a record
+		// changed since (or a view behind etcd) only waits for the next round.
+		var items []purgeItem[InstanceRecord]
+		v.mu.RLock()
+		synced := v.synced
+		for id, in := range v.instances {
+			if ok, _ := expired(in.InstanceRecord); ok {
+				items = append(items, purgeItem[InstanceRecord]{s.instanceKey(id), in.ModRev, in.InstanceRecord})
+			}
+		}
+		v.mu.RUnlock()
+		if synced {
+			return purgeItems(ctx, s, "instances/", items, expired, also)
+		}
+	}
+	return purge(ctx, s, "instances/", expired, also)
 }
 
-// purge deletes the records under prefix that expired says may go, each
-// only if unchanged since it was read, up to purgeBatch records a
-// transaction (one etcd revision for many; a batch in which one changed is
-// tried one record at a time). expired may also act on a record. also,
-// when set, names more deletes for the same transaction.
+// purgeItem is a record purge may delete: its key and the revision it was
+// read at.
+type purgeItem[T any] struct {
+	key string
+	rev int64
+	v   T
+}
+
 func purge[T any](ctx context.Context, s *Store, prefix string, expired func(T) (bool, error), also func(T) []clientv3.Op) (int, error) {
 	resp, err := s.cli.Get(ctx, s.prefix+prefix, clientv3.WithPrefix())
 	if err != nil {
 		return 0, fmt.Errorf("list %s: %w", prefix, err)
 	}
+	items := make([]purgeItem[T], 0, len(resp.Kvs))
+	for _, kv := range resp.Kvs {
+		var v T
+		if json.Unmarshal(kv.Value, &v) == nil {
+			items = append(items, purgeItem[T]{string(kv.Key), kv.ModRevision, v})
+		}
+	}
+	return purgeItems(ctx, s, prefix, items, expired, also)
+}
+
+// purgeItems is purge of records already read.
+func purgeItems[T any](ctx context.Context, s *Store, prefix string, items []purgeItem[T], expired func(T) (bool, error), also func(T) []clientv3.Op) (int, error) {
 	type gone struct {
 		cmp clientv3.Cmp
 		ops []clientv3.Op
@@ -389,23 +421,18 @@ func purge[T any](ctx context.Context, s *Store, prefix string, expired func(T) 
 		return nil
 	}
 	var batch []gone
-	for _, kv := range resp.Kvs {
-		var v T
-		if json.Unmarshal(kv.Value, &v) != nil {
-			continue
-		}
-		if ok, err := expired(v); err != nil || !ok {
+	for _, it := range items {
+		if ok, err := expired(it.v); err != nil || !ok {
 			if err != nil {
 				return n, err
 			}
 			continue
 		}
-		key := string(kv.Key)
-		ops := []clientv3.Op{clientv3.OpDelete(key)}
+		ops := []clientv3.Op{clientv3.OpDelete(it.key)}
 		if also != nil {
-			ops = append(ops, also(v)...)
+			ops = append(ops, also(it.v)...)
 		}
-		batch = append(batch, gone{clientv3.Compare(clientv3.ModRevision(key), "=", kv.ModRevision), ops})
+		batch = append(batch, gone{clientv3.Compare(clientv3.ModRevision(it.key), "=", it.rev), ops})
 		if len(batch) == purgeBatch {
 			if err := flush(batch); err != nil {
 				return n, err

@@ -2,6 +2,7 @@ package store_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"maps"
 	"math/rand/v2"
@@ -298,5 +299,70 @@ func TestPollNeverAnswersOlderThanItsLast(t *testing.T) {
 	d, err := st.WaitDesired(ctx, "n1", since, 100*time.Millisecond)
 	if err != nil || d.Rev < since || len(d.Prefetches) != 1 {
 		t.Fatalf("poll since %d answered at revision %d with %d pulls (%v): older than the node's last answer", since, d.Rev, len(d.Prefetches), err)
+	}
+}
+
+// TestPurgeFinishedFromTheView: with the view on, the purge of finished
+// instances (every few seconds) reads no instance from etcd (it read and
+// decoded all 10,000 each time in the fleet-scale run), and a record that
+// changed after the view last saw it is kept.
+func TestPurgeFinishedFromTheView(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var ranges atomic.Int64
+	countRanges := grpc.WithChainUnaryInterceptor(func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn,
+		invoke grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+		if strings.HasSuffix(method, "/Range") {
+			ranges.Add(1)
+		}
+		return invoke(ctx, method, req, reply, cc, opts...)
+	})
+	gate, stall := stallWatches()
+	e := testenv.StartEtcd(t)
+	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{e.ClientURL}, DialOptions: []grpc.DialOption{countRanges, stall}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cli.Close() })
+	st := store.New(cli, "")
+	st.EnableView(ctx)
+	old := time.Now().Add(-time.Hour)
+	if err := st.CreateInstances(ctx, []store.InstanceRecord{
+		{Instance: apiv1.Instance{InstanceID: "done", State: apiv1.StateTerminated}, FinishedAt: old},
+		{Instance: apiv1.Instance{InstanceID: "changed", State: apiv1.StateTerminated}, FinishedAt: old},
+		{Instance: apiv1.Instance{InstanceID: "fresh", State: apiv1.StateTerminated}, FinishedAt: time.Now()},
+		{Instance: apiv1.Instance{InstanceID: "running", State: apiv1.StateStarted}},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(10 * time.Second); !st.ViewCaughtUp(ctx); {
+		if time.Now().After(deadline) {
+			t.Fatal("the view did not catch up with etcd in 10 s")
+		}
+	}
+	gate.Lock()
+	if _, err := st.UpdateInstance(ctx, "changed", func(r *store.InstanceRecord) (store.InstanceUpdate, error) {
+		r.FinishedAt = time.Now()
+		return store.InstanceUpdate{}, nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	before := ranges.Load()
+	n, err := st.PurgeFinished(ctx, time.Minute)
+	reads := ranges.Load() - before
+	gate.Unlock()
+	if err != nil || n != 1 {
+		t.Fatalf("purged %d, err %v; want 1", n, err)
+	}
+	if reads != 0 {
+		t.Errorf("the purge sent %d reads to etcd", reads)
+	}
+	if _, err := st.GetInstance(ctx, "done"); !errors.Is(err, store.ErrNotFound) {
+		t.Error("old terminated instance kept")
+	}
+	for _, id := range []string{"changed", "fresh", "running"} {
+		if _, err := st.GetInstance(ctx, id); err != nil {
+			t.Errorf("%s: %v", id, err)
+		}
 	}
 }
