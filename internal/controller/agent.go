@@ -240,11 +240,21 @@ func (s *Service) WaitAssignments(ctx context.Context, nodeID string, since int6
 // ReportStatus applies a node's instance reports. Reports for instances no
 // longer bound to the node are ignored, so a late report cannot resurrect one.
 func (s *Service) ReportStatus(ctx context.Context, rep apiv1.StatusReport) error {
-	node, err := s.st.GetNode(ctx, rep.NodeID)
-	if errors.Is(err, store.ErrNotFound) {
-		return ErrDisjoined // a disjoined node's instances are the scheduler's to fail
+	// The node's name (for $node_name) and that it still exists: from the
+	// view when it has the node (every report of a busy cloud comes here).
+	// A disjoin the view has not seen yet changes nothing: the updates
+	// below apply only to instances still bound to the node.
+	var node store.NodeRecord
+	if n, ok := s.st.ViewNode(rep.NodeID); ok {
+		node = n.NodeRecord
+	} else {
+		var err error
+		node, err = s.st.GetNode(ctx, rep.NodeID)
+		if errors.Is(err, store.ErrNotFound) {
+			return ErrDisjoined // a disjoined node's instances are the scheduler's to fail
+		}
+		_ = err // other errors: the updates below fail with their own
 	}
-	_ = err // other errors: the updates below fail with their own
 	// A report's updates go to etcd together, a round per update of the same
 	// instance (the k-th update of each instance in round k), so every state
 	// an instance passed through is still a revision of its own for watchers
