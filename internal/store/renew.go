@@ -15,7 +15,8 @@ import (
 // both sides. Answers come back in order on the stream; each is handed to
 // every caller waiting on its lease.
 type renewer struct {
-	cli *clientv3.Client
+	cli   *clientv3.Client
+	lease pb.LeaseClient // nil: over cli's connection
 
 	mu  sync.Mutex
 	cur *renewStream
@@ -44,7 +45,11 @@ func (r *renewer) stream() (*renewStream, error) {
 		return r.cur, nil
 	}
 	ctx, cancel := context.WithCancel(clientv3.WithRequireLeader(r.cli.Ctx()))
-	stream, err := pb.NewLeaseClient(r.cli.ActiveConnection()).LeaseKeepAlive(ctx)
+	lc := r.lease
+	if lc == nil {
+		lc = pb.NewLeaseClient(r.cli.ActiveConnection())
+	}
+	stream, err := lc.LeaseKeepAlive(ctx)
 	if err != nil {
 		cancel()
 		return nil, err
@@ -117,6 +122,10 @@ func (r *renewer) renew(ctx context.Context, lease int64) (int64, error) {
 		return 0, ctx.Err()
 	}
 }
+
+// RenewOver sends the lease renewals over lc (an in-process member's)
+// instead of the client's connection; before the store is used.
+func (s *Store) RenewOver(lc pb.LeaseClient) { s.renew.lease = lc }
 
 // KeepAlive renews a node's lease once. Lease renewal is not a write to the
 // key space, so heartbeats do not grow etcd's history.

@@ -28,6 +28,7 @@ import (
 	"github.com/corral-build/corral/internal/scheduler"
 	"github.com/corral-build/corral/internal/store"
 	"github.com/corral-build/corral/internal/tlsconfig"
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 )
@@ -141,7 +142,17 @@ func Start(ctx context.Context, cfg Config) (*Daemon, error) {
 		return nil, fmt.Errorf("connect to etcd %v: %w", endpoints, err)
 	}
 	d.cli = cli
+	var inProcess pb.LeaseClient
+	if d.etcd != nil {
+		var ok bool
+		if inProcess, ok = d.etcd.InProcess(cli); ok {
+			log.Debug("talking to the embedded etcd member in process")
+		}
+	}
 	st := store.New(cli, cfg.EtcdPrefix)
+	if inProcess != nil {
+		st.RenewOver(inProcess)
+	}
 	// The client connects lazily: the first request tells whether etcd is
 	// there, and a controller without it should say so, not hang.
 	wait := cmp.Or(cfg.EtcdTimeout, 15*time.Second)
