@@ -92,7 +92,9 @@ func NewHTTP(reg prometheus.Registerer, prefix string) *HTTP {
 		}, []string{"method", "route", "code"}),
 		seconds: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name: prefix + "_request_duration_seconds", Help: "Latency by method and route.",
-			Buckets: prometheus.ExponentialBuckets(0.001, 2.5, 12),
+			// Prometheus' default bounds and two below them: round figures
+			// an objective is stated in (50 ms, 200 ms) fall on or near one.
+			Buckets: append([]float64{.001, .0025}, prometheus.DefBuckets...),
 		}, []string{"method", "route"}),
 	}
 	reg.MustRegister(h.requests, h.seconds)
