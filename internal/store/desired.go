@@ -59,7 +59,19 @@ func setDecoded[T any](m map[string]T, id string, value []byte) {
 // writing) and wakes the node's waiting polls.
 func (v *view) applyDesired(kind, rest string, value []byte, put bool, rev int64) {
 	if node, ok := setDesired(v.desired, kind, rest, value, put, rev); ok {
+		if _, registered := v.nodes[node]; !registered {
+			v.dropDesired(node)
+		}
 		v.wake(node)
+	}
+}
+
+// dropDesired forgets the desired state of a node removed from the cloud
+// once nothing is left of it (v.mu held for writing), so entries do not
+// pile up as nodes come and go. Its polls are refused: the node is gone.
+func (v *view) dropDesired(node string) {
+	if d := v.desired[node]; d != nil && len(d.assign) == 0 && len(d.distribute) == 0 && len(d.save) == 0 {
+		delete(v.desired, node)
 	}
 }
 

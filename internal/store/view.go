@@ -315,6 +315,8 @@ func (s *Store) applyToView(v *view, ev *clientv3.Event) {
 	case "nodes":
 		if !put {
 			delete(v.nodes, id)
+			v.dropDesired(id)
+			v.wake(id)
 			return
 		}
 		var n NodeRecord
