@@ -3,8 +3,6 @@ package controller_test
 import (
 	"context"
 	"slices"
-	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -13,7 +11,6 @@ import (
 	"github.com/corral-build/corral/internal/store"
 	"github.com/corral-build/corral/internal/testenv"
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"google.golang.org/grpc"
 )
 
 // TestNodeCallsReadFromTheView: with the view on, a node's long polls (the
@@ -26,21 +23,8 @@ import (
 func TestNodeCallsReadFromTheView(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	var ranges atomic.Int64
-	countRanges := grpc.WithChainUnaryInterceptor(func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn,
-		invoke grpc.UnaryInvoker, opts ...grpc.CallOption) error {
-		if strings.HasSuffix(method, "/Range") {
-			ranges.Add(1)
-		}
-		return invoke(ctx, method, req, reply, cc, opts...)
-	})
-	e := testenv.StartEtcd(t)
-	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{e.ClientURL}, DialOptions: []grpc.DialOption{countRanges}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cli.Close() })
-	st := store.New(cli, "")
+	cli := testenv.NewEtcdClient(t)
+	st := store.New(cli.Client, "")
 	svc := controller.New(st, nil, controller.Config{AssignmentPoll: time.Hour}, testenv.Logger(t))
 	svc.StartWatchers(ctx)
 	if _, err := st.JoinNode(ctx, apiv1.NodeReport{NodeID: "n1", NodeName: "n1", Capacity: 4}, nil, 30); err != nil {
@@ -86,9 +70,9 @@ func TestNodeCallsReadFromTheView(t *testing.T) {
 		return out
 	}
 	poll := func(ctx context.Context, since int64) (apiv1.Assignments, int64, error) {
-		before := ranges.Load()
+		before := cli.Ranges()
 		as, err := svc.WaitAssignments(ctx, "n1", since)
-		return as, ranges.Load() - before, err
+		return as, cli.Ranges() - before, err
 	}
 
 	first, reads, err := poll(ctx, 0)
@@ -134,11 +118,11 @@ func TestNodeCallsReadFromTheView(t *testing.T) {
 
 	// Status reports: the instances are read (in one transaction), not the node
 	// again.
-	before := ranges.Load()
+	before := cli.Ranges()
 	if err := svc.ReportStatus(ctx, apiv1.StatusReport{NodeID: "n1", Instances: []apiv1.InstanceStatus{{InstanceID: "i1", State: apiv1.StatePulling}}}); err != nil {
 		t.Fatal(err)
 	}
-	if n := ranges.Load() - before; n != 0 {
+	if n := cli.Ranges() - before; n != 0 {
 		t.Errorf("a status report sent %d reads to etcd", n)
 	}
 	if got, err := st.GetInstance(ctx, "i1"); err != nil || got.State != apiv1.StatePulling {

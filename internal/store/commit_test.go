@@ -3,12 +3,10 @@ package store
 import (
 	"context"
 	"fmt"
-	"path/filepath"
 	"sync"
 	"testing"
 	"time"
 
-	"github.com/corral-build/corral/internal/etcdembed"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
@@ -18,17 +16,7 @@ import (
 // one whose caller went away is not sent; two writing one key (which etcd
 // refuses in one transaction) are committed one after the other.
 func TestGroupCommitSharesOneRevision(t *testing.T) {
-	e, err := etcdembed.Start(etcdembed.Config{DataDir: filepath.Join(t.TempDir(), "etcd"),
-		ClientURL: "http://127.0.0.1:0", PeerURL: "http://127.0.0.1:0", Quiet: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer e.Close()
-	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{e.ClientURL}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cli.Close()
+	cli := newEtcdClient(t)
 	ctx := context.Background()
 	g := &groupCommit{cli: cli}
 	// Queue everything first, as if a commit were in flight.

@@ -18,17 +18,7 @@ import (
 func TestDesiredOfRemovedNodesIsDropped(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	e, err := etcdembed.Start(etcdembed.Config{DataDir: filepath.Join(t.TempDir(), "etcd"),
-		ClientURL: "http://127.0.0.1:0", PeerURL: "http://127.0.0.1:0", Quiet: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer e.Close()
-	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{e.ClientURL}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cli.Close()
+	cli := newEtcdClient(t)
 	st := New(cli, "")
 	st.EnableView(ctx)
 	for _, id := range []string{"stays", "goes"} {
@@ -63,4 +53,21 @@ func TestDesiredOfRemovedNodesIsDropped(t *testing.T) {
 	if d, ok := v.desired["goes"]; ok {
 		t.Errorf("a removed node's entry was kept: %+v", d)
 	}
+}
+
+// newEtcdClient is a client of a fresh embedded etcd (testenv, which
+// imports this package, cannot serve its own tests).
+func newEtcdClient(t *testing.T) *clientv3.Client {
+	e, err := etcdembed.Start(etcdembed.Config{DataDir: filepath.Join(t.TempDir(), "etcd"),
+		ClientURL: "http://127.0.0.1:0", PeerURL: "http://127.0.0.1:0", Quiet: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(e.Close)
+	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{e.ClientURL}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cli.Close() })
+	return cli
 }

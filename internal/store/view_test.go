@@ -6,17 +6,12 @@ import (
 	"fmt"
 	"maps"
 	"math/rand/v2"
-	"strings"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	apiv1 "github.com/corral-build/corral/api/v1"
 	"github.com/corral-build/corral/internal/store"
 	"github.com/corral-build/corral/internal/testenv"
-	clientv3 "go.etcd.io/etcd/client/v3"
-	"google.golang.org/grpc"
 )
 
 // TestViewReadsItsWrites: with the view on, a write is visible to the
@@ -182,32 +177,6 @@ func TestListByCreationMatchesEtcd(t *testing.T) {
 	}
 }
 
-// stallWatches returns etcd client options whose watch streams deliver
-// nothing while the returned lock is held (a view that lags).
-func stallWatches() (*sync.RWMutex, grpc.DialOption) {
-	var gate sync.RWMutex
-	return &gate, grpc.WithChainStreamInterceptor(func(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string,
-		streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {
-		cs, err := streamer(ctx, desc, cc, method, opts...)
-		if err != nil || !strings.HasSuffix(method, "/Watch") {
-			return cs, err
-		}
-		return &stalledStream{cs, &gate}, nil
-	})
-}
-
-type stalledStream struct {
-	grpc.ClientStream
-	gate *sync.RWMutex
-}
-
-func (s *stalledStream) RecvMsg(m any) error {
-	err := s.ClientStream.RecvMsg(m)
-	s.gate.RLock() // held for writing while stalled
-	s.gate.RUnlock()
-	return err
-}
-
 // TestGetDoesNotWaitForTheView: a get of one instance is one etcd read and
 // returns what etcd holds while the view lags behind (its watch stalled).
 // It was the view's consistency barrier, a wait for the view (up to 2 s:
@@ -215,45 +184,25 @@ func (s *stalledStream) RecvMsg(m any) error {
 func TestGetDoesNotWaitForTheView(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	var ranges atomic.Int64
-	countRanges := grpc.WithChainUnaryInterceptor(func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn,
-		invoke grpc.UnaryInvoker, opts ...grpc.CallOption) error {
-		if strings.HasSuffix(method, "/Range") {
-			ranges.Add(1)
-		}
-		return invoke(ctx, method, req, reply, cc, opts...)
-	})
-	gate, stall := stallWatches()
-	e := testenv.StartEtcd(t)
-	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{e.ClientURL}, DialOptions: []grpc.DialOption{countRanges, stall}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cli.Close() })
-	st := store.New(cli, "")
-	st.EnableView(ctx)
+	cli, st := viewedStore(t, ctx)
 	id := apiv1.NewID()
 	if err := st.CreateInstances(ctx, []store.InstanceRecord{{Instance: apiv1.Instance{InstanceID: id, State: apiv1.StateScheduling, CrTime: time.Now()}}}); err != nil {
 		t.Fatal(err)
 	}
-	for deadline := time.Now().Add(10 * time.Second); !st.ViewCaughtUp(ctx); {
-		if time.Now().After(deadline) {
-			t.Fatal("the view did not catch up with etcd in 10 s")
-		}
-	}
+	waitView(t, ctx, st)
 	get := func(want string) {
 		t.Helper()
-		before := ranges.Load()
+		before := cli.Ranges()
 		got, err := st.GetInstance(ctx, id)
 		if err != nil || got.State != want {
 			t.Fatalf("get: state %q, %v; want %s", got.State, err, want)
 		}
-		if n := ranges.Load() - before; n != 1 {
+		if n := cli.Ranges() - before; n != 1 {
 			t.Errorf("a get of one instance (%s) sent %d reads to etcd, want 1", want, n)
 		}
 	}
 	get(apiv1.StateScheduling) // from the view's copy
-	gate.Lock()
+	cli.Stall.Lock()
 	if _, err := st.UpdateInstance(ctx, id, func(r *store.InstanceRecord) (store.InstanceUpdate, error) {
 		r.State = apiv1.StateStarted
 		return store.InstanceUpdate{}, nil
@@ -261,7 +210,7 @@ func TestGetDoesNotWaitForTheView(t *testing.T) {
 		t.Fatal(err)
 	}
 	get(apiv1.StateStarted) // the view has not seen it
-	gate.Unlock()
+	cli.Stall.Unlock()
 }
 
 // TestPollNeverAnswersOlderThanItsLast: a node's poll whose last answer
@@ -271,22 +220,10 @@ func TestGetDoesNotWaitForTheView(t *testing.T) {
 func TestPollNeverAnswersOlderThanItsLast(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	gate, stall := stallWatches()
-	e := testenv.StartEtcd(t)
-	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{e.ClientURL}, DialOptions: []grpc.DialOption{stall}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cli.Close() })
-	st := store.New(cli, "")
-	st.EnableView(ctx)
-	for deadline := time.Now().Add(10 * time.Second); !st.ViewCaughtUp(ctx); {
-		if time.Now().After(deadline) {
-			t.Fatal("the view did not catch up with etcd in 10 s")
-		}
-	}
-	gate.Lock()
-	defer gate.Unlock()
+	cli, st := viewedStore(t, ctx)
+	waitView(t, ctx, st)
+	cli.Stall.Lock()
+	defer cli.Stall.Unlock()
 	if err := st.CreateDistribution(ctx, apiv1.Distribution{RequestID: "d1", Nodes: map[string]string{"n1": ""}},
 		apiv1.Prefetch{RequestID: "d1", VMID: "t1", Tag: "v1"}); err != nil {
 		t.Fatal(err)
@@ -309,23 +246,7 @@ func TestPollNeverAnswersOlderThanItsLast(t *testing.T) {
 func TestPurgeFinishedFromTheView(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	var ranges atomic.Int64
-	countRanges := grpc.WithChainUnaryInterceptor(func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn,
-		invoke grpc.UnaryInvoker, opts ...grpc.CallOption) error {
-		if strings.HasSuffix(method, "/Range") {
-			ranges.Add(1)
-		}
-		return invoke(ctx, method, req, reply, cc, opts...)
-	})
-	gate, stall := stallWatches()
-	e := testenv.StartEtcd(t)
-	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{e.ClientURL}, DialOptions: []grpc.DialOption{countRanges, stall}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cli.Close() })
-	st := store.New(cli, "")
-	st.EnableView(ctx)
+	cli, st := viewedStore(t, ctx)
 	old := time.Now().Add(-time.Hour)
 	if err := st.CreateInstances(ctx, []store.InstanceRecord{
 		{Instance: apiv1.Instance{InstanceID: "done", State: apiv1.StateTerminated}, FinishedAt: old},
@@ -335,22 +256,18 @@ func TestPurgeFinishedFromTheView(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	for deadline := time.Now().Add(10 * time.Second); !st.ViewCaughtUp(ctx); {
-		if time.Now().After(deadline) {
-			t.Fatal("the view did not catch up with etcd in 10 s")
-		}
-	}
-	gate.Lock()
+	waitView(t, ctx, st)
+	cli.Stall.Lock()
 	if _, err := st.UpdateInstance(ctx, "changed", func(r *store.InstanceRecord) (store.InstanceUpdate, error) {
 		r.FinishedAt = time.Now()
 		return store.InstanceUpdate{}, nil
 	}); err != nil {
 		t.Fatal(err)
 	}
-	before := ranges.Load()
+	before := cli.Ranges()
 	n, err := st.PurgeFinished(ctx, time.Minute)
-	reads := ranges.Load() - before
-	gate.Unlock()
+	reads := cli.Ranges() - before
+	cli.Stall.Unlock()
 	if err != nil || n != 1 {
 		t.Fatalf("purged %d, err %v; want 1", n, err)
 	}
@@ -363,6 +280,25 @@ func TestPurgeFinishedFromTheView(t *testing.T) {
 	for _, id := range []string{"changed", "fresh", "running"} {
 		if _, err := st.GetInstance(ctx, id); err != nil {
 			t.Errorf("%s: %v", id, err)
+		}
+	}
+}
+
+// viewedStore is a store with its view on, over a client that counts its
+// reads and can stall its watches.
+func viewedStore(t *testing.T, ctx context.Context) (*testenv.EtcdClient, *store.Store) {
+	cli := testenv.NewEtcdClient(t)
+	st := store.New(cli.Client, "")
+	st.EnableView(ctx)
+	return cli, st
+}
+
+// waitView waits until the view has applied everything written so far.
+func waitView(t *testing.T, ctx context.Context, st *store.Store) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); !st.ViewCaughtUp(ctx); {
+		if time.Now().After(deadline) {
+			t.Fatal("the view did not catch up with etcd in 10 s")
 		}
 	}
 }

@@ -1,0 +1,64 @@
+package testenv
+
+import (
+	"context"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc"
+)
+
+// EtcdClient is a client of a fresh embedded etcd that counts the reads
+// (Range calls) it sends and whose watches can be stalled: while Stall is
+// held for writing, watch streams deliver nothing (a view that lags).
+type EtcdClient struct {
+	*clientv3.Client
+	Stall  sync.RWMutex
+	ranges atomic.Int64
+}
+
+// Ranges is how many reads the client has sent to etcd.
+func (c *EtcdClient) Ranges() int64 { return c.ranges.Load() }
+
+// NewEtcdClient starts an embedded etcd and a counting, stallable client.
+func NewEtcdClient(t testing.TB) *EtcdClient {
+	e := StartEtcd(t)
+	c := &EtcdClient{}
+	count := grpc.WithChainUnaryInterceptor(func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn,
+		invoke grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+		if strings.HasSuffix(method, "/Range") {
+			c.ranges.Add(1)
+		}
+		return invoke(ctx, method, req, reply, cc, opts...)
+	})
+	stall := grpc.WithChainStreamInterceptor(func(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string,
+		streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {
+		cs, err := streamer(ctx, desc, cc, method, opts...)
+		if err != nil || !strings.HasSuffix(method, "/Watch") {
+			return cs, err
+		}
+		return &stalledStream{cs, &c.Stall}, nil
+	})
+	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{e.ClientURL}, DialOptions: []grpc.DialOption{count, stall}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cli.Close() })
+	c.Client = cli
+	return c
+}
+
+type stalledStream struct {
+	grpc.ClientStream
+	gate *sync.RWMutex
+}
+
+func (s *stalledStream) RecvMsg(m any) error {
+	err := s.ClientStream.RecvMsg(m)
+	s.gate.RLock() // held for writing while stalled
+	s.gate.RUnlock()
+	return err
+}
