@@ -134,11 +134,12 @@ func (s *Store) readDesired(ctx context.Context, rev int64) (map[string]*nodeDes
 // the view's watch, woken by its node's changes only. Without the view (or
 // when the view is too far behind since) it watches and reads etcd.
 func (s *Store) WaitDesired(ctx context.Context, node string, since int64, timeout time.Duration) (NodeDesired, error) {
-	if d, ok := s.waitInView(ctx, node, since, timeout); ok {
+	deadline := time.Now().Add(timeout) // for the view and etcd together
+	if d, ok := s.waitInView(ctx, node, since, deadline); ok {
 		return d, ctx.Err()
 	}
 	if since > 0 {
-		wctx, cancel := context.WithTimeout(ctx, timeout)
+		wctx, cancel := context.WithDeadline(ctx, deadline)
 		// Any event, a compaction error or the timeout ends the wait.
 		var chans []clientv3.WatchChan
 		for _, kind := range desiredKinds {
@@ -175,12 +176,12 @@ func (s *Store) readNodeDesired(ctx context.Context, node string) (NodeDesired, 
 
 // waitInView is WaitDesired served by the view; false when it cannot be
 // (no view, not synced, or not caught up with since within viewWait).
-func (s *Store) waitInView(ctx context.Context, node string, since int64, timeout time.Duration) (NodeDesired, bool) {
+func (s *Store) waitInView(ctx context.Context, node string, since int64, deadline time.Time) (NodeDesired, bool) {
 	v := s.view
 	if v == nil {
 		return NodeDesired{}, false
 	}
-	t := time.NewTimer(timeout)
+	t := time.NewTimer(time.Until(deadline))
 	defer t.Stop()
 	var ch chan struct{}
 	asked := false
