@@ -161,7 +161,12 @@ func (c stateCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- dbSizeDesc
 	ch <- dbInUseDesc
 	ch <- viewReadsDesc
+	ch <- viewListsDesc
 }
+
+var viewListsDesc = prometheus.NewDesc("corral_store_view_lists_total",
+	"Full reads of etcd by the watch-fed view: one at start, then one each time its watch could not resume (a compacted revision); a rising count means the view keeps falling behind.",
+	nil, nil)
 
 var viewReadsDesc = prometheus.NewDesc("corral_store_reads_total",
 	"Reads of instances, nodes and groups, by what served them: the watch-fed view, or etcd (the view not synced or behind).",
@@ -192,6 +197,7 @@ func (c stateCollector) Collect(ch chan<- prometheus.Metric) {
 	hits, misses := c.st.ViewReads()
 	ch <- prometheus.MustNewConstMetric(viewReadsDesc, prometheus.CounterValue, float64(hits), "view")
 	ch <- prometheus.MustNewConstMetric(viewReadsDesc, prometheus.CounterValue, float64(misses), "etcd")
+	ch <- prometheus.MustNewConstMetric(viewListsDesc, prometheus.CounterValue, float64(c.st.ViewLists()))
 	cli := c.st.Client()
 	for _, ep := range cli.Endpoints() {
 		if st, err := cli.Status(ctx, ep); err == nil {

@@ -40,8 +40,11 @@ type Store struct {
 	view   *view // EnableView: reads from a watch-fed copy
 	// viewHits, viewMisses: reads served by the view, and by etcd.
 	viewHits, viewMisses atomic.Int64
-	renew                renewer
-	group                groupCommit // instance creates and updates
+	// viewLists counts the view's full reads: the first, then one per
+	// watch it could not resume (compacted, or broken for good).
+	viewLists atomic.Int64
+	renew     renewer
+	group     groupCommit // instance creates and updates
 }
 
 // New returns a Store using keys under prefix ("/corral/" when empty).

@@ -237,6 +237,7 @@ func (s *Store) runView(ctx context.Context, v *view) error {
 	if err != nil {
 		return err
 	}
+	s.viewLists.Add(1)
 	v.mu.Lock()
 	v.desired, v.desiredFloor = desired, snap.Rev
 	if v.waiters == nil {
@@ -356,6 +357,10 @@ func (s *Store) caughtUp(ctx context.Context) bool {
 	}
 	return ok
 }
+
+// ViewLists counts the view's full reads of etcd: one to start, then one
+// each time its watch could not resume (metrics, tests).
+func (s *Store) ViewLists() int64 { return s.viewLists.Load() }
 
 // ViewReads counts reads the view served and those that went to etcd.
 func (s *Store) ViewReads() (view, etcd int64) { return s.viewHits.Load(), s.viewMisses.Load() }

@@ -302,3 +302,63 @@ func waitView(t *testing.T, ctx context.Context, st *store.Store) {
 		}
 	}
 }
+
+// TestPollsAcrossARelist: when the view's watch cannot resume (the history
+// it missed while cut off was compacted), the view lists etcd again; a
+// poll waiting on it is answered with the state after, not stranded, and
+// what the view missed is not lost.
+func TestPollsAcrossARelist(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	cli, st := viewedStore(t, ctx)
+	pull := func(id string) {
+		t.Helper()
+		if err := st.CreateDistribution(ctx, apiv1.Distribution{RequestID: id, Nodes: map[string]string{"n1": ""}},
+			apiv1.Prefetch{RequestID: id, VMID: "t1", Tag: "v1"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	pull("d1")
+	waitView(t, ctx, st)
+	first, err := st.WaitDesired(ctx, "n1", 0, time.Minute)
+	if err != nil || len(first.Prefetches) != 1 {
+		t.Fatalf("first poll: %+v, %v", first, err)
+	}
+	lists := st.ViewLists()
+	woken := make(chan store.NodeDesired, 1)
+	go func() {
+		d, err := st.WaitDesired(ctx, "n1", first.Rev, time.Minute)
+		if err != nil {
+			t.Errorf("waiting poll: %v", err)
+		}
+		woken <- d
+	}()
+	// Cut off, the view misses d1's end and d2; the history is compacted.
+	cli.Stall.Lock()
+	if _, err := cli.Delete(ctx, st.DistributePrefix("n1")+"d1"); err != nil {
+		t.Fatal(err)
+	}
+	pull("d2")
+	now, err := cli.Get(ctx, "x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cli.Compact(ctx, now.Header.Revision); err != nil {
+		t.Fatal(err)
+	}
+	cli.CutWatches()
+	cli.Stall.Unlock()
+	var got store.NodeDesired
+	select {
+	case got = <-woken:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the waiting poll was not answered within 30 s of the view's watch breaking")
+	}
+	if len(got.Prefetches) != 1 || got.Prefetches[0].RequestID != "d2" || got.Rev < now.Header.Revision {
+		t.Errorf("answer after the relist: %+v at revision %d, want d2 only at >= %d", got.Prefetches, got.Rev, now.Header.Revision)
+	}
+	waitView(t, ctx, st)
+	if n := st.ViewLists(); n != lists+1 {
+		t.Errorf("the view listed %d times after its watch broke on a compacted revision, want 1", n-lists)
+	}
+}

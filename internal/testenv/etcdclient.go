@@ -9,6 +9,8 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 )
 
 // EtcdClient is a client of a fresh embedded etcd that counts the reads
@@ -18,7 +20,13 @@ type EtcdClient struct {
 	*clientv3.Client
 	Stall  sync.RWMutex
 	ranges atomic.Int64
+	cut    atomic.Bool
 }
+
+// CutWatches makes the next message of a watch stream an error (as a lost
+// connection): the client resumes its watches from the last revision each
+// received.
+func (c *EtcdClient) CutWatches() { c.cut.Store(true) }
 
 // Ranges is how many reads the client has sent to etcd.
 func (c *EtcdClient) Ranges() int64 { return c.ranges.Load() }
@@ -40,7 +48,7 @@ func NewEtcdClient(t testing.TB) *EtcdClient {
 		if err != nil || !strings.HasSuffix(method, "/Watch") {
 			return cs, err
 		}
-		return &stalledStream{cs, &c.Stall}, nil
+		return &stalledStream{cs, &c.Stall, &c.cut}, nil
 	})
 	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{e.ClientURL}, DialOptions: []grpc.DialOption{count, stall}})
 	if err != nil {
@@ -54,11 +62,15 @@ func NewEtcdClient(t testing.TB) *EtcdClient {
 type stalledStream struct {
 	grpc.ClientStream
 	gate *sync.RWMutex
+	cut  *atomic.Bool
 }
 
 func (s *stalledStream) RecvMsg(m any) error {
 	err := s.ClientStream.RecvMsg(m)
 	s.gate.RLock() // held for writing while stalled
 	s.gate.RUnlock()
+	if s.cut.CompareAndSwap(true, false) {
+		return status.Error(codes.Unavailable, "testenv: watch stream cut")
+	}
 	return err
 }
