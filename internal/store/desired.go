@@ -163,7 +163,7 @@ func (s *Store) WaitDesired(ctx context.Context, node string, since int64, timeo
 func (s *Store) readNodeDesired(ctx context.Context, node string) (NodeDesired, error) {
 	var d NodeDesired
 	var err error
-	if d.Assignments, d.Rev, err = list[apiv1.Assignment](ctx, s.cli, s.assignPrefix(node)); err != nil {
+	if d.Assignments, d.Rev, err = s.Assignments(ctx, node); err != nil {
 		return d, err
 	}
 	at := clientv3.WithRev(d.Rev)

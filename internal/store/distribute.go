@@ -34,12 +34,6 @@ func (s *Store) distributeKey(node, request string) string {
 // DistributePrefix is the watched prefix of a node's pending pulls.
 func (s *Store) DistributePrefix(node string) string { return s.prefix + "distribute/" + node + "/" }
 
-// Prefetches returns a node's pending pulls.
-func (s *Store) Prefetches(ctx context.Context, node string) ([]apiv1.Prefetch, error) {
-	p, _, err := list[apiv1.Prefetch](ctx, s.cli, s.DistributePrefix(node))
-	return p, err
-}
-
 // GetDistribution returns a request's status.
 func (s *Store) GetDistribution(ctx context.Context, id string) (apiv1.Distribution, error) {
 	var d apiv1.Distribution

@@ -369,6 +369,11 @@ type purgeItem[T any] struct {
 	v   T
 }
 
+// purge deletes the records under prefix that expired says may go, each
+// only if unchanged since it was read, up to purgeBatch records a
+// transaction (one etcd revision for many; a batch in which one changed is
+// tried one record at a time). expired may also act on a record. also,
+// when set, names more deletes for the same transaction.
 func purge[T any](ctx context.Context, s *Store, prefix string, expired func(T) (bool, error), also func(T) []clientv3.Op) (int, error) {
 	resp, err := s.cli.Get(ctx, s.prefix+prefix, clientv3.WithPrefix())
 	if err != nil {
@@ -384,7 +389,7 @@ func purge[T any](ctx context.Context, s *Store, prefix string, expired func(T) 
 	return purgeItems(ctx, s, prefix, items, expired, also)
 }
 
-// purgeItems is purge of records already read.
+// purgeItems is purge of records already read (from etcd, or the view).
 func purgeItems[T any](ctx context.Context, s *Store, prefix string, items []purgeItem[T], expired func(T) (bool, error), also func(T) []clientv3.Op) (int, error) {
 	type gone struct {
 		cmp clientv3.Cmp
@@ -446,9 +451,6 @@ func purgeItems[T any](ctx context.Context, s *Store, prefix string, items []pur
 // purgeBatch keeps a purge transaction's operations under etcd's default
 // cap of 128 (a record and up to one more delete each).
 const purgeBatch = 50
-
-// AssignPrefix is the watched prefix of one node's desired state.
-func (s *Store) AssignPrefix(node string) string { return s.assignPrefix(node) }
 
 // Assignments returns a node's desired instances and the revision read at.
 func (s *Store) Assignments(ctx context.Context, node string) ([]apiv1.Assignment, int64, error) {

@@ -44,7 +44,7 @@ type Store struct {
 	// watch it could not resume (compacted, or broken for good).
 	viewLists atomic.Int64
 	renew     renewer
-	group     groupCommit // instance creates and updates
+	group     groupCommit // instance updates (creates commit on their own)
 }
 
 // New returns a Store using keys under prefix ("/corral/" when empty).
