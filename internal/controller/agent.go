@@ -212,15 +212,27 @@ func (s *Service) UpdateReport(ctx context.Context, r apiv1.NodeReport) error {
 	return err
 }
 
+// knownNode is a node as the view has it (every poll and report of a busy
+// cloud asks), or from etcd when the view does not; ErrDisjoined when it
+// is gone.
+func (s *Service) knownNode(ctx context.Context, id string) (store.NodeRecord, error) {
+	if n, ok := s.st.ViewNode(id); ok {
+		return n.NodeRecord, nil
+	}
+	n, err := s.st.GetNode(ctx, id)
+	if errors.Is(err, store.ErrNotFound) {
+		return n, ErrDisjoined
+	}
+	return n, err
+}
+
 // WaitAssignments returns the node's desired instances once they changed after
 // revision since, or after the poll interval; since 0 answers at once. With
 // the store's view on, a poll costs no etcd request: the node, the wait
 // and the answer all come from the view.
 func (s *Service) WaitAssignments(ctx context.Context, nodeID string, since int64) (apiv1.Assignments, error) {
-	if _, ok := s.st.ViewNode(nodeID); !ok {
-		if _, err := s.st.GetNode(ctx, nodeID); errors.Is(err, store.ErrNotFound) {
-			return apiv1.Assignments{}, ErrDisjoined
-		}
+	if _, err := s.knownNode(ctx, nodeID); errors.Is(err, ErrDisjoined) {
+		return apiv1.Assignments{}, err
 	}
 	d, err := s.st.WaitDesired(ctx, nodeID, since, s.cfg.AssignmentPoll)
 	if err != nil {
@@ -240,21 +252,15 @@ func (s *Service) WaitAssignments(ctx context.Context, nodeID string, since int6
 // ReportStatus applies a node's instance reports. Reports for instances no
 // longer bound to the node are ignored, so a late report cannot resurrect one.
 func (s *Service) ReportStatus(ctx context.Context, rep apiv1.StatusReport) error {
-	// The node's name (for $node_name) and that it still exists: from the
-	// view when it has the node (every report of a busy cloud comes here).
-	// A disjoin the view has not seen yet changes nothing: the updates
-	// below apply only to instances still bound to the node.
-	var node store.NodeRecord
-	if n, ok := s.st.ViewNode(rep.NodeID); ok {
-		node = n.NodeRecord
-	} else {
-		var err error
-		node, err = s.st.GetNode(ctx, rep.NodeID)
-		if errors.Is(err, store.ErrNotFound) {
-			return ErrDisjoined // a disjoined node's instances are the scheduler's to fail
-		}
-		_ = err // other errors: the updates below fail with their own
+	// The node's name (for $node_name) and that it still exists. A disjoin
+	// the view has not seen yet changes nothing: the updates below apply
+	// only to instances still bound to the node.
+	node, err := s.knownNode(ctx, rep.NodeID)
+	if errors.Is(err, ErrDisjoined) {
+		return err // a disjoined node's instances are the scheduler's to fail
 	}
+	// Other errors: the updates below fail with their own.
+
 	// A report's updates go to etcd together, a round per update of the same
 	// instance (the k-th update of each instance in round k), so every state
 	// an instance passed through is still a revision of its own for watchers
