@@ -389,13 +389,9 @@ func runScale(b *testing.B, nodes, total, clients, ctls int) {
 	}
 	listCPU := procs[0].cpu() - cpuL
 	listNet := listCPU - time.Duration(idleRate*float64(time.Since(listStart)))
-	if resp, err := http.Get(procs[0].url + "/metrics"); err == nil {
-		body, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		for _, line := range strings.Split(string(body), "\n") {
-			if strings.HasPrefix(line, "corral_store_reads_total") || strings.HasPrefix(line, "corral_scheduler_pass_duration_seconds_sum") || strings.HasPrefix(line, "corral_scheduler_pass_duration_seconds_count") || strings.HasPrefix(line, "corral_api_requests_total") && strings.Contains(line, "agent") {
-				fmt.Printf("  %s\n", line)
-			}
+	for _, line := range metricsLines(procs[0].url) {
+		if strings.HasPrefix(line, "corral_store_reads_total") || strings.HasPrefix(line, "corral_scheduler_pass_duration_seconds_sum") || strings.HasPrefix(line, "corral_scheduler_pass_duration_seconds_count") || strings.HasPrefix(line, "corral_api_requests_total") && strings.Contains(line, "agent") {
+			fmt.Printf("  %s\n", line)
 		}
 	}
 	fmt.Printf("  GET list of %d alone: p50 %s p99 %s to the last byte (decoding it: p50 %s), %s controller CPU per list (%s above its idle use)\n", total,
@@ -434,19 +430,25 @@ func runScale(b *testing.B, nodes, total, clients, ctls int) {
 	b.ReportMetric(float64(total)/lastPlaced.Sub(burstStart).Seconds(), "placements/s")
 }
 
+// metricsLines is a controller's /metrics, by line (none when it does not
+// answer).
+func metricsLines(base string) []string {
+	resp, err := http.Get(base + "/metrics")
+	if err != nil {
+		return nil
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	return strings.Split(string(body), "\n")
+}
+
 // histograms is corral_api_request_duration_seconds as scraped: cumulative
 // counts by labels (method and route) and bucket bound.
 type histograms map[string]map[float64]float64
 
 func scrapeHistograms(base string) histograms {
 	h := histograms{}
-	resp, err := http.Get(base + "/metrics")
-	if err != nil {
-		return h
-	}
-	defer resp.Body.Close()
-	body, _ := io.ReadAll(resp.Body)
-	for _, line := range strings.Split(string(body), "\n") {
+	for _, line := range metricsLines(base) {
 		rest, ok := strings.CutPrefix(line, "corral_api_request_duration_seconds_bucket{")
 		if !ok {
 			continue
@@ -456,6 +458,7 @@ func scrapeHistograms(base string) histograms {
 		le := math.NaN()
 		for _, l := range strings.Split(labels, ",") {
 			if v, ok := strings.CutPrefix(l, `le="`); ok {
+				var err error
 				if le, err = strconv.ParseFloat(strings.TrimSuffix(v, `"`), 64); err != nil { // "+Inf" parses
 					le = math.NaN()
 				}
