@@ -54,7 +54,7 @@ func (d *Driver) Start(ctx context.Context, spec driver.Spec) (driver.VM, error)
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	}
-	ln, err := net.Listen("tcp", net.JoinHostPort(d.ListenHost, "0"))
+	ln, err := listen(d.ListenHost)
 	if err != nil {
 		return nil, fmt.Errorf("synthetic vm %s: ssh endpoint: %w", spec.InstanceID, err)
 	}
