@@ -112,7 +112,11 @@ func (r *Recorder) record(ctx context.Context, fence clientv3.Cmp) error {
 		r.log.Info("event log starting", "revision", from)
 	}
 	written, lastTrim, lastCheckpoint, pending := 0, time.Now(), time.Now(), int64(0)
-	if _, err := r.st.TrimEvents(ctx, fence, r.cfg.MaxCount, r.cfg.MaxAge); err != nil {
+	elog, err := r.st.LoadEventLog(ctx)
+	if err != nil {
+		return err
+	}
+	if _, err := elog.Trim(ctx, fence, r.cfg.MaxCount, r.cfg.MaxAge); err != nil {
 		return err
 	}
 	tick := time.NewTicker(r.cfg.CheckpointEvery)
@@ -129,7 +133,7 @@ func (r *Recorder) record(ctx context.Context, fence clientv3.Cmp) error {
 				pending, lastCheckpoint = 0, time.Now()
 			}
 			if time.Since(lastTrim) > time.Minute {
-				if _, err := r.st.TrimEvents(ctx, fence, r.cfg.MaxCount, r.cfg.MaxAge); err != nil {
+				if _, err := elog.Trim(ctx, fence, r.cfg.MaxCount, r.cfg.MaxAge); err != nil {
 					return err
 				}
 				lastTrim = time.Now()
@@ -168,10 +172,11 @@ func (r *Recorder) record(ctx context.Context, fence clientv3.Cmp) error {
 			if err := r.st.AppendEvents(ctx, fence, evs, consumed, last); err != nil {
 				return err
 			}
+			elog.Appended(evs)
 			pending, lastCheckpoint = 0, time.Now()
 			written += len(evs)
 			if written >= max(10, min(200, r.cfg.MaxCount/20)) {
-				if _, err := r.st.TrimEvents(ctx, fence, r.cfg.MaxCount, r.cfg.MaxAge); err != nil {
+				if _, err := elog.Trim(ctx, fence, r.cfg.MaxCount, r.cfg.MaxAge); err != nil {
 					return err
 				}
 				written, lastTrim = 0, time.Now()

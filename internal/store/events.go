@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -240,54 +241,107 @@ func DecodeEvent(value []byte) (apiv1.Event, error) {
 	return ev, err
 }
 
-// TrimEvents keeps the log within maxCount events and maxAge, deleting the
-// oldest first, while fence holds. It answers how many it deleted.
-func (s *Store) TrimEvents(ctx context.Context, fence clientv3.Cmp, maxCount int, maxAge time.Duration) (int, error) {
+// EventLog is the recorder's index of the stored log's keys, oldest first,
+// so keeping the log within its bounds costs what it deletes: etcd visits
+// every key of a range to count it, even under a limit, so counting the log
+// and reading its oldest page on every trim cost two passes over the whole
+// log (7.8% of a controller's CPU in the scale benchmark at 10,000 events,
+// and linear in --event-retention-count). Only the recorder adds or removes
+// events, fenced on the leader key, so the index stays exact while the
+// fence holds; a recorder that loses it starts over with a fresh index.
+type EventLog struct {
+	s    *Store
+	keys []string // keys[first:] are the stored events' keys, in order
+	// first is where the log starts in keys: trimmed keys are dropped
+	// from the front, and the slice copied down once half of it is gone.
+	first int
+}
+
+// LoadEventLog reads the stored log's keys.
+func (s *Store) LoadEventLog(ctx context.Context) (*EventLog, error) {
 	dir := s.prefix + eventsDir
-	end := clientv3.GetPrefixRangeEnd(dir)
-	cnt, err := s.cli.Get(ctx, dir, clientv3.WithRange(end), clientv3.WithCountOnly())
+	resp, err := s.cli.Get(ctx, dir, clientv3.WithPrefix(), clientv3.WithKeysOnly())
 	if err != nil {
-		return 0, fmt.Errorf("count events: %w", err)
+		return nil, fmt.Errorf("read event log keys: %w", err)
 	}
-	excess := int(cnt.Count) - maxCount
-	deleted := 0
-	cutoff := time.Now().Add(-maxAge)
-	for {
-		// The oldest page: past the count bound, or past the age bound.
-		resp, err := s.cli.Get(ctx, dir, clientv3.WithRange(end), clientv3.WithLimit(int64(min(max(excess, 100), 1000))))
+	l := &EventLog{s: s, keys: make([]string, len(resp.Kvs))}
+	for i, kv := range resp.Kvs {
+		l.keys[i] = string(kv.Key)
+	}
+	return l, nil
+}
+
+// Len is how many events the log holds.
+func (l *EventLog) Len() int { return len(l.keys) - l.first }
+
+// Appended records events AppendEvents stored. Events come in id order; one
+// already in the log (written again by a recorder resuming from an older
+// checkpoint) is not added twice.
+func (l *EventLog) Appended(evs []apiv1.Event) {
+	for _, ev := range evs {
+		id, err := apiv1.ParseEventID(ev.ID)
 		if err != nil {
-			return deleted, fmt.Errorf("read oldest events: %w", err)
+			continue // AppendEvents refused it
 		}
-		n := 0
-		for i, kv := range resp.Kvs {
-			if i < excess {
-				n = i + 1
-				continue
+		key := l.s.eventKey(id)
+		if n := len(l.keys); n == l.first || key > l.keys[n-1] {
+			l.keys = append(l.keys, key)
+			continue
+		}
+		if i, found := slices.BinarySearch(l.keys[l.first:], key); !found {
+			l.keys = slices.Insert(l.keys, l.first+i, key)
+		}
+	}
+}
+
+// Trim keeps the log within maxCount events and maxAge, deleting the oldest
+// first, while fence holds. It answers how many it deleted.
+func (l *EventLog) Trim(ctx context.Context, fence clientv3.Cmp, maxCount int, maxAge time.Duration) (int, error) {
+	live := l.keys[l.first:]
+	n := max(0, len(live)-maxCount)
+	if maxAge > 0 {
+		// Past the age bound: read the oldest kept events a page at a
+		// time (a range bounded by their keys) until one is younger.
+		cutoff := time.Now().Add(-maxAge)
+	pages:
+		for n < len(live) {
+			lo, hi := n, min(len(live), n+100)
+			resp, err := l.s.cli.Get(ctx, live[lo], clientv3.WithRange(live[hi-1]+"\x00"))
+			if err != nil {
+				return 0, fmt.Errorf("read oldest events: %w", err)
 			}
-			ev, err := DecodeEvent(kv.Value)
-			if err == nil && maxAge > 0 && ev.Time.Before(cutoff) {
-				n = i + 1
-				continue
+			for _, kv := range resp.Kvs {
+				ev, err := DecodeEvent(kv.Value)
+				if err != nil || !ev.Time.Before(cutoff) {
+					break pages
+				}
+				n++
 			}
-			break
+			if len(resp.Kvs) < hi-lo {
+				break // the index and the store disagree: trim no further
+			}
 		}
-		if n == 0 {
-			return deleted, nil
-		}
-		last := string(resp.Kvs[n-1].Key)
-		tr, err := s.cli.Txn(ctx).If(fence).Then(clientv3.OpDelete(dir, clientv3.WithRange(last+"\x00"))).Commit()
+	}
+	deleted := 0
+	for deleted < n {
+		upto := min(n, deleted+1000) // a bounded transaction
+		tr, err := l.s.cli.Txn(ctx).If(fence).Then(
+			clientv3.OpDelete(l.s.prefix+eventsDir, clientv3.WithRange(live[upto-1]+"\x00"))).Commit()
 		if err != nil {
 			return deleted, fmt.Errorf("trim events: %w", err)
 		}
 		if !tr.Succeeded {
 			return deleted, ErrNotLeader
 		}
-		deleted += n
-		excess -= n
-		if n < len(resp.Kvs) || !resp.More {
-			return deleted, nil
-		}
+		l.first += upto - deleted
+		deleted = upto
 	}
+	if l.first > len(l.keys)/2 {
+		kept := copy(l.keys, l.keys[l.first:])
+		clear(l.keys[kept:])
+		l.keys, l.first = l.keys[:kept], 0
+	}
+	return deleted, nil
 }
 
 // WebhookCursor is the id of the last event the webhook delivered.

@@ -7,6 +7,7 @@ import (
 	"sync/atomic"
 	"testing"
 
+	"go.etcd.io/etcd/api/v3/etcdserverpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -21,6 +22,7 @@ type EtcdClient struct {
 	Stall  sync.RWMutex
 	ranges atomic.Int64
 	cut    atomic.Bool
+	spans  sync.Map // key "\x00" range end -> *atomic.Int64: reads of a range
 }
 
 // CutWatches makes the next message of a watch stream an error (as a lost
@@ -31,6 +33,15 @@ func (c *EtcdClient) CutWatches() { c.cut.Store(true) }
 // Ranges is how many reads the client has sent to etcd.
 func (c *EtcdClient) Ranges() int64 { return c.ranges.Load() }
 
+// RangesOver is how many reads of the whole of prefix the client has sent
+// (etcd visits every key of such a range, even under a limit or a count).
+func (c *EtcdClient) RangesOver(prefix string) int64 {
+	if n, ok := c.spans.Load(prefix + "\x00" + clientv3.GetPrefixRangeEnd(prefix)); ok {
+		return n.(*atomic.Int64).Load()
+	}
+	return 0
+}
+
 // NewEtcdClient starts an embedded etcd and a counting, stallable client.
 func NewEtcdClient(t testing.TB) *EtcdClient {
 	e := StartEtcd(t)
@@ -39,6 +50,10 @@ func NewEtcdClient(t testing.TB) *EtcdClient {
 		invoke grpc.UnaryInvoker, opts ...grpc.CallOption) error {
 		if strings.HasSuffix(method, "/Range") {
 			c.ranges.Add(1)
+			if r, ok := req.(*etcdserverpb.RangeRequest); ok && len(r.RangeEnd) > 0 {
+				n, _ := c.spans.LoadOrStore(string(r.Key)+"\x00"+string(r.RangeEnd), new(atomic.Int64))
+				n.(*atomic.Int64).Add(1)
+			}
 		}
 		return invoke(ctx, method, req, reply, cc, opts...)
 	})
