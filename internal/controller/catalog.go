@@ -30,6 +30,23 @@ type Catalog struct {
 
 	mu      sync.Mutex
 	entries map[string]*catalogEntry
+	asks    map[string]*asking
+}
+
+// asking is a template's registry requests on behalf of starts. A start
+// needs an answer the registry gave after the start arrived (a tag pushed
+// just before it must be there), so one that arrives while a request is
+// out waits for the next, which goes out when that one ends and answers
+// every start that arrived meanwhile: one request out per template at a
+// time, and a burst of starts costs a few requests, not one each.
+type asking struct {
+	out, next *ask
+}
+
+type ask struct {
+	done chan struct{} // closed once t and err are set
+	t    apiv1.TemplateDetail
+	err  error
 }
 
 type catalogEntry struct {
@@ -44,7 +61,7 @@ type catalogEntry struct {
 // NewCatalog serves lookups for reg.
 func NewCatalog(reg Registry, log *slog.Logger) *Catalog {
 	return &Catalog{reg: reg, log: log, Refresh: 30 * time.Second, MissRefresh: 2 * time.Second,
-		Timeout: 15 * time.Second, AskTimeout: 3 * time.Second, entries: map[string]*catalogEntry{}}
+		Timeout: 15 * time.Second, AskTimeout: 3 * time.Second, entries: map[string]*catalogEntry{}, asks: map[string]*asking{}}
 }
 
 // Known is a scheduler.TemplateKnown.
@@ -108,10 +125,11 @@ func (c *Catalog) record(e *catalogEntry, vmid string, t apiv1.TemplateDetail, e
 	e.answered, e.at = true, time.Now()
 }
 
-// Template asks the registry for a template's detail. When the registry
-// fails (other than "not in registry") or does not answer within the
-// catalog's AskTimeout, the last answer it gave is used, so starting instances
-// of known templates survives a registry outage.
+// Template asks the registry for a template's detail, sharing the request
+// with the starts that arrived while the one before it was out (asking).
+// When the registry fails (other than "not in registry") or does not answer
+// within the catalog's AskTimeout, the last answer it gave is used, so
+// starting instances of known templates survives a registry outage.
 func (c *Catalog) Template(ctx context.Context, vmid string) (apiv1.TemplateDetail, error) {
 	c.mu.Lock()
 	e := c.entries[vmid]
@@ -120,19 +138,53 @@ func (c *Catalog) Template(ctx context.Context, vmid string) (apiv1.TemplateDeta
 		d := e.detail
 		cached = &d
 	}
+	as := c.asks[vmid]
+	if as == nil {
+		as = &asking{}
+		c.asks[vmid] = as
+	}
+	var a *ask
+	switch {
+	case as.out == nil:
+		a = &ask{done: make(chan struct{})}
+		as.out = a
+		go c.send(vmid, a)
+	case as.next == nil:
+		as.next = &ask{done: make(chan struct{})}
+		fallthrough
+	default:
+		a = as.next
+	}
 	c.mu.Unlock()
-	askCtx := ctx
+	var giveUp <-chan time.Time
 	if cached != nil {
-		var cancel context.CancelFunc
-		askCtx, cancel = context.WithTimeout(ctx, c.AskTimeout)
-		defer cancel()
+		t := time.NewTimer(c.AskTimeout)
+		defer t.Stop()
+		giveUp = t.C
 	}
-	t, err := c.reg.GetTemplate(askCtx, vmid)
-	if err != nil && !errors.Is(err, ErrNotInRegistry) && cached != nil && ctx.Err() == nil {
-		c.log.Warn("registry unavailable; using the template as last seen", "vmid", vmid, "err", err)
+	select {
+	case <-a.done:
+		if a.err != nil && !errors.Is(a.err, ErrNotInRegistry) && cached != nil {
+			c.log.Warn("registry unavailable; using the template as last seen", "vmid", vmid, "err", a.err)
+			return *cached, nil
+		}
+		return a.t, a.err
+	case <-giveUp:
+		c.log.Warn("registry did not answer in time; using the template as last seen", "vmid", vmid, "wait", c.AskTimeout)
 		return *cached, nil
+	case <-ctx.Done():
+		return apiv1.TemplateDetail{}, ctx.Err()
 	}
+}
+
+// send asks the registry for the starts waiting on a, records the answer,
+// then sends the next request if starts arrived meanwhile.
+func (c *Catalog) send(vmid string, a *ask) {
+	ctx, cancel := context.WithTimeout(context.Background(), c.Timeout)
+	t, err := c.reg.GetTemplate(ctx, vmid)
+	cancel()
 	c.mu.Lock()
+	a.t, a.err = t, err
 	if e := c.entries[vmid]; e != nil && !e.fetching {
 		c.record(e, vmid, t, err)
 	} else if e == nil && err == nil {
@@ -140,8 +192,15 @@ func (c *Catalog) Template(ctx context.Context, vmid string) (apiv1.TemplateDeta
 		c.entries[vmid] = e
 		c.record(e, vmid, t, err)
 	}
+	as := c.asks[vmid]
+	as.out, as.next = as.next, nil
+	if as.out != nil {
+		go c.send(vmid, as.out)
+	} else {
+		delete(c.asks, vmid)
+	}
 	c.mu.Unlock()
-	return t, err
+	close(a.done)
 }
 
 // Forget drops a template from the cache (it was deleted through this
