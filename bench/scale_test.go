@@ -35,7 +35,10 @@ import (
 // concurrent clients (50), a poller of the full list and one of ?id=,
 // against CORRAL_SCALE_CONTROLLERS real `corral controller` processes (1;
 // the first with embedded etcd, the others on it), so their CPU and memory
-// are measured apart from the agents'.
+// are measured apart from the agents'. Then CORRAL_SCALE_PACED more starts
+// (half as many) offered at CORRAL_SCALE_RATE a second (500), with
+// CORRAL_SCALE_PACED_GETS reads of ?id= (100) and CORRAL_SCALE_PACED_LISTS
+// of the list (2) a second, all open loop (runPaced).
 func BenchmarkScale(b *testing.B) {
 	nodes, total, clients := envInt("CORRAL_SCALE_NODES", 1000), envInt("CORRAL_SCALE_INSTANCES", 10000), envInt("CORRAL_SCALE_CLIENTS", 50)
 	ctls := envInt("CORRAL_SCALE_CONTROLLERS", 1)
@@ -286,7 +289,7 @@ func runScale(b *testing.B, nodes, total, clients, ctls int) {
 		}()
 	}
 	pollDone := make(chan struct{})
-	go pollIDs(ctx, cl, &getLat, pollDone, func(i int) string {
+	go pollIDs(ctx, cl, &getLat, pollDone, 0, func(i int) string {
 		postedMu.Lock()
 		defer postedMu.Unlock()
 		if len(ids) == 0 {
@@ -296,7 +299,7 @@ func runScale(b *testing.B, nodes, total, clients, ctls int) {
 	})
 	lw := newListWatch()
 	for len(lw.started) < total {
-		if err := lw.poll(ctx, urls[0]); err != nil {
+		if err := lw.poll(ctx, urls[0], time.Time{}); err != nil {
 			b.Fatal(err)
 		}
 		if time.Since(burstStart) > 15*time.Minute {
@@ -372,7 +375,8 @@ func runScale(b *testing.B, nodes, total, clients, ctls int) {
 
 	// Paced: the same starts offered at a fixed rate, open loop.
 	if paced > 0 {
-		ids = append(ids, runPaced(ctx, b, procs[0], ccs, cl, vmid, paced, rate)...)
+		ids = append(ids, runPaced(ctx, b, procs[0], ccs, cl, vmid, paced, rate,
+			envInt("CORRAL_SCALE_PACED_GETS", 100), envInt("CORRAL_SCALE_PACED_LISTS", 2))...)
 	}
 
 	// Terminate everything: the rest of each lifecycle.
@@ -517,14 +521,33 @@ func maxTime(a, b time.Time) time.Time {
 	return a
 }
 
-// pollIDs reads one instance after another (GET ?id=, back to back; pick
-// names the i-th, "" while there is none yet) until stop is closed.
-func pollIDs(ctx context.Context, cl *client.Controller, lat *latencies, stop <-chan struct{}, pick func(i int) string) {
+// pollIDs reads one instance after another (GET ?id=; pick names the
+// i-th, "" while there is none yet) until stop is closed: back to back, or
+// (every > 0) one each interval on a fixed schedule, each in its own
+// goroutine and timed from its scheduled time, as independent clients.
+func pollIDs(ctx context.Context, cl *client.Controller, lat *latencies, stop <-chan struct{}, every time.Duration, pick func(i int) string) {
+	start := time.Now()
+	var wg sync.WaitGroup
+	defer wg.Wait()
 	for i := 0; ; i++ {
 		select {
 		case <-stop:
 			return
 		default:
+		}
+		if every > 0 {
+			t := start.Add(time.Duration(i) * every)
+			time.Sleep(time.Until(t)) // the schedule (pacing)
+			if id := pick(i); id != "" {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					if _, err := cl.Instance(ctx, id); err == nil {
+						lat.add(time.Since(t))
+					}
+				}()
+			}
+			continue
 		}
 		id := pick(i)
 		if id == "" {
@@ -550,9 +573,11 @@ func newListWatch() *listWatch {
 	return &listWatch{placed: map[string]time.Time{}, started: map[string]time.Time{}}
 }
 
-// poll lists once.
-func (w *listWatch) poll(ctx context.Context, base string) error {
-	t := time.Now()
+// poll lists once, timed from t (its scheduled time; now when zero).
+func (w *listWatch) poll(ctx context.Context, base string, t time.Time) error {
+	if t.IsZero() {
+		t = time.Now()
+	}
 	body, err := getList(ctx, base)
 	if err != nil {
 		return err
@@ -593,15 +618,17 @@ func (w *listWatch) poll(ctx context.Context, base string) error {
 // shows). The burst before is closed loop: its clients keep the machine
 // saturated by design, and their mean wait is clients over throughput
 // whatever the server does; this is the latency a CI system sees at a
-// given rate, beside the same two pollers. It returns the instances.
-func runPaced(ctx context.Context, b *testing.B, ctl proc, ccs []*client.Controller, cl *client.Controller, vmid string, n, rate int) []string {
+// given rate, beside reads on fixed schedules too (getRate instances and
+// listRate full lists a second, as dashboards and CI plugins poll). It
+// returns the instances.
+func runPaced(ctx context.Context, b *testing.B, ctl proc, ccs []*client.Controller, cl *client.Controller, vmid string, n, rate, getRate, listRate int) []string {
 	var postLat, getLat, toStarted latencies
 	var mu sync.Mutex
 	sentAt := map[string]time.Time{}
 	var ids []string
 	hist0, cpu0 := scrapeHistograms(ctl.url), ctl.cpu()
 	stop := make(chan struct{})
-	go pollIDs(ctx, cl, &getLat, stop, func(i int) string {
+	go pollIDs(ctx, cl, &getLat, stop, time.Second/time.Duration(getRate), func(i int) string {
 		mu.Lock()
 		defer mu.Unlock()
 		if len(ids) == 0 {
@@ -636,8 +663,10 @@ func runPaced(ctx context.Context, b *testing.B, ctl proc, ccs []*client.Control
 		lastSent = time.Now()
 	}()
 	lw := newListWatch()
-	for done := false; !done; {
-		if err := lw.poll(ctx, ctl.url); err != nil {
+	for i, done := 0, false; !done; i++ {
+		at := start.Add(time.Duration(i) * time.Second / time.Duration(listRate))
+		time.Sleep(time.Until(at)) // the schedule (pacing)
+		if err := lw.poll(ctx, ctl.url, at); err != nil {
 			b.Fatal(err)
 		}
 		select {
@@ -663,9 +692,9 @@ func runPaced(ctx context.Context, b *testing.B, ctl proc, ccs []*client.Control
 		toStarted.add(lw.started[id].Sub(sentAt[id]))
 	}
 	hist1 := scrapeHistograms(ctl.url)
-	fmt.Printf("  paced: %d starts offered at %d/s (open loop; latency from each request's scheduled time), sent in %s, all Started %s after the last\n",
-		n, rate, lastSent.Sub(start).Round(time.Millisecond), end.Sub(lastSent).Round(time.Millisecond))
-	fmt.Printf("  paced API: POST p50 %s p99 %s (%d); GET ?id= p50 %s p99 %s (%d); GET list of %d p50 %s p99 %s (%d, to the last byte; the poller's decode of the fields it reads: p50 %s); POST->Started p50 %s p99 %s (resolution one list)\n",
+	fmt.Printf("  paced: %d starts offered at %d/s, GET ?id= at %d/s, the full list %d times a second (open loop; each request timed from its scheduled time), sent in %s, all Started %s after the last\n",
+		n, rate, getRate, listRate, lastSent.Sub(start).Round(time.Millisecond), end.Sub(lastSent).Round(time.Millisecond))
+	fmt.Printf("  paced API: POST p50 %s p99 %s (%d); GET ?id= p50 %s p99 %s (%d); GET list of %d p50 %s p99 %s (%d, to the last byte; the poller's decode of the fields it reads: p50 %s); POST->Started p50 %s p99 %s (resolution one list interval)\n",
 		ms(postLat.pct(0.5)), ms(postLat.pct(0.99)), postLat.n(), ms(getLat.pct(0.5)), ms(getLat.pct(0.99)), getLat.n(),
 		lw.last, ms(lw.lat.pct(0.5)), ms(lw.lat.pct(0.99)), lw.lat.n(), ms(lw.decode.pct(0.5)), ms(toStarted.pct(0.5)), ms(toStarted.pct(0.99)))
 	for _, route := range []string{`method="POST",route="POST /api/v1/vm"`, `method="GET",route="GET /api/v1/vm"`} {
