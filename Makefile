@@ -3,7 +3,7 @@
 # fault-injection, HA and storm tests again under the race detector, then a
 # short fuzzing run of the request and manifest decoders and a minute of
 # random requests against every HTTP route (TestHTTPFuzz).
-RACE_PKGS = ./client/ ./internal/store/ ./internal/scheduler/ ./internal/node/ ./internal/registry/... ./internal/retry/ ./internal/testenv/... ./internal/driver/anka/ ./internal/driver/tart/ ./internal/driver/synthetic/ ./internal/fakecli/...
+RACE_PKGS = ./client/ ./internal/store/ ./internal/events/ ./internal/controller/ ./internal/scheduler/ ./internal/node/ ./internal/registry/... ./internal/retry/ ./internal/testenv/... ./internal/driver/anka/ ./internal/driver/tart/ ./internal/driver/synthetic/ ./internal/fakecli/...
 RACE_E2E  = TestLeaderKilled|TestHAKillOneOfEach|TestNodeKilledWithoutGoodbye|TestNodeRestartReconciles|TestTerminateBeforeNodeSawPlacement|TestNeverStartedWorkSurvivesNodeCrash|TestHungRegistryDoesNotStallScheduling|TestStorm|TestUpWithTart
 
 # Every platform a node or server runs on; `make cross` builds and vets each.
