@@ -55,13 +55,7 @@ func (s *Service) AuthenticateNode(ctx context.Context, token string) (string, e
 	// the view has not seen yet lets a call through for that moment, as a
 	// call just before the disjoin would have been; the node's lease is
 	// already revoked.
-	if n, ok := s.st.ViewNode(id); ok && matches(n.NodeRecord) {
-		return id, nil
-	}
-	n, err := s.st.GetNode(ctx, id)
-	if errors.Is(err, store.ErrNotFound) {
-		return "", ErrDisjoined
-	}
+	n, err := s.knownNode(ctx, id, matches)
 	if err != nil {
 		return "", err
 	}
@@ -164,13 +158,7 @@ func (s *Service) nodeWithLease(ctx context.Context, req apiv1.HeartbeatRequest)
 	// there with this lease. Anything else (unknown to the view, another
 	// lease) is read from etcd; a lease the view still shows but etcd has
 	// revoked fails in the keep-alive itself.
-	if n, ok := s.st.ViewNode(req.NodeID); ok && n.LeaseID == req.LeaseID {
-		return n.NodeRecord, nil
-	}
-	n, err := s.st.GetNode(ctx, req.NodeID)
-	if errors.Is(err, store.ErrNotFound) {
-		return n, ErrDisjoined
-	}
+	n, err := s.knownNode(ctx, req.NodeID, func(n store.NodeRecord) bool { return n.LeaseID == req.LeaseID })
 	if err != nil {
 		return n, err
 	}
@@ -212,11 +200,11 @@ func (s *Service) UpdateReport(ctx context.Context, r apiv1.NodeReport) error {
 	return err
 }
 
-// knownNode is a node as the view has it (every poll and report of a busy
-// cloud asks), or from etcd when the view does not; ErrDisjoined when it
-// is gone.
-func (s *Service) knownNode(ctx context.Context, id string) (store.NodeRecord, error) {
-	if n, ok := s.st.ViewNode(id); ok {
+// knownNode is a node as the view has it when fresh accepts it (nil: as it
+// is; every heartbeat, report and poll of a busy cloud asks), or else as
+// etcd has it; ErrDisjoined when it is gone.
+func (s *Service) knownNode(ctx context.Context, id string, fresh func(store.NodeRecord) bool) (store.NodeRecord, error) {
+	if n, ok := s.st.ViewNode(id); ok && (fresh == nil || fresh(n.NodeRecord)) {
 		return n.NodeRecord, nil
 	}
 	n, err := s.st.GetNode(ctx, id)
@@ -231,7 +219,7 @@ func (s *Service) knownNode(ctx context.Context, id string) (store.NodeRecord, e
 // the store's view on, a poll costs no etcd request: the node, the wait
 // and the answer all come from the view.
 func (s *Service) WaitAssignments(ctx context.Context, nodeID string, since int64) (apiv1.Assignments, error) {
-	if _, err := s.knownNode(ctx, nodeID); errors.Is(err, ErrDisjoined) {
+	if _, err := s.knownNode(ctx, nodeID, nil); errors.Is(err, ErrDisjoined) {
 		return apiv1.Assignments{}, err
 	}
 	d, err := s.st.WaitDesired(ctx, nodeID, since, s.cfg.AssignmentPoll)
@@ -255,7 +243,7 @@ func (s *Service) ReportStatus(ctx context.Context, rep apiv1.StatusReport) erro
 	// The node's name (for $node_name) and that it still exists. A disjoin
 	// the view has not seen yet changes nothing: the updates below apply
 	// only to instances still bound to the node.
-	node, err := s.knownNode(ctx, rep.NodeID)
+	node, err := s.knownNode(ctx, rep.NodeID, nil)
 	if errors.Is(err, ErrDisjoined) {
 		return err // a disjoined node's instances are the scheduler's to fail
 	}
