@@ -24,7 +24,7 @@ type Catalog struct {
 	// the background; a miss (tag absent) refreshes after MissRefresh, so a
 	// fresh push is seen quickly.
 	Refresh, MissRefresh time.Duration
-	// Timeout bounds one background fetch; AskTimeout bounds a start
+	// Timeout bounds one registry request; AskTimeout bounds a start
 	// request's own lookup when a last answer exists to fall back on.
 	Timeout, AskTimeout time.Duration
 
@@ -33,12 +33,13 @@ type Catalog struct {
 	asks    map[string]*asking
 }
 
-// asking is a template's registry requests on behalf of starts. A start
-// needs an answer the registry gave after the start arrived (a tag pushed
-// just before it must be there), so one that arrives while a request is
-// out waits for the next, which goes out when that one ends and answers
-// every start that arrived meanwhile: one request out per template at a
-// time, and a burst of starts costs a few requests, not one each.
+// asking is a template's registry requests, for starts and for the
+// background refreshes of lookups. A start needs an answer the registry
+// gave after the start arrived (a tag pushed just before it must be
+// there), so one that arrives while a request is out waits for the next,
+// which goes out when that one ends and answers every start that arrived
+// meanwhile: one request out per template at a time, and a burst of starts
+// costs a few requests, not one each. Every answer is recorded.
 type asking struct {
 	out, next *ask
 }
@@ -53,9 +54,8 @@ type catalogEntry struct {
 	detail   apiv1.TemplateDetail
 	tags     map[string]bool
 	absent   bool      // the registry said it has no such template
-	answered bool      // a fetch has completed
-	at       time.Time // when the last fetch completed
-	fetching bool
+	answered bool      // a request has completed
+	at       time.Time // when the last request completed
 }
 
 // NewCatalog serves lookups for reg.
@@ -84,24 +84,10 @@ func (c *Catalog) Known(vmid, tag string) scheduler.Verdict {
 		v = scheduler.Absent
 	}
 	stale := now.Sub(e.at) > c.Refresh || v != scheduler.Known && now.Sub(e.at) > c.MissRefresh
-	if !e.fetching && (!e.answered || stale) {
-		e.fetching = true
-		go c.fetch(vmid)
+	if c.asks[vmid] == nil && (!e.answered || stale) {
+		c.ask(vmid) // in the background: its answer is recorded
 	}
 	return v
-}
-
-// fetch asks the registry for one template; on an error other than "not
-// in registry" the previous answer stays.
-func (c *Catalog) fetch(vmid string) {
-	ctx, cancel := context.WithTimeout(context.Background(), c.Timeout)
-	defer cancel()
-	t, err := c.reg.GetTemplate(ctx, vmid)
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	e := c.entries[vmid]
-	e.fetching = false
-	c.record(e, vmid, t, err)
 }
 
 // record applies a registry answer to an entry (c.mu held).
@@ -138,23 +124,7 @@ func (c *Catalog) Template(ctx context.Context, vmid string) (apiv1.TemplateDeta
 		d := e.detail
 		cached = &d
 	}
-	as := c.asks[vmid]
-	if as == nil {
-		as = &asking{}
-		c.asks[vmid] = as
-	}
-	var a *ask
-	switch {
-	case as.out == nil:
-		a = &ask{done: make(chan struct{})}
-		as.out = a
-		go c.send(vmid, a)
-	case as.next == nil:
-		as.next = &ask{done: make(chan struct{})}
-		fallthrough
-	default:
-		a = as.next
-	}
+	a := c.ask(vmid)
 	c.mu.Unlock()
 	var giveUp <-chan time.Time
 	if cached != nil {
@@ -177,17 +147,36 @@ func (c *Catalog) Template(ctx context.Context, vmid string) (apiv1.TemplateDeta
 	}
 }
 
-// send asks the registry for the starts waiting on a, records the answer,
-// then sends the next request if starts arrived meanwhile.
+// ask is the registry request a caller arriving now waits on (c.mu held):
+// sent at once when none is out, else the next one.
+func (c *Catalog) ask(vmid string) *ask {
+	as := c.asks[vmid]
+	if as == nil {
+		as = &asking{}
+		c.asks[vmid] = as
+	}
+	switch {
+	case as.out == nil:
+		as.out = &ask{done: make(chan struct{})}
+		go c.send(vmid, as.out)
+		return as.out
+	case as.next == nil:
+		as.next = &ask{done: make(chan struct{})}
+	}
+	return as.next
+}
+
+// send asks the registry for the callers waiting on a, records the answer,
+// then sends the next request if callers arrived meanwhile.
 func (c *Catalog) send(vmid string, a *ask) {
 	ctx, cancel := context.WithTimeout(context.Background(), c.Timeout)
 	t, err := c.reg.GetTemplate(ctx, vmid)
 	cancel()
 	c.mu.Lock()
 	a.t, a.err = t, err
-	if e := c.entries[vmid]; e != nil && !e.fetching {
+	if e := c.entries[vmid]; e != nil {
 		c.record(e, vmid, t, err)
-	} else if e == nil && err == nil {
+	} else if err == nil {
 		e = &catalogEntry{}
 		c.entries[vmid] = e
 		c.record(e, vmid, t, err)
@@ -208,7 +197,5 @@ func (c *Catalog) send(vmid string, a *ask) {
 func (c *Catalog) Forget(vmid string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if e := c.entries[vmid]; e != nil && !e.fetching {
-		delete(c.entries, vmid)
-	}
+	delete(c.entries, vmid) // a request out records its answer anew, or none on an error
 }
