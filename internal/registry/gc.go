@@ -1,9 +1,11 @@
 package registry
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path"
 	"strings"
@@ -58,10 +60,20 @@ func (r *Registry) GC(ctx context.Context) (GCStats, error) { return r.GCWithGra
 // of space frees aborted pushes' chunks and condemned data sooner.
 func (r *Registry) GCWithGrace(ctx context.Context, grace time.Duration) (GCStats, error) {
 	var s GCStats
-	if err := r.lockGC(ctx); err != nil {
+	ctx, release, err := r.lockGC(ctx)
+	if err != nil {
 		return s, err
 	}
-	defer r.unlockGC(context.WithoutCancel(ctx))
+	defer release()
+	s, err = r.gc(ctx, grace)
+	if cause := context.Cause(ctx); err != nil && errors.Is(cause, errGCLockLost) {
+		err = fmt.Errorf("%w (%w)", cause, err)
+	}
+	return s, err
+}
+
+func (r *Registry) gc(ctx context.Context, grace time.Duration) (GCStats, error) {
+	var s GCStats
 
 	now := time.Now()
 	protectSince, purged, err := r.purgeUploads(ctx, now, grace)
@@ -246,33 +258,121 @@ func (r *Registry) readMeta(ctx context.Context, p string, v any) error {
 	return r.readJSON(ctx, p, v)
 }
 
-func (r *Registry) lockGC(ctx context.Context) error {
+// gcLock is the lease of the replica running GC: its body names the holder
+// (host, pid, a token of this run) and the holder renews its modification
+// time while it runs. A lock not renewed for GCLockTTL was left by a run
+// that died (SIGKILL, OOM, power loss): the next run takes it over.
+const gcLock = "gc/lock"
+
+// lockGC takes the GC lease. The returned context ends when the lease can
+// no longer be vouched for (another replica took it, or renewals failed for
+// too long), so the run stops before another could start; release stops
+// the renewals and gives the lock back if it is still this run's.
+func (r *Registry) lockGC(ctx context.Context) (context.Context, func(), error) {
+	ttl := cmp.Or(r.GCLockTTL, DefaultGCLockTTL)
 	host, _ := os.Hostname()
+	body := fmt.Sprintf("%s %d %s", host, os.Getpid(), apiv1.NewID())
 	for range 2 {
-		err := r.st.Put(ctx, "gc/lock", strings.NewReader(fmt.Sprintf("%s %d", host, os.Getpid())), storage.Exclusive)
+		err := r.st.Put(ctx, gcLock, strings.NewReader(body), storage.Exclusive)
 		if err == nil {
-			return nil
+			return r.holdGCLock(ctx, body, ttl)
 		}
 		if !errors.Is(err, storage.ErrExists) {
-			return err
+			return nil, nil, fmt.Errorf("gc: lock: %w", err)
 		}
-		info, serr := r.st.Stat(ctx, "gc/lock")
-		if serr != nil || time.Since(info.ModTime) < 6*time.Hour {
-			return ErrGCRunning
+		info, serr := r.st.Stat(ctx, gcLock)
+		if serr != nil || time.Since(info.ModTime) < ttl {
+			return nil, nil, ErrGCRunning
 		}
-		_ = r.st.Delete(ctx, "gc/lock") // left by a crashed run
+		holder, _ := r.gcLockHolder(ctx)
+		r.log.Warn("taking over a GC lock its holder stopped renewing (that run died)", "holder", holder, "renewed", info.ModTime)
+		_ = r.st.Delete(ctx, gcLock)
 	}
-	return ErrGCRunning
+	return nil, nil, ErrGCRunning
 }
 
-// unlockGC releases the lock; a transient error must not leave it held for
-// the hours after which a lock counts as abandoned.
-func (r *Registry) unlockGC(ctx context.Context) {
-	err := retry.Policy{Attempts: 5, Initial: 10 * time.Millisecond, Max: time.Second, PerAttempt: time.Minute}.
-		Do(ctx, func(ctx context.Context) error { return r.st.Delete(ctx, "gc/lock") })
-	if err != nil {
-		r.log.Error("could not release the GC lock; the next run waits until it is abandoned", "err", err)
+// holdGCLock renews the lease every ttl/4 until release. A renewal first
+// checks the lock is still this run's; a run that could not renew for half
+// the TTL stops, well before another replica may take the lock over.
+func (r *Registry) holdGCLock(ctx context.Context, body string, ttl time.Duration) (context.Context, func(), error) {
+	leased, lost := context.WithCancelCause(ctx)
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		t := time.NewTicker(ttl / 4)
+		defer t.Stop()
+		renewed := time.Now()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-leased.Done():
+				return
+			case <-t.C:
+			}
+			err := func() error {
+				rctx, cancel := context.WithTimeout(leased, ttl/4)
+				defer cancel()
+				holder, err := r.gcLockHolder(rctx)
+				if err == nil && holder != body {
+					return errGCLockLost
+				}
+				if err == nil {
+					err = r.st.Touch(rctx, gcLock)
+				}
+				return err
+			}()
+			switch {
+			case errors.Is(err, errGCLockLost), errors.Is(err, storage.ErrNotFound):
+				lost(fmt.Errorf("%w: another run holds it now", errGCLockLost))
+				return
+			case err == nil:
+				renewed = time.Now()
+			case time.Since(renewed) > ttl/2:
+				lost(fmt.Errorf("%w: could not renew it for %s: %v", errGCLockLost, time.Since(renewed).Round(time.Second), err))
+				return
+			}
+		}
+	}()
+	release := func() {
+		close(stop)
+		<-done
+		if context.Cause(leased) != nil && errors.Is(context.Cause(leased), errGCLockLost) {
+			return // not ours to delete
+		}
+		lost(nil)
+		// A transient error must not leave the lock held until its TTL.
+		err := retry.Policy{Attempts: 5, Initial: 10 * time.Millisecond, Max: time.Second, PerAttempt: time.Minute}.
+			Do(context.WithoutCancel(ctx), func(ctx context.Context) error {
+				holder, err := r.gcLockHolder(ctx)
+				if errors.Is(err, storage.ErrNotFound) || (err == nil && holder != body) {
+					return nil
+				}
+				if err != nil {
+					return err
+				}
+				return r.st.Delete(ctx, gcLock)
+			})
+		if err != nil {
+			r.log.Error("could not release the GC lock; the next run waits for its TTL", "ttl", ttl, "err", err)
+		}
 	}
+	return leased, release, nil
+}
+
+// errGCLockLost ends a GC run whose lease it can no longer vouch for.
+var errGCLockLost = errors.New("gc: lost the GC lock")
+
+// gcLockHolder reads the lock's body.
+func (r *Registry) gcLockHolder(ctx context.Context) (string, error) {
+	rc, err := r.st.Open(ctx, gcLock, 0)
+	if err != nil {
+		return "", err
+	}
+	defer rc.Close()
+	data, err := io.ReadAll(io.LimitReader(rc, 4096))
+	return string(data), err
 }
 
 // purgeUploads deletes leases idle longer than UploadTTL and returns the time

@@ -1,14 +1,20 @@
 package registry_test
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/corral-build/corral/internal/registry"
 	"github.com/corral-build/corral/internal/registry/chunk"
@@ -271,4 +277,98 @@ func randBytes(n int) []byte {
 	b := make([]byte, n)
 	rand.Read(b)
 	return b
+}
+
+// TestGCLockOfADeadRunIsTakenOver: a registry killed in the middle of GC
+// leaves gc/lock behind, which kept every replica from collecting (the
+// low-space runs too) for 6 hours. A lock its holder stopped renewing for
+// the lock TTL is taken over; one renewed recently is not.
+func TestGCLockOfADeadRunIsTakenOver(t *testing.T) {
+	dir := t.TempDir()
+	b, err := filesystem.New(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := registry.New(b, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	ctx := context.Background()
+	lock := filepath.Join(dir, "gc", "lock")
+	if err := os.MkdirAll(filepath.Dir(lock), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(lock, []byte("other-host 4242 a-run-that-died"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.GC(ctx); !errors.Is(err, registry.ErrGCRunning) {
+		t.Fatalf("GC beside a lock renewed a moment ago: %v, want ErrGCRunning", err)
+	}
+	stale := time.Now().Add(-registry.DefaultGCLockTTL - time.Minute)
+	if err := os.Chtimes(lock, stale, stale); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.GC(ctx); err != nil {
+		t.Fatalf("GC after its lock's holder stopped renewing it: %v", err)
+	}
+	if _, err := os.Stat(lock); !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("GC left its lock behind: %v", err)
+	}
+}
+
+// TestGCLockIsALease: a run that outlives the lock's TTL keeps its lock (it
+// renews it), so another replica does not start a second run; a run whose
+// lock was taken over stops, and leaves the new holder's lock alone.
+func TestGCLockIsALease(t *testing.T) {
+	dir := t.TempDir()
+	fsb, err := filesystem.New(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	discard := slog.New(slog.NewTextHandler(io.Discard, nil))
+	fb := faulty.Wrap(fsb, 1)
+	a, b := registry.New(fb, discard), registry.New(fsb, discard)
+	a.GCLockTTL, b.GCLockTTL = 1500*time.Millisecond, 1500*time.Millisecond
+
+	fb.HangNth(faulty.List, "uploads", 1) // A's run stops there, holding the lock
+	done := make(chan error, 1)
+	go func() { _, err := a.GC(context.Background()); done <- err }()
+	waitFor(t, "A's GC to hold the lock", func() bool { return fb.Calls(faulty.List) > 0 })
+	// Until A has renewed its lock six times (one and a half TTLs), B must
+	// find it held.
+	for touches := fb.Calls(faulty.Touch); fb.Calls(faulty.Touch) < touches+6; {
+		if _, err := b.GC(context.Background()); !errors.Is(err, registry.ErrGCRunning) {
+			t.Fatalf("B's GC while A's runs past its lock's TTL: %v, want ErrGCRunning", err)
+		}
+		select {
+		case err := <-done:
+			t.Fatalf("A's hung GC ended: %v", err)
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	// Another replica takes the lock over (as if A had stalled past the
+	// TTL): A's run ends, and its release leaves the new holder's lock.
+	other := []byte("other-host 1 the-new-holder")
+	if err := os.WriteFile(filepath.Join(dir, "gc", "lock"), other, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-done:
+		if err == nil || !strings.Contains(err.Error(), "lost the GC lock") {
+			t.Fatalf("A's GC after losing its lock: %v", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("A's GC went on after another replica took its lock over")
+	}
+	if got, _ := os.ReadFile(filepath.Join(dir, "gc", "lock")); !bytes.Equal(got, other) {
+		t.Fatalf("A's release changed the new holder's lock to %q", got)
+	}
+}
+
+// waitFor polls cond until it holds or a generous deadline passes.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(30 * time.Second); !cond(); {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 }

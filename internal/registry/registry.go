@@ -15,7 +15,7 @@
 //	templates/<id>/tags/<number>.json    tag record; exclusive create assigns numbers
 //	uploads/<id>.json                    upload lease (GC protection for a push)
 //	attic/<path>                         manifest or OCI record condemned by GC, deleted a grace period later unless rescued
-//	gc/lock                              held by the replica running GC
+//	gc/lock                              lease of the replica running GC (renewed while it runs)
 package registry
 
 import (
@@ -62,10 +62,17 @@ type Registry struct {
 	Grace time.Duration
 	// UploadTTL is how long an upload lease lives without activity.
 	UploadTTL time.Duration
+	// GCLockTTL is how long a GC lock lives without renewal before the
+	// next run takes it over (DefaultGCLockTTL when 0).
+	GCLockTTL time.Duration
 
 	packs *packIndex
 	loose looseState
 }
+
+// DefaultGCLockTTL bounds how long a GC run that died keeps others from
+// collecting: a live run renews its lock every quarter of it.
+const DefaultGCLockTTL = 2 * time.Minute
 
 // New returns a Registry over st.
 func New(st storage.Backend, log *slog.Logger) *Registry {

@@ -77,6 +77,9 @@ func (b *Backend) Put(ctx context.Context, p string, r io.Reader, mode storage.P
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}
+	if err == nil {
+		err = ctx.Err() // a caller gone by now must not see its object appear later
+	}
 	if err != nil {
 		return fmt.Errorf("storage put %s: %w", p, err)
 	}
@@ -184,7 +187,10 @@ func (b *Backend) List(_ context.Context, prefix string) ([]string, error) {
 	return out, nil
 }
 
-func (b *Backend) Delete(_ context.Context, p string) error {
+func (b *Backend) Delete(ctx context.Context, p string) error {
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("storage %s %s: %w", "delete", p, err)
+	}
 	path, err := b.path(p)
 	if err != nil {
 		return err
@@ -195,7 +201,10 @@ func (b *Backend) Delete(_ context.Context, p string) error {
 	return nil
 }
 
-func (b *Backend) Rename(_ context.Context, src, dst string) error {
+func (b *Backend) Rename(ctx context.Context, src, dst string) error {
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("storage %s %s: %w", "rename", src, err)
+	}
 	from, err := b.path(src)
 	if err != nil {
 		return err
@@ -216,7 +225,10 @@ func (b *Backend) Rename(_ context.Context, src, dst string) error {
 	return nil
 }
 
-func (b *Backend) Touch(_ context.Context, p string) error {
+func (b *Backend) Touch(ctx context.Context, p string) error {
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("storage %s %s: %w", "touch", p, err)
+	}
 	path, err := b.path(p)
 	if err != nil {
 		return err

@@ -157,6 +157,34 @@ func Run(t *testing.T, newBackend func(t *testing.T) storage.Backend) {
 			t.Fatalf("half-written object visible: %v", err)
 		}
 	})
+	t.Run("CancelledCallerChangesNothing", func(t *testing.T) {
+		// A GC run that lost its lease stops through its context: no
+		// mutation may land once the caller is gone.
+		b := newBackend(t)
+		_ = b.Put(ctx, "keep", strings.NewReader("k"), storage.Replace)
+		gone, cancel := context.WithCancel(ctx)
+		cancel()
+		if err := b.Put(gone, "new", strings.NewReader("n"), storage.Replace); err == nil {
+			t.Error("put with a cancelled context succeeded")
+		}
+		if err := b.Delete(gone, "keep"); err == nil {
+			t.Error("delete with a cancelled context succeeded")
+		}
+		if err := b.Rename(gone, "keep", "moved"); err == nil {
+			t.Error("rename with a cancelled context succeeded")
+		}
+		if err := b.Touch(gone, "keep"); err == nil {
+			t.Error("touch with a cancelled context succeeded")
+		}
+		if info, err := b.Stat(ctx, "keep"); err != nil || info.Size != 1 {
+			t.Fatalf("after cancelled calls keep: %+v, %v", info, err)
+		}
+		for _, p := range []string{"new", "moved"} {
+			if _, err := b.Stat(ctx, p); !errors.Is(err, storage.ErrNotFound) {
+				t.Errorf("after cancelled calls %s: %v, want not found", p, err)
+			}
+		}
+	})
 	t.Run("UnsyncedThenSync", func(t *testing.T) {
 		// Unsynced objects are whole and visible at once (a commit reads
 		// them back before Sync), replace atomically like any Put, and every
