@@ -76,7 +76,7 @@ func Start(cfg Config) (*Daemon, error) {
 	if err != nil {
 		return nil, err
 	}
-	reg := registry.New(backend, log)
+	reg := registry.New(wrapStorage(backend), log)
 	if cfg.GCGrace > 0 {
 		reg.Grace = cfg.GCGrace
 	}

@@ -1,0 +1,475 @@
+package e2e
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	mrand "math/rand"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/corral-build/corral/client"
+	"github.com/corral-build/corral/internal/registry/chunk"
+	"github.com/corral-build/corral/internal/retry"
+	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/random"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+)
+
+var (
+	failpointOnce sync.Once
+	failpointBin  string
+	failpointErr  error
+)
+
+// failpointBinary builds corral with -tags failpoints: its registry can be
+// told to SIGKILL itself at its Nth write to the store
+// (internal/registry/daemon/failpoints.go).
+func failpointBinary(t *testing.T) string {
+	t.Helper()
+	failpointOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "corral-failpoints-")
+		if err != nil {
+			failpointErr = err
+			return
+		}
+		failpointBin = filepath.Join(dir, "corral")
+		out, err := exec.Command("go", "build", "-tags", "failpoints", "-o", failpointBin, "github.com/corral-build/corral/cmd/corral").CombinedOutput()
+		if err != nil {
+			failpointErr = &buildError{string(out), err}
+		}
+	})
+	if failpointErr != nil {
+		t.Fatalf("build corral with failpoints: %v", failpointErr)
+	}
+	return failpointBin
+}
+
+// crashRegistry is a real registry process over one store.
+type crashRegistry struct {
+	cmd  *exec.Cmd
+	exit chan struct{}
+	url  string
+}
+
+func startCrashRegistry(t *testing.T, bin, addr, store string, env ...string) *crashRegistry {
+	t.Helper()
+	// GC every 200 ms; a 2 s grace lets it condemn and delete during a round
+	// while what a push has just written stays protected.
+	cmd := exec.Command(bin, "registry", "--listen", addr, "--data-dir", store, "--gc-interval", "200ms", "--gc-grace", "2s")
+	cmd.Env = append(os.Environ(), env...)
+	logf, err := os.OpenFile(filepath.Join(filepath.Dir(store), "registry.log"), os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	r := &crashRegistry{cmd: cmd, exit: make(chan struct{}), url: "http://" + addr}
+	go func() { _ = cmd.Wait(); logf.Close(); close(r.exit) }()
+	t.Cleanup(r.kill)
+	for deadline := time.Now().Add(20 * time.Second); ; {
+		if resp, err := http.Get(r.url + "/readyz"); err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return r
+			}
+		}
+		if r.dead() {
+			t.Fatalf("registry exited at start (log: %s)", filepath.Join(filepath.Dir(store), "registry.log"))
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("registry did not become ready")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func (r *crashRegistry) dead() bool {
+	select {
+	case <-r.exit:
+		return true
+	default:
+		return false
+	}
+}
+
+func (r *crashRegistry) kill() {
+	_ = r.cmd.Process.Kill()
+	<-r.exit
+}
+
+// gcRuns reads corral_registry_gc_runs_total.
+func (r *crashRegistry) gcRuns() (int, error) {
+	resp, err := http.Get(r.url + "/metrics")
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), "corral_registry_gc_runs_total "); ok {
+			f, err := strconv.ParseFloat(v, 64)
+			return int(f), err
+		}
+	}
+	return 0, errors.New("no corral_registry_gc_runs_total in /metrics")
+}
+
+// waitGC waits for two more finished GC passes: one that started after
+// the call.
+func (r *crashRegistry) waitGC(t *testing.T) error {
+	t.Helper()
+	start, err := r.gcRuns()
+	if err != nil {
+		return err
+	}
+	for deadline := time.Now().Add(30 * time.Second); ; {
+		n, err := r.gcRuns()
+		if err != nil {
+			return err
+		}
+		if n >= start+2 {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no GC pass finished in 30 s (%d -> %d)", start, n)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestRegistryKilledAtEveryKindOfWrite: the registry process SIGKILLs itself
+// (a failpoints build) before, in the middle of, or right after a random one
+// of its writes to the store while it takes a template push whose chunks
+// travel as deltas and whole, an OCI push, a tag deletion and GC passes that
+// condemn, rewrite and delete packs. After each kill it restarts: every
+// acknowledged tag pulls whole and verified, an acknowledged deletion stays
+// deleted, nothing half-written is listed, and the same work then completes
+// (GC included: the dead run's lock is taken over once its TTL has passed).
+func TestRegistryKilledAtEveryKindOfWrite(t *testing.T) {
+	bin := failpointBinary(t)
+	rounds := 10
+	if v, err := strconv.Atoi(os.Getenv("CORRAL_CRASH_ROUNDS")); err == nil && v > 0 {
+		rounds = v
+	}
+	seed := time.Now().UnixNano()
+	if v, err := strconv.ParseInt(os.Getenv("CORRAL_CRASH_SEED"), 10, 64); err == nil {
+		seed = v
+	}
+	t.Logf("kill points from seed %d (CORRAL_CRASH_SEED replays them)", seed)
+	rnd := mrand.New(mrand.NewSource(seed))
+	ctx := context.Background()
+
+	// Template tags v0..v3: each changes the last in a few 4 KiB blocks
+	// (sent as deltas) and adds whole new chunks.
+	srcs := map[string]string{}
+	work := t.TempDir()
+	cur := filepath.Join(work, "src")
+	os.MkdirAll(cur, 0o755)
+	os.WriteFile(filepath.Join(cur, "config.json"), []byte(`{"arch":"amd64"}`), 0o644)
+	makeImage(t, filepath.Join(cur, "disk.img"), 32*chunk.Size, allMiB(20)...)
+	for i := range 4 {
+		tag := fmt.Sprint("v", i)
+		if i > 0 {
+			makeChanged(t, filepath.Join(cur, "disk.img"), int64(i), int64(i+5), int64(i+10))
+			writeRandomChunks(t, filepath.Join(cur, "disk.img"), int64(19+i*3), int64(20+i*3))
+		}
+		srcs[tag] = copyTree(t, cur)
+	}
+	images := map[string]v1.Image{}
+	for _, tag := range []string{"0", "1", "2"} {
+		img, err := random.Image(1<<20+12345, 3)
+		if err != nil {
+			t.Fatal(err)
+		}
+		images[tag] = img
+	}
+
+	ln, _ := net.Listen("tcp", "127.0.0.1:0")
+	addr := ln.Addr().String()
+	ln.Close()
+	rc, _ := client.NewRegistry("http://" + addr)
+	rc.Retry = retry.Policy{Attempts: 1, PerAttempt: time.Minute}
+	ref := func(tag string) name.Reference {
+		r, err := name.ParseReference(addr+"/ci/app:"+tag, name.Insecure)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r
+	}
+	push := func(tag string) error {
+		_, err := rc.Push(ctx, client.PushOptions{Source: srcs[tag], Template: "img", Tag: tag, Concurrency: 2})
+		return err
+	}
+	ociPush := func(tag string) error { return remote.Write(ref(tag), images[tag]) }
+	deleteTag := func(tag string) error {
+		id, err := rc.FindTemplate(ctx, "img")
+		if err != nil {
+			return err
+		}
+		return rc.Delete(ctx, id, tag)
+	}
+
+	// The base store: v0..v2 and app:0, app:1; v0 and app:0 deleted and
+	// condemned by GC (their deletion from the attic falls in the rounds).
+	base := filepath.Join(work, "base", "store")
+	os.MkdirAll(filepath.Dir(base), 0o755)
+	reg := startCrashRegistry(t, bin, addr, base)
+	for _, step := range []func() error{
+		func() error { return push("v0") }, func() error { return push("v1") }, func() error { return push("v2") },
+		func() error { return ociPush("0") }, func() error { return ociPush("1") },
+		func() error { return deleteTag("v0") },
+		func() error {
+			d, err := images["0"].Digest()
+			if err != nil {
+				return err
+			}
+			r, _ := name.NewDigest(addr+"/ci/app@"+d.String(), name.Insecure)
+			return remote.Delete(r)
+		},
+	} {
+		if err := step(); err != nil {
+			t.Fatalf("base store: %v", err)
+		}
+	}
+	if err := reg.waitGC(t); err != nil {
+		t.Fatal(err)
+	}
+	reg.kill()
+
+	// verify checks what the registry lists against what was acknowledged:
+	// every listed tag pulls whole and verified; must tags are listed,
+	// gone tags are not.
+	verify := func(when string, must, gone []string, ociMust []string) {
+		t.Helper()
+		id, err := rc.FindTemplate(ctx, "img")
+		if err != nil {
+			t.Fatalf("%s: find template: %v", when, err)
+		}
+		d, err := rc.Template(ctx, id)
+		if err != nil {
+			t.Fatalf("%s: template: %v", when, err)
+		}
+		listed := map[string]bool{}
+		for _, v := range d.Versions {
+			listed[v.Tag] = true
+			want, ok := srcs[v.Tag]
+			if !ok {
+				t.Fatalf("%s: unknown tag %q listed", when, v.Tag)
+			}
+			dest := filepath.Join(t.TempDir(), "pull")
+			if _, err := rc.Pull(ctx, client.PullOptions{TemplateID: id, Tag: v.Tag, Dest: dest}); err != nil {
+				t.Fatalf("%s: pull %s: %v", when, v.Tag, err)
+			}
+			if fileSum(t, filepath.Join(dest, "disk.img")) != fileSum(t, filepath.Join(want, "disk.img")) {
+				t.Fatalf("%s: tag %s pulls different bytes", when, v.Tag)
+			}
+		}
+		for _, tag := range must {
+			if !listed[tag] {
+				t.Fatalf("%s: acknowledged tag %s is not listed (listed: %v)", when, tag, listed)
+			}
+		}
+		for _, tag := range gone {
+			if listed[tag] {
+				t.Fatalf("%s: tag %s was deleted and is listed again", when, tag)
+			}
+		}
+		for _, tag := range ociMust {
+			got, err := remote.Image(ref(tag))
+			if err != nil {
+				t.Fatalf("%s: OCI pull app:%s: %v", when, tag, err)
+			}
+			if mustDigest(t, got) != mustDigest(t, images[tag]) {
+				t.Fatalf("%s: app:%s pulls another manifest", when, tag)
+			}
+			wantLayers, _ := images[tag].Layers()
+			gotLayers, err := got.Layers()
+			if err != nil {
+				t.Fatal(err)
+			}
+			for i, l := range gotLayers {
+				if !sameLayer(t, wantLayers[i], l) {
+					t.Fatalf("%s: app:%s layer %d differs", when, tag, i)
+				}
+			}
+		}
+	}
+
+	// One round's work, in order; done records what was acknowledged.
+	type step struct {
+		name string
+		run  func() error
+	}
+	steps := []step{
+		{"push v3", func() error { return push("v3") }},
+		{"OCI push app:2", func() error { return ociPush("2") }},
+		{"delete v1", func() error { return deleteTag("v1") }},
+	}
+	roundStore := func(i int) string {
+		dir := filepath.Join(work, fmt.Sprint("round", i))
+		os.MkdirAll(dir, 0o755)
+		out, err := exec.Command("cp", "-a", base, filepath.Join(dir, "store")).CombinedOutput()
+		if err != nil {
+			t.Fatalf("copy the base store: %v: %s", err, out)
+		}
+		return filepath.Join(dir, "store")
+	}
+
+	// A dry round counts the writes a round makes (gc/lock's are not
+	// counted: its lease is what a takeover tests, below).
+	dry := roundStore(0)
+	logPath := filepath.Join(work, "writes.log")
+	reg = startCrashRegistry(t, bin, addr, dry, "CORRAL_FAILPOINT_LOG="+logPath, "CORRAL_FAILPOINT_SKIP=gc/lock")
+	for _, s := range steps {
+		if err := s.run(); err != nil {
+			t.Fatalf("dry round: %s: %v", s.name, err)
+		}
+	}
+	if err := reg.waitGC(t); err != nil {
+		t.Fatal(err)
+	}
+	reg.kill()
+	writes := countLines(t, logPath)
+	t.Logf("a round makes %d writes to the store", writes)
+
+	kinds := map[string]int{}
+	for round := 1; round <= rounds; round++ {
+		store := roundStore(round)
+		n := 1 + rnd.Intn(writes)
+		point := strconv.Itoa(n) + []string{"", "~", "+"}[rnd.Intn(3)]
+		killLog := filepath.Join(filepath.Dir(store), "writes.log")
+		reg = startCrashRegistry(t, bin, addr, store, "CORRAL_FAILPOINT_KILL="+point, "CORRAL_FAILPOINT_SKIP=gc/lock", "CORRAL_FAILPOINT_LOG="+killLog)
+		var acked []string
+		for _, s := range steps {
+			if err := s.run(); err != nil {
+				if !reg.dead() {
+					select {
+					case <-reg.exit:
+					case <-time.After(5 * time.Second):
+						t.Fatalf("round %d: %s failed with the registry alive: %v", round, s.name, err)
+					}
+				}
+				break
+			}
+			acked = append(acked, s.name)
+		}
+		if !reg.dead() {
+			_ = reg.waitGC(t) // the kill may fall in a GC pass after the steps
+			select {
+			case <-reg.exit:
+			case <-time.After(2 * time.Second):
+			}
+		}
+		died := reg.dead()
+		reg.kill()
+		at := lastLine(t, killLog)
+		if died {
+			kinds[strings.Fields(at + " ? ?")[1]+map[bool]string{true: " (gc)", false: ""}[isGCWrite(at)]]++
+		}
+		t.Logf("round %d: kill point %s: died=%v at %q after %v", round, point, died, at, acked)
+
+		// A run killed mid-GC left its lock: its TTL passes (backdated).
+		lock := filepath.Join(store, "gc", "lock")
+		if _, err := os.Stat(lock); err == nil {
+			old := time.Now().Add(-10 * time.Minute)
+			os.Chtimes(lock, old, old)
+		}
+		reg = startCrashRegistry(t, bin, addr, store)
+		must, gone, ociMust := []string{"v2"}, []string{"v0"}, []string{"1"}
+		for _, a := range acked {
+			switch a {
+			case "push v3":
+				must = append(must, "v3")
+			case "OCI push app:2":
+				ociMust = append(ociMust, "2")
+			case "delete v1":
+				gone = append(gone, "v1")
+			}
+		}
+		if !contains(acked, "delete v1") {
+			must = append(must, "v1")
+		}
+		verify(fmt.Sprintf("round %d after the kill", round), must, gone, ociMust)
+		// The same work completes, and GC runs again.
+		for _, s := range steps {
+			if contains(acked, s.name) {
+				continue
+			}
+			if err := s.run(); err != nil {
+				t.Fatalf("round %d: after restart %s: %v", round, s.name, err)
+			}
+		}
+		if err := reg.waitGC(t); err != nil {
+			t.Fatal(err)
+		}
+		verify(fmt.Sprintf("round %d after restart, work and GC", round), []string{"v2", "v3"}, []string{"v0", "v1"}, []string{"1", "2"})
+		reg.kill()
+		os.RemoveAll(filepath.Dir(store))
+	}
+	t.Logf("kills by write: %v", kinds)
+}
+
+// writeRandomChunks fills whole chunks at the given MiB offsets with new
+// random data.
+func writeRandomChunks(t *testing.T, path string, mibs ...int64) {
+	t.Helper()
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	buf := make([]byte, chunk.Size)
+	for _, m := range mibs {
+		mrand.Read(buf)
+		if _, err := f.WriteAt(buf, m*chunk.Size); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+func countLines(t *testing.T, path string) int {
+	t.Helper()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.Count(string(data), "\n")
+}
+
+func lastLine(t *testing.T, path string) string {
+	t.Helper()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return ""
+	}
+	lines := strings.Split(strings.TrimSpace(string(data)), "\n")
+	return lines[len(lines)-1]
+}
+
+// isGCWrite tells GC's writes (condemning, rewriting, deleting) from a
+// push's by path.
+func isGCWrite(line string) bool {
+	return strings.Contains(line, "attic/") || strings.Contains(line, "trash/") || strings.HasPrefix(strings.Fields(line + " ? ?")[1], "Delete")
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}

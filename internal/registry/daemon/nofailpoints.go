@@ -1,0 +1,8 @@
+//go:build !failpoints
+
+package daemon
+
+import "github.com/corral-build/corral/internal/registry/storage"
+
+// wrapStorage is the identity in release builds (see failpoints.go).
+func wrapStorage(b storage.Backend) storage.Backend { return b }
