@@ -20,6 +20,7 @@ import (
 	"github.com/corral-build/corral/client"
 	"github.com/corral-build/corral/internal/registry/chunk"
 	"github.com/corral-build/corral/internal/retry"
+	"github.com/corral-build/corral/internal/testenv"
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/random"
@@ -62,13 +63,16 @@ type crashRegistry struct {
 	url  string
 }
 
-func startCrashRegistry(t *testing.T, bin, addr, store string, env ...string) *crashRegistry {
+func startCrashRegistry(t *testing.T, bin, addr string, st crashStore, store string, env ...string) *crashRegistry {
 	t.Helper()
 	// GC every 200 ms; a 2 s grace lets it condemn and delete during a round
-	// while what a push has just written stays protected.
-	cmd := exec.Command(bin, "registry", "--listen", addr, "--data-dir", store, "--gc-interval", "200ms", "--gc-grace", "2s")
-	cmd.Env = append(os.Environ(), env...)
-	logf, err := os.OpenFile(filepath.Join(filepath.Dir(store), "registry.log"), os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
+	// while what a push has just written stays protected. A GC lock not
+	// renewed for 1 s (a killed run's) is taken over.
+	args := append([]string{"registry", "--listen", addr, "--gc-interval", "200ms", "--gc-grace", "2s"}, st.flags(store)...)
+	cmd := exec.Command(bin, args...)
+	cmd.Env = append(os.Environ(), append([]string{"CORRAL_FAILPOINT_GC_LOCK_TTL=1s"}, env...)...)
+	logPath := filepath.Join(st.work, "registry.log")
+	logf, err := os.OpenFile(logPath, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -87,12 +91,30 @@ func startCrashRegistry(t *testing.T, bin, addr, store string, env ...string) *c
 			}
 		}
 		if r.dead() {
-			t.Fatalf("registry exited at start (log: %s)", filepath.Join(filepath.Dir(store), "registry.log"))
+			t.Fatalf("registry exited at start (log: %s)", logPath)
 		}
 		if time.Now().After(deadline) {
 			t.Fatal("registry did not become ready")
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// crashStore is where the crash test's registries keep their stores: a
+// directory or a prefix of an S3 bucket, one per round, copied from a base.
+type crashStore struct {
+	work  string
+	flags func(store string) []string
+	copy  func(t *testing.T, from, to string)
+}
+
+func cpTree(t *testing.T, from, to string) {
+	t.Helper()
+	if err := os.MkdirAll(filepath.Dir(to), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command("cp", "-a", from, to).CombinedOutput(); err != nil {
+		t.Fatalf("copy the base store: %v: %s", err, out)
 	}
 }
 
@@ -158,9 +180,36 @@ func (r *crashRegistry) waitGC(t *testing.T) error {
 // acknowledged tag pulls whole and verified, an acknowledged deletion stays
 // deleted, nothing half-written is listed, and the same work then completes
 // (GC included: the dead run's lock is taken over once its TTL has passed).
+// On a directory and on S3 (versitygw).
 func TestRegistryKilledAtEveryKindOfWrite(t *testing.T) {
+	t.Run("filesystem", func(t *testing.T) {
+		work := t.TempDir()
+		testRegistryKilled(t, 10, crashStore{
+			work:  work,
+			flags: func(store string) []string { return []string{"--data-dir", filepath.Join(work, store)} },
+			copy:  func(t *testing.T, from, to string) { cpTree(t, filepath.Join(work, from), filepath.Join(work, to)) },
+		})
+	})
+	t.Run("s3", func(t *testing.T) {
+		s3 := testenv.StartS3(t)
+		work := t.TempDir()
+		testRegistryKilled(t, 4, crashStore{
+			work: work,
+			flags: func(store string) []string {
+				return []string{"--backend", "s3", "--s3-endpoint", s3.Endpoint, "--s3-bucket", s3.Bucket, "--s3-prefix", store,
+					"--data-dir", filepath.Join(work, "unused")}
+			},
+			// versitygw keeps an object as a file under the bucket's directory
+			// (its metadata in extended attributes, which cp -a keeps).
+			copy: func(t *testing.T, from, to string) {
+				cpTree(t, filepath.Join(s3.Root, s3.Bucket, from), filepath.Join(s3.Root, s3.Bucket, to))
+			},
+		})
+	})
+}
+
+func testRegistryKilled(t *testing.T, rounds int, st crashStore) {
 	bin := failpointBinary(t)
-	rounds := 10
 	if v, err := strconv.Atoi(os.Getenv("CORRAL_CRASH_ROUNDS")); err == nil && v > 0 {
 		rounds = v
 	}
@@ -175,8 +224,7 @@ func TestRegistryKilledAtEveryKindOfWrite(t *testing.T) {
 	// Template tags v0..v3: each changes the last in a few 4 KiB blocks
 	// (sent as deltas) and adds whole new chunks.
 	srcs := map[string]string{}
-	work := t.TempDir()
-	cur := filepath.Join(work, "src")
+	cur := filepath.Join(t.TempDir(), "src")
 	os.MkdirAll(cur, 0o755)
 	os.WriteFile(filepath.Join(cur, "config.json"), []byte(`{"arch":"amd64"}`), 0o644)
 	makeImage(t, filepath.Join(cur, "disk.img"), 32*chunk.Size, allMiB(20)...)
@@ -224,9 +272,7 @@ func TestRegistryKilledAtEveryKindOfWrite(t *testing.T) {
 
 	// The base store: v0..v2 and app:0, app:1; v0 and app:0 deleted and
 	// condemned by GC (their deletion from the attic falls in the rounds).
-	base := filepath.Join(work, "base", "store")
-	os.MkdirAll(filepath.Dir(base), 0o755)
-	reg := startCrashRegistry(t, bin, addr, base)
+	reg := startCrashRegistry(t, bin, addr, st, "base")
 	for _, step := range []func() error{
 		func() error { return push("v0") }, func() error { return push("v1") }, func() error { return push("v2") },
 		func() error { return ociPush("0") }, func() error { return ociPush("1") },
@@ -319,20 +365,16 @@ func TestRegistryKilledAtEveryKindOfWrite(t *testing.T) {
 		{"delete v1", func() error { return deleteTag("v1") }},
 	}
 	roundStore := func(i int) string {
-		dir := filepath.Join(work, fmt.Sprint("round", i))
-		os.MkdirAll(dir, 0o755)
-		out, err := exec.Command("cp", "-a", base, filepath.Join(dir, "store")).CombinedOutput()
-		if err != nil {
-			t.Fatalf("copy the base store: %v: %s", err, out)
-		}
-		return filepath.Join(dir, "store")
+		store := fmt.Sprint("round", i)
+		st.copy(t, "base", store)
+		return store
 	}
 
 	// A dry round counts the writes a round makes (gc/lock's are not
 	// counted: its lease is what a takeover tests, below).
 	dry := roundStore(0)
-	logPath := filepath.Join(work, "writes.log")
-	reg = startCrashRegistry(t, bin, addr, dry, "CORRAL_FAILPOINT_LOG="+logPath, "CORRAL_FAILPOINT_SKIP=gc/lock")
+	logPath := filepath.Join(st.work, "writes.log")
+	reg = startCrashRegistry(t, bin, addr, st, dry, "CORRAL_FAILPOINT_LOG="+logPath, "CORRAL_FAILPOINT_SKIP=gc/lock")
 	for _, s := range steps {
 		if err := s.run(); err != nil {
 			t.Fatalf("dry round: %s: %v", s.name, err)
@@ -350,8 +392,8 @@ func TestRegistryKilledAtEveryKindOfWrite(t *testing.T) {
 		store := roundStore(round)
 		n := 1 + rnd.Intn(writes)
 		point := strconv.Itoa(n) + []string{"", "~", "+"}[rnd.Intn(3)]
-		killLog := filepath.Join(filepath.Dir(store), "writes.log")
-		reg = startCrashRegistry(t, bin, addr, store, "CORRAL_FAILPOINT_KILL="+point, "CORRAL_FAILPOINT_SKIP=gc/lock", "CORRAL_FAILPOINT_LOG="+killLog)
+		killLog := filepath.Join(st.work, store+".writes.log")
+		reg = startCrashRegistry(t, bin, addr, st, store, "CORRAL_FAILPOINT_KILL="+point, "CORRAL_FAILPOINT_SKIP=gc/lock", "CORRAL_FAILPOINT_LOG="+killLog)
 		var acked []string
 		for _, s := range steps {
 			if err := s.run(); err != nil {
@@ -381,13 +423,9 @@ func TestRegistryKilledAtEveryKindOfWrite(t *testing.T) {
 		}
 		t.Logf("round %d: kill point %s: died=%v at %q after %v", round, point, died, at, acked)
 
-		// A run killed mid-GC left its lock: its TTL passes (backdated).
-		lock := filepath.Join(store, "gc", "lock")
-		if _, err := os.Stat(lock); err == nil {
-			old := time.Now().Add(-10 * time.Minute)
-			os.Chtimes(lock, old, old)
-		}
-		reg = startCrashRegistry(t, bin, addr, store)
+		// A run killed mid-GC left its lock: the restarted registry takes it
+		// over once its TTL (1 s here) has passed.
+		reg = startCrashRegistry(t, bin, addr, st, store)
 		must, gone, ociMust := []string{"v2"}, []string{"v0"}, []string{"1"}
 		for _, a := range acked {
 			switch a {
@@ -417,7 +455,6 @@ func TestRegistryKilledAtEveryKindOfWrite(t *testing.T) {
 		}
 		verify(fmt.Sprintf("round %d after restart, work and GC", round), []string{"v2", "v3"}, []string{"v0", "v1"}, []string{"1", "2"})
 		reg.kill()
-		os.RemoveAll(filepath.Dir(store))
 	}
 	t.Logf("kills by write: %v", kinds)
 }

@@ -77,6 +77,7 @@ func Start(cfg Config) (*Daemon, error) {
 		return nil, err
 	}
 	reg := registry.New(wrapStorage(backend), log)
+	tune(reg)
 	if cfg.GCGrace > 0 {
 		reg.Grace = cfg.GCGrace
 	}

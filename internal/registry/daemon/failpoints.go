@@ -11,7 +11,9 @@ import (
 	"strings"
 	"sync"
 	"syscall"
+	"time"
 
+	"github.com/corral-build/corral/internal/registry"
 	"github.com/corral-build/corral/internal/registry/storage"
 )
 
@@ -24,6 +26,7 @@ import (
 //	CORRAL_FAILPOINT_KILL=N+  right after the Nth call returned
 //	CORRAL_FAILPOINT_SKIP=P   calls on paths with prefix P are not counted (e.g. gc/lock)
 //	CORRAL_FAILPOINT_LOG=F    appends "N op path" for every counted call to F
+//	CORRAL_FAILPOINT_GC_LOCK_TTL=D  the GC lock's TTL (a killed run's lock is taken over after D)
 func wrapStorage(b storage.Backend) storage.Backend {
 	spec := os.Getenv("CORRAL_FAILPOINT_KILL")
 	logPath := os.Getenv("CORRAL_FAILPOINT_LOG")
@@ -52,6 +55,17 @@ func wrapStorage(b storage.Backend) storage.Backend {
 		k.log = f
 	}
 	return k
+}
+
+func tune(reg *registry.Registry) {
+	if v := os.Getenv("CORRAL_FAILPOINT_GC_LOCK_TTL"); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil || d <= 0 {
+			fmt.Fprintf(os.Stderr, "CORRAL_FAILPOINT_GC_LOCK_TTL=%q: want a positive duration\n", v)
+			os.Exit(2)
+		}
+		reg.GCLockTTL = d
+	}
 }
 
 type killer struct {
