@@ -839,3 +839,50 @@ func TestFewFilesPerGiB(t *testing.T) {
 		t.Fatalf("256 MiB stored as %d packs and %d files in all, want 4 packs and at most 10 files", len(packs), files)
 	}
 }
+
+// TestPushWhoseCommitAnswerIsLost: the registry commits the tag but its
+// answer never reaches the client (a proxy or the network drops it, or the
+// registry is killed right after the tag record lands). The client asks
+// again and must learn that its push succeeded: the same commit again is
+// the same tag, not "tag exists".
+func TestPushWhoseCommitAnswerIsLost(t *testing.T) {
+	reg := testenv.StartRegistry(t, t.TempDir())
+	target, _ := url.Parse(reg.URL)
+	proxy := httputil.NewSingleHostReverseProxy(target)
+	var dropped atomic.Bool
+	front := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodPost && strings.HasSuffix(r.URL.Path, "/commit") && dropped.CompareAndSwap(false, true) {
+			rec := httptest.NewRecorder()
+			proxy.ServeHTTP(rec, r) // the registry commits...
+			if !strings.Contains(rec.Body.String(), `"OK"`) {
+				t.Errorf("first commit: %d %s", rec.Code, rec.Body)
+			}
+			conn, _, err := w.(http.Hijacker).Hijack()
+			if err == nil {
+				conn.Close() // ...and its answer is lost
+			}
+			return
+		}
+		proxy.ServeHTTP(w, r)
+	}))
+	defer front.Close()
+	rc, _ := client.NewRegistry(front.URL)
+	ctx := context.Background()
+	src := newVMDir(t, allMiB(4)...)
+	res, err := rc.Push(ctx, client.PushOptions{Source: src, Template: "lost", Tag: "v1"})
+	if err != nil {
+		t.Fatalf("push whose commit answer was lost: %v", err)
+	}
+	if !dropped.Load() {
+		t.Fatal("no commit answer was dropped")
+	}
+	d, err := rc.Template(ctx, res.TemplateID)
+	if err != nil || len(d.Versions) != 1 || d.Versions[0].Number != res.Number {
+		t.Fatalf("template after the push: %+v, %v; want one tag numbered %d", d, err, res.Number)
+	}
+	dest := t.TempDir()
+	if _, err := rc.Pull(ctx, client.PullOptions{TemplateID: res.TemplateID, Tag: "v1", Dest: dest}); err != nil {
+		t.Fatal(err)
+	}
+	sameFiles(t, src, dest)
+}

@@ -127,8 +127,17 @@ func TestTagNumbersAndLifecycle(t *testing.T) {
 			t.Fatalf("numbers not 0..n-1: %+v", tmpl.Versions)
 		}
 	}
-	if _, err := r.Commit(ctx, commitReq("busy", "t0", d...)); !errors.Is(err, registry.ErrTagExists) {
-		t.Fatalf("duplicate tag: %v", err)
+	// The same commit again (its answer was lost) is the same tag; another
+	// content under a taken tag is refused.
+	if res, err := r.Commit(ctx, commitReq("busy", "t0", d...)); err != nil || res.Number != tmpl.Versions[tagIndex(tmpl.Versions, "t0")].Number {
+		t.Fatalf("the same commit again: %+v, %v; want tag t0's number", res, err)
+	}
+	other := putRandom(t, r, 1)
+	if _, err := r.Commit(ctx, commitReq("busy", "t0", other...)); !errors.Is(err, registry.ErrTagExists) {
+		t.Fatalf("another content under a taken tag: %v", err)
+	}
+	if tmpl, _ := r.GetTemplate(ctx, ids[0]); len(tmpl.Versions) != 6 {
+		t.Fatalf("after committing t0 again: %d versions, want 6", len(tmpl.Versions))
 	}
 	if err := r.Revert(ctx, ids[0]); err != nil {
 		t.Fatal(err)
@@ -286,4 +295,13 @@ func TestCommitStopsWhenTheClientGoesAway(t *testing.T) {
 	if !errors.Is(err, context.Canceled) {
 		t.Fatalf("commit with its client gone: %v, want context.Canceled", err)
 	}
+}
+
+func tagIndex(vs []apiv1.TemplateVersion, tag string) int {
+	for i, v := range vs {
+		if v.Tag == tag {
+			return i
+		}
+	}
+	return -1
 }

@@ -372,6 +372,12 @@ func (r *Registry) Commit(ctx context.Context, req apiv1.CommitRequest) (apiv1.C
 		}
 		next := 0 // the reference numbers a template's first tag 0; existing numbers stay
 		for _, existing := range tags {
+			if existing.Tag == req.Tag && existing.Manifest == digest && existing.Description == req.Description {
+				// The same commit again: its answer was lost (a client retry,
+				// a registry killed after the tag record landed). Idempotent.
+				r.log.Info("tag already committed with this content", "template", t.Name, "id", t.ID, "tag", req.Tag, "number", existing.Number)
+				return apiv1.CommitResponse{TemplateID: t.ID, Tag: req.Tag, Number: existing.Number, Manifest: digest}, nil
+			}
 			if existing.Tag == req.Tag {
 				return apiv1.CommitResponse{}, fmt.Errorf("%w: template %s already has tag %s", ErrTagExists, t.Name, req.Tag)
 			}
