@@ -20,14 +20,19 @@ import (
 	"github.com/corral-build/corral/internal/retry"
 )
 
-// FailError is a FAIL envelope returned by the controller.
+// FailError is a FAIL envelope returned by the controller or the registry.
 type FailError struct {
 	HTTPStatus int
 	Message    string
+	Registry   bool // the registry answered (else the controller)
 }
 
 func (e *FailError) Error() string {
-	return fmt.Sprintf("controller: %s (HTTP %d)", e.Message, e.HTTPStatus)
+	server := "controller"
+	if e.Registry {
+		server = "registry"
+	}
+	return fmt.Sprintf("%s: %s (HTTP %d)", server, e.Message, e.HTTPStatus)
 }
 
 // Agent-protocol outcomes the node acts on.
@@ -188,7 +193,7 @@ func decodeAnswer(resp *http.Response, out any, what string, agent bool) error {
 		case http.StatusUnauthorized:
 			return ErrUnauthorized
 		}
-		return &FailError{HTTPStatus: resp.StatusCode, Message: env.Message}
+		return &FailError{HTTPStatus: resp.StatusCode, Message: env.Message, Registry: !agent}
 	}
 	if out != nil && len(env.Body) > 0 {
 		if err := json.Unmarshal(env.Body, out); err != nil {

@@ -272,9 +272,9 @@ func (r *Registry) getChunk(ctx context.Context, digest string, buf []byte) ([]b
 			buf = buf[:0]
 		case http.StatusPartialContent:
 		case http.StatusNotFound:
-			return &FailError{HTTPStatus: 404, Message: "chunk " + digest + " is not in the registry"}
+			return &FailError{HTTPStatus: 404, Message: "chunk " + digest + " is not in the registry", Registry: true}
 		default:
-			return &FailError{HTTPStatus: resp.StatusCode, Message: "download chunk " + digest}
+			return &FailError{HTTPStatus: resp.StatusCode, Message: "download chunk " + digest, Registry: true}
 		}
 		for {
 			if len(buf) == cap(buf) {
