@@ -61,6 +61,7 @@ type crashRegistry struct {
 	cmd  *exec.Cmd
 	exit chan struct{}
 	url  string
+	log  string
 }
 
 func startCrashRegistry(t *testing.T, bin, addr string, st crashStore, store string, env ...string) *crashRegistry {
@@ -80,7 +81,7 @@ func startCrashRegistry(t *testing.T, bin, addr string, st crashStore, store str
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	r := &crashRegistry{cmd: cmd, exit: make(chan struct{}), url: "http://" + addr}
+	r := &crashRegistry{cmd: cmd, exit: make(chan struct{}), url: "http://" + addr, log: logPath}
 	go func() { _ = cmd.Wait(); logf.Close(); close(r.exit) }()
 	t.Cleanup(r.kill)
 	for deadline := time.Now().Add(20 * time.Second); ; {
@@ -149,16 +150,27 @@ func (r *crashRegistry) gcRuns() (int, error) {
 	return 0, errors.New("no corral_registry_gc_runs_total in /metrics")
 }
 
-// waitGC waits for two more finished GC passes: one that started after
-// the call.
-func (r *crashRegistry) waitGC(t *testing.T) error {
+// waitGC waits for two more finished GC passes of any of the replicas
+// (whichever holds the lock): the second started after the call.
+func waitGC(t *testing.T, replicas ...*crashRegistry) error {
 	t.Helper()
-	start, err := r.gcRuns()
+	runs := func() (int, error) {
+		total := 0
+		for _, r := range replicas {
+			n, err := r.gcRuns()
+			if err != nil {
+				return 0, err
+			}
+			total += n
+		}
+		return total, nil
+	}
+	start, err := runs()
 	if err != nil {
 		return err
 	}
 	for deadline := time.Now().Add(30 * time.Second); ; {
-		n, err := r.gcRuns()
+		n, err := runs()
 		if err != nil {
 			return err
 		}
@@ -166,7 +178,9 @@ func (r *crashRegistry) waitGC(t *testing.T) error {
 			return nil
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("no GC pass finished in 30 s (%d -> %d)", start, n)
+			data, _ := os.ReadFile(replicas[0].log)
+			lines := strings.Split(strings.TrimSpace(string(data)), "\n")
+			t.Fatalf("no GC pass finished in 30 s (%d -> %d); the registries' log ends:\n%s", start, n, strings.Join(lines[max(0, len(lines)-30):], "\n"))
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
@@ -180,7 +194,9 @@ func (r *crashRegistry) waitGC(t *testing.T) error {
 // acknowledged tag pulls whole and verified, an acknowledged deletion stays
 // deleted, nothing half-written is listed, and the same work then completes
 // (GC included: the dead run's lock is taken over once its TTL has passed).
-// On a directory and on S3 (versitygw).
+// A second replica on the same store, never killed, meanwhile commits a tag
+// of another template made of v1's chunks while v1 is deleted. On a
+// directory and on S3 (versitygw).
 func TestRegistryKilledAtEveryKindOfWrite(t *testing.T) {
 	t.Run("filesystem", func(t *testing.T) {
 		work := t.TempDir()
@@ -245,11 +261,41 @@ func testRegistryKilled(t *testing.T, rounds int, st crashStore) {
 		images[tag] = img
 	}
 
-	ln, _ := net.Listen("tcp", "127.0.0.1:0")
-	addr := ln.Addr().String()
-	ln.Close()
+	freeAddr := func() string {
+		ln, _ := net.Listen("tcp", "127.0.0.1:0")
+		defer ln.Close()
+		return ln.Addr().String()
+	}
+	addr, addrB := freeAddr(), freeAddr()
 	rc, _ := client.NewRegistry("http://" + addr)
 	rc.Retry = retry.Policy{Attempts: 1, PerAttempt: time.Minute}
+	// A second replica on the same store, never killed, takes a push of
+	// another template holding v1's chunks while the first deletes v1 and
+	// both collect garbage: the chunks its commit relies on must survive.
+	rcB, _ := client.NewRegistry("http://" + addrB)
+	rcB.Retry = retry.Policy{Attempts: 1, PerAttempt: time.Minute}
+	replicaPush := func(round int) <-chan error {
+		done := make(chan error, 1)
+		go func() {
+			_, err := rcB.Push(ctx, client.PushOptions{Source: srcs["v1"], Template: "other", Tag: fmt.Sprint("r", round)})
+			done <- err
+		}()
+		return done
+	}
+	verifyOther := func(when string, round int) {
+		t.Helper()
+		id, err := rc.FindTemplate(ctx, "other")
+		if err != nil {
+			t.Fatalf("%s: the other replica's template: %v", when, err)
+		}
+		dest := filepath.Join(t.TempDir(), "pull")
+		if _, err := rc.Pull(ctx, client.PullOptions{TemplateID: id, Tag: fmt.Sprint("r", round), Dest: dest}); err != nil {
+			t.Fatalf("%s: pull the other replica's tag: %v", when, err)
+		}
+		if fileSum(t, filepath.Join(dest, "disk.img")) != fileSum(t, filepath.Join(srcs["v1"], "disk.img")) {
+			t.Fatalf("%s: the other replica's tag pulls different bytes", when)
+		}
+	}
 	ref := func(tag string) name.Reference {
 		r, err := name.ParseReference(addr+"/ci/app:"+tag, name.Insecure)
 		if err != nil {
@@ -290,7 +336,7 @@ func testRegistryKilled(t *testing.T, rounds int, st crashStore) {
 			t.Fatalf("base store: %v", err)
 		}
 	}
-	if err := reg.waitGC(t); err != nil {
+	if err := waitGC(t, reg); err != nil {
 		t.Fatal(err)
 	}
 	reg.kill()
@@ -375,15 +421,22 @@ func testRegistryKilled(t *testing.T, rounds int, st crashStore) {
 	dry := roundStore(0)
 	logPath := filepath.Join(st.work, "writes.log")
 	reg = startCrashRegistry(t, bin, addr, st, dry, "CORRAL_FAILPOINT_LOG="+logPath, "CORRAL_FAILPOINT_SKIP=gc/lock")
+	regB := startCrashRegistry(t, bin, addrB, st, dry)
+	pushedB := replicaPush(0)
 	for _, s := range steps {
 		if err := s.run(); err != nil {
 			t.Fatalf("dry round: %s: %v", s.name, err)
 		}
 	}
-	if err := reg.waitGC(t); err != nil {
+	if err := <-pushedB; err != nil {
+		t.Fatalf("dry round: the other replica's push: %v", err)
+	}
+	if err := waitGC(t, reg, regB); err != nil {
 		t.Fatal(err)
 	}
+	verifyOther("dry round", 0)
 	reg.kill()
+	regB.kill()
 	writes := countLines(t, logPath)
 	t.Logf("a round makes %d writes to the store", writes)
 
@@ -394,6 +447,8 @@ func testRegistryKilled(t *testing.T, rounds int, st crashStore) {
 		point := strconv.Itoa(n) + []string{"", "~", "+"}[rnd.Intn(3)]
 		killLog := filepath.Join(st.work, store+".writes.log")
 		reg = startCrashRegistry(t, bin, addr, st, store, "CORRAL_FAILPOINT_KILL="+point, "CORRAL_FAILPOINT_SKIP=gc/lock", "CORRAL_FAILPOINT_LOG="+killLog)
+		regB := startCrashRegistry(t, bin, addrB, st, store)
+		pushedB := replicaPush(round)
 		var acked []string
 		for _, s := range steps {
 			if err := s.run(); err != nil {
@@ -409,7 +464,7 @@ func testRegistryKilled(t *testing.T, rounds int, st crashStore) {
 			acked = append(acked, s.name)
 		}
 		if !reg.dead() {
-			_ = reg.waitGC(t) // the kill may fall in a GC pass after the steps
+			_ = waitGC(t, reg, regB) // the kill may fall in a GC pass after the steps
 			select {
 			case <-reg.exit:
 			case <-time.After(2 * time.Second):
@@ -417,6 +472,9 @@ func testRegistryKilled(t *testing.T, rounds int, st crashStore) {
 		}
 		died := reg.dead()
 		reg.kill()
+		if err := <-pushedB; err != nil {
+			t.Fatalf("round %d: the other replica's push, beside the killed one: %v", round, err)
+		}
 		at := lastLine(t, killLog)
 		if died {
 			kinds[strings.Fields(at + " ? ?")[1]+map[bool]string{true: " (gc)", false: ""}[isGCWrite(at)]]++
@@ -441,6 +499,7 @@ func testRegistryKilled(t *testing.T, rounds int, st crashStore) {
 			must = append(must, "v1")
 		}
 		verify(fmt.Sprintf("round %d after the kill", round), must, gone, ociMust)
+		verifyOther(fmt.Sprintf("round %d after the kill", round), round)
 		// The same work completes, and GC runs again.
 		for _, s := range steps {
 			if contains(acked, s.name) {
@@ -450,11 +509,13 @@ func testRegistryKilled(t *testing.T, rounds int, st crashStore) {
 				t.Fatalf("round %d: after restart %s: %v", round, s.name, err)
 			}
 		}
-		if err := reg.waitGC(t); err != nil {
+		if err := waitGC(t, reg, regB); err != nil {
 			t.Fatal(err)
 		}
 		verify(fmt.Sprintf("round %d after restart, work and GC", round), []string{"v2", "v3"}, []string{"v0", "v1"}, []string{"1", "2"})
+		verifyOther(fmt.Sprintf("round %d after restart, work and GC", round), round)
 		reg.kill()
+		regB.kill()
 	}
 	t.Logf("kills by write: %v", kinds)
 }
