@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
+	v4 "github.com/aws/aws-sdk-go-v2/aws/signer/v4"
 	awshttp "github.com/aws/aws-sdk-go-v2/aws/transport/http"
 	"github.com/aws/aws-sdk-go-v2/config"
 	sdk "github.com/aws/aws-sdk-go-v2/service/s3"
@@ -51,9 +52,10 @@ type Config struct {
 
 // Backend is an S3-backed storage.Backend.
 type Backend struct {
-	api    *sdk.Client
-	bucket string
-	prefix string
+	api      *sdk.Client
+	bucket   string
+	prefix   string
+	unsigned bool // object bodies go UNSIGNED-PAYLOAD (checkUnsignedPayloads)
 }
 
 // New connects to the bucket, checks it exists and that the server honours
@@ -111,10 +113,42 @@ func New(ctx context.Context, cfg Config) (*Backend, error) {
 	if _, err := api.HeadBucket(ctx, &sdk.HeadBucketInput{Bucket: &b.bucket}); err != nil {
 		return nil, fmt.Errorf("s3 bucket %s: %w", cfg.Bucket, err)
 	}
+	if err := b.checkUnsignedPayloads(ctx); err != nil {
+		return nil, err
+	}
 	if err := b.checkConditionalWrites(ctx); err != nil {
 		return nil, err
 	}
 	return b, nil
+}
+
+// checkUnsignedPayloads sends object bodies unsigned (UNSIGNED-PAYLOAD)
+// where the server takes them: the registry verifies every chunk's sha256
+// as it writes it, and every pull verifies it again, so the SDK's sha256 of
+// each part for the signature would hash every byte a third time (and the
+// server a fourth, checking it). A server that refuses gets them signed.
+func (b *Backend) checkUnsignedPayloads(ctx context.Context) error {
+	probe := fmt.Sprintf("probe/unsigned-payload-%d", time.Now().UnixNano())
+	defer b.Delete(context.WithoutCancel(ctx), probe)
+	b.unsigned = true
+	if err := b.Put(ctx, probe, strings.NewReader("probe"), storage.Replace); err == nil {
+		return nil
+	}
+	b.unsigned = false
+	if err := b.Put(ctx, probe, strings.NewReader("probe"), storage.Replace); err != nil {
+		return fmt.Errorf("s3 bucket %s: write probe: %w", b.bucket, err)
+	}
+	return nil
+}
+
+// payload is the per-call option that leaves a body unsigned.
+func (b *Backend) payload() []func(*sdk.Options) {
+	if !b.unsigned {
+		return nil
+	}
+	return []func(*sdk.Options){func(o *sdk.Options) {
+		o.APIOptions = append(o.APIOptions, v4.SwapComputePayloadSHA256ForUnsignedPayloadMiddleware)
+	}}
 }
 
 func (b *Backend) checkConditionalWrites(ctx context.Context) error {
@@ -193,7 +227,7 @@ func (b *Backend) Put(ctx context.Context, p string, r io.Reader, mode storage.P
 		if mode == storage.Exclusive {
 			in.IfNoneMatch = aws.String("*")
 		}
-		_, err = b.api.PutObject(ctx, in)
+		_, err = b.api.PutObject(ctx, in, b.payload()...)
 		switch code := errorCode(err); {
 		case err == nil:
 			return nil
@@ -239,7 +273,7 @@ func (b *Backend) putMultipart(ctx context.Context, p, key string, buf []byte, r
 		part := buf[:min(len(buf), PartSize)]
 		rest := buf[len(part):]
 		out, err := b.api.UploadPart(ctx, &sdk.UploadPartInput{Bucket: &b.bucket, Key: &key, UploadId: up.UploadId,
-			PartNumber: aws.Int32(n), Body: bytes.NewReader(part), ContentLength: aws.Int64(int64(len(part)))})
+			PartNumber: aws.Int32(n), Body: bytes.NewReader(part), ContentLength: aws.Int64(int64(len(part)))}, b.payload()...)
 		if err != nil {
 			return abort(err)
 		}

@@ -7,7 +7,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"testing/iotest"
@@ -111,5 +116,71 @@ func TestLargePutIsMultipartAndAtomic(t *testing.T) {
 	}
 	if n, err := b.PurgeIncomplete(ctx, 0); err != nil || n != 0 {
 		t.Fatalf("unfinished uploads left: %d (%v)", n, err)
+	}
+}
+
+// TestBodiesGoUnsignedWhereTheServerTakesThem: object bodies go up as
+// UNSIGNED-PAYLOAD (the registry verifies every chunk's sha256 itself; the
+// SDK hashing each part for its signature hashed every byte once more),
+// and signed to a server that refuses unsigned ones.
+func TestBodiesGoUnsignedWhereTheServerTakesThem(t *testing.T) {
+	srv := testenv.StartS3(t)
+	target, _ := url.Parse(srv.Endpoint)
+	proxy := httputil.NewSingleHostReverseProxy(target)
+	var refuse atomic.Bool
+	var mu sync.Mutex
+	var seen []string // x-amz-content-sha256 of every PUT with a body
+	front := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodPut && r.ContentLength > 0 {
+			h := r.Header.Get("X-Amz-Content-Sha256")
+			if refuse.Load() && h == "UNSIGNED-PAYLOAD" {
+				w.Header().Set("Content-Type", "application/xml")
+				w.WriteHeader(http.StatusBadRequest)
+				io.WriteString(w, `<?xml version="1.0" encoding="UTF-8"?><Error><Code>NotImplemented</Code><Message>unsigned payloads are refused here</Message></Error>`)
+				return
+			}
+			mu.Lock()
+			seen = append(seen, h)
+			mu.Unlock()
+		}
+		proxy.ServeHTTP(w, r)
+	}))
+	defer front.Close()
+	ctx := context.Background()
+	large := make([]byte, s3.PartSize+4321)
+	rand.Read(large)
+	for _, refusing := range []bool{false, true} {
+		refuse.Store(refusing)
+		mu.Lock()
+		seen = nil
+		mu.Unlock()
+		b, err := s3.New(ctx, s3.Config{Endpoint: front.URL, Bucket: srv.Bucket, PathStyle: true, Prefix: fmt.Sprint("unsigned-", refusing)})
+		if err != nil {
+			t.Fatalf("refusing=%v: %v", refusing, err)
+		}
+		for p, data := range map[string][]byte{"small": []byte("record"), "packs/large.pack": large} {
+			if err := b.Put(ctx, p, bytes.NewReader(data), storage.Replace); err != nil {
+				t.Fatalf("refusing=%v: put %s: %v", refusing, p, err)
+			}
+			rc, err := b.Open(ctx, p, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, _ := io.ReadAll(rc)
+			rc.Close()
+			if !bytes.Equal(got, data) {
+				t.Fatalf("refusing=%v: %s reads back different bytes", refusing, p)
+			}
+		}
+		mu.Lock()
+		for _, h := range seen {
+			if unsigned := h == "UNSIGNED-PAYLOAD"; unsigned == refusing || h == "" {
+				t.Errorf("refusing=%v: a body went up with x-amz-content-sha256 %q", refusing, h)
+			}
+		}
+		if len(seen) < 4 { // the probes, a small put, the parts of a large one
+			t.Errorf("refusing=%v: %d bodies seen", refusing, len(seen))
+		}
+		mu.Unlock()
 	}
 }
