@@ -8,12 +8,16 @@ import (
 	mrand "math/rand"
 	"net"
 	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -570,4 +574,84 @@ func contains(list []string, s string) bool {
 		}
 	}
 	return false
+}
+
+// TestClientsKilledMidTransfer: a real `corral template push` and a real
+// `corral template pull` are SIGKILLed in the middle of their transfers (a
+// proxy kills them when the Nth pack upload or chunk fetch arrives). The
+// killed push publishes nothing and its re-run sends only what had not
+// arrived; the killed pull leaves nothing that looks complete and its
+// re-run reuses what it wrote, ending byte for byte equal.
+func TestClientsKilledMidTransfer(t *testing.T) {
+	bin := corralBinary(t)
+	reg := testenv.StartRegistry(t, t.TempDir())
+	rc, _ := client.NewRegistry(reg.URL)
+	ctx := context.Background()
+	src := t.TempDir()
+	os.WriteFile(filepath.Join(src, "config.json"), []byte(`{"arch":"amd64"}`), 0o644)
+	makeImage(t, filepath.Join(src, "disk.img"), 256*chunk.Size, allMiB(256)...)
+
+	// killAt serves the client through a proxy that SIGKILLs it when the
+	// nth request to a path ending in suffix arrives.
+	killAt := func(suffix string, nth int64, args ...string) {
+		t.Helper()
+		target, _ := url.Parse(reg.URL)
+		proxy := httputil.NewSingleHostReverseProxy(target)
+		var seen atomic.Int64
+		var cmd *exec.Cmd
+		started := make(chan struct{})
+		front := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if strings.HasSuffix(r.URL.Path, suffix) && seen.Add(1) == nth {
+				<-started
+				_ = cmd.Process.Kill()
+				panic(http.ErrAbortHandler)
+			}
+			proxy.ServeHTTP(w, r)
+		}))
+		defer front.Close()
+		cmd = exec.Command(bin, append(args, "--registry", front.URL)...)
+		out := &strings.Builder{}
+		cmd.Stdout, cmd.Stderr = out, out
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		close(started)
+		err := cmd.Wait()
+		var exit *exec.ExitError
+		if !errors.As(err, &exit) || exit.ProcessState.Sys().(interface{ Signaled() bool }).Signaled() == false {
+			t.Fatalf("%v: want it killed by the proxy, got %v: %s", args, err, out)
+		}
+	}
+
+	killAt("/packs", 4, "template", "push", src, "--name", "killed", "--tag", "v1", "--concurrency", "1")
+	if _, err := rc.FindTemplate(ctx, "killed"); err == nil {
+		t.Fatal("a push killed mid-upload published its template")
+	}
+	res, err := rc.Push(ctx, client.PushOptions{Source: src, Template: "killed", Tag: "v1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.SentChunks > res.UniqueChunks-2*client.Window { // the config and two windows arrived before the kill
+		t.Fatalf("re-run of a killed push sent %d of %d chunks; two windows had arrived", res.SentChunks, res.UniqueChunks)
+	}
+
+	dest := filepath.Join(t.TempDir(), "pulled")
+	killAt("/chunks/fetch", 3, "template", "pull", "killed", "--tag", "v1", "--dest", dest, "--concurrency", "1")
+	if _, err := os.Stat(filepath.Join(dest, client.PulledManifest)); err == nil {
+		t.Fatal("a pull killed mid-transfer is marked complete")
+	}
+	if _, err := os.Stat(filepath.Join(dest, "disk.img")); err == nil {
+		t.Fatal("a pull killed mid-transfer left disk.img under its final name")
+	}
+	pr, err := rc.Pull(ctx, client.PullOptions{TemplateID: res.TemplateID, Tag: "v1", Dest: dest})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("re-runs: the push sent %d of %d chunks, the pull reused %d and fetched %d", res.SentChunks, res.UniqueChunks, pr.LocalChunks, pr.DownloadedChunk)
+	if pr.LocalChunks < 2*client.Window {
+		t.Fatalf("re-run of a killed pull reused %d chunks; two requests' worth had been written", pr.LocalChunks)
+	}
+	if fileSum(t, filepath.Join(dest, "disk.img")) != fileSum(t, filepath.Join(src, "disk.img")) {
+		t.Fatal("the resumed pull differs from what was pushed")
+	}
 }
