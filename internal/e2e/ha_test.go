@@ -145,32 +145,42 @@ func waitStarted(t *testing.T, c *testenv.Cluster, n int) {
 	}
 }
 
-var (
-	buildOnce sync.Once
-	binPath   string
-	buildErr  error
-)
+// builtCorral is cmd/corral built once per test run (with some build
+// tags), for tests that need a real process to kill.
+type builtCorral struct {
+	once sync.Once
+	path string
+	err  error
+}
 
-// corralBinary builds cmd/corral once per test run, for tests that need a
-// real process to kill.
-func corralBinary(t *testing.T) string {
+var corralBuild, failpointBuild builtCorral
+
+// corralBinary builds cmd/corral once per test run.
+func corralBinary(t *testing.T) string { return corralBuild.get(t) }
+
+// failpointBinary builds corral with -tags failpoints: its registry can be
+// told to SIGKILL itself at its Nth write to the store
+// (internal/registry/daemon/failpoints.go).
+func failpointBinary(t *testing.T) string { return failpointBuild.get(t, "-tags", "failpoints") }
+
+func (b *builtCorral) get(t *testing.T, flags ...string) string {
 	t.Helper()
-	buildOnce.Do(func() {
+	b.once.Do(func() {
 		dir, err := os.MkdirTemp("", "corral-bin-")
 		if err != nil {
-			buildErr = err
+			b.err = err
 			return
 		}
-		binPath = filepath.Join(dir, "corral")
-		out, err := exec.Command("go", "build", "-o", binPath, "github.com/corral-build/corral/cmd/corral").CombinedOutput()
-		if err != nil {
-			buildErr = &buildError{string(out), err}
+		b.path = filepath.Join(dir, "corral")
+		args := append(append([]string{"build"}, flags...), "-o", b.path, "github.com/corral-build/corral/cmd/corral")
+		if out, err := exec.Command("go", args...).CombinedOutput(); err != nil {
+			b.err = &buildError{string(out), err}
 		}
 	})
-	if buildErr != nil {
-		t.Fatalf("build corral: %v", buildErr)
+	if b.err != nil {
+		t.Fatalf("build corral %v: %v", flags, b.err)
 	}
-	return binPath
+	return b.path
 }
 
 type buildError struct {

@@ -16,7 +16,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -30,35 +29,6 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/random"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 )
-
-var (
-	failpointOnce sync.Once
-	failpointBin  string
-	failpointErr  error
-)
-
-// failpointBinary builds corral with -tags failpoints: its registry can be
-// told to SIGKILL itself at its Nth write to the store
-// (internal/registry/daemon/failpoints.go).
-func failpointBinary(t *testing.T) string {
-	t.Helper()
-	failpointOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "corral-failpoints-")
-		if err != nil {
-			failpointErr = err
-			return
-		}
-		failpointBin = filepath.Join(dir, "corral")
-		out, err := exec.Command("go", "build", "-tags", "failpoints", "-o", failpointBin, "github.com/corral-build/corral/cmd/corral").CombinedOutput()
-		if err != nil {
-			failpointErr = &buildError{string(out), err}
-		}
-	})
-	if failpointErr != nil {
-		t.Fatalf("build corral with failpoints: %v", failpointErr)
-	}
-	return failpointBin
-}
 
 // crashRegistry is a real registry process over one store.
 type crashRegistry struct {

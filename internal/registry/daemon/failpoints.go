@@ -136,30 +136,26 @@ func (d *dyingReader) Read(p []byte) (int, error) {
 	return d.r.Read(p[:max(1, len(p)/2)])
 }
 
-func (k *killer) Sync(ctx context.Context) error {
-	chosen := k.call("Sync", "")
-	err := k.Backend.Sync(ctx)
+// do runs one mutating call between its failpoints.
+func (k *killer) do(op, path string, call func() error) error {
+	chosen := k.call(op, path)
+	err := call()
 	k.after(chosen)
 	return err
+}
+
+func (k *killer) Sync(ctx context.Context) error {
+	return k.do("Sync", "", func() error { return k.Backend.Sync(ctx) })
 }
 
 func (k *killer) Delete(ctx context.Context, path string) error {
-	chosen := k.call("Delete", path)
-	err := k.Backend.Delete(ctx, path)
-	k.after(chosen)
-	return err
+	return k.do("Delete", path, func() error { return k.Backend.Delete(ctx, path) })
 }
 
 func (k *killer) Rename(ctx context.Context, src, dst string) error {
-	chosen := k.call("Rename", src+" -> "+dst)
-	err := k.Backend.Rename(ctx, src, dst)
-	k.after(chosen)
-	return err
+	return k.do("Rename", src+" -> "+dst, func() error { return k.Backend.Rename(ctx, src, dst) })
 }
 
 func (k *killer) Touch(ctx context.Context, path string) error {
-	chosen := k.call("Touch", path)
-	err := k.Backend.Touch(ctx, path)
-	k.after(chosen)
-	return err
+	return k.do("Touch", path, func() error { return k.Backend.Touch(ctx, path) })
 }
