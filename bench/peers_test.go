@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"crypto/rand"
 	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"io"
 	"iter"
@@ -17,6 +18,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -90,20 +92,31 @@ func BenchmarkTransfers(b *testing.B) {
 }
 
 type opResult struct {
+	op                   string // push, pull, get (one blob)
 	wall, cpu            time.Duration
 	clientRSS, serverRSS int64 // bytes
 	wire                 int64 // loopback bytes
 }
 
-// medians runs the system reps times and yields the median push, then pull.
+// medians runs the system reps times and yields the median of each
+// operation, in the order the system runs them.
 func (sys transferSystem) medians(b *testing.B, dir string, reps int) iter.Seq2[string, opResult] {
-	var push, pull []opResult
+	var order []string
+	byOp := map[string][]opResult{}
 	for range reps {
-		p, q := sys.run(b, dir)
-		push, pull = append(push, p), append(pull, q)
+		for _, r := range sys.run(b, dir) {
+			if byOp[r.op] == nil {
+				order = append(order, r.op)
+			}
+			byOp[r.op] = append(byOp[r.op], r)
+		}
 	}
 	return func(yield func(string, opResult) bool) {
-		_ = yield("push", medianResult(push)) && yield("pull", medianResult(pull))
+		for _, op := range order {
+			if !yield(op, medianResult(byOp[op])) {
+				return
+			}
+		}
 	}
 }
 
@@ -122,6 +135,11 @@ func ratios(res map[string]opResult, cp time.Duration) {
 		return fmt.Sprintf("%.2fx", rb.wall.Seconds()/ra.wall.Seconds())
 	}
 	fmt.Println("  ratios (how many times faster; > 1 is better):")
+	if c, ok := res["oras -> corral /v2/ get"]; ok {
+		d := res["oras -> distribution get"]
+		mbps := func(r opResult) float64 { return float64(r.wire) / 1e6 / r.wall.Seconds() }
+		fmt.Printf("    blob GET (one 512 MiB layer, cold): corral /v2/ %.0f MB/s, distribution %.0f MB/s (target >= 555 MB/s and >= distribution)\n", mbps(c), mbps(d))
+	}
 	for _, op := range []string{"push", "pull"} {
 		fmt.Printf("    template %s vs oras -> distribution: %s (target >= 2x)\n", op, x("corral template "+op, "oras -> distribution "+op))
 		fmt.Printf("    corral /v2/ %s vs distribution (oras): %s (target >= 1x)\n", op, x("oras -> corral /v2/ "+op, "oras -> distribution "+op))
@@ -134,7 +152,7 @@ func ratios(res map[string]opResult, cp time.Duration) {
 // transferSystem is one registry with its client.
 type transferSystem struct {
 	name string
-	run  func(b *testing.B, dir string) (push, pull opResult)
+	run  func(b *testing.B, dir string) []opResult
 }
 
 // server is a registry process for one repetition.
@@ -233,7 +251,7 @@ func startServer(b *testing.B, cmd *exec.Cmd, url, probe string) server {
 }
 
 func corralTemplates(name string, kind serverKind, bin, src string) transferSystem {
-	return transferSystem{name, func(b *testing.B, dir string) (opResult, opResult) {
+	return transferSystem{name, func(b *testing.B, dir string) []opResult {
 		store := filepath.Join(dir, "store")
 		srv := kind(b, store)
 		defer os.RemoveAll(store)
@@ -243,12 +261,18 @@ func corralTemplates(name string, kind serverKind, bin, src string) transferSyst
 		os.RemoveAll(dest)
 		push.serverRSS = srv.stop(b)
 		pull.serverRSS = push.serverRSS
-		return push, pull
+		push.op, pull.op = "push", "pull"
+		return []opResult{push, pull}
 	}}
 }
 
 func orasTo(name string, kind serverKind, oras, layers string) transferSystem {
-	return transferSystem{name, func(b *testing.B, dir string) (opResult, opResult) {
+	var first struct {
+		sync.Once
+		digest string
+		size   int64
+	}
+	return transferSystem{name, func(b *testing.B, dir string) []opResult {
 		store := filepath.Join(dir, "store")
 		srv := kind(b, store)
 		defer os.RemoveAll(store)
@@ -264,10 +288,47 @@ func orasTo(name string, kind serverKind, oras, layers string) transferSystem {
 		dest := filepath.Join(dir, "pulled")
 		pull := timeOp(b, srv, exec.Command(oras, "pull", "--plain-http", "-o", dest, ref))
 		os.RemoveAll(dest)
+		// One layer's blob GET alone, cold, read and discarded.
+		first.Do(func() { first.digest, first.size = fileDigest(b, filepath.Join(layers, entries[0].Name())) })
+		get := timeGet(b, srv, srv.url+"/v2/vm/img/blobs/sha256:"+first.digest, first.size)
 		push.serverRSS = srv.stop(b)
-		pull.serverRSS = push.serverRSS
-		return push, pull
+		pull.serverRSS, get.serverRSS = push.serverRSS, push.serverRSS
+		push.op, pull.op, get.op = "push", "pull", "get"
+		return []opResult{push, pull, get}
 	}}
+}
+
+// fileDigest is a file's sha256 (hex) and size.
+func fileDigest(b *testing.B, path string) (string, int64) {
+	f, err := os.Open(path)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer f.Close()
+	h := sha256.New()
+	n, err := io.Copy(h, f)
+	if err != nil {
+		b.Fatal(err)
+	}
+	return hex.EncodeToString(h.Sum(nil)), n
+}
+
+// timeGet reads one blob on a cold cache and discards it: wall, server
+// CPU, the body's bytes (as wire).
+func timeGet(b *testing.B, srv server, url string, size int64) opResult {
+	dropCaches()
+	cpu0 := srv.cpu()
+	start := time.Now()
+	resp, err := http.Get(url)
+	if err != nil {
+		b.Fatal(err)
+	}
+	n, err := io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if err != nil || resp.StatusCode != http.StatusOK || n != size {
+		b.Fatalf("GET %s: HTTP %d, %d of %d bytes: %v", url, resp.StatusCode, n, size, err)
+	}
+	return opResult{wall: time.Since(start), cpu: srv.cpu() - cpu0, wire: n}
 }
 
 // timeOp runs a client on a cold cache and syncs after it: wall, client +
@@ -278,17 +339,54 @@ func timeOp(b *testing.B, srv server, cmd *exec.Cmd) opResult {
 	cmd.Stdout, cmd.Stderr = &out, &out
 	cpu0, wire0 := srv.cpu(), loopbackBytes()
 	start := time.Now()
-	if err := cmd.Run(); err != nil {
+	if err := cmd.Start(); err != nil {
+		b.Fatalf("%s: %v", strings.Join(cmd.Args, " "), err)
+	}
+	// The client's peak RSS is its VmHWM, sampled until it exits: rusage's
+	// maxrss of a child Go started (vfork, then exec) counts this
+	// benchmark's own RSS at the exec.
+	var peak atomic.Int64
+	stop := make(chan struct{})
+	sampled := make(chan struct{})
+	go func() {
+		defer close(sampled)
+		for {
+			if kib, ok := vmHWM(cmd.Process.Pid); ok {
+				peak.Store(kib << 10)
+			}
+			select {
+			case <-stop:
+				return
+			case <-time.After(10 * time.Millisecond):
+			}
+		}
+	}()
+	err := cmd.Wait()
+	close(stop)
+	<-sampled
+	if err != nil {
 		b.Fatalf("%s: %v\n%s", strings.Join(cmd.Args, " "), err, out.String())
 	}
 	syscall.Sync()
-	r := opResult{wall: time.Since(start), wire: loopbackBytes() - wire0}
+	r := opResult{wall: time.Since(start), wire: loopbackBytes() - wire0, clientRSS: peak.Load()}
 	ps := cmd.ProcessState
 	r.cpu = ps.UserTime() + ps.SystemTime() + srv.cpu() - cpu0
-	if ru, ok := ps.SysUsage().(*syscall.Rusage); ok {
-		r.clientRSS = ru.Maxrss << 10
-	}
 	return r
+}
+
+// vmHWM reads a live process's peak RSS (KiB); false once it has exited.
+func vmHWM(pid int) (int64, bool) {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, false
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if rest, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+			n, err := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(rest), "kB")), 10, 64)
+			return n, err == nil
+		}
+	}
+	return 0, false
 }
 
 // printLimits measures what bounds a transfer on this machine.
