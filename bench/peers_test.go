@@ -351,7 +351,7 @@ func timeOp(b *testing.B, srv server, cmd *exec.Cmd) opResult {
 	go func() {
 		defer close(sampled)
 		for {
-			if kib, ok := vmHWM(cmd.Process.Pid); ok {
+			if kib, ok := procStatus(cmd.Process.Pid, "VmHWM"); ok {
 				peak.Store(kib << 10)
 			}
 			select {
@@ -372,21 +372,6 @@ func timeOp(b *testing.B, srv server, cmd *exec.Cmd) opResult {
 	ps := cmd.ProcessState
 	r.cpu = ps.UserTime() + ps.SystemTime() + srv.cpu() - cpu0
 	return r
-}
-
-// vmHWM reads a live process's peak RSS (KiB); false once it has exited.
-func vmHWM(pid int) (int64, bool) {
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return 0, false
-	}
-	for _, line := range strings.Split(string(data), "\n") {
-		if rest, ok := strings.CutPrefix(line, "VmHWM:"); ok {
-			n, err := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(rest), "kB")), 10, 64)
-			return n, err == nil
-		}
-	}
-	return 0, false
 }
 
 // printLimits measures what bounds a transfer on this machine.

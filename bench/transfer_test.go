@@ -158,16 +158,25 @@ func BenchmarkRegistryRSS(b *testing.B) {
 }
 
 func procStatusKiB(b *testing.B, pid int, field string) int64 {
+	n, ok := procStatus(pid, field)
+	if !ok {
+		b.Fatalf("no %s in /proc/%d/status", field, pid)
+	}
+	return n
+}
+
+// procStatus reads a KiB field of a live process's /proc status; false once
+// it has exited.
+func procStatus(pid int, field string) (int64, bool) {
 	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
-		b.Fatal(err)
+		return 0, false
 	}
 	for _, line := range strings.Split(string(data), "\n") {
 		if rest, ok := strings.CutPrefix(line, field+":"); ok {
-			n, _ := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(rest), "kB")), 10, 64)
-			return n
+			n, err := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(rest), "kB")), 10, 64)
+			return n, err == nil
 		}
 	}
-	b.Fatalf("no %s in /proc/%d/status", field, pid)
-	return 0
+	return 0, false
 }
