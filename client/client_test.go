@@ -2,8 +2,10 @@ package client
 
 import (
 	"context"
+	"io"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"testing"
 	"time"
 
@@ -96,5 +98,22 @@ func TestRetryStopsOnClientErrors(t *testing.T) {
 		if err == nil || calls != tc.wantCalls {
 			t.Errorf("HTTP %d: %d calls (err %v), want %d", tc.code, calls, err, tc.wantCalls)
 		}
+	}
+}
+
+// TestFailErrorNamesItsServer: a FAIL from the registry read "controller:
+// tag exists ..." to a user pushing a template.
+func TestFailErrorNamesItsServer(t *testing.T) {
+	fail := func() *http.Response {
+		body := `{"status":"FAIL","message":"tag exists","code":409}`
+		return &http.Response{StatusCode: http.StatusConflict, Body: io.NopCloser(strings.NewReader(body))}
+	}
+	if err := decodeRegistryEnvelope(fail(), nil, "POST commit"); err == nil || !strings.HasPrefix(err.Error(), "registry: tag exists") {
+		t.Errorf("a registry's FAIL: %v, want it to start with \"registry: tag exists\"", err)
+	}
+	resp := fail()
+	resp.StatusCode = http.StatusBadRequest
+	if err := decodeEnvelope(resp, nil, "POST vm"); err == nil || !strings.HasPrefix(err.Error(), "controller: tag exists") {
+		t.Errorf("a controller's FAIL: %v, want it to start with \"controller: tag exists\"", err)
 	}
 }
