@@ -3,6 +3,7 @@ package e2e
 import (
 	"bufio"
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	mrand "math/rand"
@@ -14,6 +15,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -451,7 +453,11 @@ func testRegistryKilled(t *testing.T, rounds int, st crashStore) {
 		}
 		at := lastLine(t, killLog)
 		if died {
-			kinds[strings.Fields(at + " ? ?")[1]+map[bool]string{true: " (gc)", false: ""}[isGCWrite(at)]]++
+			kind := strings.Fields(at + " ? ?")[1] // "N op path"
+			if kind == "Delete" || strings.Contains(at, "attic/") || strings.Contains(at, "trash/") {
+				kind += " (gc)" // GC's writes: condemning, rewriting, deleting
+			}
+			kinds[kind]++
 		}
 		t.Logf("round %d: kill point %s: died=%v at %q after %v", round, point, died, at, acked)
 
@@ -469,14 +475,14 @@ func testRegistryKilled(t *testing.T, rounds int, st crashStore) {
 				gone = append(gone, "v1")
 			}
 		}
-		if !contains(acked, "delete v1") {
+		if !slices.Contains(acked, "delete v1") {
 			must = append(must, "v1")
 		}
 		verify(fmt.Sprintf("round %d after the kill", round), must, gone, ociMust)
 		verifyOther(fmt.Sprintf("round %d after the kill", round), round)
 		// The same work completes, and GC runs again.
 		for _, s := range steps {
-			if contains(acked, s.name) {
+			if slices.Contains(acked, s.name) {
 				continue
 			}
 			if err := s.run(); err != nil {
@@ -494,8 +500,8 @@ func testRegistryKilled(t *testing.T, rounds int, st crashStore) {
 	t.Logf("kills by write: %v", kinds)
 }
 
-// writeRandomChunks fills whole chunks at the given MiB offsets with new
-// random data.
+// writeRandomChunks fills whole chunks at the given MiB offsets of an
+// existing file with new random data (makeImage's data, a tag's new chunks).
 func writeRandomChunks(t *testing.T, path string, mibs ...int64) {
 	t.Helper()
 	f, err := os.OpenFile(path, os.O_RDWR, 0)
@@ -505,7 +511,7 @@ func writeRandomChunks(t *testing.T, path string, mibs ...int64) {
 	defer f.Close()
 	buf := make([]byte, chunk.Size)
 	for _, m := range mibs {
-		mrand.Read(buf)
+		rand.Read(buf)
 		if _, err := f.WriteAt(buf, m*chunk.Size); err != nil {
 			t.Fatal(err)
 		}
@@ -529,21 +535,6 @@ func lastLine(t *testing.T, path string) string {
 	}
 	lines := strings.Split(strings.TrimSpace(string(data)), "\n")
 	return lines[len(lines)-1]
-}
-
-// isGCWrite tells GC's writes (condemning, rewriting, deleting) from a
-// push's by path.
-func isGCWrite(line string) bool {
-	return strings.Contains(line, "attic/") || strings.Contains(line, "trash/") || strings.HasPrefix(strings.Fields(line + " ? ?")[1], "Delete")
-}
-
-func contains(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }
 
 // TestClientsKilledMidTransfer: a real `corral template push` and a real

@@ -38,17 +38,12 @@ func makeImage(t *testing.T, path string, size int64, dataAtMiB ...int64) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer f.Close()
-	if err := f.Truncate(size); err != nil {
+	err = f.Truncate(size)
+	f.Close()
+	if err != nil {
 		t.Fatal(err)
 	}
-	buf := make([]byte, chunk.Size)
-	for _, mib := range dataAtMiB {
-		rand.Read(buf)
-		if _, err := f.WriteAt(buf, mib*chunk.Size); err != nil {
-			t.Fatal(err)
-		}
-	}
+	writeRandomChunks(t, path, dataAtMiB...)
 }
 
 // damagePacks flips a data byte of the first chunk of every pack in a
