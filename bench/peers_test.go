@@ -75,8 +75,9 @@ func BenchmarkTransfers(b *testing.B) {
 			results := map[string]opResult{}
 			systems := []transferSystem{corralTemplates("corral template", corralRegistry(bin), bin, src)}
 			if distBin != "" && orasBin != "" {
-				systems = append(systems, orasTo("oras -> distribution", distRegistry(distBin), orasBin, layers),
-					orasTo("oras -> corral /v2/", corralRegistry(bin), orasBin, layers))
+				blob := firstLayer(b, layers) // the blob each registry's GET is timed on
+				systems = append(systems, orasTo("oras -> distribution", distRegistry(distBin), orasBin, layers, blob),
+					orasTo("oras -> corral /v2/", corralRegistry(bin), orasBin, layers, blob))
 			}
 			for _, sys := range systems {
 				for op, m := range sys.medians(b, dir, reps) {
@@ -266,12 +267,7 @@ func corralTemplates(name string, kind serverKind, bin, src string) transferSyst
 	}}
 }
 
-func orasTo(name string, kind serverKind, oras, layers string) transferSystem {
-	var first struct {
-		sync.Once
-		digest string
-		size   int64
-	}
+func orasTo(name string, kind serverKind, oras, layers string, blob layerBlob) transferSystem {
 	return transferSystem{name, func(b *testing.B, dir string) []opResult {
 		store := filepath.Join(dir, "store")
 		srv := kind(b, store)
@@ -289,8 +285,7 @@ func orasTo(name string, kind serverKind, oras, layers string) transferSystem {
 		pull := timeOp(b, srv, exec.Command(oras, "pull", "--plain-http", "-o", dest, ref))
 		os.RemoveAll(dest)
 		// One layer's blob GET alone, cold, read and discarded.
-		first.Do(func() { first.digest, first.size = fileDigest(b, filepath.Join(layers, entries[0].Name())) })
-		get := timeGet(b, srv, srv.url+"/v2/vm/img/blobs/sha256:"+first.digest, first.size)
+		get := timeGet(b, srv, srv.url+"/v2/vm/img/blobs/sha256:"+blob.digest, blob.size)
 		push.serverRSS = srv.stop(b)
 		pull.serverRSS, get.serverRSS = push.serverRSS, push.serverRSS
 		push.op, pull.op, get.op = "push", "pull", "get"
@@ -298,9 +293,19 @@ func orasTo(name string, kind serverKind, oras, layers string) transferSystem {
 	}}
 }
 
-// fileDigest is a file's sha256 (hex) and size.
-func fileDigest(b *testing.B, path string) (string, int64) {
-	f, err := os.Open(path)
+// layerBlob names a pushed layer's blob.
+type layerBlob struct {
+	digest string // sha256, hex
+	size   int64
+}
+
+// firstLayer is the blob of the first layer file oras pushes from dir.
+func firstLayer(b *testing.B, dir string) layerBlob {
+	entries, err := os.ReadDir(dir)
+	if err != nil || len(entries) == 0 {
+		b.Fatalf("layers in %s: %v", dir, err)
+	}
+	f, err := os.Open(filepath.Join(dir, entries[0].Name()))
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -310,7 +315,7 @@ func fileDigest(b *testing.B, path string) (string, int64) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	return hex.EncodeToString(h.Sum(nil)), n
+	return layerBlob{hex.EncodeToString(h.Sum(nil)), n}
 }
 
 // timeGet reads one blob on a cold cache and discards it: wall, server

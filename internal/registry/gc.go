@@ -338,7 +338,7 @@ func (r *Registry) holdGCLock(ctx context.Context, body string, ttl time.Duratio
 	release := func() {
 		close(stop)
 		<-done
-		if context.Cause(leased) != nil && errors.Is(context.Cause(leased), errGCLockLost) {
+		if errors.Is(context.Cause(leased), errGCLockLost) {
 			return // not ours to delete
 		}
 		lost(nil)

@@ -189,7 +189,7 @@ func (b *Backend) List(_ context.Context, prefix string) ([]string, error) {
 
 func (b *Backend) Delete(ctx context.Context, p string) error {
 	if err := ctx.Err(); err != nil {
-		return fmt.Errorf("storage %s %s: %w", "delete", p, err)
+		return fmt.Errorf("storage delete %s: %w", p, err)
 	}
 	path, err := b.path(p)
 	if err != nil {
@@ -203,7 +203,7 @@ func (b *Backend) Delete(ctx context.Context, p string) error {
 
 func (b *Backend) Rename(ctx context.Context, src, dst string) error {
 	if err := ctx.Err(); err != nil {
-		return fmt.Errorf("storage %s %s: %w", "rename", src, err)
+		return fmt.Errorf("storage rename %s: %w", src, err)
 	}
 	from, err := b.path(src)
 	if err != nil {
@@ -227,7 +227,7 @@ func (b *Backend) Rename(ctx context.Context, src, dst string) error {
 
 func (b *Backend) Touch(ctx context.Context, p string) error {
 	if err := ctx.Err(); err != nil {
-		return fmt.Errorf("storage %s %s: %w", "touch", p, err)
+		return fmt.Errorf("storage touch %s: %w", p, err)
 	}
 	path, err := b.path(p)
 	if err != nil {
