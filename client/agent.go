@@ -11,9 +11,12 @@ import (
 )
 
 // Join registers the node.
+// A node that holds its own credential (UseNodeToken) presents it: a node
+// already registered re-joins only with it.
 func (c *Controller) Join(ctx context.Context, report apiv1.NodeReport) (apiv1.JoinResponse, error) {
 	var resp apiv1.JoinResponse
-	return resp, c.do(ctx, http.MethodPost, joinPath, apiv1.JoinRequest{Report: report}, &resp)
+	nodeToken, _ := c.nodeToken.Load().(string)
+	return resp, c.do(ctx, http.MethodPost, joinPath, apiv1.JoinRequest{Report: report, NodeToken: nodeToken}, &resp)
 }
 
 const joinPath = "/api/v1/agent/join"

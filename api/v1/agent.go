@@ -35,6 +35,10 @@ type NodeReport struct {
 // JoinRequest registers (or re-registers) a node.
 type JoinRequest struct {
 	Report NodeReport `json:"report"`
+	// NodeToken is the node's own credential from its last join. A node
+	// already registered under Report.NodeID joins again only with it:
+	// the join token alone creates new nodes, never takes over one.
+	NodeToken string `json:"node_token,omitempty"`
 }
 
 // JoinResponse grants the node a liveness lease.

@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"strings"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	apiv1 "github.com/corral-build/corral/api/v1"
 	"github.com/corral-build/corral/internal/store"
@@ -56,6 +58,16 @@ func (s *Service) AuthenticateNode(ctx context.Context, token string) (string, e
 	// call just before the disjoin would have been; the node's lease is
 	// already revoked.
 	n, err := s.knownNode(ctx, id, matches)
+	if errors.Is(err, ErrDisjoined) {
+		// Only the disjoined node itself hears so (and stops); anyone
+		// else's token is just wrong.
+		if h, herr := s.st.DisjoinedCredential(ctx, id); herr == nil && subtle.ConstantTimeCompare([]byte(h), hash) == 1 {
+			return "", ErrDisjoined
+		} else if herr != nil && !errors.Is(herr, store.ErrNotFound) {
+			return "", herr
+		}
+		return "", ErrBadToken
+	}
 	if err != nil {
 		return "", err
 	}
@@ -72,37 +84,145 @@ func (e *NodeMismatchError) Error() string {
 	return fmt.Sprintf("Permission denied: node %s may act only for itself, not for node %s", e.Caller, e.Target)
 }
 
+// NodeIdentityError is a join under the id of a node already registered,
+// without that node's own credential.
+type NodeIdentityError struct{ NodeID string }
+
+func (e *NodeIdentityError) Error() string {
+	return fmt.Sprintf("Permission denied: node %s is already joined; only that node's own credential re-joins it "+
+		"(or an administrator disjoins it first: corral node disjoin %s); a new machine needs its own node id", e.NodeID, e.NodeID)
+}
+
 // Join registers a node and grants it a liveness lease. Groups named in the
 // report are joined on first registration only; later, admins own membership.
+// The join token only creates nodes: a node already registered re-joins
+// with its own credential (req.NodeToken), checked in the join's
+// transaction, so no holder of the join token can take over a node, read
+// its instances or speak for it.
 func (s *Service) Join(ctx context.Context, req apiv1.JoinRequest) (apiv1.JoinResponse, error) {
 	r := req.Report
-	switch {
-	case r.NodeID == "":
-		return apiv1.JoinResponse{}, fieldErr("report.node_id", "required")
-	case r.NodeName == "":
-		return apiv1.JoinResponse{}, fieldErr("report.node_name", "required")
-	case r.Capacity < 0 || r.CPUCount < 0 || r.RAMMB < 0:
-		return apiv1.JoinResponse{}, fieldErr("report", "counters must not be negative")
+	if err := validateReport(r); err != nil {
+		return apiv1.JoinResponse{}, err
 	}
 	groupIDs, err := s.resolveGroups(ctx, r.Groups)
 	if err != nil {
 		return apiv1.JoinResponse{}, err
 	}
-	ttl := int64(s.cfg.NodeLeaseTTL / time.Second)
-	lease, err := s.st.JoinNode(ctx, r, groupIDs, max(ttl, 1))
+	ttl := max(int64(s.cfg.NodeLeaseTTL/time.Second), 1)
+	presented := ""
+	if id, secret, ok := strings.Cut(req.NodeToken, "."); ok && id == r.NodeID {
+		presented = secretHash(secret)
+	}
+	secret := randomHex(32)
+	lease, err := s.st.Join(ctx, store.NodeJoin{Report: r, Groups: groupIDs, TTL: ttl, CredentialHash: secretHash(secret),
+		Admit: func(n *store.NodeRecord) error {
+			// A record without a credential was disjoined mid-join or
+			// written by a controller before credentials: nobody holds it.
+			if n == nil || n.CredentialHash == "" {
+				return nil
+			}
+			if presented == "" || subtle.ConstantTimeCompare([]byte(n.CredentialHash), []byte(presented)) != 1 {
+				return &NodeIdentityError{NodeID: r.NodeID}
+			}
+			return nil
+		}})
+	var denied *NodeIdentityError
+	if errors.As(err, &denied) {
+		s.log.Warn("join refused: the node id is taken and its credential was not presented", "id", r.NodeID, "name", r.NodeName, "ip", r.IPAddress)
+		return apiv1.JoinResponse{}, err
+	}
 	if err != nil {
 		return apiv1.JoinResponse{}, err
 	}
-	secret := randomHex(32)
-	if _, err := s.st.UpdateNode(ctx, r.NodeID, func(n *store.NodeRecord) error {
-		n.CredentialHash = secretHash(secret)
-		return nil
-	}); err != nil {
-		return apiv1.JoinResponse{}, fmt.Errorf("issue node credential: %w", err)
-	}
 	s.log.Info("node joined", "node", r.NodeName, "id", r.NodeID, "ip", r.IPAddress, "capacity", r.Capacity, "driver", r.Driver)
-	return apiv1.JoinResponse{NodeID: r.NodeID, LeaseID: lease, LeaseTTL: max(ttl, 1), RegistryURL: s.cfg.RegistryURL,
+	return apiv1.JoinResponse{NodeID: r.NodeID, LeaseID: lease, LeaseTTL: ttl, RegistryURL: s.cfg.RegistryURL,
 		NodeToken: r.NodeID + "." + secret}, nil
+}
+
+// Bounds of what a node reports about itself: a report is stored whole in
+// the node's record and read by every scheduling pass.
+const (
+	MaxNodeIDLen     = 128
+	MaxNodeNameLen   = 256
+	MaxNodeCapacity  = 1000
+	MaxNodeCPUs      = 4096
+	MaxNodeRAMMB     = 64 << 20 // 64 TiB
+	MaxNodeGroups    = 64
+	MaxNodeTemplates = 10000
+	maxReportString  = 256
+)
+
+// validNodeID admits ids that are safe in a key path, a URL and a log line:
+// letters, digits, '.', '_', '-', starting with a letter or digit.
+func validNodeID(id string) bool {
+	if id == "" || len(id) > MaxNodeIDLen {
+		return false
+	}
+	for i, c := range id {
+		switch {
+		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9':
+		case i > 0 && (c == '.' || c == '_' || c == '-'):
+		default:
+			return false
+		}
+	}
+	return !strings.Contains(id, "..")
+}
+
+// printable reports whether s is valid UTF-8 without control characters.
+func printable(s string) bool {
+	if !utf8.ValidString(s) {
+		return false
+	}
+	for _, c := range s {
+		if unicode.IsControl(c) {
+			return false
+		}
+	}
+	return true
+}
+
+// validateReport checks what a node says about itself, field by field.
+func validateReport(r apiv1.NodeReport) error {
+	switch {
+	case r.NodeID == "":
+		return fieldErr("report.node_id", "required")
+	case !validNodeID(r.NodeID):
+		return fieldErr("report.node_id", "1-%d letters, digits, '.', '_' or '-', starting with a letter or digit, got %.40q", MaxNodeIDLen, r.NodeID)
+	case strings.TrimSpace(r.NodeName) == "":
+		return fieldErr("report.node_name", "required")
+	case len(r.NodeName) > MaxNodeNameLen || !printable(r.NodeName):
+		return fieldErr("report.node_name", "at most %d bytes of printable UTF-8", MaxNodeNameLen)
+	case r.Capacity < 0 || r.Capacity > MaxNodeCapacity:
+		return fieldErr("report.capacity", "0-%d slots, got %d", MaxNodeCapacity, r.Capacity)
+	case r.CPUCount < 0 || r.CPUCount > MaxNodeCPUs:
+		return fieldErr("report.cpu_count", "0-%d, got %d", MaxNodeCPUs, r.CPUCount)
+	case r.RAMMB < 0 || r.RAMMB > MaxNodeRAMMB:
+		return fieldErr("report.ram_mb", "0-%d, got %d", MaxNodeRAMMB, r.RAMMB)
+	case r.DiskSize < 0 || r.FreeDiskSpace < 0 || r.TemplateDiskUsage < 0:
+		return fieldErr("report", "disk sizes must not be negative")
+	case len(r.Groups) > MaxNodeGroups:
+		return fieldErr("report.groups", "at most %d, got %d", MaxNodeGroups, len(r.Groups))
+	case len(r.Templates) > MaxNodeTemplates:
+		return fieldErr("report.templates", "at most %d, got %d", MaxNodeTemplates, len(r.Templates))
+	}
+	for field, v := range map[string]string{"report.ip_address": r.IPAddress, "report.host_arch": r.HostArch,
+		"report.driver": r.Driver, "report.agent_version": r.AgentVersion} {
+		if len(v) > maxReportString || !printable(v) {
+			return fieldErr(field, "at most %d bytes of printable UTF-8", maxReportString)
+		}
+	}
+	for _, g := range r.Groups {
+		if g == "" || len(g) > maxReportString || !printable(g) {
+			return fieldErr("report.groups", "names of 1-%d bytes of printable UTF-8", maxReportString)
+		}
+	}
+	for _, t := range r.Templates {
+		if len(t.UUID) > maxReportString || len(t.Name) > maxReportString || len(t.Tag) > maxReportString {
+			return fieldErr("report.templates", "ids and tags of at most %d bytes", maxReportString)
+		}
+	}
+	return nil
 }
 
 // resolveGroups maps group names or ids to ids, creating named groups that do
@@ -184,6 +304,9 @@ func (s *Service) Leave(ctx context.Context, req apiv1.HeartbeatRequest) error {
 
 // UpdateReport stores a node's changed report (templates, disk, utilization).
 func (s *Service) UpdateReport(ctx context.Context, r apiv1.NodeReport) error {
+	if err := validateReport(r); err != nil {
+		return err
+	}
 	if n, ok := s.st.ViewNode(r.NodeID); ok && !apiv1.ReportChanged(n.Report, r) && time.Since(n.ReportedAt) < apiv1.ReportRefresh/2 {
 		// Nothing a reader or the scheduler would notice: no write. (Half
 		// the refresh: an agent's own refresh, a minute after its last

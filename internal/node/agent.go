@@ -158,16 +158,25 @@ func (a *Agent) flushStatus(max time.Duration) {
 	time.Sleep(50 * time.Millisecond) // the last batch in flight
 }
 
-// join retries (retry.Forever) until the controller accepts the node.
+// join retries (retry.Forever) until the controller accepts the node. The
+// node presents its own credential from its last join (kept in the data
+// dir across restarts), without which the controller refuses to re-join a
+// registered node; a refusal stops the agent with the reason.
 func (a *Agent) join(ctx context.Context) (apiv1.JoinResponse, error) {
 	var resp apiv1.JoinResponse
+	if tok := a.savedCredential(); tok != "" {
+		a.ctl.UseNodeToken(tok)
+	}
 	err := retry.Forever.Do(ctx, func(ctx context.Context) error {
 		var err error
 		resp, err = a.ctl.Join(ctx, a.currentReport())
-		if errors.Is(err, client.ErrUnauthorized) {
+		var fe *client.FailError
+		switch {
+		case errors.Is(err, client.ErrUnauthorized):
 			return retry.Permanent(fmt.Errorf("join %s: the join token was rejected (see the controller's startup output)", a.ctl.URL()))
-		}
-		if err != nil {
+		case errors.As(err, &fe) && fe.HTTPStatus < 500:
+			return retry.Permanent(fmt.Errorf("join %s as node %s refused: %w", a.ctl.URL(), a.report.NodeID, err))
+		case err != nil:
 			a.log.Warn("join failed, retrying", "err", err)
 		}
 		return err
@@ -176,8 +185,64 @@ func (a *Agent) join(ctx context.Context) (apiv1.JoinResponse, error) {
 		return resp, err
 	}
 	a.ctl.UseNodeToken(resp.NodeToken)
+	if err := a.saveCredential(resp.NodeToken); err != nil {
+		a.log.Warn("could not keep the node's credential; after a restart an administrator must disjoin this node before it re-joins", "err", err)
+	}
 	a.log.Info("node joined", "controller", a.ctl.URL(), "node_id", resp.NodeID, "lease_ttl_s", resp.LeaseTTL)
 	return resp, nil
+}
+
+// credentialFile keeps the node's own credential (0600) beside its id.
+func (a *Agent) credentialFile() string {
+	if a.cfg.DataDir == "" {
+		return ""
+	}
+	return filepath.Join(a.cfg.DataDir, "node-credential")
+}
+
+// savedCredential is the credential of this node's last join, if kept.
+func (a *Agent) savedCredential() string {
+	path := a.credentialFile()
+	if path == "" {
+		return ""
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return ""
+	}
+	tok := strings.TrimSpace(string(b))
+	if id, _, _ := strings.Cut(tok, "."); id != a.report.NodeID {
+		return "" // another node's (a data dir copied from elsewhere)
+	}
+	return tok
+}
+
+// saveCredential writes the credential whole or not at all.
+func (a *Agent) saveCredential(tok string) error {
+	path := a.credentialFile()
+	if path == "" {
+		return nil
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return err
+	}
+	tmp := path + ".tmp"
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return err
+	}
+	_, err = f.WriteString(tok + "\n")
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		os.Remove(tmp)
+		return err
+	}
+	return os.Rename(tmp, path)
 }
 
 // useRegistry pulls templates from the registry the controller names, or
@@ -274,8 +339,12 @@ func (a *Agent) heartbeatLoop(ctx context.Context, join apiv1.JoinResponse) erro
 		case errors.Is(err, client.ErrDisjoined):
 			a.log.Warn("this node was disjoined from the cloud; stopping")
 			return client.ErrDisjoined
-		case errors.Is(err, client.ErrLeaseExpired):
-			a.log.Warn("lease expired; joining again")
+		case errors.Is(err, client.ErrLeaseExpired), errors.Is(err, client.ErrUnauthorized):
+			if errors.Is(err, client.ErrUnauthorized) {
+				a.log.Warn("the controller refused this node's credential; joining again")
+			} else {
+				a.log.Warn("lease expired; joining again")
+			}
 			if join, err = a.join(ctx); err != nil {
 				return err
 			}

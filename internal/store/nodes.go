@@ -73,33 +73,78 @@ func (s *Store) UpdateNode(ctx context.Context, id string, fn func(*NodeRecord) 
 // JoinNode registers the node (keeping admin settings of an earlier join) and
 // binds a fresh lease of ttl seconds to its alive key.
 func (s *Store) JoinNode(ctx context.Context, report apiv1.NodeReport, groups []string, ttl int64) (int64, error) {
-	lease, err := s.cli.Grant(ctx, ttl)
-	if err != nil {
-		return 0, fmt.Errorf("grant lease for node %s: %w", report.NodeID, err)
-	}
-	key := s.nodeKey(report.NodeID)
+	return s.Join(ctx, NodeJoin{Report: report, Groups: groups, TTL: ttl})
+}
+
+// NodeJoin is one node's join.
+type NodeJoin struct {
+	Report apiv1.NodeReport
+	Groups []string // group ids a node joins on its first registration
+	TTL    int64    // the lease's seconds
+	// CredentialHash replaces the node's credential (its hash) in the same
+	// transaction as the join; "" keeps the stored one.
+	CredentialHash string
+	// Admit, when set, sees the record of a node already registered under
+	// the id (nil for a new node) and refuses the join with an error. It
+	// runs against the revision the join commits on, so no other join
+	// lands between the check and the write.
+	Admit func(existing *NodeRecord) error
+}
+
+// Join registers a node as j says and returns its new lease. A refused
+// join leaves nothing behind, its lease included.
+func (s *Store) Join(ctx context.Context, j NodeJoin) (lease int64, err error) {
+	key := s.nodeKey(j.Report.NodeID)
+	var granted clientv3.LeaseID
+	defer func() {
+		if err != nil && granted != 0 {
+			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+			_, _ = s.cli.Revoke(rctx, granted)
+			cancel()
+		}
+	}()
 	for {
 		var rec NodeRecord
 		rev, err := s.get(ctx, key, &rec)
 		if err != nil && err != ErrNotFound {
 			return 0, err
 		}
-		if err == ErrNotFound {
-			rec = NodeRecord{Groups: groups, JoinedAt: time.Now().UTC()}
+		known := err == nil
+		if j.Admit != nil {
+			existing := &rec
+			if !known {
+				existing = nil
+			}
+			if err := j.Admit(existing); err != nil {
+				return 0, err
+			}
 		}
-		rec.Report = report
+		if !known {
+			rec = NodeRecord{Groups: j.Groups, JoinedAt: time.Now().UTC()}
+		}
+		if granted == 0 {
+			l, err := s.cli.Grant(ctx, j.TTL)
+			if err != nil {
+				return 0, fmt.Errorf("grant lease for node %s: %w", j.Report.NodeID, err)
+			}
+			granted = l.ID
+		}
+		rec.Report = j.Report
 		rec.ReportedAt = time.Now().UTC()
-		rec.LeaseID = int64(lease.ID)
+		rec.LeaseID = int64(granted)
+		if j.CredentialHash != "" {
+			rec.CredentialHash = j.CredentialHash
+		}
 		resp, err := s.cli.Txn(ctx).
 			If(clientv3.Compare(clientv3.ModRevision(key), "=", rev)).
 			Then(clientv3.OpPut(key, mustJSON(rec)),
-				clientv3.OpPut(s.aliveKey(report.NodeID), fmt.Sprint(lease.ID), clientv3.WithLease(lease.ID))).
+				clientv3.OpPut(s.aliveKey(j.Report.NodeID), fmt.Sprint(int64(granted)), clientv3.WithLease(granted))).
 			Commit()
 		if err != nil {
-			return 0, fmt.Errorf("join node %s: %w", report.NodeID, err)
+			return 0, fmt.Errorf("join node %s: %w", j.Report.NodeID, err)
 		}
 		if resp.Succeeded {
-			return int64(lease.ID), nil
+			return int64(granted), nil
 		}
 	}
 }
@@ -135,17 +180,48 @@ func (s *Store) AliveNodes(ctx context.Context) (map[string]bool, error) {
 
 // DeleteNode removes a node, revoking its lease.
 func (s *Store) DeleteNode(ctx context.Context, id string) error {
-	rec, err := s.GetNode(ctx, id)
-	if err != nil {
-		return err
+	for {
+		var rec NodeRecord
+		rev, err := s.get(ctx, s.nodeKey(id), &rec)
+		if err != nil {
+			return err
+		}
+		ops := []clientv3.Op{clientv3.OpDelete(s.nodeKey(id))}
+		var tomb clientv3.LeaseID
+		if rec.CredentialHash != "" {
+			// The node's credential outlives it for a day, so its agent
+			// hears "disjoined" (and stops) where a stranger hears 401.
+			l, err := s.cli.Grant(ctx, int64(DisjoinedMemory/time.Second))
+			if err != nil {
+				return fmt.Errorf("delete node %s: %w", id, err)
+			}
+			tomb = l.ID
+			ops = append(ops, clientv3.OpPut(s.disjoinedKey(id), rec.CredentialHash, clientv3.WithLease(tomb)))
+		}
+		resp, err := s.cli.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(s.nodeKey(id)), "=", rev)).Then(ops...).Commit()
+		if err != nil || !resp.Succeeded {
+			if tomb != 0 {
+				_, _ = s.cli.Revoke(ctx, tomb)
+			}
+			if err != nil {
+				return fmt.Errorf("delete node %s: %w", id, err)
+			}
+			continue // the node changed meanwhile (a report): again
+		}
+		if rec.LeaseID != 0 {
+			_, _ = s.cli.Revoke(ctx, clientv3.LeaseID(rec.LeaseID)) // already expired is fine
+		}
+		return nil
 	}
-	if _, err := s.cli.Delete(ctx, s.nodeKey(id)); err != nil {
-		return fmt.Errorf("delete node %s: %w", id, err)
-	}
-	if rec.LeaseID != 0 {
-		_, _ = s.cli.Revoke(ctx, clientv3.LeaseID(rec.LeaseID)) // already expired is fine
-	}
-	return nil
+}
+
+// DisjoinedMemory is how long a disjoined node's credential is remembered.
+const DisjoinedMemory = 24 * time.Hour
+
+// DisjoinedCredential is the credential hash of a node disjoined within
+// DisjoinedMemory; ErrNotFound otherwise.
+func (s *Store) DisjoinedCredential(ctx context.Context, id string) (string, error) {
+	return s.value(ctx, "disjoined/"+id)
 }
 
 // AlivePrefix is the watched prefix for node liveness changes.

@@ -63,6 +63,7 @@ func (s *Store) Key(rel string) string { return s.prefix + rel }
 
 func (s *Store) nodeKey(id string) string           { return s.prefix + "nodes/" + id }
 func (s *Store) aliveKey(id string) string          { return s.prefix + "alive/" + id }
+func (s *Store) disjoinedKey(id string) string      { return s.prefix + "disjoined/" + id }
 func (s *Store) groupKey(id string) string          { return s.prefix + "groups/" + id }
 func (s *Store) instanceKey(id string) string       { return s.prefix + "instances/" + id }
 func (s *Store) assignPrefix(node string) string    { return s.prefix + "assign/" + node + "/" }

@@ -89,21 +89,21 @@ type Cluster struct {
 type RunningNode struct {
 	Agent  *node.Agent
 	cancel context.CancelFunc
-	done   chan error
-
-	stopOnce sync.Once
-	stopErr  error
+	exited chan struct{} // closed when Run returned, with err set
+	err    error
 }
 
-// Stop shuts the agent down gracefully (it destroys its VMs first); later
-// calls return the first one's result.
+// Stop shuts the agent down gracefully (it destroys its VMs first) and
+// returns what Run returned; later calls return the same.
 func (n *RunningNode) Stop() error {
-	n.stopOnce.Do(func() {
-		n.cancel()
-		n.stopErr = <-n.done
-	})
-	return n.stopErr
+	n.cancel()
+	<-n.exited
+	return n.err
 }
+
+// Exited is closed when the agent stopped by itself or was stopped; Stop
+// then returns why.
+func (n *RunningNode) Exited() <-chan struct{} { return n.exited }
 
 // Logger returns a logger that writes to the test log only when -v is set or
 // CORRAL_TEST_LOG is set, keeping CI output readable.
@@ -226,8 +226,8 @@ func (c *Cluster) StartNode(o NodeOptions) *RunningNode {
 		c.t.Fatalf("node %s: %v", o.Name, err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	n := &RunningNode{Agent: agent, cancel: cancel, done: make(chan error, 1)}
-	go func() { n.done <- agent.Run(ctx) }()
+	n := &RunningNode{Agent: agent, cancel: cancel, exited: make(chan struct{})}
+	go func() { n.err = agent.Run(ctx); close(n.exited) }()
 	c.t.Cleanup(func() { _ = n.Stop() })
 	c.WaitNodeState(agent.ID(), apiv1.NodeActive, 10*time.Second)
 	c.mu.Lock()

@@ -2,7 +2,6 @@ package httpapi
 
 import (
 	"context"
-	"errors"
 	"net/http"
 	"strconv"
 	"strings"
@@ -34,10 +33,10 @@ func (a *API) agent(next http.Handler) http.Handler {
 		token, _ := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
 		id, err := a.svc.AuthenticateNode(r.Context(), token)
 		if err != nil {
-			code, msg := http.StatusUnauthorized, apiv1.MsgAuthRequired
-			if errors.Is(err, controller.ErrDisjoined) {
-				code, msg = http.StatusGone, "node was disjoined"
-			}
+			// 401 for a wrong credential, 410 for a disjoined node's own,
+			// 5xx when etcd could not say: a node must not take an outage
+			// for a refused credential.
+			code, msg := a.failure(r, err)
 			writeJSON(w, code, apiv1.Envelope{Status: apiv1.StatusFAIL, Message: msg})
 			return
 		}

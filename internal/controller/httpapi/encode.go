@@ -79,7 +79,10 @@ func (a *API) failure(r *http.Request, err error) (int, string) {
 	var denied *controller.PermissionError
 	var mismatch *controller.NodeMismatchError
 	var limit *controller.LimitError
+	var identity *controller.NodeIdentityError
 	switch {
+	case errors.As(err, &identity):
+		return http.StatusForbidden, identity.Error()
 	case errors.As(err, &limit):
 		return http.StatusTooManyRequests, limit.Error()
 	case errors.As(err, &denied):
