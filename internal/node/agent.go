@@ -64,6 +64,8 @@ type Agent struct {
 	leaseID atomic.Int64
 	// fenced: the lease was lost; start nothing until the node is back.
 	fenced atomic.Bool
+	// joinSent is when the last join's request was sent (heartbeatLoop's).
+	joinSent time.Time
 	// inFlight holds requests being worked on: distribute pulls, image saves.
 	inFlight map[string]bool
 	statusCh chan apiv1.InstanceStatus
@@ -169,6 +171,7 @@ func (a *Agent) join(ctx context.Context) (apiv1.JoinResponse, error) {
 	}
 	err := retry.Forever.Do(ctx, func(ctx context.Context) error {
 		var err error
+		a.joinSent = time.Now() // the lease is granted after this
 		resp, err = a.ctl.Join(ctx, a.currentReport())
 		var fe *client.FailError
 		switch {
@@ -310,32 +313,47 @@ const reportEvery = 15 * time.Second
 // re-joining when the lease expired (e.g. after a network partition). Each
 // renewal is bounded by the interval, so a hung controller costs one
 // renewal, not the lease; reports run in their own loop and never delay it.
+//
+// Self-fencing: etcd renews a lease when a renewal arrives, never before it
+// was sent, so the lease lives at least TTL past the sending of the last
+// renewal that succeeded. At that moment, with no renewal since, the node
+// stops every VM: the controller re-places a lost node's work only a
+// fencing margin after the lease expired (scheduler.Config.FenceMargin),
+// so no instance ever runs on two nodes.
 func (a *Agent) heartbeatLoop(ctx context.Context, join apiv1.JoinResponse) error {
-	interval := time.Duration(join.LeaseTTL) * time.Second / 3
+	ttl := time.Duration(join.LeaseTTL) * time.Second
+	interval := ttl / 3
 	tick := time.NewTicker(interval)
 	defer tick.Stop()
 	a.leaseID.Store(join.LeaseID)
-	renewed, fenced := time.Now(), false
+	// The fence runs on its own timer: a renewal hanging on a dead link
+	// must not delay it.
+	fenceNow := func() {
+		if !a.fenced.Swap(true) {
+			a.fence()
+		}
+	}
+	fence := time.AfterFunc(time.Until(a.joinSent.Add(ttl)), fenceNow)
+	defer fence.Stop()
+	renewed := func(sent time.Time) {
+		fence.Reset(time.Until(sent.Add(ttl)))
+		a.fenced.Store(false)
+	}
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-tick.C:
 		}
+		sent := time.Now()
 		hctx, cancel := context.WithTimeout(ctx, interval)
 		err := a.ctl.Heartbeat(hctx, join.NodeID, join.LeaseID)
 		cancel()
-		if err != nil && !fenced && time.Since(renewed) > time.Duration(join.LeaseTTL)*time.Second+interval {
-			// The lease has certainly expired: the cloud has failed or
-			// re-queued this node's instances, so their VMs must not run on.
-			fenced = true
-			a.fenced.Store(true)
-			a.fence()
-		}
 		switch {
 		case err == nil:
-			renewed, fenced = time.Now(), false
-			a.fenced.Store(false)
+			// Also after a fence that raced this renewal: the fenced VMs
+			// are stopped and reported, and the node takes new work.
+			renewed(sent)
 		case errors.Is(err, client.ErrDisjoined):
 			a.log.Warn("this node was disjoined from the cloud; stopping")
 			return client.ErrDisjoined
@@ -345,13 +363,17 @@ func (a *Agent) heartbeatLoop(ctx context.Context, join apiv1.JoinResponse) erro
 			} else {
 				a.log.Warn("lease expired; joining again")
 			}
+			// The old lease is gone: whatever ran under it is the
+			// cloud's to re-place, so it stops before the node re-joins.
+			fence.Stop()
+			fenceNow()
 			if join, err = a.join(ctx); err != nil {
 				return err
 			}
 			a.leaseID.Store(join.LeaseID)
-			renewed, fenced = time.Now(), false
-			a.fenced.Store(false)
-			interval = time.Duration(join.LeaseTTL) * time.Second / 3
+			ttl = time.Duration(join.LeaseTTL) * time.Second
+			interval = ttl / 3
+			renewed(a.joinSent)
 			tick.Reset(interval)
 		default:
 			if ctx.Err() == nil {

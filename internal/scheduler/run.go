@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -22,6 +23,12 @@ type Config struct {
 	SessionTTL int
 	// Retention is how long Terminated instances are kept before deletion.
 	Retention time.Duration
+	// FenceMargin is how long after a node's lease is seen gone its work
+	// stays bound to it: a node stops its VMs when its lease may have
+	// expired (it self-fences), and this leaves that stop time to finish
+	// before the work is re-placed or failed, so no instance runs on two
+	// nodes at once. 0: DefaultFenceMargin.
+	FenceMargin time.Duration
 	// Known checks templates against the registry; nil accepts all.
 	Known TemplateKnown
 	// OnPass, when set, observes each pass's duration (metrics).
@@ -42,7 +49,15 @@ type Scheduler struct {
 	// abandoned: the process is "crashing" (tests' crash-like kill): leave
 	// the election lease to expire, never resign or revoke it.
 	abandoned atomic.Bool
+
+	lostMu sync.Mutex
+	// lostSince: when a pass first saw a node without its lease (or its
+	// record) while instances still held its slots.
+	lostSince map[string]time.Time
 }
+
+// DefaultFenceMargin is Config.FenceMargin's default.
+const DefaultFenceMargin = 15 * time.Second
 
 // Abandon makes the scheduler stop like a crashed process would: it keeps
 // its election lease alive no longer, and neither resigns nor revokes it,
@@ -57,7 +72,10 @@ func New(st *store.Store, cfg Config, log *slog.Logger) *Scheduler {
 	if cfg.Retention <= 0 {
 		cfg.Retention = time.Minute
 	}
-	return &Scheduler{st: st, cfg: cfg, log: log}
+	if cfg.FenceMargin <= 0 {
+		cfg.FenceMargin = DefaultFenceMargin
+	}
+	return &Scheduler{st: st, cfg: cfg, log: log, lostSince: map[string]time.Time{}}
 }
 
 // Run campaigns for leadership and schedules while leading, until ctx ends.
@@ -312,7 +330,9 @@ func (s *Scheduler) placed(in store.InstanceEntry, node *store.NodeEntry) {
 }
 
 // failLostNodes releases the slots of instances whose node's lease expired or
-// which was disjoined, so capacity is not held by a dead machine.
+// which was disjoined, so capacity is not held by a dead machine, once the
+// node has certainly stopped them: FenceMargin after a pass first saw the
+// node gone. Until then the instances stay bound to it, never re-placed.
 func (s *Scheduler) failLostNodes(ctx context.Context, snap store.Snapshot) error {
 	live := map[string]string{} // alive node id -> name
 	names := map[string]string{}
@@ -322,11 +342,33 @@ func (s *Scheduler) failLostNodes(ctx context.Context, snap store.Snapshot) erro
 			live[n.Report.NodeID] = n.Report.NodeName
 		}
 	}
+	now := time.Now()
+	s.lostMu.Lock()
+	lost := map[string]bool{}
 	for _, in := range snap.Instances {
-		if !in.SlotHeld {
+		if _, ok := live[in.NodeID]; in.SlotHeld && !ok {
+			lost[in.NodeID] = true
+		}
+	}
+	for id := range s.lostSince {
+		if !lost[id] {
+			delete(s.lostSince, id) // back, or nothing of it left to release
+		}
+	}
+	fenced := map[string]bool{}
+	for id := range lost {
+		since, seen := s.lostSince[id]
+		if !seen {
+			s.lostSince[id] = now
+			s.log.Warn("node lost its lease; its instances are released once it has certainly stopped them",
+				"node", cmp.Or(names[id], id), "margin", s.cfg.FenceMargin)
 			continue
 		}
-		if _, ok := live[in.NodeID]; ok {
+		fenced[id] = now.Sub(since) >= s.cfg.FenceMargin
+	}
+	s.lostMu.Unlock()
+	for _, in := range snap.Instances {
+		if !in.SlotHeld || !fenced[in.NodeID] {
 			continue
 		}
 		reason := fmt.Sprintf("node %s went offline (lease expired)", cmp.Or(names[in.NodeID], in.NodeID))

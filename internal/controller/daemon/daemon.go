@@ -240,7 +240,10 @@ func Start(ctx context.Context, cfg Config) (*Daemon, error) {
 	}
 	sched := scheduler.New(st, scheduler.Config{
 		ID: electionID(d.URL), SessionTTL: int(cfg.SchedulerTTL / time.Second), Retention: cfg.InstanceRetention,
-		Known: d.Service.Catalog().Known, OnPass: m.ObservePass, OnPlaced: m.ObservePlacement,
+		// A node stops its VMs when its lease may have expired; one more
+		// lease TTL lets the stop finish before its work moves.
+		FenceMargin: cfg.NodeLeaseTTL,
+		Known:       d.Service.Catalog().Known, OnPass: m.ObservePass, OnPlaced: m.ObservePlacement,
 		WhileLeading: func(ctx context.Context, fence clientv3.Cmp) {
 			go recorder.Run(ctx, fence)
 			if webhook != nil {

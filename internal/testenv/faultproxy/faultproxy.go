@@ -24,6 +24,12 @@ type Fault struct {
 	Hang bool
 	// Delay forwards the request after this long (a slow server).
 	Delay time.Duration
+	// Cut is a dead link: new requests hang as with Hang, and so do the
+	// answers of requests forwarded before the cut (a long poll in
+	// flight): nothing more of them reaches the client, as over a link
+	// whose packets are dropped. Heal releases them as a dropped
+	// connection.
+	Cut bool
 }
 
 // Proxy forwards to a target server, applying the faults set per path prefix.
@@ -53,7 +59,7 @@ func New(t testing.TB, target string) *Proxy {
 			case f.Status != 0:
 				http.Error(w, "faultproxy: injected failure", f.Status)
 				return
-			case f.Hang:
+			case f.Hang || f.Cut:
 				select {
 				case <-r.Context().Done():
 				case <-healed:
@@ -70,7 +76,7 @@ func New(t testing.TB, target string) *Proxy {
 				}
 			}
 		}
-		rp.ServeHTTP(w, r)
+		rp.ServeHTTP(&cutWriter{ResponseWriter: w, p: p, r: r}, r)
 	}))
 	t.Cleanup(func() {
 		p.Heal()
@@ -94,6 +100,42 @@ func (p *Proxy) match(path string) (Fault, chan struct{}, bool) {
 		p.hits[best]++
 	}
 	return f, p.healed, ok
+}
+
+// cutWriter delivers an answer only while no Cut fault covers its request.
+type cutWriter struct {
+	http.ResponseWriter
+	p *Proxy
+	r *http.Request
+}
+
+func (w *cutWriter) hold() {
+	w.p.mu.Lock()
+	cut, healed := false, w.p.healed
+	for prefix, f := range w.p.rules {
+		if f.Cut && strings.HasPrefix(w.r.URL.Path, prefix) {
+			cut = true
+		}
+	}
+	w.p.mu.Unlock()
+	if !cut {
+		return
+	}
+	select {
+	case <-w.r.Context().Done():
+	case <-healed:
+	}
+	panic(http.ErrAbortHandler) // the connection drops; the client sees an error
+}
+
+func (w *cutWriter) WriteHeader(code int) { w.hold(); w.ResponseWriter.WriteHeader(code) }
+
+func (w *cutWriter) Write(b []byte) (int, error) { w.hold(); return w.ResponseWriter.Write(b) }
+
+func (w *cutWriter) Flush() {
+	if f, ok := w.ResponseWriter.(http.Flusher); ok {
+		f.Flush()
+	}
 }
 
 // Set applies f to every request whose path starts with prefix (the longest
