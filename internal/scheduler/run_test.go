@@ -1,0 +1,134 @@
+package scheduler_test
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	apiv1 "github.com/corral-build/corral/api/v1"
+	"github.com/corral-build/corral/internal/scheduler"
+	"github.com/corral-build/corral/internal/store"
+	"github.com/corral-build/corral/internal/testenv"
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// lostNodeCloud is a store with node n1 holding three instances (one per
+// state a lost node's instance can be in) and n1's lease already revoked.
+func lostNodeCloud(t *testing.T) (*store.Store, func() map[string]store.InstanceRecord) {
+	t.Helper()
+	e := testenv.StartEtcd(t)
+	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{e.ClientURL}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cli.Close() })
+	st := store.New(cli, "")
+	ctx := context.Background()
+	lease, err := st.JoinNode(ctx, apiv1.NodeReport{NodeID: "n1", NodeName: "n1", Capacity: 3}, nil, 30)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var recs []store.InstanceRecord
+	for id, state := range map[string]string{"booting": apiv1.StatePulling, "running": apiv1.StateStarted, "stopping": apiv1.StateTerminating} {
+		recs = append(recs, store.InstanceRecord{Instance: apiv1.Instance{InstanceID: id, State: state, NodeID: "n1",
+			VMID: "t", Tag: "v1"}, SlotHeld: true})
+	}
+	if err := st.CreateInstances(ctx, recs); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.ReleaseLease(ctx, lease); err != nil {
+		t.Fatal(err)
+	}
+	read := func() map[string]store.InstanceRecord {
+		out := map[string]store.InstanceRecord{}
+		for _, id := range []string{"booting", "running", "stopping"} {
+			r, err := st.GetInstance(ctx, id)
+			if err != nil {
+				t.Fatal(err)
+			}
+			out[id] = r
+		}
+		return out
+	}
+	return st, read
+}
+
+// always is a leadership fence that holds (a key nobody writes).
+var always = clientv3.Compare(clientv3.CreateRevision("/test/no-such-key"), "=", 0)
+
+func pass(t *testing.T, s *scheduler.Scheduler) {
+	t.Helper()
+	if err := s.Pass(context.Background(), always); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestLostNodeWorkWaitsForTheFence: a node without its lease may still run
+// its VMs until it fences itself, so its instances stay bound to it (never
+// re-placed, failed or counted terminated) until FenceMargin after a pass
+// first saw it gone. They used to be re-placed at once: a job ran on two
+// nodes.
+func TestLostNodeWorkWaitsForTheFence(t *testing.T) {
+	st, read := lostNodeCloud(t)
+	s := scheduler.New(st, scheduler.Config{FenceMargin: time.Hour}, testenv.Logger(t))
+	for range 3 {
+		pass(t, s)
+	}
+	for id, r := range read() {
+		if r.NodeID != "n1" || !r.SlotHeld {
+			t.Errorf("%s released within the fencing margin: state %s node %q slot %v", id, r.State, r.NodeID, r.SlotHeld)
+		}
+	}
+}
+
+// TestLostNodeWorkIsReleasedAfterTheFence: once the margin has passed, a
+// lost node's work that never booted is placed again, a running instance
+// fails, and one being terminated is Terminated; every slot is released.
+func TestLostNodeWorkIsReleasedAfterTheFence(t *testing.T) {
+	st, read := lostNodeCloud(t)
+	s := scheduler.New(st, scheduler.Config{FenceMargin: time.Nanosecond}, testenv.Logger(t))
+	pass(t, s) // first sight: the margin starts
+	for id, r := range read() {
+		if !r.SlotHeld {
+			t.Fatalf("%s released by the pass that first saw its node gone", id)
+		}
+	}
+	pass(t, s)
+	got := read()
+	if r := got["booting"]; r.State != apiv1.StateScheduling || r.NodeID != "" || r.SlotHeld {
+		t.Errorf("never-started instance: state %s node %q slot %v, want Scheduling for another node", r.State, r.NodeID, r.SlotHeld)
+	}
+	if r := got["running"]; r.State != apiv1.StateError || r.SlotHeld {
+		t.Errorf("started instance: state %s slot %v, want Error, released", r.State, r.SlotHeld)
+	}
+	if r := got["stopping"]; r.State != apiv1.StateTerminated || r.SlotHeld {
+		t.Errorf("terminating instance: state %s slot %v, want Terminated, released", r.State, r.SlotHeld)
+	}
+}
+
+// TestNodeBackRestartsTheMargin: a node that re-joins within the margin
+// keeps its work, and a later loss is timed from then, not from the first.
+func TestNodeBackRestartsTheMargin(t *testing.T) {
+	st, read := lostNodeCloud(t)
+	ctx := context.Background()
+	s := scheduler.New(st, scheduler.Config{FenceMargin: time.Nanosecond}, testenv.Logger(t))
+	pass(t, s) // n1 seen gone
+	lease, err := st.JoinNode(ctx, apiv1.NodeReport{NodeID: "n1", NodeName: "n1", Capacity: 3}, nil, 30)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pass(t, s) // n1 back
+	if err := st.ReleaseLease(ctx, lease); err != nil {
+		t.Fatal(err)
+	}
+	pass(t, s) // gone again: a new first sight
+	for id, r := range read() {
+		if r.NodeID != "n1" || !r.SlotHeld {
+			t.Errorf("%s released on the first pass after its node went again: state %s", id, r.State)
+		}
+	}
+	pass(t, s)
+	if r := read()["running"]; r.SlotHeld {
+		t.Errorf("still held after the margin: %+v", r)
+	}
+}
