@@ -443,8 +443,12 @@ func applyStatus(r *store.InstanceRecord, st apiv1.InstanceStatus) store.Instanc
 		return store.InstanceUpdate{Unassign: true}
 	case r.State == apiv1.StateTerminating:
 		// Still waiting for the node to destroy the VM; keep the state.
-	case st.Requeue:
+	case st.Requeue && r.NeverStarted():
 		r.Requeue(fmt.Sprintf("node %s gave it back before starting it: %s", r.NodeID, st.Message))
+		return store.InstanceUpdate{Unassign: true}
+	case st.Requeue:
+		// Seen Started: its job may have run, so it is not run again.
+		r.State, r.Message, r.SlotHeld = apiv1.StateError, st.Message, false
 		return store.InstanceUpdate{Unassign: true}
 	case st.State == apiv1.StateError && st.Replace:
 		// Pulling -> Scheduling: another node may succeed where this one failed.

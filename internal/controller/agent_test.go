@@ -30,3 +30,22 @@ func TestTerminatingInstanceReleasedIsTerminated(t *testing.T) {
 		t.Errorf("a late Started report: %s slot %v", r.State, r.SlotHeld)
 	}
 }
+
+// A node gives an instance back (Requeue) only when nothing of its job ran;
+// if the cloud saw it Started, its job may have run and it is not run again.
+func TestRequeueOfAStartedInstanceFails(t *testing.T) {
+	for state, want := range map[string]string{
+		apiv1.StateScheduling: apiv1.StateScheduling,
+		apiv1.StatePulling:    apiv1.StateScheduling,
+		apiv1.StateStarted:    apiv1.StateError,
+	} {
+		r := &store.InstanceRecord{Instance: apiv1.Instance{InstanceID: "i", State: state, NodeID: "n"}, SlotHeld: true}
+		u := applyStatus(r, apiv1.InstanceStatus{State: apiv1.StateScheduling, Requeue: true, Released: true, Message: "VM lost while it booted"})
+		if r.State != want || r.SlotHeld || !u.Unassign {
+			t.Errorf("requeue from %s: state %s slot %v unassign %v, want %s, released", state, r.State, r.SlotHeld, u.Unassign, want)
+		}
+		if want == apiv1.StateScheduling && r.NodeID != "" {
+			t.Errorf("requeue from %s kept node %q", state, r.NodeID)
+		}
+	}
+}

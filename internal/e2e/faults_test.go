@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -72,11 +73,11 @@ func TestTerminateBeforeNodeSawPlacement(t *testing.T) {
 
 // nodeProcess runs a real `corral node` process (synthetic driver) and
 // waits until it is Active; the test kills it with SIGKILL when it likes.
-func nodeProcess(t *testing.T, c *testenv.Cluster, name, dataDir string, capacity int, pullTime time.Duration) *exec.Cmd {
+func nodeProcess(t *testing.T, c *testenv.Cluster, name, dataDir string, capacity int, pullTime time.Duration, flags ...string) *exec.Cmd {
 	t.Helper()
-	cmd := exec.Command(corralBinary(t), "node", "--controller", c.Controllers[0].URL, "--token", "test-token",
+	cmd := exec.Command(corralBinary(t), append([]string{"node", "--controller", c.Controllers[0].URL, "--token", "test-token",
 		"--name", name, "--capacity", fmt.Sprint(capacity), "--ip", "127.0.0.1", "--data-dir", dataDir,
-		"--synthetic-pull-time", pullTime.String(), "--synthetic-boot-time", "10ms")
+		"--synthetic-pull-time", pullTime.String(), "--synthetic-boot-time", "10ms"}, flags...)...)
 	var stderr strings.Builder
 	cmd.Stderr = &stderr
 	if err := cmd.Start(); err != nil {
@@ -95,6 +96,44 @@ func nodeProcess(t *testing.T, c *testenv.Cluster, name, dataDir string, capacit
 			t.Fatalf("node %s never became Active; its log:\n%s", name, stderr.String())
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// TestWorkLostWhileBootingIsPlacedAgain: instances whose VMs were booting
+// when their node was SIGKILLed (a VM may have existed, but nothing of the
+// job ran) are placed again when the node comes back; they used to end in
+// Error "VM lost" (kill -9 of corral up: 10 of 50 instances that never ran).
+func TestWorkLostWhileBootingIsPlacedAgain(t *testing.T) {
+	c := testenv.StartCluster(t, testenv.Options{LeaseTTL: 2 * time.Second})
+	ctx := context.Background()
+	dir := t.TempDir()
+	proc := nodeProcess(t, c, "booting", dir, 3, 0, "--synthetic-boot-time", "1h")
+	ids, err := c.Client.StartInstances(ctx, map[string]any{"vmid": c.TemplateID, "count": 3})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Every VM is booting: the node holds a marker for each.
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		entries, _ := os.ReadDir(filepath.Join(dir, "running"))
+		if len(entries) == len(ids) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of %d VMs booting", len(entries), len(ids))
+		}
+		time.Sleep(20 * time.Millisecond) // polling the node's data dir
+	}
+	proc.Process.Kill()
+	proc.Wait()
+	nodeProcess(t, c, "booting", dir, 3, 0)
+	for _, id := range ids {
+		in := waitInstance(t, c, id, 30*time.Second, "Started or Error", func(in apiv1.Instance) bool {
+			return in.State == apiv1.StateStarted || in.State == apiv1.StateError
+		})
+		if in.State != apiv1.StateStarted {
+			t.Errorf("instance %s lost while booting: %s %q, want it placed again and Started", id, in.State, in.Message)
+		}
 	}
 }
 

@@ -58,7 +58,8 @@ type Agent struct {
 	mu        sync.Mutex
 	instances map[string]*instance
 	// lost holds instances this node ran before a restart: the controller
-	// may still want them, but their VMs are gone.
+	// may still want them, but their VMs are gone. The value says whether
+	// their job may have begun (Started reported or the script run).
 	lost map[string]bool
 	// leaseID is the current lease, released when the agent stops.
 	leaseID atomic.Int64
@@ -91,8 +92,8 @@ func New(cfg Config) (*Agent, error) {
 	if err := a.describe(); err != nil {
 		return nil, err
 	}
-	for _, id := range a.runningMarkers() {
-		a.lost[id] = true
+	for id, begun := range a.runningMarkers() {
+		a.lost[id] = begun
 	}
 	return a, nil
 }

@@ -19,7 +19,8 @@ type instance struct {
 	ctx     context.Context
 	stopped sync.Once
 	// lost: this node ran the instance before it restarted; the VM is gone.
-	lost bool
+	// lostBegun: its job may have begun then.
+	lost, lostBegun bool
 	// shutdown: the agent is stopping, not the controller terminating.
 	shutdown atomic.Bool
 	// fenced: the node lost its lease and stops the VM itself.
@@ -100,6 +101,13 @@ func (in *instance) run() {
 			in.a.clearRunning(in.as.InstanceID)
 		}
 	}()
+	if in.lost && !in.lostBegun {
+		// It was booting: nothing of its job ran, so it may run anywhere.
+		in.a.clearRunning(in.as.InstanceID)
+		in.report(apiv1.InstanceStatus{State: apiv1.StateScheduling, Requeue: true, Released: true,
+			Message: "VM lost while it booted: the node agent restarted"})
+		return
+	}
 	if in.lost {
 		in.fail("VM lost: the node agent restarted while it ran", nil, nil, true)
 		in.waitTerminate()
@@ -243,6 +251,7 @@ func (in *instance) boot() (driver.VM, bool) {
 func (in *instance) startupScript(vm driver.VM) bool {
 	spec := in.as.Spec
 	info := vm.Info()
+	in.a.markBegun(in.as.InstanceID)
 	if len(spec.StartupScript) == 0 {
 		in.report(apiv1.InstanceStatus{State: apiv1.StateStarted, VMInfo: &info})
 		return true

@@ -24,7 +24,7 @@ func (a *Agent) reconcile(desired []apiv1.Assignment, terminate []string) {
 			in.terminate()
 			continue
 		}
-		if a.lost[id] {
+		if _, ok := a.lost[id]; ok {
 			delete(a.lost, id)
 			a.clearRunning(id)
 		}
@@ -42,7 +42,7 @@ func (a *Agent) reconcile(desired []apiv1.Assignment, terminate []string) {
 			}
 		} else {
 			in := newInstance(a, as)
-			in.lost = a.lost[as.InstanceID]
+			in.lostBegun, in.lost = a.lost[as.InstanceID]
 			delete(a.lost, as.InstanceID)
 			a.instances[as.InstanceID] = in
 			a.wg.Add(1)
@@ -72,19 +72,33 @@ func (a *Agent) reconcile(desired []apiv1.Assignment, terminate []string) {
 func (a *Agent) markerDir() string { return filepath.Join(a.dataDir(), "running") }
 
 // markRunning records that this node holds a VM for the instance.
+// A VM may exist from here; its marker is empty while it boots.
 func (a *Agent) markRunning(id string) {
 	if err := os.MkdirAll(a.markerDir(), 0o755); err == nil {
 		_ = os.WriteFile(filepath.Join(a.markerDir(), id), nil, 0o644)
 	}
 }
 
+// markBegun records that the instance's job may have begun: it is about to
+// be reported Started or its startup script to run. A VM lost before this
+// is placed again after a crash; one lost after it fails, so a job never
+// runs twice.
+func (a *Agent) markBegun(id string) {
+	_ = os.WriteFile(filepath.Join(a.markerDir(), id), []byte(markerBegun), 0o644)
+}
+
+const markerBegun = "begun\n"
+
 func (a *Agent) clearRunning(id string) { _ = os.Remove(filepath.Join(a.markerDir(), id)) }
 
-func (a *Agent) runningMarkers() []string {
+// runningMarkers maps the instances this node held VMs for to whether
+// their job may have begun. A marker that cannot be read counts as begun.
+func (a *Agent) runningMarkers() map[string]bool {
 	entries, _ := os.ReadDir(a.markerDir())
-	var ids []string
+	ids := map[string]bool{}
 	for _, e := range entries {
-		ids = append(ids, e.Name())
+		b, err := os.ReadFile(filepath.Join(a.markerDir(), e.Name()))
+		ids[e.Name()] = err != nil || len(b) > 0
 	}
 	return ids
 }
