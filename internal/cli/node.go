@@ -25,7 +25,9 @@ type nodeFlags struct {
 	tartSSHPort                                                            int
 	groups                                                                 []string
 	capacity                                                               int
-	vnc                                                                    bool
+	vnc, hostNetwork                                                       bool
+	// hide: more paths synthetic VMs see empty (corral up: its data dir).
+	hide []string
 	bootTime, pullTime                                                     time.Duration
 	tls                                                                    clientTLSFlags
 }
@@ -47,6 +49,7 @@ func (n *nodeFlags) register(f *flags, prefix string) {
 	f.String(&n.minFree, prefix+"min-free-disk", "5G", "disk space template pulls leave free, deleting the least recently used unused templates (e.g. 50G, 500M; 0 = never delete)")
 	f.String(&n.scriptUser, prefix+"synthetic-script-user", synthetic.DefaultScriptUser, "synthetic driver: user startup scripts run as when the node runs as root (root only if you name it)")
 	f.Duration(&n.bootTime, prefix+"synthetic-boot-time", 200*time.Millisecond, "synthetic driver: time a VM takes to boot")
+	f.Bool(&n.hostNetwork, prefix+"synthetic-host-network", false, "synthetic driver: give VMs the node's network (by default a node running as root gives each VM a loopback of its own and no route to anything)")
 	n.tls.register(f, prefix, true, prefix == "")
 	f.Duration(&n.pullTime, prefix+"synthetic-pull-time", 0, "time a simulated template pull takes, when the cloud has no registry")
 }
@@ -56,6 +59,7 @@ func (n *nodeFlags) driverFor(log *slog.Logger) (driver.Driver, error) {
 	case "synthetic":
 		d := synthetic.New(n.bootTime)
 		d.ScriptUser, d.StateDir = n.scriptUser, filepath.Join(n.dataDir, "synthetic")
+		d.Hide, d.HostNetwork = append([]string{n.dataDir}, n.hide...), n.hostNetwork
 		return d, nil
 	case "qemu":
 		return qemu.New(qemu.Config{StateDir: filepath.Join(n.dataDir, "qemu"), ForwardHost: n.forwardHost, VNC: n.vnc, Accel: n.qemuAccel, Log: log})

@@ -82,6 +82,7 @@ func runUp(ctx context.Context, args []string, out io.Writer) error {
 		if n.dataDir == "corral-node" {
 			n.dataDir = filepath.Join(c.dataDir, "node")
 		}
+		n.hide = append(n.hide, c.dataDir) // etcd's and the registry's data too
 		if n.forwardHost == "0.0.0.0" {
 			n.forwardHost = "127.0.0.1" // one machine: keep guests' SSH on loopback
 		}

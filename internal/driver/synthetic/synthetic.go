@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -36,6 +37,13 @@ type Driver struct {
 	// StateDir holds instances' sandboxes (default: the system temporary
 	// directory; a container image may have none).
 	StateDir string
+	// Hide lists paths a VM sees empty (Linux, node as root): the node's
+	// data dir, the cloud's. StateDir is always hidden but for the VM's
+	// own home.
+	Hide []string
+	// HostNetwork gives VMs the node's network (Linux, node as root);
+	// otherwise each has a loopback of its own and no route anywhere.
+	HostNetwork bool
 
 	keyOnce sync.Once
 	hostKey ssh.Signer
@@ -64,6 +72,11 @@ func (d *Driver) Start(ctx context.Context, spec driver.Spec) (driver.VM, error)
 		ln.Close()
 		return nil, d.keyErr
 	}
+	home, sb, err := d.machine()
+	if err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("synthetic vm %s: %w", spec.InstanceID, err)
+	}
 	now := time.Now().UTC()
 	cpus, ram := spec.VCPU, spec.VRAMMB
 	if cpus == 0 {
@@ -72,7 +85,7 @@ func (d *Driver) Start(ctx context.Context, spec driver.Spec) (driver.VM, error)
 	if ram == 0 {
 		ram = 4096
 	}
-	vm := &vm{d: d, done: make(chan struct{}), spec: spec, info: apiv1.VMInfo{
+	vm := &vm{d: d, done: make(chan struct{}), spec: spec, home: home, sb: sb, info: apiv1.VMInfo{
 		UUID: spec.InstanceID, Name: "synthetic-" + spec.InstanceID[:min(8, len(spec.InstanceID))],
 		Status: "running", CPUCores: cpus, RAM: strconv.Itoa(ram/1024) + "G", NodeID: spec.NodeID,
 		HostIP: spec.HostIP, IP: fakeGuestIP(port), CreationDate: now, StartDate: now, Version: spec.Tag,
@@ -87,13 +100,12 @@ func (d *Driver) Start(ctx context.Context, spec driver.Spec) (driver.VM, error)
 func fakeGuestIP(port int) string { return fmt.Sprintf("192.168.%d.%d", 64+port/250%64, 2+port%250) }
 
 type vm struct {
-	d        *Driver
-	spec     driver.Spec
-	homeOnce sync.Once
-	home     string // the sandbox SSH sessions run in, made at the first
-	homeErr  error
-	srv      *sshserve.Server
-	done     chan struct{}
+	d    *Driver
+	spec driver.Spec
+	home string   // the VM's home: scripts and SSH sessions run there
+	sb   *sandbox // the VM's namespaces (nil: the node is not root on Linux)
+	srv  *sshserve.Server
+	done chan struct{}
 
 	mu      sync.Mutex
 	info    apiv1.VMInfo
@@ -113,15 +125,7 @@ func (v *vm) serve(ln net.Listener) {
 			if line != "" {
 				args = append(args, "-c", line)
 			}
-			c := exec.Command(args[0], args[1:]...)
-			home, err := v.homeDir()
-			if err != nil {
-				return nil, err
-			}
-			if err := v.d.prepareScript(c, home, v); err != nil {
-				return nil, err
-			}
-			return c, nil
+			return v.command(context.Background(), args...)
 		}})
 }
 
@@ -140,25 +144,71 @@ func scriptShell() string {
 	return "/bin/sh"
 }
 
-// RunScript runs the script with bash (or /bin/sh) on the node, in a private
-// throwaway directory, with nothing of the node's environment; when the
-// node runs as root, as Driver.ScriptUser (default nobody) in its own
-// namespaces.
+// RunScript runs the script with bash (or /bin/sh) in the VM: in its home,
+// with nothing of the node's environment; when the node runs as root, as
+// Driver.ScriptUser (default nobody) inside the VM's sandbox.
 func (v *vm) RunScript(ctx context.Context, script []byte) (apiv1.ScriptResult, error) {
-	base := cmp.Or(v.d.StateDir, os.TempDir())
-	if err := os.MkdirAll(base, 0o755); err != nil {
-		return apiv1.ScriptResult{}, fmt.Errorf("startup script: %w", err)
-	}
-	dir, err := os.MkdirTemp(base, "corral-script-")
+	cmd, err := v.command(ctx, scriptShell(), "-s")
 	if err != nil {
 		return apiv1.ScriptResult{}, fmt.Errorf("startup script: %w", err)
 	}
-	defer os.RemoveAll(dir)
-	cmd := exec.CommandContext(ctx, scriptShell(), "-s")
-	if err := v.d.prepareScript(cmd, dir, v); err != nil {
-		return apiv1.ScriptResult{}, err
-	}
 	return driver.RunScript(ctx, cmd, script)
+}
+
+// command is argv as the VM runs it: in its sandbox when it has one.
+func (v *vm) command(ctx context.Context, argv ...string) (*exec.Cmd, error) {
+	v.mu.Lock()
+	stopped := v.stopped
+	v.mu.Unlock()
+	if stopped {
+		return nil, fmt.Errorf("synthetic vm %s is stopped", v.spec.InstanceID)
+	}
+	if v.sb != nil {
+		cmd := v.sb.command(ctx, argv...)
+		cmd.Env = scriptEnv(v.sb.homeInside(), v)
+		return cmd, nil
+	}
+	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
+	return cmd, v.d.prepareScript(cmd, v.home, v)
+}
+
+// machine makes a VM's home and, where the node can, its sandbox.
+func (d *Driver) machine() (string, *sandbox, error) {
+	base := cmp.Or(d.StateDir, os.TempDir())
+	if err := os.MkdirAll(base, 0o755); err != nil {
+		return "", nil, err
+	}
+	home, err := os.MkdirTemp(base, "corral-vm-")
+	if err != nil {
+		return "", nil, err
+	}
+	uid, gid, switchUser, err := scriptIdentity(d.ScriptUser)
+	if err == nil && switchUser {
+		err = os.Chown(home, int(uid), int(gid))
+	}
+	var sb *sandbox
+	if err == nil && sandboxSupported() {
+		sb, err = d.newSandbox(home, uid, gid)
+	}
+	if err != nil {
+		os.RemoveAll(home)
+		return "", nil, err
+	}
+	return home, sb, nil
+}
+
+// hidden is what VMs see empty: Hide and StateDir, absolute.
+func (d *Driver) hidden() []string {
+	var out []string
+	for _, p := range append(slices.Clone(d.Hide), d.StateDir) {
+		if p == "" {
+			continue
+		}
+		if abs, err := filepath.Abs(p); err == nil && abs != "/" {
+			out = append(out, abs)
+		}
+	}
+	return out
 }
 
 func (v *vm) Stop(context.Context) error {
@@ -172,27 +222,16 @@ func (v *vm) Stop(context.Context) error {
 	return nil
 }
 
+// Destroy ends every process of the VM (its sandbox) and deletes its home.
 func (v *vm) Destroy(ctx context.Context) error {
 	err := v.Stop(ctx)
-	v.homeOnce.Do(func() {}) // no session can make it now
-	if v.home != "" {
-		_ = os.RemoveAll(v.home)
+	if v.sb != nil {
+		v.sb.close()
+	}
+	if rerr := os.RemoveAll(v.home); err == nil {
+		err = rerr
 	}
 	return err
-}
-
-// homeDir makes the instance's sandbox at its first SSH session.
-func (v *vm) homeDir() (string, error) {
-	v.homeOnce.Do(func() {
-		dir := cmp.Or(v.d.StateDir, os.TempDir())
-		if v.homeErr = os.MkdirAll(dir, 0o755); v.homeErr == nil {
-			v.home, v.homeErr = os.MkdirTemp(dir, "corral-vm-")
-		}
-	})
-	if v.home == "" && v.homeErr == nil {
-		return "", fmt.Errorf("synthetic vm %s is destroyed", v.spec.InstanceID)
-	}
-	return v.home, v.homeErr
 }
 
 func (v *vm) Done() <-chan struct{} { return v.done }

@@ -3,9 +3,11 @@ package synthetic
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -65,27 +67,33 @@ func (testErr) Error() string { return "test crash" }
 var errTest = testErr{}
 
 // TestScriptsAreConfined: a startup script is anyone's input. It sees none
-// of the node's environment, runs in a private directory that is gone
-// afterwards, and, when the node runs as root, runs as nobody in its own PID
-// namespace (it used to run as the node's user, root here, with its env).
+// of the node's environment and runs in the VM's home; when the node runs
+// as root, as nobody in the VM's sandbox (it used to run as the node's
+// user, root here, with its env).
 func TestScriptsAreConfined(t *testing.T) {
 	t.Setenv("CORRAL_SECRET_OF_THE_NODE", "hunter2")
 	d := New(0)
+	d.StateDir = t.TempDir()
 	m, err := d.Start(t.Context(), driver.Spec{InstanceID: "0123456789", HostIP: "127.0.0.1"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer m.Destroy(t.Context())
-	res, err := m.RunScript(t.Context(), []byte(`id -u; echo "pid $$"; pwd; env | grep -c SECRET; touch ./mine && echo writable`))
+	res, err := m.RunScript(t.Context(), []byte(`id -u; pwd; env | grep -c SECRET; touch ./mine && echo writable`))
 	if err != nil {
 		t.Fatal(err)
 	}
 	lines := strings.Split(strings.TrimSpace(res.Stdout), "\n")
-	if len(lines) != 5 || lines[3] != "0" || lines[4] != "writable" || !strings.Contains(lines[2], "corral-script-") {
+	if len(lines) != 4 || lines[2] != "0" || lines[3] != "writable" || !strings.Contains(lines[1], "corral-vm-") {
 		t.Fatalf("script saw %q (stderr %q)", lines, res.Stderr)
 	}
-	if _, err := os.Stat(lines[2]); !os.IsNotExist(err) {
-		t.Errorf("script directory %s outlived the script: %v", lines[2], err)
+	if _, err := os.Stat(filepath.Join(m.(*vm).home, "mine")); err != nil {
+		t.Errorf("what the script wrote in its home is not in the VM's home on the node: %v", err)
+	}
+	if err := m.Destroy(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(m.(*vm).home); !os.IsNotExist(err) {
+		t.Errorf("the VM's home %s outlived it: %v", lines[1], err)
 	}
 	if os.Geteuid() != 0 {
 		t.Logf("not root: scripts run as this user (uid %s)", lines[0])
@@ -94,15 +102,126 @@ func TestScriptsAreConfined(t *testing.T) {
 	if lines[0] != "65534" {
 		t.Errorf("as root, scripts ran as uid %s, want nobody (65534)", lines[0])
 	}
-	if lines[1] != "pid 1" {
-		t.Errorf("script shell is %q, want pid 1 of its own PID namespace", lines[1])
-	}
 	// An operator may choose root explicitly.
 	d.ScriptUser = "root"
+	m, err = d.Start(t.Context(), driver.Spec{InstanceID: "root-vm", HostIP: "127.0.0.1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Destroy(t.Context())
 	res, err = m.RunScript(t.Context(), []byte(`id -u`))
 	if err != nil || strings.TrimSpace(res.Stdout) != "0" {
 		t.Fatalf("ScriptUser root: %+v %v", res, err)
 	}
+}
+
+// TestJobsCannotLeaveTheirVM: with the node as root, a job tried every way
+// out that took a start-only API key to admin: the host's loopback (the
+// embedded etcd, the controller), other processes' command lines in /proc
+// (the root token), the node's data dir (its credential), other VMs'
+// files; two jobs on two VMs shared /tmp; a job's background process
+// outlived its VM. Each attempt must fail.
+func TestJobsCannotLeaveTheirVM(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("the sandbox is the node-as-root case; CI runs as root")
+	}
+	// What the host has that jobs must not reach.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	port := ln.Addr().(*net.TCPAddr).Port
+	nodeData := t.TempDir()
+	if err := os.Chmod(nodeData, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(nodeData, "node-credential"), []byte("secret\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	d := New(0)
+	d.StateDir, d.Hide = filepath.Join(nodeData, "synthetic"), []string{nodeData}
+	vm1, err := d.Start(t.Context(), driver.Spec{InstanceID: "vm-one", HostIP: "127.0.0.1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer vm1.Destroy(t.Context())
+	vm2, err := d.Start(t.Context(), driver.Spec{InstanceID: "vm-two", HostIP: "127.0.0.1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer vm2.Destroy(t.Context())
+	home2 := vm2.(*vm).home
+	marker := fmt.Sprintf("corral-escape-%d", os.Getpid())
+	script := fmt.Sprintf(`
+(exec 3<>/dev/tcp/127.0.0.1/%d) 2>/dev/null && echo "loopback: reached" || echo "loopback: refused"
+echo "procs: $(ls /proc | grep -c '^[0-9]')"
+echo "pid1: $(tr '\0' ' ' </proc/1/cmdline)"
+cat %s/node-credential 2>/dev/null && echo "credential: read" || echo "credential: hidden"
+ls %s >/dev/null 2>&1 && echo "other vm: visible" || echo "other vm: hidden"
+touch %s/planted 2>/dev/null && echo "other vm: written" || echo "other vm: safe"
+mkdir -p /tmp/build && echo one > /tmp/build/out && echo "tmp: $(cat /tmp/build/out)"
+(exec -a %s sleep 1000) >/dev/null 2>&1 &
+echo done`, port, nodeData, home2, home2, marker)
+	res, err := vm1.RunScript(t.Context(), []byte(script))
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := res.Stdout
+	for _, want := range []string{"loopback: refused", "credential: hidden", "other vm: hidden", "other vm: safe", "tmp: one", "done"} {
+		if !strings.Contains(out, want+"\n") {
+			t.Errorf("job: want %q; it printed:\n%s%s", want, out, res.Stderr)
+		}
+	}
+	if !strings.Contains(out, "pid1: /bin/sh -c") && !strings.Contains(out, "corral-vm-init") {
+		t.Errorf("/proc/1 is not the VM's own init:\n%s", out)
+	}
+	var procs int
+	if i := strings.Index(out, "procs: "); i >= 0 {
+		fmt.Sscanf(out[i+len("procs: "):], "%d", &procs)
+	}
+	if procs == 0 || procs > 10 {
+		t.Errorf("the job sees %d processes in /proc, want only its VM's", procs)
+	}
+	// The other VM's /tmp is its own; so is the host's.
+	res, err = vm2.RunScript(t.Context(), []byte(`cat /tmp/build/out 2>/dev/null || echo none`))
+	if err != nil || strings.TrimSpace(res.Stdout) != "none" {
+		t.Errorf("vm two sees vm one's /tmp: %q %v", res.Stdout, err)
+	}
+	if _, err := os.Stat("/tmp/build/out"); err == nil {
+		t.Errorf("the job wrote the host's /tmp")
+	}
+	// Destroying the VM ends every process it started.
+	if !hostHasProcess(marker) {
+		t.Fatalf("the job's background process never ran (marker %s)", marker)
+	}
+	if err := vm1.Destroy(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if hostHasProcess(marker) {
+		t.Errorf("a process of the job outlived its VM")
+	}
+}
+
+// hostHasProcess reports whether a process whose argv[0] is name runs.
+func hostHasProcess(name string) bool {
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		if err == nil && strings.HasPrefix(string(b), name+"\x00") {
+			return true
+		}
+	}
+	return false
 }
 
 func TestConformance(t *testing.T) {
