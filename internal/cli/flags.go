@@ -21,6 +21,15 @@ type flags struct {
 	// warnAnka: also warn about ANKA_* variables no flag reads (the
 	// reference's controller and registry settings Corral does not have).
 	warnAnka bool
+	secrets  []secretFlag
+}
+
+// secretFlag is a flag whose value is a credential.
+type secretFlag struct {
+	name string
+	dst  *string
+	file *string
+	env  []string // every environment name it is read from
 }
 
 func newFlags(name, summary string, out io.Writer) *flags {
@@ -147,6 +156,48 @@ func parseDuration(s string) (time.Duration, error) {
 	return d, nil
 }
 
+// Secret is a credential flag: also --NAME-file (a file holding it, the
+// way to keep it off command lines, which every process on the machine
+// can read in /proc); its environment variables are cleared once read, so
+// no child process (a VM tool, a script) inherits it.
+func (f *flags) Secret(p *string, name, usage string, aliases ...string) {
+	f.String(p, name, "", usage, aliases...)
+	file := new(string)
+	f.fs.StringVar(file, name+"-file", "", "file holding --"+name+" (keeps it off the command line)")
+	f.secrets = append(f.secrets, secretFlag{name: name, dst: p, file: file, env: append([]string{EnvName(name)}, aliases...)})
+}
+
+// settleSecrets reads --NAME-file secrets, warns about secrets given on
+// the command line, and clears secrets from the environment.
+func (f *flags) settleSecrets(log func() *slog.Logger) error {
+	onCommandLine := map[string]bool{}
+	f.fs.Visit(func(fl *flag.Flag) { onCommandLine[fl.Name] = true })
+	for _, s := range f.secrets {
+		for _, n := range s.env {
+			_ = os.Unsetenv(n)
+		}
+		if *s.file != "" {
+			if onCommandLine[s.name] {
+				return fmt.Errorf("--%s and --%s-file: give one", s.name, s.name)
+			}
+			b, err := os.ReadFile(*s.file)
+			if err != nil {
+				return fmt.Errorf("--%s-file: %w", s.name, err)
+			}
+			*s.dst = strings.TrimRight(string(b), "\r\n")
+			if *s.dst == "" {
+				return fmt.Errorf("--%s-file %s: empty", s.name, *s.file)
+			}
+			continue
+		}
+		if onCommandLine[s.name] && *s.dst != "" && log != nil {
+			log().Warn("a secret on the command line can be read by every process on this machine (/proc/*/cmdline); "+
+				"use its environment variable or --"+s.name+"-file", "flag", "--"+s.name, "env", s.env[0])
+		}
+	}
+	return nil
+}
+
 // List is a comma-separated list flag.
 func (f *flags) List(p *[]string, name, def, usage string, aliases ...string) {
 	var raw string
@@ -173,6 +224,9 @@ func (f *flags) Parse(args []string, log func() *slog.Logger) error {
 	}
 	for _, l := range f.lists {
 		*l.dst = splitList(*l.raw)
+	}
+	if err := f.settleSecrets(log); err != nil {
+		return err
 	}
 	for _, kv := range os.Environ() {
 		name, _, _ := strings.Cut(kv, "=")

@@ -3,6 +3,8 @@ package cli
 import (
 	"bytes"
 	"log/slog"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -225,5 +227,61 @@ func TestS3SkipTLSAlias(t *testing.T) {
 	}
 	if !r.s3TLS.skipVerify {
 		t.Fatal("ANKA_BACKEND_S3_SKIP_TLS_VERIFICATION not read")
+	}
+}
+
+// TestSecretsStayOffCommandLinesAndChildren: the root token rode on the
+// corral process's command line, where a job read it in /proc, and secrets
+// from the environment were inherited by every child (tart, scripts). A
+// secret flag reads a file too, its variables are cleared once read, and
+// one given on the command line draws a warning.
+func TestSecretsStayOffCommandLinesAndChildren(t *testing.T) {
+	t.Setenv("ANKA_ROOT_TOKEN", "from-env")
+	t.Setenv("ANKA_ETCD_PASSWORD", "etcd-pw")
+	var c controllerFlags
+	f := newFlags("controller", "", &bytes.Buffer{})
+	c.register(f, ":80")
+	var logs bytes.Buffer
+	log := func() *slog.Logger { return slog.New(slog.NewTextHandler(&logs, nil)) }
+	if err := f.Parse(nil, log); err != nil {
+		t.Fatal(err)
+	}
+	if c.rootToken != "from-env" || c.etcdPassword != "etcd-pw" {
+		t.Fatalf("root token %q etcd password %q", c.rootToken, c.etcdPassword)
+	}
+	for _, n := range []string{"ANKA_ROOT_TOKEN", "ANKA_ETCD_PASSWORD"} {
+		if v, ok := os.LookupEnv(n); ok {
+			t.Errorf("%s=%q is still in the environment children inherit", n, v)
+		}
+	}
+	if strings.Contains(logs.String(), "command line") {
+		t.Errorf("warned about a secret from the environment: %s", logs.String())
+	}
+
+	file := filepath.Join(t.TempDir(), "root-token")
+	if err := os.WriteFile(file, []byte("from-file\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c = controllerFlags{}
+	f = newFlags("controller", "", &bytes.Buffer{})
+	c.register(f, ":80")
+	if err := f.Parse([]string{"--root-token-file", file}, log); err != nil || c.rootToken != "from-file" {
+		t.Fatalf("--root-token-file: %q %v", c.rootToken, err)
+	}
+
+	c = controllerFlags{}
+	f = newFlags("controller", "", &bytes.Buffer{})
+	c.register(f, ":80")
+	if err := f.Parse([]string{"--root-token", "typed", "--root-token-file", file}, log); err == nil {
+		t.Error("both --root-token and --root-token-file accepted")
+	}
+	c = controllerFlags{}
+	f = newFlags("controller", "", &bytes.Buffer{})
+	c.register(f, ":80")
+	if err := f.Parse([]string{"--root-token", "typed"}, log); err != nil || c.rootToken != "typed" {
+		t.Fatalf("--root-token: %q %v", c.rootToken, err)
+	}
+	if !strings.Contains(logs.String(), "--root-token") || strings.Contains(logs.String(), "typed") {
+		t.Errorf("a secret on the command line: want a warning naming the flag, never the value; log: %s", logs.String())
 	}
 }

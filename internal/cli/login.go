@@ -120,7 +120,7 @@ func currentContext(name string) (cliContext, bool, error) {
 func runLogin(ctx context.Context, args []string, out io.Writer) error {
 	f := newFlags("login", "Check a controller and its credentials, then save them as a context that\n`corral vm|node|group|events` use when --controller is not given.\nUsage: corral login URL [--token T] [--name NAME]", out)
 	var token, name string
-	f.String(&token, "token", "", "the controller's root token (when it runs with --enable-auth)", "ANKA_ROOT_TOKEN")
+	f.Secret(&token, "token", "the controller's root token (when it runs with --enable-auth)", "ANKA_ROOT_TOKEN")
 	f.String(&name, "name", "", "the context's name (default: the URL's host)")
 	pos, err := parseInterleaved(f, args, nil)
 	if err != nil {

@@ -106,7 +106,7 @@ func runNode(ctx context.Context, args []string, out io.Writer) error {
 	var token string
 	var logLevel int
 	f.List(&controllers, "controller", "", "controller URL(s), comma-separated, e.g. http://10.0.0.2:80")
-	f.String(&token, "token", "", "join token printed by the controller")
+	f.Secret(&token, "token", "join token printed by the controller")
 	f.Int(&logLevel, "log-level", 0, "log verbosity: 0 info, 1+ debug", "ANKA_V")
 	n.register(f, "")
 	if err := f.Parse(args, func() *slog.Logger { return newLogger(logLevel) }); err != nil {

@@ -49,8 +49,8 @@ func (r *registryFlags) register(f *flags, prefix, listenDefault, dirDefault str
 		r.tls.requireClientCert = true
 		r.s3TLS.register(f, "s3-", false, true)
 		f.Bool(&r.auth.Enabled, "enable-auth", false, "require credentials: the root token, a client certificate (--ca-cert), or a registry token from the controller (HTTP 401 otherwise)", "ANKA_ENABLE_AUTH")
-		f.String(&r.auth.RootToken, "root-token", "", "root token: HTTP Basic with user root and this password; every action", "ANKA_ROOT_TOKEN")
-		f.String(&r.auth.TokenSecret, "token-secret", "", "secret registry tokens are signed under: the controller's --registry-token-secret (default: the root token)", "ANKA_REGISTRY_TOKEN_SECRET")
+		f.Secret(&r.auth.RootToken, "root-token", "root token: HTTP Basic with user root and this password; every action", "ANKA_ROOT_TOKEN")
+		f.Secret(&r.auth.TokenSecret, "token-secret", "secret registry tokens are signed under: the controller's --registry-token-secret (default: the root token)", "ANKA_REGISTRY_TOKEN_SECRET")
 		f.Bool(&r.auth.AnonymousPull, "anonymous-pull", false, "with --enable-auth, let callers without credentials pull (never push or delete)")
 		f.String(&r.auth.ControllerURL, "controller-url", "", "controller that vouches for credentials the registry cannot check itself (API-key sessions, node credentials)", "ANKA_CONTROLLER_ADDRESS")
 		f.Bool(&r.apiKeys, "enable-api-keys", false, "accept API-key sessions (checked by --controller-url)", "ANKA_ENABLE_API_KEYS")

@@ -38,8 +38,8 @@ func templateFlags(name, summary string, out io.Writer, args []string, define fu
 	var url, rootToken, token string
 	var tlsFlags clientTLSFlags
 	f.String(&url, "registry", "http://127.0.0.1:8089", "registry URL", "ANKA_ANKA_REGISTRY")
-	f.String(&rootToken, "root-token", "", "authenticate as root (a registry with --enable-auth)", "ANKA_ROOT_TOKEN")
-	f.String(&token, "registry-token", "", "authenticate with a registry token (from the controller's GET /api/v1/registry/token)")
+	f.Secret(&rootToken, "root-token", "authenticate as root (a registry with --enable-auth)", "ANKA_ROOT_TOKEN")
+	f.Secret(&token, "registry-token", "authenticate with a registry token (from the controller's GET /api/v1/registry/token)")
 	tlsFlags.register(f, "", true, true)
 	if define != nil {
 		define(f)

@@ -52,7 +52,7 @@ func vmFlags(name, summary string, out io.Writer, args []string, define func(f *
 	var c vmCommon
 	var tlsFlags clientTLSFlags
 	f.List(&controllers, "controller", "", "controller URL(s), comma-separated (default: the saved context's, else http://127.0.0.1:8090)")
-	f.String(&rootToken, "root-token", "", "authenticate as root (a controller with --enable-auth; default: the saved context's)", "ANKA_ROOT_TOKEN")
+	f.Secret(&rootToken, "root-token", "authenticate as root (a controller with --enable-auth; default: the saved context's)", "ANKA_ROOT_TOKEN")
 	f.String(&ctxName, "context", "", "a context saved by `corral login` (default: the current one)")
 	f.String(&c.output, "output", "table", "table (for people) or json (for scripts)")
 	tlsFlags.register(f, "", true, false)
