@@ -27,9 +27,9 @@ type nodeFlags struct {
 	capacity                                                               int
 	vnc, hostNetwork                                                       bool
 	// hide: more paths synthetic VMs see empty (corral up: its data dir).
-	hide []string
-	bootTime, pullTime                                                     time.Duration
-	tls                                                                    clientTLSFlags
+	hide               []string
+	bootTime, pullTime time.Duration
+	tls                clientTLSFlags
 }
 
 func (n *nodeFlags) register(f *flags, prefix string) {
