@@ -90,12 +90,8 @@ func (s *Service) Authenticate(ctx context.Context, header string, cert *x509.Ce
 			return Identity{Root: true}, nil
 		}
 	case strings.HasPrefix(header, "Bearer ") && a.APIKeys:
-		raw, err := base64.StdEncoding.DecodeString(strings.TrimPrefix(header, "Bearer "))
-		if err != nil {
-			return Identity{}, ErrAuth
-		}
-		var sess Session
-		if json.Unmarshal(raw, &sess) != nil || !validSecretID(sess.SessionID) || !validSecretID(sess.UserName) {
+		sess, ok := decodeSession(strings.TrimPrefix(header, "Bearer "))
+		if !ok {
 			return Identity{}, ErrAuth
 		}
 		hash, err := s.st.Value(ctx, store.SessionPrefix(sess.UserName)+sess.SessionID)
@@ -104,6 +100,16 @@ func (s *Service) Authenticate(ctx context.Context, header string, cert *x509.Ce
 		}
 	}
 	return Identity{}, ErrAuth
+}
+
+// decodeSession reads an API key session token: base64(json(Session)).
+func decodeSession(token string) (Session, bool) {
+	var sess Session
+	raw, err := base64.StdEncoding.DecodeString(token)
+	if err != nil || json.Unmarshal(raw, &sess) != nil || !validSecretID(sess.SessionID) || !validSecretID(sess.UserName) {
+		return Session{}, false
+	}
+	return sess, true
 }
 
 func certIdentity(cert *x509.Certificate) Identity {

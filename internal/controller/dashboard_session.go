@@ -35,9 +35,15 @@ func (s *Service) DashboardLogin(ctx context.Context, rootToken, apiKeySession s
 	if err != nil {
 		return "", err
 	}
+	rec := dashboardSession{Identity: id}
+	if rootToken != "" {
+		rec.RootTokenHash = secretHash(rootToken)
+	} else if sess, ok := decodeSession(apiKeySession); ok {
+		rec.KeySession = store.SessionPrefix(sess.UserName) + sess.SessionID
+	}
 	secret := randomHex(32)
-	rec, _ := json.Marshal(id)
-	if err := s.st.PutExpiring(ctx, "auth/dashboard/"+secretHash(secret), string(rec), DashboardSessionTTL); err != nil {
+	b, _ := json.Marshal(rec)
+	if err := s.st.PutExpiring(ctx, "auth/dashboard/"+secretHash(secret), string(b), DashboardSessionTTL); err != nil {
 		return "", fmt.Errorf("store dashboard session: %w", err)
 	}
 	return secret, nil
@@ -59,11 +65,39 @@ func (s *Service) DashboardSession(ctx context.Context, secret string) (Identity
 	if err != nil {
 		return Identity{}, err
 	}
-	var id Identity
-	if err := json.Unmarshal([]byte(v), &id); err != nil {
+	var rec dashboardSession
+	if err := json.Unmarshal([]byte(v), &rec); err != nil {
 		return Identity{}, ErrAuth
 	}
-	return id, nil
+	// A session lives no longer than what it was opened with: the API
+	// key's session (gone when the key is deleted or its TTL ends) or the
+	// root token the controller has now.
+	switch {
+	case rec.KeySession != "":
+		if _, err := s.st.Value(ctx, rec.KeySession); errors.Is(err, store.ErrNotFound) {
+			_ = s.DashboardLogout(ctx, secret)
+			return Identity{}, ErrAuth
+		} else if err != nil {
+			return Identity{}, err
+		}
+	case rec.RootTokenHash != "":
+		if s.cfg.Auth.RootToken == "" || secretHash(s.cfg.Auth.RootToken) != rec.RootTokenHash {
+			_ = s.DashboardLogout(ctx, secret)
+			return Identity{}, ErrAuth
+		}
+	default:
+		return Identity{}, ErrAuth // a record from before sessions said where they came from
+	}
+	return rec.Identity, nil
+}
+
+// dashboardSession is a dashboard session as etcd keeps it.
+type dashboardSession struct {
+	Identity
+	// KeySession is the etcd key of the API key session it was opened
+	// with; RootTokenHash the root token's hash.
+	KeySession    string `json:"key_session,omitempty"`
+	RootTokenHash string `json:"root_token_hash,omitempty"`
 }
 
 // DashboardLogout ends a dashboard session.
