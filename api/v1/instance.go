@@ -373,6 +373,18 @@ func (v VMInfo) MarshalJSON() ([]byte, error) {
 // MaxConsole bounds the console tail a node sends and the controller keeps.
 const MaxConsole = 64 << 10
 
+// MaxScriptOutput bounds each of a startup script's stdout and stderr as
+// kept and reported: their last bytes, after a line saying how much was cut.
+const MaxScriptOutput = 32 << 10
+
+// TailOutput is s cut to MaxScriptOutput, keeping its end.
+func TailOutput(s string) string {
+	if len(s) <= MaxScriptOutput {
+		return s
+	}
+	return fmt.Sprintf("[corral: %d bytes of output cut; the last %d follow]\n", len(s)-MaxScriptOutput, MaxScriptOutput) + s[len(s)-MaxScriptOutput:]
+}
+
 // InstanceLogs is GET /api/v1/vm/logs: the startup script's output and the
 // tail of the VM's console, where its driver keeps one.
 type InstanceLogs struct {

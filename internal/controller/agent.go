@@ -424,7 +424,9 @@ func applyStatus(r *store.InstanceRecord, st apiv1.InstanceStatus) store.Instanc
 		}
 	}
 	if st.StartupScript != nil {
-		r.StartupScript = st.StartupScript
+		res := *st.StartupScript
+		res.Stdout, res.Stderr = apiv1.TailOutput(res.Stdout), apiv1.TailOutput(res.Stderr)
+		r.StartupScript = &res
 	}
 	r.TS = now
 	switch {

@@ -16,7 +16,7 @@ import (
 // (cmd must come from exec.CommandContext with that ctx).
 func RunScript(ctx context.Context, cmd *exec.Cmd, script []byte) (apiv1.ScriptResult, error) {
 	cmd.Stdin = bytes.NewReader(script)
-	var stdout, stderr bytes.Buffer
+	var stdout, stderr tailBuffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	cmd.WaitDelay = time.Second // a script's children must not hold the pipes open
 	err := cmd.Run()
@@ -31,4 +31,34 @@ func RunScript(ctx context.Context, cmd *exec.Cmd, script []byte) (apiv1.ScriptR
 		return res, fmt.Errorf("startup script: %w", err)
 	}
 	return res, nil
+}
+
+// tailBuffer keeps the last apiv1.MaxScriptOutput bytes written to it and
+// counts the rest: a job that prints without end costs the node a fixed
+// amount of memory, and its report stays small.
+type tailBuffer struct {
+	buf []byte
+	cut int64
+}
+
+func (t *tailBuffer) Write(p []byte) (int, error) {
+	n := len(p)
+	if len(p) >= apiv1.MaxScriptOutput {
+		t.cut += int64(len(t.buf) + len(p) - apiv1.MaxScriptOutput)
+		t.buf = append(t.buf[:0], p[len(p)-apiv1.MaxScriptOutput:]...)
+		return n, nil
+	}
+	if over := len(t.buf) + len(p) - apiv1.MaxScriptOutput; over > 0 {
+		t.cut += int64(over)
+		t.buf = append(t.buf[:0], t.buf[over:]...)
+	}
+	t.buf = append(t.buf, p...)
+	return n, nil
+}
+
+func (t *tailBuffer) String() string {
+	if t.cut == 0 {
+		return string(t.buf)
+	}
+	return fmt.Sprintf("[corral: %d bytes of output cut; the last %d follow]\n", t.cut, len(t.buf)) + string(t.buf)
 }

@@ -462,6 +462,27 @@ func (a *Agent) assignmentLoop(ctx context.Context) error {
 	return nil
 }
 
+// maxReportBytes bounds one status report's instances (the controller
+// takes bodies up to 8 MiB).
+const maxReportBytes = 2 << 20
+
+// reportPart is how many of batch's first statuses go in one report: at
+// least one, and no more than maxReportBytes of them (each bounded by its
+// console and script output tails).
+func reportPart(batch []apiv1.InstanceStatus) int {
+	size := 0
+	for i, st := range batch {
+		n := 1024 + len(st.Console) + len(st.Message)
+		if st.StartupScript != nil {
+			n += len(st.StartupScript.Stdout) + len(st.StartupScript.Stderr)
+		}
+		if size += n; size > maxReportBytes && i > 0 {
+			return i
+		}
+	}
+	return len(batch)
+}
+
 // fence destroys every VM after the node lost its lease without being able
 // to tell (a partition): the controller already counts them as gone.
 func (a *Agent) fence() {
@@ -506,12 +527,15 @@ func (a *Agent) sendStatusLoop(ctx context.Context) {
 				break drain
 			}
 		}
-		// A shutdown still reports the final Terminated states.
+		// A shutdown still reports the final Terminated states. A report
+		// stays far below the controller's body limit: a batch goes in
+		// parts of at most maxReportBytes.
+		part := reportPart(batch)
 		sendCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
-		err := a.ctl.SendStatus(sendCtx, a.report.NodeID, batch)
+		err := a.ctl.SendStatus(sendCtx, a.report.NodeID, batch[:part])
 		cancel()
 		if err == nil {
-			batch = batch[:0]
+			batch = append(batch[:0], batch[part:]...)
 			continue
 		}
 		a.log.Warn("send instance status", "err", err)
