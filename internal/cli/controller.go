@@ -8,6 +8,7 @@ import (
 	"net/url"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/corral-build/corral/internal/controller"
@@ -78,7 +79,7 @@ func (c *controllerFlags) register(f *flags, listenDefault string) {
 	f.Duration(&c.eventMaxAge, "event-retention", events.DefaultMaxAge, "how long the event log keeps an event")
 	f.String(&c.eventWebhook, "event-webhook", "", "URL that receives every event: POST {\"events\": [...]}, in order, retried with backoff until it answers 2xx")
 	f.Secret(&c.eventWebhookSecret, "event-webhook-secret", "signs each webhook body: header X-Corral-Signature: sha256=<hex HMAC-SHA256>", "CORRAL_EVENT_WEBHOOK_SECRET")
-	f.String(&c.metricsListen, "metrics-listen", ":2112", "address (or port) of the extra /metrics listener (with --enable-metrics)", "ANKA_METRICS_PORT")
+	f.String(&c.metricsListen, "metrics-listen", ":2112", "address (or port: on loopback) of the extra /metrics listener (with --enable-metrics); 0.0.0.0:2112 exposes it", "ANKA_METRICS_PORT")
 }
 
 func (c *controllerFlags) daemonConfig(log *slog.Logger) (daemon.Config, error) {
@@ -165,7 +166,10 @@ func metricsListen(enabled bool, addr string) string {
 		return ""
 	}
 	if _, err := strconv.Atoi(addr); err == nil { // a bare port (ANKA_METRICS_PORT)
-		return ":" + addr
+		return "127.0.0.1:" + addr
+	}
+	if strings.HasPrefix(addr, ":") { // no host: loopback unless told otherwise
+		return "127.0.0.1" + addr
 	}
 	return addr
 }

@@ -140,6 +140,10 @@ func etcdStatus(ctx context.Context, args []string, out io.Writer) error {
 		return err
 	}
 	for _, s := range sts {
+		if s.Err != "" {
+			fmt.Fprintf(out, "%s: unreachable within %s: %s\n", s.Endpoint, etcdadmin.StatusTimeout, s.Err)
+			continue
+		}
 		fmt.Fprintf(out, "%s: version %s, db %s (in use %s), revision %d, member %x, leader %x%s, raft term %d\n",
 			s.Endpoint, s.Version, bytesHuman(s.DBSize), bytesHuman(s.DBSizeInUse), s.Revision, s.MemberID, s.Leader,
 			map[bool]string{true: " (this member)"}[s.IsLeader], s.RaftTerm)

@@ -200,7 +200,7 @@ func TestAnkaVariables(t *testing.T) {
 		t.Fatal(err)
 	}
 	if c.leaseTTL != 30*time.Second || c.compaction != 2*time.Hour || c.dataDir != "/var/lib/anka" ||
-		metricsListen(c.enableMetrics, c.metricsListen) != ":9100" {
+		metricsListen(c.enableMetrics, c.metricsListen) != "127.0.0.1:9100" {
 		t.Fatalf("aliases: ttl %v compaction %v data %q metrics %q", c.leaseTTL, c.compaction, c.dataDir, metricsListen(c.enableMetrics, c.metricsListen))
 	}
 	for _, name := range []string{"ANKA_LOG_DIR", "ANKA_ENABLE_CENTRAL_LOGGING"} {

@@ -55,7 +55,7 @@ func (r *registryFlags) register(f *flags, prefix, listenDefault, dirDefault str
 		f.String(&r.auth.ControllerURL, "controller-url", "", "controller that vouches for credentials the registry cannot check itself (API-key sessions, node credentials)", "ANKA_CONTROLLER_ADDRESS")
 		f.Bool(&r.apiKeys, "enable-api-keys", false, "accept API-key sessions (checked by --controller-url)", "ANKA_ENABLE_API_KEYS")
 		f.Bool(&r.enableMetrics, "enable-metrics", false, "also serve Prometheus /metrics on --metrics-listen (it is always on the API port)", "ANKA_ENABLE_METRICS")
-		f.String(&r.metricsListen, "metrics-listen", ":2112", "address (or port) of the extra /metrics listener (with --enable-metrics)", "ANKA_METRICS_PORT")
+		f.String(&r.metricsListen, "metrics-listen", ":2112", "address (or port: on loopback) of the extra /metrics listener (with --enable-metrics); 0.0.0.0:2112 exposes it", "ANKA_METRICS_PORT")
 		// The reference registry's multipart tuning: accepted so existing
 		// registry.env files keep working; Corral writes ~1 MiB objects in one PUT.
 		var ignored string

@@ -72,19 +72,36 @@ type Status struct {
 	QuotaBackend   int64 // 0 when unknown
 	CompactionNote string
 	Instances      map[string]int
+	Err            string // the endpoint did not answer
 }
 
-// GetStatus asks every endpoint for its status.
+// StatusTimeout bounds each endpoint's status call.
+const StatusTimeout = 5 * time.Second
+
+// GetStatus asks every endpoint for its status, each within StatusTimeout:
+// a dead member is listed with Err, never stalls the others (it hung 640 s
+// on one dead endpoint). It fails only when no endpoint answered.
 func GetStatus(ctx context.Context, cli *clientv3.Client) ([]Status, error) {
 	var out []Status
+	answered := 0
 	for _, ep := range cli.Endpoints() {
-		st, err := cli.Status(ctx, ep)
+		sctx, cancel := context.WithTimeout(ctx, StatusTimeout)
+		st, err := cli.Status(sctx, ep)
+		cancel()
 		if err != nil {
-			return out, fmt.Errorf("status of %s: %w", ep, err)
+			if ctx.Err() != nil {
+				return out, ctx.Err()
+			}
+			out = append(out, Status{Endpoint: ep, Err: err.Error()})
+			continue
 		}
+		answered++
 		out = append(out, Status{Endpoint: ep, Version: st.Version, DBSize: st.DbSize, DBSizeInUse: st.DbSizeInUse,
 			Revision: st.Header.Revision, Leader: st.Leader, MemberID: st.Header.MemberId,
 			IsLeader: st.Leader == st.Header.MemberId, RaftTerm: st.RaftTerm})
+	}
+	if answered == 0 && len(out) > 0 {
+		return out, fmt.Errorf("no etcd endpoint answered: %s: %s", out[0].Endpoint, out[0].Err)
 	}
 	return out, nil
 }

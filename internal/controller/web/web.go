@@ -21,6 +21,7 @@ import (
 	"net/url"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	apiv1 "github.com/corral-build/corral/api/v1"
 	"github.com/corral-build/corral/internal/controller"
@@ -53,7 +54,7 @@ func New(svc *controller.Service, log *slog.Logger) *Dashboard {
 	d := &Dashboard{svc: svc, log: log, mux: http.NewServeMux(), page: templates()}
 	d.api = http.StripPrefix("/ui", httpapi.NewWithAuth(svc, log, d.caller))
 	sub, _ := fs.Sub(static, "static")
-	d.mux.Handle("GET /ui/static/", http.StripPrefix("/ui/static/", cacheFor(time.Hour, http.FileServerFS(sub))))
+	d.mux.Handle("GET /ui/static/", http.StripPrefix("/ui/static/", cacheFor(time.Hour, validPaths(http.FileServerFS(sub)))))
 	d.mux.HandleFunc("GET /{$}", d.viewPage)
 	d.mux.HandleFunc("GET /login", d.loginPage)
 	d.mux.HandleFunc("POST /login", d.login)
@@ -77,6 +78,19 @@ func (d *Dashboard) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	h.Set("Referrer-Policy", "same-origin")
 	h.Set("Content-Security-Policy", "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; connect-src 'self'; frame-ancestors 'none'; form-action 'self'")
 	d.mux.ServeHTTP(w, r)
+}
+
+// validPaths answers 404 for a path no file can have (invalid UTF-8, a
+// NUL): the file server answered 500 for them.
+func validPaths(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		p := strings.TrimPrefix(r.URL.Path, "/")
+		if p != "" && !fs.ValidPath(strings.TrimSuffix(p, "/")) || strings.ContainsRune(p, 0) || !utf8.ValidString(p) {
+			http.NotFound(w, r)
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
 }
 
 func cacheFor(d time.Duration, h http.Handler) http.Handler {

@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/corral-build/corral/internal/registry"
 	"io"
 	"net/http"
 	"net/url"
@@ -274,7 +275,9 @@ func (g *guard) deny(w http.ResponseWriter, r *http.Request, n need, code int, e
 			scheme = "https"
 		}
 		ch := fmt.Sprintf(`Bearer realm="%s://%s/v2/token",service="%s"`, scheme, r.Host, regauth.Service)
-		if n.repo != "" {
+		// Only a valid name goes into the header: a request's path is the
+		// caller's to choose (control characters split headers).
+		if n.repo == "*" || n.repo != "" && registry.CheckRepoName(n.repo) == nil {
 			ch += fmt.Sprintf(`,scope="repository:%s:%s"`, n.repo, n.action)
 		}
 		w.Header().Set("WWW-Authenticate", ch)
