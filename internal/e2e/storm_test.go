@@ -200,6 +200,11 @@ func TestStorm(t *testing.T) {
 			slices.Sort(want)
 			if !slices.Equal(running, want) {
 				t.Errorf("node %s runs %v, the controller has Started there %v", n.name, running, want)
+				for _, r := range recs {
+					if slices.Contains(running, r.InstanceID) != slices.Contains(want, r.InstanceID) {
+						t.Errorf("instance %s: %s on node %q (slot held %v): %q", r.InstanceID, r.State, r.NodeID, r.SlotHeld, r.Message)
+					}
+				}
 			}
 		}
 	}

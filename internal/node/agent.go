@@ -67,6 +67,10 @@ type Agent struct {
 	fenced atomic.Bool
 	// joinSent is when the last join's request was sent (heartbeatLoop's).
 	joinSent time.Time
+	// fencedIDs: instances this node stopped by self-fencing (a.mu). Their
+	// assignments may still be listed until the controller has heard; they
+	// are not started again.
+	fencedIDs map[string]bool
 	// inFlight holds requests being worked on: distribute pulls, image saves.
 	inFlight map[string]bool
 	statusCh chan apiv1.InstanceStatus
@@ -87,7 +91,7 @@ func New(cfg Config) (*Agent, error) {
 		return nil, err
 	}
 	ctl.UseTLS(cfg.TLS)
-	a := &Agent{cfg: cfg, ctl: ctl, log: cfg.Log, instances: map[string]*instance{}, lost: map[string]bool{}, inFlight: map[string]bool{},
+	a := &Agent{cfg: cfg, ctl: ctl, log: cfg.Log, instances: map[string]*instance{}, lost: map[string]bool{}, inFlight: map[string]bool{}, fencedIDs: map[string]bool{},
 		statusCh: make(chan apiv1.InstanceStatus, 256), reportCh: make(chan struct{}, 1)}
 	if err := a.describe(); err != nil {
 		return nil, err
@@ -489,8 +493,9 @@ func (a *Agent) fence() {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.log.Warn("lease lost: stopping every VM on this node (self-fencing)", "vms", len(a.instances))
-	for _, in := range a.instances {
+	for id, in := range a.instances {
 		in.fenced.Store(true)
+		a.fencedIDs[id] = true
 		in.terminate()
 	}
 }

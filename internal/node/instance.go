@@ -18,13 +18,15 @@ type instance struct {
 	cancel  context.CancelFunc
 	ctx     context.Context
 	stopped sync.Once
-	// lost: this node ran the instance before it restarted; the VM is gone.
-	// lostBegun: its job may have begun then.
-	lost, lostBegun bool
+	// lost: this node ran the instance's job before it restarted; the VM
+	// is gone. (One whose VM was still booting simply boots again.)
+	lost bool
 	// shutdown: the agent is stopping, not the controller terminating.
 	shutdown atomic.Bool
 	// fenced: the node lost its lease and stops the VM itself.
 	fenced atomic.Bool
+	// begun: its job may have begun (Started reported or script run).
+	begun atomic.Bool
 
 	mu sync.Mutex
 	vm driver.VM // once booted
@@ -97,18 +99,14 @@ func (in *instance) fail(msg string, vm driver.VM, script *apiv1.ScriptResult, r
 // unassigns the instance or the agent shuts down (stopAll terminates it).
 func (in *instance) run() {
 	defer func() {
-		if !in.shutdown.Load() {
+		// A VM whose job may have run keeps its marker through a shutdown,
+		// so the agent's next run reports it lost.
+		if !in.shutdown.Load() || !in.begun.Load() {
 			in.a.clearRunning(in.as.InstanceID)
 		}
 	}()
-	if in.lost && !in.lostBegun {
-		// It was booting: nothing of its job ran, so it may run anywhere.
-		in.a.clearRunning(in.as.InstanceID)
-		in.report(apiv1.InstanceStatus{State: apiv1.StateScheduling, Requeue: true, Released: true,
-			Message: "VM lost while it booted: the node agent restarted"})
-		return
-	}
 	if in.lost {
+		in.begun.Store(true) // in its earlier life: its marker stays until the controller lets go
 		in.fail("VM lost: the node agent restarted while it ran", nil, nil, true)
 		in.waitTerminate()
 		return
@@ -183,9 +181,18 @@ func (in *instance) waitTerminate() {
 // endState is the report once the VM is gone: Terminated when the controller
 // asked, Error when the node agent itself is shutting down.
 func (in *instance) endState(info *apiv1.VMInfo) apiv1.InstanceStatus {
+	if in.fenced.Load() && !in.begun.Load() {
+		// Nothing of its job ran: the cloud may place it again.
+		return apiv1.InstanceStatus{State: apiv1.StateScheduling, Requeue: true, VMInfo: info, Released: true,
+			Message: "VM stopped before its job began: its node could not reach the controller for longer than its lease (self-fencing)"}
+	}
 	if in.fenced.Load() {
 		return apiv1.InstanceStatus{State: apiv1.StateError, VMInfo: info, Released: true,
 			Message: "VM stopped by its node: the node could not reach the controller for longer than its lease (self-fencing)"}
+	}
+	if in.shutdown.Load() && !in.begun.Load() {
+		return apiv1.InstanceStatus{State: apiv1.StateScheduling, Requeue: true, VMInfo: info, Released: true,
+			Message: "node agent shut down before its job began"}
 	}
 	if in.shutdown.Load() {
 		return apiv1.InstanceStatus{State: apiv1.StateError, Message: "node agent shut down; VM destroyed",
@@ -251,6 +258,7 @@ func (in *instance) boot() (driver.VM, bool) {
 func (in *instance) startupScript(vm driver.VM) bool {
 	spec := in.as.Spec
 	info := vm.Info()
+	in.begun.Store(true)
 	in.a.markBegun(in.as.InstanceID)
 	if len(spec.StartupScript) == 0 {
 		in.report(apiv1.InstanceStatus{State: apiv1.StateStarted, VMInfo: &info})

@@ -40,9 +40,13 @@ func (a *Agent) reconcile(desired []apiv1.Assignment, terminate []string) {
 			if as.Restarts > in.restarts() {
 				in.restart(as)
 			}
+		} else if a.fencedIDs[as.InstanceID] {
+			// Stopped by the fence: its report is on its way.
 		} else {
 			in := newInstance(a, as)
-			in.lostBegun, in.lost = a.lost[as.InstanceID]
+			// Lost while its VM booted: nothing of its job ran, and it
+			// is still this node's: it boots again.
+			in.lost = a.lost[as.InstanceID]
 			delete(a.lost, as.InstanceID)
 			a.instances[as.InstanceID] = in
 			a.wg.Add(1)
@@ -58,6 +62,11 @@ func (a *Agent) reconcile(desired []apiv1.Assignment, terminate []string) {
 	for id, in := range a.instances {
 		if !want[id] {
 			in.terminate()
+		}
+	}
+	for id := range a.fencedIDs {
+		if !want[id] {
+			delete(a.fencedIDs, id)
 		}
 	}
 	// Markers of instances terminated while this node was down.
