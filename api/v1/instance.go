@@ -206,18 +206,21 @@ func CheckMetadata(raw json.RawMessage) (json.RawMessage, error) {
 // StartSpec is a validated start request with defaults applied: what a node
 // needs to run one instance.
 type StartSpec struct {
-	VMID              string          `json:"vmid"`
-	TemplateName      string          `json:"template_name,omitempty"`
-	Tag               string          `json:"tag,omitempty"`
-	Version           *int            `json:"version,omitempty"` // tag number (from 0); nil: by tag or the latest
-	Count             int             `json:"count"`
-	Name              string          `json:"name,omitempty"`
-	NameTemplate      string          `json:"name_template,omitempty"`
-	ExternalID        string          `json:"external_id,omitempty"`
-	NodeID            string          `json:"node_id,omitempty"`
-	GroupID           string          `json:"group_id,omitempty"`
-	Priority          int             `json:"priority"`
-	StartupScript     []byte          `json:"startup_script,omitempty"`
+	VMID          string `json:"vmid"`
+	TemplateName  string `json:"template_name,omitempty"`
+	Tag           string `json:"tag,omitempty"`
+	Version       *int   `json:"version,omitempty"` // tag number (from 0); nil: by tag or the latest
+	Count         int    `json:"count"`
+	Name          string `json:"name,omitempty"`
+	NameTemplate  string `json:"name_template,omitempty"`
+	ExternalID    string `json:"external_id,omitempty"`
+	NodeID        string `json:"node_id,omitempty"`
+	GroupID       string `json:"group_id,omitempty"`
+	Priority      int    `json:"priority"`
+	StartupScript []byte `json:"startup_script,omitempty"`
+	// ScriptRef names the stored script (the controller's store keeps a
+	// start's script once, not in every instance); nodes get StartupScript.
+	ScriptRef         string          `json:"script_ref,omitempty"`
 	WaitForNetwork    bool            `json:"wait_for_network"`
 	ScriptMonitoring  bool            `json:"script_monitoring"`
 	ScriptTimeout     int             `json:"script_timeout"`

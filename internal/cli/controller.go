@@ -20,7 +20,7 @@ import (
 // controllerFlags are shared by `corral controller` and `corral up`.
 type controllerFlags struct {
 	listen, dataDir, etcdClientURL, etcdPeerURL, etcdName, registryURL, localRegistryURL, templatesFile, joinToken, defaultPermissionGroup, registryTokenSecret string
-	maxWaiting, maxWaitingPerCaller                                                                                                                             int
+	maxWaiting, maxWaitingPerCaller, maxInstanceBytes                                                                                                           int
 	etcdEndpoints                                                                                                                                               []string
 	compaction, leaseTTL, schedulerTTL, retention, defragInterval, sessionTTL                                                                                   time.Duration
 	standalone, enableAuth, enableAPIKeys, enableMetrics, showJoinToken                                                                                         bool
@@ -57,6 +57,7 @@ func (c *controllerFlags) register(f *flags, listenDefault string) {
 	f.Secret(&c.rootToken, "root-token", "root token: HTTP Basic with user root and this password", "ANKA_ROOT_TOKEN")
 	f.Int(&c.maxWaiting, "max-waiting-instances", controller.DefaultMaxWaiting, "instances not yet running (Scheduling, Pulling) the cloud holds at most; starts past it get HTTP 429 (-1: no limit)")
 	f.Int(&c.maxWaitingPerCaller, "max-waiting-instances-per-caller", 0, "instances not yet running one caller (API key, certificate, root) holds at most (0: no limit)")
+	f.Int(&c.maxInstanceBytes, "max-instance-bytes", controller.DefaultMaxInstanceBytes, "bytes the cloud's unfinished instances keep in etcd at most (records, metadata, startup scripts; each script once per start); starts past it get HTTP 429 (-1: no limit)")
 	f.Secret(&c.registryTokenSecret, "registry-token-secret", "secret the registry tokens this controller issues (to nodes, users, itself) are signed under: the registry's --token-secret (default: the root token)", "ANKA_REGISTRY_TOKEN_SECRET")
 	c.tls.register(f, "CA whose client certificates authenticate requests (with --enable-auth)")
 	c.registryTLS.register(f, "registry-", true, true)
@@ -122,7 +123,7 @@ func (c *controllerFlags) daemonConfig(log *slog.Logger) (daemon.Config, error) 
 		NodeLeaseTTL: c.leaseTTL, SchedulerTTL: c.schedulerTTL, InstanceRetention: c.retention, Log: log,
 		Auth: controller.AuthConfig{Enabled: c.enableAuth, RootToken: c.rootToken, APIKeys: c.enableAPIKeys,
 			DefaultPermissionGroup: c.defaultPermissionGroup, SessionTTL: c.sessionTTL, RegistryTokenSecret: c.registryTokenSecret},
-		MaxWaiting: c.maxWaiting, MaxWaitingPerCaller: c.maxWaitingPerCaller,
+		MaxWaiting: c.maxWaiting, MaxWaitingPerCaller: c.maxWaitingPerCaller, MaxInstanceBytes: c.maxInstanceBytes,
 		TLS: serverTLS, RegistryTLS: c.registryTLS.config(), DefragInterval: c.defragInterval,
 		EtcdUseTLS: c.etcdTLSOn, EtcdTLS: c.etcdTLS.config(), EtcdUsername: loginField(c.etcdLogin, c.etcdUser),
 		EtcdPassword:  loginField(c.etcdLogin, c.etcdPassword),

@@ -353,9 +353,17 @@ func (s *Service) WaitAssignments(ctx context.Context, nodeID string, since int6
 	for _, as := range d.Assignments {
 		if as.Terminate {
 			out.Terminate = append(out.Terminate, as.InstanceID)
-		} else {
-			out.Assignments = append(out.Assignments, as)
+			continue
 		}
+		if as.Spec.ScriptRef != "" && len(as.Spec.StartupScript) == 0 {
+			// Stored once per start; the node gets it inline.
+			script, err := s.st.Script(ctx, as.Spec.ScriptRef)
+			if err != nil {
+				return apiv1.Assignments{}, fmt.Errorf("startup script of instance %s: %w", as.InstanceID, err)
+			}
+			as.Spec.StartupScript = script
+		}
+		out.Assignments = append(out.Assignments, as)
 	}
 	return out, nil
 }

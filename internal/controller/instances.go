@@ -46,7 +46,8 @@ func (s *Service) StartInstances(ctx context.Context, spec apiv1.StartSpec) ([]s
 		}
 	}
 	caller := callerOf(ctx)
-	release, err := s.reserveWaiting(ctx, caller, spec.Count)
+	cost := int64(spec.Count)*(instanceRecordBytes+int64(len(spec.Metadata))) + int64(len(spec.StartupScript))
+	release, err := s.reserveWaiting(ctx, caller, spec.Count, cost)
 	if err != nil {
 		return nil, err
 	}
@@ -65,7 +66,7 @@ func (s *Service) StartInstances(ctx context.Context, spec apiv1.StartSpec) ([]s
 				InflightReqID: reqID, TS: now, CrTime: now, Arch: tmpl.Arch,
 				Priority: spec.Priority, Metadata: spec.Metadata,
 			},
-			Spec: spec, Caller: caller,
+			Spec: spec, Caller: caller, ScriptBytes: len(spec.StartupScript),
 		}
 	}
 	// All or nothing, and not cut short by a client that goes away: the

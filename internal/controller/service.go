@@ -44,6 +44,9 @@ type Config struct {
 	// those of one caller (0: no bound). Starts past them are refused.
 	MaxWaiting          int
 	MaxWaitingPerCaller int
+	// MaxInstanceBytes bounds what unfinished instances keep in etcd
+	// (DefaultMaxInstanceBytes when 0; negative: no bound).
+	MaxInstanceBytes int
 }
 
 // Service implements the controller's operations over the store.
@@ -65,6 +68,9 @@ func New(st *store.Store, registry Registry, cfg Config, log *slog.Logger) *Serv
 	}
 	if cfg.AssignmentPoll <= 0 {
 		cfg.AssignmentPoll = 30 * time.Second
+	}
+	if cfg.MaxInstanceBytes == 0 {
+		cfg.MaxInstanceBytes = DefaultMaxInstanceBytes
 	}
 	if cfg.MaxWaiting == 0 {
 		cfg.MaxWaiting = DefaultMaxWaiting

@@ -157,6 +157,9 @@ func (s *Scheduler) lead(ctx context.Context, fence clientv3.Cmp) {
 			} else if n > 0 {
 				s.log.Debug("purged finished instances", "count", n)
 			}
+			if _, err := s.st.PurgeScripts(ctx); err != nil && ctx.Err() == nil {
+				s.log.Warn("purge startup scripts", "err", err)
+			}
 			if _, err := s.st.PurgeFinishedImages(ctx, s.cfg.Retention); err != nil && ctx.Err() == nil {
 				s.log.Warn("purge save-image requests", "err", err)
 			}

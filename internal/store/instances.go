@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	"strings"
 	"time"
 
 	apiv1 "github.com/corral-build/corral/api/v1"
@@ -27,6 +29,8 @@ type InstanceRecord struct {
 	Caller string `json:"caller,omitempty"`
 	// Restarts counts the restarts asked for; the assignment carries it.
 	Restarts int `json:"restarts,omitempty"`
+	// ScriptBytes is the size of its stored startup script (Spec.ScriptRef).
+	ScriptBytes int `json:"script_bytes,omitempty"`
 }
 
 // Finished reports whether the instance will never run again.
@@ -45,7 +49,10 @@ func (r *InstanceRecord) Requeue(why string) {
 	r.NodeID, r.SlotHeld, r.VMInfo = "", false, nil
 }
 
-// CreateInstances stores new instances in one transaction.
+// CreateInstances stores new instances in one transaction. A startup
+// script they share is stored once (scripts/<request id>, in the first
+// batch's transaction) and the records name it: 1000 instances of a 128
+// KiB script wrote 128 MB, and every later update of each rewrote it.
 func (s *Store) CreateInstances(ctx context.Context, recs []InstanceRecord) error {
 	// etcd caps a transaction's operations (128 by default) and a request's
 	// bytes (1.5 MiB by default): batch by both.
@@ -53,6 +60,23 @@ func (s *Store) CreateInstances(ctx context.Context, recs []InstanceRecord) erro
 	var ops []clientv3.Op
 	var cmps []clientv3.Cmp
 	size := 0
+	scriptKey := ""
+	if len(recs) > 0 && len(recs[0].Spec.StartupScript) > 0 && recs[0].InflightReqID != "" {
+		ref, script := recs[0].InflightReqID, recs[0].Spec.StartupScript
+		scriptKey = s.scriptKey(ref)
+		cmps = append(cmps, clientv3.Compare(clientv3.CreateRevision(scriptKey), "=", 0))
+		ops = append(ops, clientv3.OpPut(scriptKey, string(script)))
+		size += len(script)
+		for i := range recs {
+			recs[i].Spec.StartupScript, recs[i].Spec.ScriptRef = nil, ref
+		}
+	}
+	for i := range recs {
+		// Kept once, in the instance (what the API shows).
+		if string(recs[i].Spec.Metadata) == string(recs[i].Metadata) {
+			recs[i].Spec.Metadata = nil
+		}
+	}
 	flush := func() error {
 		if len(ops) == 0 {
 			return nil
@@ -77,6 +101,9 @@ func (s *Store) CreateInstances(ctx context.Context, recs []InstanceRecord) erro
 		for _, r := range recs[:written] {
 			_, _ = s.cli.Delete(rctx, s.instanceKey(r.InstanceID))
 		}
+		if scriptKey != "" && written > 0 {
+			_, _ = s.cli.Delete(rctx, scriptKey)
+		}
 		return err
 	}
 	for i, r := range recs {
@@ -96,6 +123,79 @@ func (s *Store) CreateInstances(ctx context.Context, recs []InstanceRecord) erro
 		return rollback(err)
 	}
 	return nil
+}
+
+// Script returns a stored startup script (immutable: cached).
+func (s *Store) Script(ctx context.Context, ref string) ([]byte, error) {
+	if b, ok := s.scripts.get(ref); ok {
+		return b, nil
+	}
+	resp, err := s.cli.Get(ctx, s.scriptKey(ref))
+	if err != nil {
+		return nil, fmt.Errorf("startup script %s: %w", ref, err)
+	}
+	if len(resp.Kvs) == 0 {
+		return nil, ErrNotFound
+	}
+	b := resp.Kvs[0].Value
+	s.scripts.put(ref, b)
+	return b, nil
+}
+
+// PurgeScripts deletes stored scripts no instance names any more. A script
+// is written with its first instances, so one that is older than the view
+// (or the listing) and named by none of its instances is orphaned for good.
+func (s *Store) PurgeScripts(ctx context.Context) (int, error) {
+	named := map[string]bool{}
+	var asOf int64
+	if v := s.view; v != nil {
+		v.mu.RLock()
+		if v.synced {
+			asOf = v.rev
+			for _, in := range v.instances {
+				if in.Spec.ScriptRef != "" {
+					named[in.Spec.ScriptRef] = true
+				}
+			}
+		}
+		v.mu.RUnlock()
+	}
+	var scripts []*mvccpb.KeyValue
+	if asOf == 0 {
+		// Both lists at one revision.
+		resp, err := s.cli.Txn(ctx).Then(clientv3.OpGet(s.prefix+"instances/", clientv3.WithPrefix()),
+			clientv3.OpGet(s.prefix+"scripts/", clientv3.WithPrefix(), clientv3.WithKeysOnly())).Commit()
+		if err != nil {
+			return 0, fmt.Errorf("list scripts: %w", err)
+		}
+		asOf = resp.Header.Revision
+		for _, kv := range resp.Responses[0].GetResponseRange().Kvs {
+			var r InstanceRecord
+			if json.Unmarshal(kv.Value, &r) == nil && r.Spec.ScriptRef != "" {
+				named[r.Spec.ScriptRef] = true
+			}
+		}
+		scripts = resp.Responses[1].GetResponseRange().Kvs
+	} else {
+		resp, err := s.cli.Get(ctx, s.prefix+"scripts/", clientv3.WithPrefix(), clientv3.WithKeysOnly())
+		if err != nil {
+			return 0, fmt.Errorf("list scripts: %w", err)
+		}
+		scripts = resp.Kvs
+	}
+	n := 0
+	for _, kv := range scripts {
+		ref := strings.TrimPrefix(string(kv.Key), s.prefix+"scripts/")
+		if named[ref] || kv.CreateRevision > asOf {
+			continue
+		}
+		if _, err := s.cli.Delete(ctx, string(kv.Key)); err != nil {
+			return n, fmt.Errorf("delete script %s: %w", ref, err)
+		}
+		s.scripts.drop(ref)
+		n++
+	}
+	return n, nil
 }
 
 // GetInstance returns one instance: one linearizable read of its key from

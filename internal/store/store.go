@@ -19,6 +19,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
+	"sync"
 	"sync/atomic"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -45,6 +47,53 @@ type Store struct {
 	viewLists atomic.Int64
 	renew     renewer
 	group     groupCommit // instance updates (creates commit on their own)
+	scripts   scriptCache // stored startup scripts, immutable
+}
+
+// scriptCache keeps recently read startup scripts, up to 64 MiB: every
+// long-poll answer carries its node's scripts.
+type scriptCache struct {
+	mu    sync.Mutex
+	m     map[string][]byte
+	order []string
+	bytes int
+}
+
+const scriptCacheBytes = 64 << 20
+
+func (c *scriptCache) get(ref string) ([]byte, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	b, ok := c.m[ref]
+	return b, ok
+}
+
+func (c *scriptCache) put(ref string, b []byte) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.m == nil {
+		c.m = map[string][]byte{}
+	}
+	if _, ok := c.m[ref]; ok || len(b) > scriptCacheBytes {
+		return
+	}
+	for c.bytes+len(b) > scriptCacheBytes && len(c.order) > 0 {
+		old := c.order[0]
+		c.order = c.order[1:]
+		c.bytes -= len(c.m[old])
+		delete(c.m, old)
+	}
+	c.m[ref], c.order, c.bytes = b, append(c.order, ref), c.bytes+len(b)
+}
+
+func (c *scriptCache) drop(ref string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if b, ok := c.m[ref]; ok {
+		c.bytes -= len(b)
+		delete(c.m, ref)
+		c.order = slices.DeleteFunc(c.order, func(r string) bool { return r == ref })
+	}
 }
 
 // New returns a Store using keys under prefix ("/corral/" when empty).
@@ -64,6 +113,7 @@ func (s *Store) Key(rel string) string { return s.prefix + rel }
 func (s *Store) nodeKey(id string) string           { return s.prefix + "nodes/" + id }
 func (s *Store) aliveKey(id string) string          { return s.prefix + "alive/" + id }
 func (s *Store) disjoinedKey(id string) string      { return s.prefix + "disjoined/" + id }
+func (s *Store) scriptKey(ref string) string        { return s.prefix + "scripts/" + ref }
 func (s *Store) groupKey(id string) string          { return s.prefix + "groups/" + id }
 func (s *Store) instanceKey(id string) string       { return s.prefix + "instances/" + id }
 func (s *Store) assignPrefix(node string) string    { return s.prefix + "assign/" + node + "/" }

@@ -46,6 +46,7 @@ type Options struct {
 	Auth         controller.AuthConfig
 	// MaxWaiting, MaxWaitingPerCaller: the controllers' limits.
 	MaxWaiting, MaxWaitingPerCaller int
+	MaxInstanceBytes                int
 	// EventMaxCount, EventWebhook, EventWebhookSecret: daemon.Config's.
 	EventMaxCount                    int
 	EventWebhook, EventWebhookSecret string
@@ -184,7 +185,7 @@ func (c *Cluster) StartController(opts Options) *daemon.Daemon {
 		registryURL = c.RegistryProxy.URL
 	}
 	d, err := daemon.Start(context.Background(), daemon.Config{
-		RegistryURL: registryURL, Auth: opts.Auth, MaxWaiting: opts.MaxWaiting, MaxWaitingPerCaller: opts.MaxWaitingPerCaller,
+		RegistryURL: registryURL, Auth: opts.Auth, MaxWaiting: opts.MaxWaiting, MaxWaitingPerCaller: opts.MaxWaitingPerCaller, MaxInstanceBytes: opts.MaxInstanceBytes,
 		ListenAddr: "127.0.0.1:0", EtcdEndpoints: []string{c.Etcd.ClientURL},
 		TemplatesFile: c.TemplatesFile, JoinToken: "test-token", EtcdLogLevel: etcdLogLevel(),
 		NodeLeaseTTL: or(opts.LeaseTTL, 2*time.Second), SchedulerTTL: or(opts.SchedulerTTL, 2*time.Second),

@@ -62,6 +62,7 @@ type Config struct {
 	Auth               controller.AuthConfig
 	// MaxWaiting, MaxWaitingPerCaller: controller.Config's.
 	MaxWaiting, MaxWaitingPerCaller int
+	MaxInstanceBytes                int
 	// TLS serves HTTPS (with optional client-certificate auth); RegistryTLS is
 	// how the controller trusts an HTTPS registry.
 	TLS         tlsconfig.Server
@@ -188,7 +189,7 @@ func Start(ctx context.Context, cfg Config) (*Daemon, error) {
 	d.Service = controller.New(st, reg, controller.Config{
 		RegistryURL:  cfg.RegistryURL,
 		NodeLeaseTTL: cfg.NodeLeaseTTL, AssignmentPoll: cfg.AssignmentLongPoll, Auth: cfg.Auth,
-		MaxWaiting: cfg.MaxWaiting, MaxWaitingPerCaller: cfg.MaxWaitingPerCaller,
+		MaxWaiting: cfg.MaxWaiting, MaxWaitingPerCaller: cfg.MaxWaitingPerCaller, MaxInstanceBytes: cfg.MaxInstanceBytes,
 	}, log)
 
 	ln, err := net.Listen("tcp", cfg.ListenAddr)

@@ -80,11 +80,14 @@ func (a *API) failure(r *http.Request, err error) (int, string) {
 	var mismatch *controller.NodeMismatchError
 	var limit *controller.LimitError
 	var identity *controller.NodeIdentityError
+	var bytesLimit *controller.BytesLimitError
 	switch {
 	case errors.As(err, &identity):
 		return http.StatusForbidden, identity.Error()
 	case errors.As(err, &limit):
 		return http.StatusTooManyRequests, limit.Error()
+	case errors.As(err, &bytesLimit):
+		return http.StatusTooManyRequests, bytesLimit.Error()
 	case errors.As(err, &denied):
 		return http.StatusForbidden, denied.Error()
 	case errors.As(err, &mismatch):
