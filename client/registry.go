@@ -76,12 +76,14 @@ func (r *Registry) UseTLS(cfg *tls.Config) {
 func (r *Registry) URL() string { return r.base }
 
 // withRetry runs fn under the client's retry policy: a FAIL answer other
-// than 5xx or 429 is final; network errors and attempt deadlines are retried.
+// than 5xx or 429 is final, and so is 507 (the registry is full: a retry
+// would only fill it again); network errors and attempt deadlines are
+// retried.
 func (r *Registry) withRetry(ctx context.Context, what string, fn func(ctx context.Context) error) error {
 	err := r.Retry.Do(ctx, func(ctx context.Context) error {
 		err := fn(ctx)
 		var fe *FailError
-		if errors.As(err, &fe) && fe.HTTPStatus < 500 && fe.HTTPStatus != http.StatusTooManyRequests {
+		if errors.As(err, &fe) && (fe.HTTPStatus < 500 && fe.HTTPStatus != http.StatusTooManyRequests || fe.HTTPStatus == http.StatusInsufficientStorage) {
 			return retry.Permanent(err)
 		}
 		return err

@@ -26,6 +26,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"syscall"
 	"time"
 
 	apiv1 "github.com/corral-build/corral/api/v1"
@@ -68,6 +69,28 @@ type Registry struct {
 
 	packs *packIndex
 	loose looseState
+
+	// OnNoSpace, when set, hears that a write failed for want of space
+	// (the daemon collects garbage at once then).
+	OnNoSpace func()
+}
+
+// IsNoSpace reports whether err is a store out of space (or quota).
+func IsNoSpace(err error) bool {
+	return errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT)
+}
+
+// NoSpace reports a write that failed for want of space and returns the
+// store's free bytes (-1 when it cannot say).
+func (r *Registry) NoSpace(ctx context.Context) int64 {
+	if r.OnNoSpace != nil {
+		r.OnNoSpace()
+	}
+	_, free, err := r.st.Usage(ctx)
+	if err != nil {
+		return -1
+	}
+	return free
 }
 
 // DefaultGCLockTTL bounds how long a GC run that died keeps others from

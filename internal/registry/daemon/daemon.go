@@ -81,6 +81,13 @@ func Start(cfg Config) (*Daemon, error) {
 	if cfg.GCGrace > 0 {
 		reg.Grace = cfg.GCGrace
 	}
+	full := make(chan struct{}, 1)
+	reg.OnNoSpace = func() {
+		select {
+		case full <- struct{}{}:
+		default: // one is already asked
+		}
+	}
 	if cfg.UploadTTL > 0 {
 		reg.UploadTTL = cfg.UploadTTL
 	}
@@ -136,6 +143,8 @@ func Start(cfg Config) (*Daemon, error) {
 		defer t.Stop()
 		low := time.NewTicker(cmp.Or(cfg.LowSpaceCheck, 30*time.Second))
 		defer low.Stop()
+		lowGrace := min(reg.Grace, cmp.Or(cfg.LowSpaceGrace, 2*time.Minute))
+		var fullUntil time.Time
 		gc := func(grace time.Duration) {
 			stats, err := reg.GCWithGrace(ctx, grace)
 			if err != nil && !errors.Is(err, registry.ErrGCRunning) && ctx.Err() == nil {
@@ -151,7 +160,20 @@ func Start(cfg Config) (*Daemon, error) {
 				return
 			case <-t.C:
 				gc(reg.Grace)
+			case <-full:
+				// A write just failed for want of space: well before
+				// the 5% mark on a volume written in big pieces. Collect
+				// now, and at every low-space check for the next ten
+				// minutes, so what the failed push wrote (and templates
+				// deleted to make room) goes once its grace is over.
+				log.Warn("store full: collecting garbage now and at every low-space check for 10 minutes")
+				fullUntil = time.Now().Add(10 * time.Minute)
+				gc(lowGrace)
 			case <-low.C:
+				if time.Now().Before(fullUntil) {
+					gc(lowGrace)
+					continue
+				}
 				total, free, err := backend.Usage(ctx)
 				threshold := cfg.LowSpace
 				if threshold == 0 {
@@ -161,7 +183,7 @@ func Start(cfg Config) (*Daemon, error) {
 					continue
 				}
 				log.Warn("store low on space: collecting garbage early", "free_bytes", free, "threshold_bytes", threshold)
-				gc(min(reg.Grace, cmp.Or(cfg.LowSpaceGrace, 2*time.Minute)))
+				gc(lowGrace)
 			}
 		}
 	}()

@@ -140,9 +140,24 @@ func (a *api) failure(r *http.Request, err error) (int, envelope) {
 		return http.StatusOK, envelope{Status: "FAIL", Message: apiv1.MsgNoSuchTag(r.URL.Query().Get("tag")), Code: 404, ExceptionType: "NotFound"}
 	case errors.Is(err, registry.ErrNotFound):
 		return http.StatusOK, envelope{Status: "FAIL", Message: apiv1.MsgNotFound, Code: 404, ExceptionType: "NotFound"}
+	case registry.IsNoSpace(err):
+		msg := a.noSpace(r, err)
+		return http.StatusInsufficientStorage, envelope{Status: "FAIL", Message: msg, Code: 507, ExceptionType: "InsufficientStorage"}
 	}
 	a.log.Error("registry request failed", "method", r.Method, "path", r.URL.Path, "err", err)
-	return http.StatusInternalServerError, envelope{Status: "FAIL", Message: "internal error: " + err.Error(), Code: 500, ExceptionType: "Internal"}
+	// The log has the error; the caller gets no server paths.
+	return http.StatusInternalServerError, envelope{Status: "FAIL", Message: "internal error (the registry's log says more)", Code: 500, ExceptionType: "Internal"}
+}
+
+// noSpace answers a write that found the store full: what is free, never
+// where; and garbage collection starts at once.
+func (a *api) noSpace(r *http.Request, err error) string {
+	free := a.reg.NoSpace(r.Context())
+	a.log.Warn("registry store is full: the write was refused and garbage collection starts now", "method", r.Method, "path", r.URL.Path, "free_bytes", free, "err", err)
+	if free < 0 {
+		return "registry storage is full: nothing was stored; delete templates or grow the registry's volume, then push again"
+	}
+	return fmt.Sprintf("registry storage is full (%d bytes free): nothing was stored; delete templates or grow the registry's volume, then push again", free)
 }
 
 func writeJSON(w http.ResponseWriter, code int, v any) {

@@ -45,12 +45,15 @@ func (a *api) oci(w http.ResponseWriter, r *http.Request) {
 
 func (a *api) ociFail(w http.ResponseWriter, r *http.Request, err error) {
 	var oe *registry.OCIError
-	if !errors.As(err, &oe) {
-		if r.Context().Err() != nil {
-			return
-		}
+	switch {
+	case errors.As(err, &oe):
+	case r.Context().Err() != nil:
+		return
+	case registry.IsNoSpace(err):
+		oe = &registry.OCIError{Status: http.StatusInsufficientStorage, Code: "UNKNOWN", Message: a.noSpace(r, err)}
+	default:
 		a.log.Error("oci request failed", "method", r.Method, "path", r.URL.Path, "err", err)
-		oe = &registry.OCIError{Status: http.StatusInternalServerError, Code: "UNKNOWN", Message: err.Error()}
+		oe = &registry.OCIError{Status: http.StatusInternalServerError, Code: "UNKNOWN", Message: "internal error (the registry's log says more)"}
 	}
 	type item struct {
 		Code    string `json:"code"`
