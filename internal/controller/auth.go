@@ -188,7 +188,9 @@ func (s *Service) Hand(ctx context.Context, id string) (string, error) {
 		return "", fmt.Errorf("api key %s: %w", id, err)
 	}
 	secret := randomHex(24)
-	if err := s.st.PutExpiring(ctx, "auth/hand/"+id, secretHash(secret), time.Minute); err != nil {
+	// One key per pending handshake: a flood of hands for this key id
+	// cannot replace the one a real client is completing.
+	if err := s.st.PutExpiring(ctx, "auth/hand/"+id+"/"+secretHash(secret), "1", time.Minute); err != nil {
 		return "", err
 	}
 	enc, err := rsa.EncryptOAEP(sha256.New(), rand.Reader, pub, []byte(secret), nil)
@@ -207,9 +209,13 @@ func (s *Service) Shake(ctx context.Context, id, secret string) (Session, error)
 	if !validSecretID(id) {
 		return Session{}, ErrAuth
 	}
-	want, err := s.st.TakeExpiring(ctx, "auth/hand/"+id)
-	if err != nil || subtle.ConstantTimeCompare([]byte(want), []byte(secretHash(secret))) != 1 {
+	if secret == "" || len(secret) > 128 {
 		return Session{}, ErrAuth
+	}
+	if _, err := s.st.TakeExpiring(ctx, "auth/hand/"+id+"/"+secretHash(secret)); errors.Is(err, store.ErrNotFound) {
+		return Session{}, ErrAuth
+	} else if err != nil {
+		return Session{}, err
 	}
 	ttl := s.cfg.Auth.SessionTTL
 	if ttl <= 0 {

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"os"
 	"path/filepath"
 	"slices"
@@ -182,7 +183,7 @@ func (a *Agent) join(ctx context.Context) (apiv1.JoinResponse, error) {
 		switch {
 		case errors.Is(err, client.ErrUnauthorized):
 			return retry.Permanent(fmt.Errorf("join %s: the join token was rejected (see the controller's startup output)", a.ctl.URL()))
-		case errors.As(err, &fe) && fe.HTTPStatus < 500:
+		case errors.As(err, &fe) && fe.HTTPStatus < 500 && fe.HTTPStatus != http.StatusTooManyRequests:
 			return retry.Permanent(fmt.Errorf("join %s as node %s refused: %w", a.ctl.URL(), a.report.NodeID, err))
 		case err != nil:
 			a.log.Warn("join failed, retrying", "err", err)

@@ -12,7 +12,7 @@ import (
 // Auth keys (under the prefix):
 //
 //	apikeys/<id>        PEM public key of an API key
-//	auth/hand/<id>            SHA-256 of a pending handshake secret (lease-bound, 60 s)
+//	auth/hand/<id>/<hash>     a pending handshake: its secret's SHA-256 (lease-bound, 60 s)
 //	auth/session/<id>/<sid>   SHA-256 of a session token issued to key <id> (lease-bound)
 //
 // Secrets are stored hashed: a copy of etcd holds nothing usable as a
@@ -47,7 +47,7 @@ func (s *Store) APIKeys(ctx context.Context) ([]string, error) {
 func (s *Store) DeleteAPIKey(ctx context.Context, id string) error {
 	key := s.prefix + "apikeys/" + id
 	resp, err := s.cli.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(key), ">", 0)).
-		Then(clientv3.OpDelete(key), clientv3.OpDelete(s.prefix+"auth/hand/"+id),
+		Then(clientv3.OpDelete(key), clientv3.OpDelete(s.prefix+"auth/hand/"+id+"/", clientv3.WithPrefix()),
 			clientv3.OpDelete(s.prefix+SessionPrefix(id), clientv3.WithPrefix())).Commit()
 	if err != nil {
 		return fmt.Errorf("delete api key %s: %w", id, err)

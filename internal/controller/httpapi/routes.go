@@ -4,6 +4,7 @@
 package httpapi
 
 import (
+	"github.com/corral-build/corral/internal/httpserve"
 	"log/slog"
 	"net/http"
 
@@ -16,7 +17,17 @@ type API struct {
 	log *slog.Logger
 	// authn finds who a request comes from (the API: its credentials).
 	authn Authenticator
+	// open limits the routes anyone may call without credentials
+	// (handshakes, joins) per client address.
+	open *httpserve.PerAddress
 }
+
+// Rate limits of the routes callers reach without credentials, per client
+// address: a flood gets 429, real callers elsewhere are not slowed.
+const (
+	OpenRouteRate  = 10 // requests a second
+	OpenRouteBurst = 40
+)
 
 // Authenticator finds a request's caller.
 type Authenticator func(r *http.Request) (controller.Identity, error)
@@ -31,7 +42,7 @@ func New(svc *controller.Service, log *slog.Logger) http.Handler {
 // NewWithAuth is New with callers found by authn (the dashboard's session
 // cookie): the same routes and the same permission checks.
 func NewWithAuth(svc *controller.Service, log *slog.Logger, authn Authenticator) http.Handler {
-	a := &API{svc: svc, log: log, authn: authn}
+	a := &API{svc: svc, log: log, authn: authn, open: httpserve.NewPerAddress(OpenRouteRate, OpenRouteBurst)}
 	mux := http.NewServeMux()
 	for _, rt := range a.routes() {
 		mux.Handle(rt.pattern, rt.handler)
@@ -102,7 +113,7 @@ func (a *API) routes() []route {
 	mux.Handle("DELETE /api/v1/permission-group", h(a.deletePermissionGroup))
 
 	// The node agents' protocol, authenticated by the join token.
-	mux.Handle("POST /api/v1/agent/join", a.joiner(h(a.agentJoin)))
+	mux.Handle("POST /api/v1/agent/join", a.open.Wrap(a.joiner(h(a.agentJoin))))
 	mux.Handle("POST /api/v1/agent/heartbeat", a.agent(h(a.agentHeartbeat)))
 	mux.Handle("POST /api/v1/agent/leave", a.agent(h(a.agentLeave)))
 	mux.Handle("POST /api/v1/agent/report", a.agent(h(a.agentReport)))
@@ -111,8 +122,8 @@ func (a *API) routes() []route {
 	mux.Handle("POST /api/v1/agent/prefetch", a.agent(h(a.agentPrefetch)))
 	mux.Handle("POST /api/v1/agent/image", a.agent(h(a.agentImage)))
 
-	mux.HandleFunc("POST /tap/v1/hand", a.tapHand)
-	mux.HandleFunc("POST /tap/v1/shake", a.tapShake)
+	mux.Handle("POST /tap/v1/hand", a.open.Wrap(http.HandlerFunc(a.tapHand)))
+	mux.Handle("POST /tap/v1/shake", a.open.Wrap(http.HandlerFunc(a.tapShake)))
 
 	mux.Handle("POST /api/v1/join-token", h(a.rotateJoinToken))
 

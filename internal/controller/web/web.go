@@ -14,6 +14,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"github.com/corral-build/corral/internal/httpserve"
 	"html/template"
 	"io/fs"
 	"log/slog"
@@ -57,7 +58,7 @@ func New(svc *controller.Service, log *slog.Logger) *Dashboard {
 	d.mux.Handle("GET /ui/static/", http.StripPrefix("/ui/static/", cacheFor(time.Hour, validPaths(http.FileServerFS(sub)))))
 	d.mux.HandleFunc("GET /{$}", d.viewPage)
 	d.mux.HandleFunc("GET /login", d.loginPage)
-	d.mux.HandleFunc("POST /login", d.login)
+	d.mux.Handle("POST /login", httpserve.NewPerAddress(httpapi.OpenRouteRate, httpapi.OpenRouteBurst).Wrap(http.HandlerFunc(d.login)))
 	d.mux.HandleFunc("POST /logout", d.logout)
 	d.mux.HandleFunc("GET /ui/view/{name}", d.fragment)
 	d.mux.HandleFunc("GET /ui/instance", d.instancePage)
