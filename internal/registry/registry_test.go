@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -65,6 +66,16 @@ func TestCommitValidation(t *testing.T) {
 		{func(c *apiv1.CommitRequest) { c.Manifest.Files[0].Size = 5 * chunk.Size }, "manifest.files[0].chunks"},
 		{func(c *apiv1.CommitRequest) { c.Manifest.Files[0].Chunks[0] = "xyz" }, "manifest.files[0].chunks"},
 		{func(c *apiv1.CommitRequest) { c.Manifest.Files = nil }, "manifest.files"},
+		// One chunk named 1.2 million times: a "1.2 TB template" was accepted.
+		{func(c *apiv1.CommitRequest) {
+			c.Manifest.Files[0].Chunks = slices.Repeat([]string{ok}, 1_200_000)
+			c.Manifest.Files[0].Size = 1_200_000 * chunk.Size
+		}, "manifest.files"},
+		{func(c *apiv1.CommitRequest) {
+			for i := range registry.MaxTemplateFiles {
+				c.Manifest.Files = append(c.Manifest.Files, apiv1.ManifestFile{Name: fmt.Sprint("f", i), Role: apiv1.RoleState})
+			}
+		}, "manifest.files"},
 	}
 	for _, tc := range tests {
 		req := commitReq("t", "v1", ok)

@@ -422,6 +422,13 @@ func (r *Registry) resolveTemplate(ctx context.Context, req apiv1.CommitRequest)
 	return t, err
 }
 
+// Bounds of one tag: its files and their total size (a manifest naming one
+// chunk 1.2 million times, a "1.2 TB template", was accepted).
+const (
+	MaxTemplateFiles = 64
+	MaxTemplateBytes = 1 << 40
+)
+
 func validateCommit(req apiv1.CommitRequest) error {
 	switch {
 	case req.TemplateID == "" && !validName.MatchString(req.Template):
@@ -436,6 +443,15 @@ func validateCommit(req apiv1.CommitRequest) error {
 		return &InvalidError{"manifest.chunk_size", fmt.Sprintf("must be %d", chunk.Size)}
 	case len(req.Manifest.Files) == 0:
 		return &InvalidError{"manifest.files", "a tag needs at least one file"}
+	case len(req.Manifest.Files) > MaxTemplateFiles:
+		return &InvalidError{"manifest.files", fmt.Sprintf("at most %d files, got %d", MaxTemplateFiles, len(req.Manifest.Files))}
+	}
+	var total int64
+	for _, f := range req.Manifest.Files {
+		if f.Size > MaxTemplateBytes || total+f.Size > MaxTemplateBytes {
+			return &InvalidError{"manifest.files", fmt.Sprintf("a template of at most %d bytes (1 TiB), got more", int64(MaxTemplateBytes))}
+		}
+		total += max(f.Size, 0)
 	}
 	names := map[string]bool{}
 	for i, f := range req.Manifest.Files {
