@@ -6,6 +6,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"github.com/corral-build/corral/internal/store"
 	"slices"
 	"strings"
 	"time"
@@ -52,6 +53,22 @@ func (s *Service) RegistryToken(ctx context.Context, header string, cert *x509.C
 	return regauth.Response(tok, c), nil
 }
 
+// tokenCaller renews a registry token an API key was issued (the registry
+// asks, to learn whether the key still holds): the key must still exist,
+// and it gets what its permissions allow now.
+func (s *Service) tokenCaller(ctx context.Context, c regauth.Claims) (string, func(string) bool, error) {
+	id, ok := strings.CutPrefix(c.Subject, "key:")
+	if !ok {
+		return "", nil, ErrAuth
+	}
+	if _, err := s.st.APIKey(ctx, id); errors.Is(err, store.ErrNotFound) {
+		return "", nil, ErrAuth
+	} else if err != nil {
+		return "", nil, err
+	}
+	return s.identityGrants(ctx, Identity{Subjects: []string{c.Subject}})
+}
+
 // registryCaller authenticates a token request. Besides the API's own
 // credentials it takes a node's credential (Bearer, or as a Basic password)
 // and an API-key session token as a Basic password, which is how `docker
@@ -59,6 +76,11 @@ func (s *Service) RegistryToken(ctx context.Context, header string, cert *x509.C
 func (s *Service) registryCaller(ctx context.Context, header string, cert *x509.Certificate) (string, func(string) bool, error) {
 	if !s.cfg.Auth.Enabled {
 		return "anonymous", func(string) bool { return true }, nil
+	}
+	if tok, ok := strings.CutPrefix(header, "Bearer "); ok && strings.Count(tok, ".") == 2 {
+		if c, err := s.regKey.Verify(tok, time.Now()); err == nil {
+			return s.tokenCaller(ctx, c)
+		}
 	}
 	user, pass, isBasic := basicAuth(header)
 	rootBasic := isBasic && (user == "root" || user == "")
@@ -85,6 +107,12 @@ func (s *Service) registryCaller(ctx context.Context, header string, cert *x509.
 	if err != nil {
 		return "", nil, err
 	}
+	return s.identityGrants(ctx, id)
+}
+
+// identityGrants is what a user's registry token may hold: pull with the
+// view permission, push and delete with manage_templates.
+func (s *Service) identityGrants(ctx context.Context, id Identity) (string, func(string) bool, error) {
 	perms := map[string]error{}
 	allowed := func(action string) bool {
 		perm := apiv1.PermView

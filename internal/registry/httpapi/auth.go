@@ -170,7 +170,19 @@ func (g *guard) identify(r *http.Request) (regauth.Claims, error) {
 	case h == "":
 		return regauth.Claims{}, errNoCredential
 	case strings.HasPrefix(h, "Bearer "):
-		return g.key.Verify(strings.TrimPrefix(h, "Bearer "), g.now())
+		c, err := g.key.Verify(strings.TrimPrefix(h, "Bearer "), g.now())
+		if err != nil || !strings.HasPrefix(c.Subject, "key:") || g.cfg.ControllerURL == "" {
+			return c, err
+		}
+		// An API key's token holds only while the key and its
+		// permissions do: the controller is asked again (at most every
+		// 10 s per token), and the answer, never more than the token
+		// asked for, is what the caller may do now.
+		fresh, err := g.exchange(r.Context(), h, scopesOf(c.Access))
+		if err != nil {
+			return regauth.Claims{}, fmt.Errorf("the token's API key no longer holds: %w", err)
+		}
+		return fresh, nil
 	case strings.HasPrefix(h, "Basic "):
 		user, pass, ok := r.BasicAuth()
 		if !ok {
@@ -182,6 +194,17 @@ func (g *guard) identify(r *http.Request) (regauth.Claims, error) {
 		return g.exchange(r.Context(), h, []string{"repository:*:pull,push,delete"})
 	}
 	return regauth.Claims{}, errors.New("unsupported Authorization scheme (want Basic or Bearer)")
+}
+
+// scopesOf is access as the token spec's scopes.
+func scopesOf(access []regauth.Access) []string {
+	var out []string
+	for _, a := range access {
+		if len(a.Actions) > 0 {
+			out = append(out, a.Type+":"+a.Name+":"+strings.Join(a.Actions, ","))
+		}
+	}
+	return out
 }
 
 func (g *guard) isRoot(user, pass string) bool {
