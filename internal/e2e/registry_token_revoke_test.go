@@ -86,4 +86,3 @@ func waitCode(t *testing.T, what string, want int, call func() int) {
 		time.Sleep(250 * time.Millisecond) // polling the registry
 	}
 }
-
