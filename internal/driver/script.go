@@ -27,6 +27,10 @@ func RunScript(ctx context.Context, cmd *exec.Cmd, script []byte) (apiv1.ScriptR
 		res.DidTimeout, res.ReturnCode = true, -1
 	case errors.As(err, &exit):
 		res.ReturnCode = exit.ExitCode()
+	case errors.Is(err, exec.ErrWaitDelay) && cmd.ProcessState != nil:
+		// The script ended; a process it left running holds its output
+		// open (`server &`): that is the script's result, not a failure.
+		res.ReturnCode = cmd.ProcessState.ExitCode()
 	case err != nil:
 		return res, fmt.Errorf("startup script: %w", err)
 	}

@@ -54,3 +54,14 @@ func TestTailBuffer(t *testing.T) {
 		t.Errorf("after a small write: %.60q", got)
 	}
 }
+
+// A script that leaves a process running (`server &`) ended: its exit code
+// is its result. It was "startup script could not run: exec: WaitDelay
+// expired before I/O complete".
+func TestScriptLeavingAProcessRunning(t *testing.T) {
+	cmd := exec.CommandContext(context.Background(), "sh", "-s")
+	res, err := RunScript(context.Background(), cmd, []byte("sleep 5 &\necho started\nexit 3\n"))
+	if err != nil || res.ReturnCode != 3 || res.Stdout != "started\n" {
+		t.Fatalf("%+v %v", res, err)
+	}
+}

@@ -38,6 +38,7 @@ type sandbox struct {
 	uid, gid uint32
 	hostNet  bool
 	exited   chan struct{}
+	cg       *cgroup // nil: the node has no cgroups
 }
 
 // sandboxTools are what a sandbox needs on the node (util-linux).
@@ -49,6 +50,7 @@ var sandboxTools = []string{"nsenter", "setpriv", "mount", "mkdir"}
 // container engine's is root). The home is held on a mount of its own
 // before anything is hidden, then moved into place.
 const sandboxSetup = `set -e
+read -r go_ahead
 real=$1; home=$2; shift 2
 mount --make-rprivate /
 mount -t proc -o nosuid,nodev,noexec proc /proc
@@ -58,8 +60,8 @@ mount --bind "$real" /run/corral-home
 for p in "$@" /home; do
 	if [ -d "$p" ]; then mount -t tmpfs -o mode=0755,size=64k,nosuid,nodev,noexec corral-hidden "$p"; fi
 done
-for p in /tmp /var/tmp /dev/shm; do
-	if [ -d "$p" ]; then mount -t tmpfs -o mode=1777,nosuid,nodev corral-private "$p"; fi
+for p in /tmp:1g /var/tmp:1g /dev/shm:64m; do
+	if [ -d "${p%:*}" ]; then mount -t tmpfs -o "mode=1777,nosuid,nodev,size=${p#*:}" corral-private "${p%:*}"; fi
 done
 mkdir -p "$home"
 mount --move /run/corral-home "$home"
@@ -74,7 +76,7 @@ while :; do sleep 86400 & wait $! || true; done
 // newSandbox starts a VM's sandbox: only when the node runs as root on
 // Linux and the sandbox tools are there (else scripts run as before:
 // cleared environment, the script user, their own directory).
-func (d *Driver) newSandbox(home string, uid, gid uint32) (*sandbox, error) {
+func (d *Driver) newSandbox(home string, uid, gid uint32, lim limits) (*sandbox, error) {
 	for _, tool := range sandboxTools {
 		if _, err := exec.LookPath(tool); err != nil {
 			return nil, fmt.Errorf("synthetic driver: the VM sandbox needs %s (util-linux) on the node: %w", tool, err)
@@ -97,12 +99,28 @@ func (d *Driver) newSandbox(home string, uid, gid uint32) (*sandbox, error) {
 	if err != nil {
 		return nil, err
 	}
+	goAhead, err := cmd.StdinPipe()
+	if err != nil {
+		return nil, err
+	}
 	var stderr strings.Builder
 	cmd.Stderr = &stderr
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("synthetic vm sandbox: %w", err)
 	}
 	sb := &sandbox{init: cmd, pid: cmd.Process.Pid, home: inside, uid: uid, gid: gid, hostNet: d.HostNetwork, exited: make(chan struct{})}
+	// Into the VM's cgroup before it does anything (it waits for the go
+	// ahead): every process of the VM is counted there. A node without
+	// cgroups runs VMs without these limits.
+	if cg, err := newCgroup(filepath.Base(home), lim); err == nil {
+		if err := cg.add(sb.pid); err != nil {
+			cg.remove()
+		} else {
+			sb.cg = cg
+		}
+	}
+	_, _ = goAhead.Write([]byte("go\n"))
+	goAhead.Close()
 	ready := make(chan error, 1)
 	go func() {
 		line, err := bufio.NewReader(out).ReadString('\n')
@@ -137,7 +155,18 @@ func (sb *sandbox) command(ctx context.Context, argv ...string) *exec.Cmd {
 	if sb.uid != 0 { // root only where the operator named it: then with its capabilities
 		args = append(args, "--inh-caps=-all", "--bounding-set=-all")
 	}
-	cmd := exec.CommandContext(ctx, "nsenter", append(append(args, "--"), argv...)...)
+	full := append(append(append([]string{"nsenter"}, args...), "--"), argv...)
+	if sb.cg != nil {
+		// Entering namespaces does not enter a cgroup: the shell joins
+		// the VM's first, then becomes nsenter, and all it starts is
+		// counted there.
+		join := ""
+		for _, d := range sb.cg.dirs {
+			join += fmt.Sprintf("echo $$ > '%s/cgroup.procs' || exit 125; ", d)
+		}
+		full = append([]string{"/bin/sh", "-c", join + `exec "$@"`, "corral-vm-join"}, full...)
+	}
+	cmd := exec.CommandContext(ctx, full[0], full[1:]...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Pdeathsig: syscall.SIGKILL}
 	return cmd
 }
@@ -146,6 +175,9 @@ func (sb *sandbox) command(ctx context.Context, argv ...string) *exec.Cmd {
 func (sb *sandbox) close() {
 	_ = sb.init.Process.Kill()
 	<-sb.exited
+	if sb.cg != nil {
+		sb.cg.remove()
+	}
 }
 
 func sandboxSupported() bool { return os.Geteuid() == 0 }

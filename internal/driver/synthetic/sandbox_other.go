@@ -17,7 +17,14 @@ func confine(cmd *exec.Cmd, uid, gid uint32) {
 
 type sandbox struct{}
 
-func (d *Driver) newSandbox(home string, uid, gid uint32) (*sandbox, error) { return nil, nil }
+type limits struct {
+	Pids   int
+	Memory int64
+}
+
+func (d *Driver) newSandbox(home string, uid, gid uint32, lim limits) (*sandbox, error) {
+	return nil, nil
+}
 
 func (sb *sandbox) command(ctx context.Context, argv ...string) *exec.Cmd { return nil }
 

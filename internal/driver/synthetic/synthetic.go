@@ -44,11 +44,18 @@ type Driver struct {
 	// HostNetwork gives VMs the node's network (Linux, node as root);
 	// otherwise each has a loopback of its own and no route anywhere.
 	HostNetwork bool
+	// MaxProcesses bounds a VM's processes (cgroup pids; default
+	// DefaultMaxProcesses); its memory is bounded by its RAM (vram, 4 GiB
+	// by default), its /tmp and /var/tmp included (1 GiB each at most).
+	MaxProcesses int
 
 	keyOnce sync.Once
 	hostKey ssh.Signer
 	keyErr  error
 }
+
+// DefaultMaxProcesses bounds one VM's processes.
+const DefaultMaxProcesses = 4096
 
 // New returns a synthetic driver whose VMs boot in bootTime.
 func New(bootTime time.Duration) *Driver { return &Driver{BootTime: bootTime, ListenHost: "127.0.0.1"} }
@@ -72,7 +79,7 @@ func (d *Driver) Start(ctx context.Context, spec driver.Spec) (driver.VM, error)
 		ln.Close()
 		return nil, d.keyErr
 	}
-	home, sb, err := d.machine()
+	home, sb, err := d.machine(spec)
 	if err != nil {
 		ln.Close()
 		return nil, fmt.Errorf("synthetic vm %s: %w", spec.InstanceID, err)
@@ -173,7 +180,7 @@ func (v *vm) command(ctx context.Context, argv ...string) (*exec.Cmd, error) {
 }
 
 // machine makes a VM's home and, where the node can, its sandbox.
-func (d *Driver) machine() (string, *sandbox, error) {
+func (d *Driver) machine(spec driver.Spec) (string, *sandbox, error) {
 	base := cmp.Or(d.StateDir, os.TempDir())
 	if err := os.MkdirAll(base, 0o755); err != nil {
 		return "", nil, err
@@ -188,7 +195,8 @@ func (d *Driver) machine() (string, *sandbox, error) {
 	}
 	var sb *sandbox
 	if err == nil && sandboxSupported() {
-		sb, err = d.newSandbox(home, uid, gid)
+		mem := int64(cmp.Or(spec.VRAMMB, 4096)) << 20
+		sb, err = d.newSandbox(home, uid, gid, limits{Pids: cmp.Or(d.MaxProcesses, DefaultMaxProcesses), Memory: mem})
 	}
 	if err != nil {
 		os.RemoveAll(home)

@@ -318,3 +318,62 @@ func TestSSHJob(t *testing.T) {
 		t.Fatal("SSH still open after destroy")
 	}
 }
+
+// TestJobsHaveLimits: a job had no process, memory or disk bound (ulimit -u
+// 96367, no cgroup): a fork bomb or a full /tmp reached the whole node.
+// Each VM is now a cgroup (pids, memory: its RAM) with bounded tmpfs.
+func TestJobsHaveLimits(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("the sandbox is the node-as-root case; CI runs as root")
+	}
+	d := New(0)
+	d.StateDir, d.MaxProcesses = t.TempDir(), 50
+	m, err := d.Start(t.Context(), driver.Spec{InstanceID: "limited", HostIP: "127.0.0.1", VRAMMB: 64})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Destroy(t.Context())
+	if m.(*vm).sb.cg == nil {
+		t.Fatal("no cgroup on this node: the VM runs without limits")
+	}
+	// A fork bomb: its forks fail past the limit (bash gives up).
+	marker := fmt.Sprintf("corral-bomb-%d", os.Getpid())
+	res, err := m.RunScript(t.Context(), []byte(fmt.Sprintf(`for i in {1..200}; do (exec -a %s sleep 10) >/dev/null 2>&1 & done 2>/dev/null`, marker)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	procs := countProcesses(marker)
+	if procs == 0 || procs > 50 {
+		t.Errorf("a job started %d processes with a limit of 50 (%+v)", procs, res)
+	}
+	// Filling /tmp (memory) past the VM's RAM: stopped.
+	d.MaxProcesses = 0
+	m, err = d.Start(t.Context(), driver.Spec{InstanceID: "limited-ram", HostIP: "127.0.0.1", VRAMMB: 64})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Destroy(t.Context())
+	res, err = m.RunScript(t.Context(), []byte(`dd if=/dev/zero of=/tmp/big bs=1M count=200 2>/dev/null; ls -s --block-size=1M /tmp/big | cut -d' ' -f1`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	mib := -1
+	fmt.Sscanf(strings.TrimSpace(res.Stdout), "%d", &mib)
+	if mib >= 200 || res.ReturnCode == 0 && mib < 0 {
+		t.Errorf("a job with 64 MiB of RAM wrote %d MiB to its /tmp (%+v)", mib, res)
+	}
+	t.Logf("limits held: %d processes of 200 asked; the /tmp writer: exit %d, %d MiB", procs, res.ReturnCode, mib)
+}
+
+// countProcesses counts processes whose argv[0] is name.
+func countProcesses(name string) int {
+	n := 0
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		if err == nil && strings.HasPrefix(string(b), name+"\x00") {
+			n++
+		}
+	}
+	return n
+}
