@@ -218,6 +218,14 @@ func (s *Service) Terminate(ctx context.Context, id string) error {
 		r.State, r.FinishedAt = apiv1.StateTerminated, now
 		return store.InstanceUpdate{Unassign: true}, nil
 	})
+	if store.IsNoSpace(err) {
+		// etcd takes deletes only: the instance goes whole, its node
+		// destroys the VM when its assignment goes, and space is freed.
+		if err = s.st.ForgetInstance(ctx, id); err == nil {
+			s.log.Warn("etcd is out of space (NOSPACE): the instance was terminated by deleting it", "instance", id)
+			return nil
+		}
+	}
 	if err == nil {
 		s.log.Info("instance terminate requested", "instance", id)
 	}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"go.etcd.io/etcd/api/v3/mvccpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	"strings"
 	"time"
 
@@ -121,6 +122,32 @@ func (s *Store) CreateInstances(ctx context.Context, recs []InstanceRecord) erro
 	}
 	if err := flush(); err != nil {
 		return rollback(err)
+	}
+	return nil
+}
+
+// IsNoSpace reports whether etcd refused a write for want of space: its
+// quota reached, the NOSPACE alarm raised. Until an operator compacts,
+// defragments and disarms it, etcd takes reads and deletes only.
+func IsNoSpace(err error) bool {
+	return errors.Is(err, rpctypes.ErrGRPCNoSpace) || errors.Is(err, rpctypes.ErrNoSpace) ||
+		err != nil && strings.Contains(err.Error(), rpctypes.ErrGRPCNoSpace.Error())
+}
+
+// ForgetInstance deletes an instance, its assignment and its console: what
+// a terminate does while etcd takes deletes only (NOSPACE). The node sees
+// the assignment go and destroys the VM; its report finds no record.
+func (s *Store) ForgetInstance(ctx context.Context, id string) error {
+	var r InstanceRecord
+	if _, err := s.get(ctx, s.instanceKey(id), &r); err != nil {
+		return err
+	}
+	ops := []clientv3.Op{clientv3.OpDelete(s.instanceKey(id)), clientv3.OpDelete(s.consoleKey(id))}
+	if r.NodeID != "" {
+		ops = append(ops, clientv3.OpDelete(s.assignKey(r.NodeID, id)))
+	}
+	if _, err := s.cli.Txn(ctx).Then(ops...).Commit(); err != nil {
+		return fmt.Errorf("forget instance %s: %w", id, err)
 	}
 	return nil
 }

@@ -47,6 +47,8 @@ type Options struct {
 	// MaxWaiting, MaxWaitingPerCaller: the controllers' limits.
 	MaxWaiting, MaxWaitingPerCaller int
 	MaxInstanceBytes                int
+	// EtcdQuota is the embedded etcd's backend quota (0: its default).
+	EtcdQuota int64
 	// EventMaxCount, EventWebhook, EventWebhookSecret: daemon.Config's.
 	EventMaxCount                    int
 	EventWebhook, EventWebhookSecret string
@@ -116,11 +118,15 @@ func Logger(t testing.TB) *slog.Logger {
 }
 
 // StartEtcd runs an embedded etcd member on free loopback ports.
-func StartEtcd(t testing.TB) *etcdembed.Server {
+func StartEtcd(t testing.TB) *etcdembed.Server { return StartEtcdWithQuota(t, 0) }
+
+// StartEtcdWithQuota is StartEtcd with a backend quota of quota bytes (0:
+// etcd's default).
+func StartEtcdWithQuota(t testing.TB, quota int64) *etcdembed.Server {
 	t.Helper()
 	e, err := etcdembed.Start(etcdembed.Config{
 		DataDir: filepath.Join(t.TempDir(), "etcd"), ClientURL: "http://127.0.0.1:0", PeerURL: "http://127.0.0.1:0",
-		Quiet: os.Getenv("CORRAL_TEST_LOG") == "",
+		Quiet: os.Getenv("CORRAL_TEST_LOG") == "", QuotaBackendBytes: quota,
 	})
 	if err != nil {
 		t.Fatalf("start etcd: %v", err)
@@ -136,7 +142,7 @@ func StartCluster(t testing.TB, opts Options) *Cluster {
 		opts.Controllers = 1
 	}
 	c := &Cluster{t: t, Dir: t.TempDir()}
-	c.Etcd = StartEtcd(t)
+	c.Etcd = StartEtcdWithQuota(t, opts.EtcdQuota)
 	c.TemplatesFile = filepath.Join(c.Dir, "templates.json")
 	c.TemplateID = writeTemplates(t, c.TemplatesFile)
 	var late *lateProxy

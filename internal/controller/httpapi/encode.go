@@ -4,6 +4,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/corral-build/corral/internal/store"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promauto"
 	"io"
 	"log/slog"
 	"net/http"
@@ -70,6 +73,11 @@ func (a *API) handle(fn handlerFunc) http.Handler {
 	})
 }
 
+// noSpaceErrors counts requests etcd refused for want of space: an alarm
+// to page on (corral_etcd_nospace_errors_total).
+var noSpaceErrors = promauto.NewCounter(prometheus.CounterOpts{Name: "corral_etcd_nospace_errors_total",
+	Help: "API requests refused because etcd is out of space (its NOSPACE alarm is raised)."})
+
 // failure is the one table from domain errors to HTTP codes and the exact
 // messages clients compare. Logical errors are HTTP 200 + FAIL.
 func (a *API) failure(r *http.Request, err error) (int, string) {
@@ -112,6 +120,12 @@ func (a *API) failure(r *http.Request, err error) (int, string) {
 		return http.StatusNotFound, err.Error()
 	case errors.Is(err, controller.ErrLeaseExpired):
 		return http.StatusConflict, "node lease expired: join again"
+	case store.IsNoSpace(err):
+		noSpaceErrors.Inc()
+		a.log.Error("etcd is out of space (NOSPACE alarm): only reads, terminates and deletes work until it is compacted, defragmented and the alarm disarmed",
+			"method", r.Method, "path", r.URL.Path)
+		return http.StatusInsufficientStorage, "the cloud's etcd is out of space (its quota): lists and terminates work; " +
+			"an operator must compact and defragment it and disarm the alarm (corral etcd defrag; etcdctl alarm disarm)"
 	}
 	if r.Context().Err() != nil {
 		return 499, "request cancelled"
