@@ -4,7 +4,7 @@
 # short fuzzing run of the request and manifest decoders and a minute of
 # random requests against every HTTP route (TestHTTPFuzz).
 RACE_PKGS = ./client/ ./internal/store/ ./internal/events/ ./internal/controller/ ./internal/scheduler/ ./internal/node/ ./internal/registry/... ./internal/retry/ ./internal/testenv/... ./internal/driver/anka/ ./internal/driver/tart/ ./internal/driver/synthetic/ ./internal/fakecli/...
-RACE_E2E  = TestLeaderKilled|TestHAKillOneOfEach|TestNodeKilledWithoutGoodbye|TestNodeRestartReconciles|TestTerminateBeforeNodeSawPlacement|TestNeverStartedWorkSurvivesNodeCrash|TestHungRegistryDoesNotStallScheduling|TestStorm|TestUpWithTart
+RACE_E2E  = TestPartitionedNodeNeverRunsAJobTwice|TestWorkLostWhileBootingIsPlacedAgain|TestLeaderKilled|TestHAKillOneOfEach|TestNodeKilledWithoutGoodbye|TestNodeRestartReconciles|TestTerminateBeforeNodeSawPlacement|TestNeverStartedWorkSurvivesNodeCrash|TestHungRegistryDoesNotStallScheduling|TestStorm|TestUpWithTart
 
 # Every platform a node or server runs on; `make cross` builds and vets each.
 TARGETS = darwin/arm64 darwin/amd64 linux/amd64 linux/arm64

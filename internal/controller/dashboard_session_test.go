@@ -5,10 +5,8 @@ import (
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/sha256"
-	"crypto/x509"
 	"encoding/base64"
 	"encoding/json"
-	"encoding/pem"
 	"errors"
 	"testing"
 	"time"
@@ -16,18 +14,11 @@ import (
 	"github.com/corral-build/corral/internal/controller"
 	"github.com/corral-build/corral/internal/store"
 	"github.com/corral-build/corral/internal/testenv"
-	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
 func authService(t *testing.T, cfg controller.AuthConfig) (*store.Store, *controller.Service) {
 	t.Helper()
-	e := testenv.StartEtcd(t)
-	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{e.ClientURL}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cli.Close() })
-	st := store.New(cli, "")
+	_, st := testenv.StoreAt(t, "")
 	return st, controller.New(st, nil, controller.Config{Auth: cfg}, testenv.Logger(t))
 }
 
@@ -36,15 +27,7 @@ func authService(t *testing.T, cfg controller.AuthConfig) (*store.Store, *contro
 func keySession(t *testing.T, st *store.Store, svc *controller.Service, id string) string {
 	t.Helper()
 	ctx := context.Background()
-	priv, err := controller.NewAPIKey(ctx, st, id)
-	if err != nil {
-		t.Fatal(err)
-	}
-	block, _ := pem.Decode(priv)
-	key, err := x509.ParsePKCS1PrivateKey(block.Bytes)
-	if err != nil {
-		t.Fatal(err)
-	}
+	key := testenv.NewAPIKey(t, st, id)
 	enc, err := svc.Hand(ctx, id)
 	if err != nil {
 		t.Fatal(err)

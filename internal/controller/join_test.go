@@ -147,3 +147,31 @@ func TestJoinValidatesTheReport(t *testing.T) {
 		t.Errorf("capacity stored %d", n.Report.Capacity)
 	}
 }
+
+// TestRotatedJoinTokenStopsJoinsAtOnce: a rotated join token stops new
+// joins at once, on every controller of the cloud (it is read from etcd
+// at each join, never from a cache or the view).
+func TestRotatedJoinTokenStopsJoinsAtOnce(t *testing.T) {
+	ctx := context.Background()
+	_, st, svc := newService(t, nil)
+	other := controller.New(st, nil, controller.Config{}, nil)
+	old, err := svc.RotateJoinToken(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := other.AuthorizeNode(ctx, old); err != nil {
+		t.Fatalf("the join token on another controller: %v", err)
+	}
+	fresh, err := svc.RotateJoinToken(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range []*controller.Service{svc, other} {
+		if err := s.AuthorizeNode(ctx, old); !errors.Is(err, controller.ErrBadToken) {
+			t.Errorf("the rotated-out token: %v, want ErrBadToken", err)
+		}
+		if err := s.AuthorizeNode(ctx, fresh); err != nil {
+			t.Errorf("the new token: %v", err)
+		}
+	}
+}

@@ -116,16 +116,7 @@ func TestAuthentication(t *testing.T) {
 // returning the bearer header.
 func loginNewKey(t *testing.T, st *store.Store, base, id string) string {
 	t.Helper()
-	pemKey, err := controller.NewAPIKey(context.Background(), st, id)
-	if err != nil {
-		t.Fatal(err)
-	}
-	block, _ := pem.Decode(pemKey)
-	priv, err := x509.ParsePKCS1PrivateKey(block.Bytes)
-	if err != nil {
-		t.Fatal(err)
-	}
-	bearer, _ := loginWithAPIKey(t, base, id, priv)
+	bearer, _ := loginWithAPIKey(t, base, id, testenv.NewAPIKey(t, st, id))
 	return bearer
 }
 

@@ -1,13 +1,10 @@
 package e2e
 
 import (
-	"context"
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/sha256"
-	"crypto/x509"
 	"encoding/base64"
-	"encoding/pem"
 	"net/http"
 	"strings"
 	"sync"
@@ -15,9 +12,7 @@ import (
 	"testing"
 
 	"github.com/corral-build/corral/internal/controller"
-	"github.com/corral-build/corral/internal/store"
 	"github.com/corral-build/corral/internal/testenv"
-	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
 // TestHandshakeFloodLocksNobodyOut: an unauthenticated flood of
@@ -27,20 +22,8 @@ import (
 func TestHandshakeFloodLocksNobodyOut(t *testing.T) {
 	c := testenv.StartCluster(t, testenv.Options{Auth: controller.AuthConfig{Enabled: true, RootToken: "s3cret", APIKeys: true}})
 	base := c.Controllers[0].URL
-	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{c.Etcd.ClientURL}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cli.Close()
-	pemKey, err := controller.NewAPIKey(context.Background(), store.New(cli, ""), "jenkins")
-	if err != nil {
-		t.Fatal(err)
-	}
-	block, _ := pem.Decode(pemKey)
-	priv, err := x509.ParsePKCS1PrivateKey(block.Bytes)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, st := testenv.StoreAt(t, c.Etcd.ClientURL)
+	priv := testenv.NewAPIKey(t, st, "jenkins")
 	login := func() bool {
 		code, hand := authCall(t, "POST", base+"/tap/v1/hand", "", `{"id":"jenkins"}`)
 		enc, _ := base64.StdEncoding.DecodeString(hand)

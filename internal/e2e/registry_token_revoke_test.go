@@ -6,8 +6,7 @@ import (
 	"time"
 
 	apiv1 "github.com/corral-build/corral/api/v1"
-	"github.com/corral-build/corral/internal/store"
-	clientv3 "go.etcd.io/etcd/client/v3"
+	"github.com/corral-build/corral/internal/testenv"
 )
 
 // TestRegistryTokensDieWithTheirKey: a registry token issued to an API key
@@ -18,12 +17,7 @@ import (
 func TestRegistryTokensDieWithTheirKey(t *testing.T) {
 	c := authedCloud(t, false)
 	base, reg := c.Controllers[0].URL, c.Registry.URL
-	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{c.Etcd.ClientURL}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cli.Close()
-	st := store.New(cli, "")
+	_, st := testenv.StoreAt(t, c.Etcd.ClientURL)
 	root := basic("root", "s3cret")
 	if code, body := authCall(t, "POST", base+"/api/v1/permission-group", root,
 		`{"name":"builders","permissions":["view","manage_templates"],"members":["key:builder"]}`); code != 200 {

@@ -16,13 +16,7 @@ import (
 // state a lost node's instance can be in) and n1's lease already revoked.
 func lostNodeCloud(t *testing.T) (*store.Store, func() map[string]store.InstanceRecord) {
 	t.Helper()
-	e := testenv.StartEtcd(t)
-	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{e.ClientURL}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cli.Close() })
-	st := store.New(cli, "")
+	_, st := testenv.StoreAt(t, "")
 	ctx := context.Background()
 	lease, err := st.JoinNode(ctx, apiv1.NodeReport{NodeID: "n1", NodeName: "n1", Capacity: 3}, nil, 30)
 	if err != nil {
