@@ -4,11 +4,13 @@ import (
 	"bufio"
 	"context"
 	"fmt"
+	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 )
@@ -44,6 +46,39 @@ type sandbox struct {
 // sandboxTools are what a sandbox needs on the node (util-linux).
 var sandboxTools = []string{"nsenter", "setpriv", "mount", "mkdir"}
 
+var warnNoSandbox sync.Once
+
+// sandboxMissing names what the node lacks for VM sandboxes ("" when it
+// has all): a shell and util-linux. A node image without them (Corral's
+// own container image is from scratch) runs jobs confined as before (the
+// script user, a cleared environment, their own directory), with a
+// warning: the synthetic driver is for tests and demos.
+func sandboxMissing() string {
+	if _, err := os.Stat("/bin/sh"); err != nil {
+		return "/bin/sh"
+	}
+	for _, tool := range sandboxTools {
+		if _, err := exec.LookPath(tool); err != nil {
+			return tool
+		}
+	}
+	return ""
+}
+
+func sandboxSupported() bool {
+	if os.Geteuid() != 0 {
+		return false
+	}
+	if missing := sandboxMissing(); missing != "" {
+		warnNoSandbox.Do(func() {
+			slog.Warn("synthetic driver: no VM sandbox on this node (it needs /bin/sh and util-linux: nsenter, setpriv, mount); "+
+				"jobs run as the script user with their own directory but share the node's network, /proc and files", "missing", missing)
+		})
+		return false
+	}
+	return true
+}
+
 // sandboxSetup runs as root in the new namespaces, then stays as PID 1.
 // $1: the VM's home on the host; $2: where the VM sees it; $3...: paths to
 // hide. /home and /run are hidden too (users' files, the host's sockets: a
@@ -77,11 +112,6 @@ while :; do sleep 86400 & wait $! || true; done
 // Linux and the sandbox tools are there (else scripts run as before:
 // cleared environment, the script user, their own directory).
 func (d *Driver) newSandbox(home string, uid, gid uint32, lim limits) (*sandbox, error) {
-	for _, tool := range sandboxTools {
-		if _, err := exec.LookPath(tool); err != nil {
-			return nil, fmt.Errorf("synthetic driver: the VM sandbox needs %s (util-linux) on the node: %w", tool, err)
-		}
-	}
 	flags := syscall.CLONE_NEWNS | syscall.CLONE_NEWPID | syscall.CLONE_NEWIPC | syscall.CLONE_NEWUTS
 	if !d.HostNetwork {
 		flags |= syscall.CLONE_NEWNET
@@ -179,8 +209,6 @@ func (sb *sandbox) close() {
 		sb.cg.remove()
 	}
 }
-
-func sandboxSupported() bool { return os.Geteuid() == 0 }
 
 // homeInside is where the VM sees its home.
 func (sb *sandbox) homeInside() string { return sb.home }
