@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -124,10 +125,20 @@ func StartEtcd(t testing.TB) *etcdembed.Server { return StartEtcdWithQuota(t, 0)
 // etcd's default).
 func StartEtcdWithQuota(t testing.TB, quota int64) *etcdembed.Server {
 	t.Helper()
-	e, err := etcdembed.Start(etcdembed.Config{
-		DataDir: filepath.Join(t.TempDir(), "etcd"), ClientURL: "http://127.0.0.1:0", PeerURL: "http://127.0.0.1:0",
-		Quiet: os.Getenv("CORRAL_TEST_LOG") == "", QuotaBackendBytes: quota,
-	})
+	var e *etcdembed.Server
+	var err error
+	// Port 0 is resolved to a free port before etcd listens on it: another
+	// process may take it in between (seen on a busy machine), so a few
+	// tries, each in a fresh directory.
+	for try := 0; try < 5; try++ {
+		e, err = etcdembed.Start(etcdembed.Config{
+			DataDir: filepath.Join(t.TempDir(), "etcd"), ClientURL: "http://127.0.0.1:0", PeerURL: "http://127.0.0.1:0",
+			Quiet: os.Getenv("CORRAL_TEST_LOG") == "", QuotaBackendBytes: quota,
+		})
+		if err == nil || !strings.Contains(err.Error(), "address already in use") {
+			break
+		}
+	}
 	if err != nil {
 		t.Fatalf("start etcd: %v", err)
 	}
