@@ -385,7 +385,12 @@ func TailOutput(s string) string {
 	if len(s) <= MaxScriptOutput {
 		return s
 	}
-	return fmt.Sprintf("[corral: %d bytes of output cut; the last %d follow]\n", len(s)-MaxScriptOutput, MaxScriptOutput) + s[len(s)-MaxScriptOutput:]
+	return CutNote(int64(len(s)-MaxScriptOutput), MaxScriptOutput) + s[len(s)-MaxScriptOutput:]
+}
+
+// CutNote is the line before an output tail saying how much was cut.
+func CutNote(cut int64, kept int) string {
+	return fmt.Sprintf("[corral: %d bytes of output cut; the last %d follow]\n", cut, kept)
 }
 
 // InstanceLogs is GET /api/v1/vm/logs: the startup script's output and the

@@ -64,5 +64,5 @@ func (t *tailBuffer) String() string {
 	if t.cut == 0 {
 		return string(t.buf)
 	}
-	return fmt.Sprintf("[corral: %d bytes of output cut; the last %d follow]\n", t.cut, len(t.buf)) + string(t.buf)
+	return apiv1.CutNote(t.cut, len(t.buf)) + string(t.buf)
 }

@@ -97,27 +97,15 @@ echo done`, port, nodeData, home2, home2, marker)
 		t.Errorf("the job wrote the host's /tmp")
 	}
 	// Destroying the VM ends every process it started.
-	if !hostHasProcess(marker) {
+	if countProcesses(marker) == 0 {
 		t.Fatalf("the job's background process never ran (marker %s)", marker)
 	}
 	if err := vm1.Destroy(t.Context()); err != nil {
 		t.Fatal(err)
 	}
-	if hostHasProcess(marker) {
+	if countProcesses(marker) > 0 {
 		t.Errorf("a process of the job outlived its VM")
 	}
-}
-
-// hostHasProcess reports whether a process whose argv[0] is name runs.
-func hostHasProcess(name string) bool {
-	entries, _ := os.ReadDir("/proc")
-	for _, e := range entries {
-		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
-		if err == nil && strings.HasPrefix(string(b), name+"\x00") {
-			return true
-		}
-	}
-	return false
 }
 
 // TestJobsHaveLimits: a job had no process, memory or disk bound (ulimit -u
