@@ -9,7 +9,7 @@ RACE_E2E  = TestPartitionedNodeNeverRunsAJobTwice|TestWorkLostWhileBootingIsPlac
 # Every platform a node or server runs on; `make cross` builds and vets each.
 TARGETS = darwin/arm64 darwin/amd64 linux/amd64 linux/arm64
 
-.PHONY: build test race fuzz vet cross
+.PHONY: build test race fuzz vet cross mutate
 build:
 	go build -o bin/corral ./cmd/corral
 test: vet cross
@@ -35,3 +35,13 @@ cross:
 		GOOS=$${t%/*} GOARCH=$${t#*/} CGO_ENABLED=0 go build -o /dev/null ./cmd/corral; \
 		GOOS=$${t%/*} GOARCH=$${t#*/} CGO_ENABLED=0 go vet ./...; \
 	done
+
+# Mutation testing of one package against its own tests (not part of `make
+# test`: it takes minutes to hours). PKG is a directory; FILES a regexp of
+# file names, SAMPLE a count of mutants picked at random (SEED), JOBS how
+# many at once, MIN a score under which it fails.
+PKG ?= ./internal/scheduler
+mutate:
+	CORRAL_MUTATE_PKG=$(PKG) CORRAL_MUTATE_FILES='$(FILES)' CORRAL_MUTATE_SAMPLE=$(SAMPLE) \
+	CORRAL_MUTATE_SEED=$(SEED) CORRAL_MUTATE_JOBS=$(JOBS) CORRAL_MUTATE_MIN=$(MIN) \
+		go test -count=1 -timeout 24h -run '^TestMutatePackage$$' ./internal/mutate/
