@@ -44,4 +44,4 @@ PKG ?= ./internal/scheduler
 mutate:
 	CORRAL_MUTATE_PKG=$(PKG) CORRAL_MUTATE_FILES='$(FILES)' CORRAL_MUTATE_SAMPLE=$(SAMPLE) \
 	CORRAL_MUTATE_SEED=$(SEED) CORRAL_MUTATE_JOBS=$(JOBS) CORRAL_MUTATE_MIN=$(MIN) \
-		go test -count=1 -timeout 24h -run '^TestMutatePackage$$' ./internal/mutate/
+		go test -v -count=1 -timeout 24h -run '^TestMutatePackage$$' ./internal/mutate/
