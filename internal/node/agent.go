@@ -128,8 +128,8 @@ func (a *Agent) Run(ctx context.Context) error {
 	errc := make(chan error, 2)
 	// Status reports outlive ctx so the final ones of a shutdown are sent.
 	sendCtx, stopSending := context.WithCancel(context.WithoutCancel(ctx))
-	sent := make(chan struct{})
-	go func() { a.sendStatusLoop(sendCtx); close(sent) }()
+	sent, final := make(chan struct{}), make(chan struct{})
+	go func() { a.sendStatusLoop(sendCtx, final); close(sent) }()
 	go func() { errc <- a.heartbeatLoop(ctx, join) }()
 	assigning := make(chan struct{})
 	go func() { errc <- a.assignmentLoop(ctx); close(assigning) }()
@@ -143,9 +143,13 @@ func (a *Agent) Run(ctx context.Context) error {
 	// WaitGroup Add would race stopAll's Wait): the loop ends first.
 	<-assigning
 	a.stopAll()
-	a.flushStatus(5 * time.Second)
-	stopSending()
+	// Every VM is gone and every final status queued: the loop sends them
+	// all (retrying a failed send) and ends, or gives up after a while.
+	close(final)
+	giveUp := time.AfterFunc(statusFlushTimeout, stopSending)
 	<-sent
+	giveUp.Stop()
+	stopSending()
 	if !errors.Is(err, client.ErrDisjoined) {
 		// Go Offline now rather than be given work until the lease expires.
 		lctx, lcancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -157,14 +161,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	return err
 }
 
-// flushStatus waits (up to max) until queued status reports are sent.
-func (a *Agent) flushStatus(max time.Duration) {
-	deadline := time.Now().Add(max)
-	for len(a.statusCh) > 0 && time.Now().Before(deadline) {
-		time.Sleep(20 * time.Millisecond)
-	}
-	time.Sleep(50 * time.Millisecond) // the last batch in flight
-}
+// statusFlushTimeout bounds how long a stopping agent keeps trying to send
+// its final instance statuses.
+const statusFlushTimeout = 10 * time.Second
 
 // join retries (retry.Forever) until the controller accepts the node. The
 // node presents its own credential from its last join (kept in the data
@@ -512,14 +511,23 @@ func (a *Agent) stopAll() {
 	a.wg.Wait()
 }
 
-// sendStatusLoop batches instance updates to the controller, retrying failed sends.
-func (a *Agent) sendStatusLoop(ctx context.Context) {
+// sendStatusLoop batches instance updates to the controller, retrying failed
+// sends, until ctx ends or, once final is closed (nothing more will be
+// queued), everything queued is sent.
+func (a *Agent) sendStatusLoop(ctx context.Context, final <-chan struct{}) {
 	var batch []apiv1.InstanceStatus
 	for {
 		if len(batch) == 0 {
 			select {
 			case st := <-a.statusCh:
 				batch = append(batch, st)
+			case <-final:
+				select {
+				case st := <-a.statusCh:
+					batch = append(batch, st)
+				default:
+					return // all sent
+				}
 			case <-ctx.Done():
 				return
 			}
