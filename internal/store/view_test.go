@@ -362,3 +362,23 @@ func TestPollsAcrossARelist(t *testing.T) {
 		t.Errorf("the view listed %d times after its watch broke on a compacted revision, want 1", n-lists)
 	}
 }
+
+// TestViewCatchesUpPastOtherWrites: writes outside the store's prefix (another
+// cloud sharing the etcd, etcd's own) move etcd's revision but send the view
+// no event; a progress notification tells it how far it has seen, so a read
+// waiting for the view is served by it, not by etcd after viewWait.
+func TestViewCatchesUpPastOtherWrites(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	cli, st := viewedStore(t, ctx)
+	waitView(t, ctx, st)
+	for i := range 3 {
+		if _, err := cli.Put(ctx, fmt.Sprintf("another-cloud/key-%d", i), "x"); err != nil {
+			t.Fatal(err)
+		}
+		began := time.Now()
+		if !st.ViewCaughtUp(ctx) {
+			t.Fatalf("after a write outside its prefix the view never caught up (%s)", time.Since(began))
+		}
+	}
+}
