@@ -215,18 +215,33 @@ func (r *Registry) condemnChunks(ctx context.Context, protectSince time.Time, li
 			}
 			return fmt.Errorf("gc: condemn chunk %s: %w", d, err)
 		}
-		_ = r.st.Touch(ctx, trashPath(d)) // the trash clock starts now
+		// The trash clock starts now: a chunk left with its old time would
+		// be deleted by the next sweep without its grace, so it goes back.
+		if err := r.st.Touch(ctx, trashPath(d)); err != nil {
+			if rerr := r.st.Rename(ctx, trashPath(d), p); rerr != nil && !errors.Is(rerr, storage.ErrNotFound) {
+				r.log.Warn("gc: a condemned chunk could not be taken back after its trash time failed to start", "chunk", d, "err", rerr)
+			}
+			return fmt.Errorf("gc: condemn chunk %s: start its grace: %w", d, err)
+		}
 		s.Condemned++
 	}
 	return nil
 }
 
 // condemnMeta moves a metadata record to the attic; the attic clock starts now.
+// A record whose attic time cannot be started goes back (the next sweep would
+// delete it at once, without its grace).
 func (r *Registry) condemnMeta(ctx context.Context, p string) error {
 	if err := r.st.Rename(ctx, p, "attic/"+p); err != nil {
 		return err
 	}
-	return r.st.Touch(ctx, "attic/"+p)
+	if err := r.st.Touch(ctx, "attic/"+p); err != nil {
+		if rerr := r.st.Rename(ctx, "attic/"+p, p); rerr != nil && !errors.Is(rerr, storage.ErrNotFound) {
+			r.log.Warn("gc: a condemned record could not be taken back after its attic time failed to start", "path", p, "err", rerr)
+		}
+		return fmt.Errorf("start its grace: %w", err)
+	}
+	return nil
 }
 
 // rescueMeta moves a record back from the attic, reporting whether it was there.
