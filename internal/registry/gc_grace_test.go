@@ -2,6 +2,8 @@ package registry_test
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"io"
 	"io/fs"
@@ -113,4 +115,53 @@ func TestReadOfACondemnedPackTakesItBack(t *testing.T) {
 		}
 		rc.Close()
 	}
+}
+
+// TestGCLeavesALiveOCIImageAlone: an OCI image a repository tags is live:
+// pass after pass, GC neither condemns nor rescues any of its records.
+func TestGCLeavesALiveOCIImageAlone(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	b, err := filesystem.New(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := registry.New(b, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	r.Grace = time.Hour
+	blob := func(data string) string {
+		id, err := r.OCIStartUpload(ctx, "vm/live")
+		if err != nil {
+			t.Fatal(err)
+		}
+		d := sha256Digest([]byte(data))
+		if err := r.OCIFinishUpload(ctx, "vm/live", id, d, strings.NewReader(data)); err != nil {
+			t.Fatal(err)
+		}
+		return d
+	}
+	cfg, layer := blob(`{"os":"darwin"}`), blob("disk bytes")
+	m := `{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json",` +
+		`"config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"` + cfg + `","size":15},` +
+		`"layers":[{"mediaType":"application/octet-stream","digest":"` + layer + `","size":10}]}`
+	if _, err := r.OCIPutManifest(ctx, "vm/live", "v1", "", []byte(m)); err != nil {
+		t.Fatal(err)
+	}
+	ageFiles(t, dir, 2*time.Hour)
+	for pass := range 3 {
+		s, err := r.GC(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if s.MetaCondemned != 0 || s.Rescued != 0 || s.Condemned != 0 {
+			t.Fatalf("pass %d over a live image: %+v, want nothing condemned or rescued", pass, s)
+		}
+	}
+	if _, data, _, err := r.OCIGetManifest(ctx, "vm/live", "v1"); err != nil || string(data) != m {
+		t.Fatalf("the image after GC: %v", err)
+	}
+}
+
+func sha256Digest(b []byte) string {
+	sum := sha256.Sum256(b)
+	return "sha256:" + hex.EncodeToString(sum[:])
 }

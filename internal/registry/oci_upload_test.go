@@ -7,6 +7,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
+	"io"
 	"net/http"
 	"slices"
 	"sync"
@@ -75,6 +76,15 @@ func TestOCIConcurrentPatchesLoseNothing(t *testing.T) {
 		digest := "sha256:" + hex.EncodeToString(sum[:])
 		if err := r.OCIFinishUpload(ctx, "vm/race", id, digest, nil); err != nil {
 			t.Fatalf("round %d: finish with the accepted bytes' digest: %v", round, err)
+		}
+		rc, err := r.OCIOpenBlob(ctx, "vm/race", digest, 0, int64(len(want)))
+		if err != nil {
+			t.Fatalf("round %d: open the finished blob: %v", round, err)
+		}
+		got, err := io.ReadAll(rc)
+		rc.Close()
+		if err != nil || !bytes.Equal(got, want) {
+			t.Fatalf("round %d: the blob reads back %d bytes (%v), want the %d accepted", round, len(got), err, len(want))
 		}
 	}
 }
