@@ -71,9 +71,10 @@ func (r *Registry) ociTemplate(ctx context.Context, repo string) (apiv1.Template
 		v.Number = i // from 0, as the reference numbers tags
 		v.LastPush, v.CreationDate = v.pushed.Unix(), v.pushed.Unix()
 		d.Versions = append(d.Versions, v.TemplateVersion)
+		d.Size += v.Size // the reference's size is its tags' sum
 	}
 	last := versions[len(versions)-1]
-	d.Size, d.Arch, d.LastPush = last.Size, last.Arch, last.pushed.Unix()
+	d.Arch, d.LastPush = last.Arch, last.pushed.Unix()
 	return d, nil
 }
 

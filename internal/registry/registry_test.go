@@ -163,6 +163,19 @@ func TestTagNumbersAndLifecycle(t *testing.T) {
 	if len(tmpl.Versions) != 4 {
 		t.Fatalf("after revert and delete: %d versions", len(tmpl.Versions))
 	}
+	// A template's size is its tags' sum, as the reference answers it (an
+	// exporter sees a new tag of the same size grow the template).
+	var sum int64
+	for _, v := range tmpl.Versions {
+		sum += v.Size
+	}
+	list, err := r.ListTemplates(ctx)
+	if err != nil || len(list) != 1 {
+		t.Fatalf("list: %+v %v", list, err)
+	}
+	if tmpl.Size != sum || list[0].Size != sum || sum != 4*chunk.Size {
+		t.Fatalf("template size %d, listed %d; want the tags' sum %d (4 x %d)", tmpl.Size, list[0].Size, sum, chunk.Size)
+	}
 	if err := r.DeleteTemplate(ctx, ids[0]); err != nil {
 		t.Fatal(err)
 	}

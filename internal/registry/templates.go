@@ -133,9 +133,10 @@ func (r *Registry) nativeTemplates(ctx context.Context) ([]apiv1.Template, error
 		}
 		tmpl := apiv1.Template{ID: t.ID, Name: t.Name, Arch: t.Arch}
 		if len(tags) > 0 {
-			tmpl.Size, tmpl.LastPush = tags[len(tags)-1].Size, tags[len(tags)-1].Created.Unix()
+			tmpl.LastPush = tags[len(tags)-1].Created.Unix()
 		}
 		for _, tag := range tags {
+			tmpl.Size += tag.Size // the reference's size is its tags' sum
 			tmpl.LastPull = max(tmpl.LastPull, r.lastPull(ctx, t.ID, tag.Number))
 		}
 		out = append(out, tmpl)
@@ -170,7 +171,8 @@ func (r *Registry) GetTemplate(ctx context.Context, id string) (apiv1.TemplateDe
 		v := tag.version(m)
 		v.Arch, v.LastPull = t.Arch, r.lastPull(ctx, id, tag.Number)
 		d.Versions = append(d.Versions, v)
-		d.Size, d.LastPush = tag.Size, v.LastPush
+		d.Size += tag.Size
+		d.LastPush = v.LastPush
 		d.LastPull = max(d.LastPull, v.LastPull)
 	}
 	return d, nil
