@@ -18,6 +18,7 @@ type nodeSpec struct {
 	drain    bool
 	arch     string
 	holds    string // template tag held
+	maxVRAM  int
 }
 
 func mkNode(n nodeSpec) store.NodeEntry {
@@ -30,6 +31,7 @@ func mkNode(n nodeSpec) store.NodeEntry {
 	if n.holds != "" {
 		rec.Report.Templates = []apiv1.NodeTemplate{{UUID: "tmpl", Tag: n.holds}}
 	}
+	rec.MaxVRAM = n.maxVRAM
 	return store.NodeEntry{NodeRecord: rec, Alive: n.alive}
 }
 
@@ -146,6 +148,16 @@ func TestPlan(t *testing.T) {
 			instances: []store.InstanceEntry{mkInstance("big", 1, 0, func(r *store.InstanceRecord) { r.Spec.VCPU = 8 }),
 				mkInstance("small", 2, 0, func(r *store.InstanceRecord) { r.Spec.VCPU = 2 })},
 			want: map[string]string{"big": "wait: the only active node is at capacity", "small": "n1"},
+		},
+		{
+			// What runs counts: 8 of 16 used, so 12 more do not fit and 8 fit exactly.
+			name:  "vram limit",
+			nodes: []nodeSpec{{id: "n1", capacity: 10, alive: true, maxVRAM: 16}},
+			instances: []store.InstanceEntry{
+				mkInstance("r", 1, 0, running("n1"), func(r *store.InstanceRecord) { r.Spec.VRAM = 8 }),
+				mkInstance("big", 1, 0, func(r *store.InstanceRecord) { r.Spec.VRAM = 12 }),
+				mkInstance("exact", 2, 0, func(r *store.InstanceRecord) { r.Spec.VRAM = 8 })},
+			want: map[string]string{"big": "wait: the only active node is at capacity", "exact": "n1"},
 		},
 	}
 	for _, tc := range tests {

@@ -13,7 +13,8 @@ import (
 )
 
 // lostNodeCloud is a store with node n1 holding three instances (one per
-// state a lost node's instance can be in) and n1's lease already revoked.
+// state a lost node's instance can be in) and n1's lease already revoked,
+// and a live node n2 running instance "elsewhere".
 func lostNodeCloud(t *testing.T) (*store.Store, func() map[string]store.InstanceRecord) {
 	t.Helper()
 	_, st := testenv.StoreAt(t, "")
@@ -27,6 +28,11 @@ func lostNodeCloud(t *testing.T) (*store.Store, func() map[string]store.Instance
 		recs = append(recs, store.InstanceRecord{Instance: apiv1.Instance{InstanceID: id, State: state, NodeID: "n1",
 			VMID: "t", Tag: "v1"}, SlotHeld: true})
 	}
+	if _, err := st.JoinNode(ctx, apiv1.NodeReport{NodeID: "n2", NodeName: "n2", Capacity: 3}, nil, 30); err != nil {
+		t.Fatal(err)
+	}
+	recs = append(recs, store.InstanceRecord{Instance: apiv1.Instance{InstanceID: "elsewhere", State: apiv1.StateStarted,
+		NodeID: "n2", VMID: "t", Tag: "v1"}, SlotHeld: true})
 	if err := st.CreateInstances(ctx, recs); err != nil {
 		t.Fatal(err)
 	}
@@ -97,6 +103,10 @@ func TestLostNodeWorkIsReleasedAfterTheFence(t *testing.T) {
 	}
 	if r := got["stopping"]; r.State != apiv1.StateTerminated || r.SlotHeld {
 		t.Errorf("terminating instance: state %s slot %v, want Terminated, released", r.State, r.SlotHeld)
+	}
+	// A live node's work is not touched by another node's loss.
+	if r, err := st.GetInstance(context.Background(), "elsewhere"); err != nil || r.State != apiv1.StateStarted || !r.SlotHeld || r.NodeID != "n2" {
+		t.Errorf("the live node's instance after n1's loss: %s on %q slot %v (%v), want Started on n2", r.State, r.NodeID, r.SlotHeld, err)
 	}
 }
 
