@@ -79,8 +79,9 @@ func usage(w io.Writer) {
 	}
 }
 
-// newLogger logs to stderr; level 0 is info, higher is more verbose.
-func newLogger(level int) *slog.Logger {
+// newLogger logs to stderr; level 0 is info, higher is more verbose;
+// format "json" writes one JSON object per line, anything else key=value.
+func newLogger(level int, format string) *slog.Logger {
 	l := slog.LevelInfo
 	switch {
 	case level >= 1:
@@ -88,5 +89,17 @@ func newLogger(level int) *slog.Logger {
 	case level < 0:
 		l = slog.LevelWarn
 	}
-	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: l}))
+	opts := &slog.HandlerOptions{Level: l}
+	if format == "json" {
+		return slog.New(slog.NewJSONHandler(os.Stderr, opts))
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, opts))
+}
+
+// checkLogFormat refuses a --log-format other than text or json.
+func checkLogFormat(format string) error {
+	if format != "text" && format != "json" {
+		return fmt.Errorf("--log-format: want text or json, got %q", format)
+	}
+	return nil
 }

@@ -26,6 +26,8 @@ type controllerFlags struct {
 	standalone, enableAuth, enableAPIKeys, enableMetrics, showJoinToken                                                                                         bool
 	rootToken, metricsListen                                                                                                                                    string
 	logLevel                                                                                                                                                    int
+	logFormat                                                                                                                                                   string
+	accessLog                                                                                                                                                   bool
 	tls                                                                                                                                                         serverTLSFlags
 	registryTLS                                                                                                                                                 clientTLSFlags
 	etcdTLS                                                                                                                                                     clientTLSFlags
@@ -53,6 +55,8 @@ func (c *controllerFlags) register(f *flags, listenDefault string) {
 	f.Duration(&c.schedulerTTL, "scheduler-ttl", 5*time.Second, "how long a crashed scheduler leader blocks the others")
 	f.Duration(&c.retention, "instance-retention", time.Minute, "how long Terminated instances are kept", "ANKA_INSTANCE_TIME_OUT")
 	f.Int(&c.logLevel, "log-level", 0, "log verbosity: 0 info, 1+ debug, -1 warnings only", "ANKA_V")
+	f.String(&c.logFormat, "log-format", "text", "log lines as text (key=value) or json")
+	f.Bool(&c.accessLog, "access-log", true, "log every request at info: method, route, status, bytes, duration, caller, request id (never bodies or secrets); false for very busy clouds")
 	f.Bool(&c.enableAuth, "enable-auth", false, "require credentials on /api/v1 (HTTP 401 otherwise)", "ANKA_ENABLE_AUTH")
 	f.Secret(&c.rootToken, "root-token", "root token: HTTP Basic with user root and this password", "ANKA_ROOT_TOKEN")
 	f.Int(&c.maxWaiting, "max-waiting-instances", controller.DefaultMaxWaiting, "instances not yet running (Scheduling, Pulling) the cloud holds at most; starts past it get HTTP 429 (-1: no limit)")
@@ -129,6 +133,7 @@ func (c *controllerFlags) daemonConfig(log *slog.Logger) (daemon.Config, error) 
 		EtcdPassword:  loginField(c.etcdLogin, c.etcdPassword),
 		MetricsListen: metricsListen(c.enableMetrics, c.metricsListen),
 		EventMaxCount: c.eventMaxCount, EventMaxAge: c.eventMaxAge, EventWebhook: c.eventWebhook, EventWebhookSecret: c.eventWebhookSecret,
+		NoAccessLog: !c.accessLog,
 	}, nil
 }
 
@@ -138,10 +143,13 @@ func runController(ctx context.Context, args []string, out io.Writer) error {
 	var c controllerFlags
 	c.register(f, ":80")
 	var log *slog.Logger
-	if err := f.Parse(args, func() *slog.Logger { return newLogger(c.logLevel) }); err != nil {
+	if err := f.Parse(args, func() *slog.Logger { return newLogger(c.logLevel, c.logFormat) }); err != nil {
 		return err
 	}
-	log = newLogger(c.logLevel)
+	if err := checkLogFormat(c.logFormat); err != nil {
+		return err
+	}
+	log = newLogger(c.logLevel, c.logFormat)
 	cfg, err := c.daemonConfig(log)
 	if err != nil {
 		return err

@@ -220,7 +220,7 @@ func etcdServe(ctx context.Context, args []string, out io.Writer) error {
 	var e etcdServeFlags
 	f := newFlags("etcd serve", "Run an etcd member in this process (the etcd service of compose and Kubernetes deployments).", out)
 	e.register(f)
-	if err := f.Parse(args, func() *slog.Logger { return newLogger(e.logLevel) }); err != nil {
+	if err := f.Parse(args, func() *slog.Logger { return newLogger(e.logLevel, "text") }); err != nil {
 		return err
 	}
 	if e.logLevel >= 1 {

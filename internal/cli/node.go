@@ -105,11 +105,16 @@ func runNode(ctx context.Context, args []string, out io.Writer) error {
 	var controllers []string
 	var token string
 	var logLevel int
+	var logFormat string
 	f.List(&controllers, "controller", "", "controller URL(s), comma-separated, e.g. http://10.0.0.2:80")
 	f.Secret(&token, "token", "join token printed by the controller")
 	f.Int(&logLevel, "log-level", 0, "log verbosity: 0 info, 1+ debug", "ANKA_V")
+	f.String(&logFormat, "log-format", "text", "log lines as text (key=value) or json")
 	n.register(f, "")
-	if err := f.Parse(args, func() *slog.Logger { return newLogger(logLevel) }); err != nil {
+	if err := f.Parse(args, func() *slog.Logger { return newLogger(logLevel, logFormat) }); err != nil {
+		return err
+	}
+	if err := checkLogFormat(logFormat); err != nil {
 		return err
 	}
 	if len(controllers) == 0 {
@@ -118,7 +123,7 @@ func runNode(ctx context.Context, args []string, out io.Writer) error {
 	if token == "" {
 		return fmt.Errorf("--token is required (the controller prints it at start)")
 	}
-	log := newLogger(logLevel)
+	log := newLogger(logLevel, logFormat)
 	cfg, err := n.config(controllers, token, log)
 	if err != nil {
 		return err

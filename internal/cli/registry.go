@@ -20,6 +20,8 @@ type registryFlags struct {
 	gcInterval, gcGrace, uploadTTL, lowSpaceGrace time.Duration
 	lowSpace                                      string
 	logLevel                                      int
+	logFormat                                     string
+	accessLog                                     bool
 	tls                                           serverTLSFlags
 	s3TLS                                         clientTLSFlags // how the registry trusts an HTTPS S3 endpoint
 	enableMetrics                                 bool
@@ -45,6 +47,8 @@ func (r *registryFlags) register(f *flags, prefix, listenDefault, dirDefault str
 	f.Duration(&r.lowSpaceGrace, prefix+"gc-low-space-grace", 2*time.Minute, "the grace period of those early collections")
 	if prefix == "" { // `corral up` has its own --log-level, no TLS and metrics on the API ports
 		f.Int(&r.logLevel, "log-level", 0, "log verbosity: 0 info, 1+ debug", "ANKA_V")
+		f.String(&r.logFormat, "log-format", "text", "log lines as text (key=value) or json")
+		f.Bool(&r.accessLog, "access-log", true, "log every request at info: method, route, status, bytes, duration, caller, request id (never bodies or secrets); false for very busy registries")
 		r.tls.register(f, "CA whose client certificates may use the registry: with it, every request needs one")
 		r.tls.requireClientCert = true
 		r.s3TLS.register(f, "s3-", false, true)
@@ -74,7 +78,7 @@ func aliasIf(cond bool, names ...string) []string {
 func (r *registryFlags) config(log *slog.Logger) (daemon.Config, error) {
 	cfg := daemon.Config{ListenAddr: r.listen, DataDir: r.dataDir, GCInterval: r.gcInterval,
 		GCGrace: r.gcGrace, UploadTTL: r.uploadTTL, Log: log, MetricsListen: metricsListen(r.enableMetrics, r.metricsListen),
-		LowSpaceGrace: r.lowSpaceGrace}
+		LowSpaceGrace: r.lowSpaceGrace, NoAccessLog: !r.accessLog}
 	if r.lowSpace != "" {
 		n, err := parseSize(r.lowSpace)
 		if err != nil {
@@ -129,10 +133,13 @@ func runRegistry(ctx context.Context, args []string, out io.Writer) error {
 	f.warnAnka = true
 	var r registryFlags
 	r.register(f, "", ":8089", "corral-registry")
-	if err := f.Parse(args, func() *slog.Logger { return newLogger(r.logLevel) }); err != nil {
+	if err := f.Parse(args, func() *slog.Logger { return newLogger(r.logLevel, r.logFormat) }); err != nil {
 		return err
 	}
-	log := newLogger(r.logLevel)
+	if err := checkLogFormat(r.logFormat); err != nil {
+		return err
+	}
+	log := newLogger(r.logLevel, r.logFormat)
 	cfg, err := r.config(log)
 	if err != nil {
 		return err

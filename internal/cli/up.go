@@ -30,10 +30,14 @@ func runUp(ctx context.Context, args []string, out io.Writer) error {
 	n.register(f, "node-")
 	f.String(&n.driver, "driver", n.driver, "the local node's VM driver (same as --node-driver)")
 	r.register(f, "registry-", "127.0.0.1:8089", "")
-	if err := f.Parse(args, func() *slog.Logger { return newLogger(c.logLevel) }); err != nil {
+	if err := f.Parse(args, func() *slog.Logger { return newLogger(c.logLevel, c.logFormat) }); err != nil {
 		return err
 	}
-	log := newLogger(c.logLevel)
+	if err := checkLogFormat(c.logFormat); err != nil {
+		return err
+	}
+	log := newLogger(c.logLevel, c.logFormat)
+	r.accessLog = c.accessLog
 
 	// A local registry unless --registry-url names another one.
 	if c.registryURL == "" {

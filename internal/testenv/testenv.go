@@ -53,6 +53,9 @@ type Options struct {
 	// EventMaxCount, EventWebhook, EventWebhookSecret: daemon.Config's.
 	EventMaxCount                    int
 	EventWebhook, EventWebhookSecret string
+	// Log receives the controllers' and the registry's logs (default:
+	// Logger's).
+	Log *slog.Logger
 }
 
 // NodeOptions describe one synthetic node.
@@ -158,7 +161,7 @@ func StartCluster(t testing.TB, opts Options) *Cluster {
 	c.TemplateID = writeTemplates(t, c.TemplatesFile)
 	var late *lateProxy
 	if opts.Registry {
-		cfg := regdaemon.Config{DataDir: filepath.Join(c.Dir, "registry")}
+		cfg := regdaemon.Config{DataDir: filepath.Join(c.Dir, "registry"), Log: opts.Log}
 		if opts.RegistryAuth != nil {
 			late = newLateProxy(t)
 			cfg.Auth = *opts.RegistryAuth
@@ -208,7 +211,7 @@ func (c *Cluster) StartController(opts Options) *daemon.Daemon {
 		NodeLeaseTTL: or(opts.LeaseTTL, 2*time.Second), SchedulerTTL: or(opts.SchedulerTTL, 2*time.Second),
 		InstanceRetention: or(opts.Retention, time.Minute), AssignmentLongPoll: 5 * time.Second,
 		EventMaxCount: opts.EventMaxCount, EventTemplatePoll: 200 * time.Millisecond, EventWebhook: opts.EventWebhook, EventWebhookSecret: opts.EventWebhookSecret,
-		Log: Logger(c.t),
+		Log: cmp.Or(opts.Log, Logger(c.t)),
 	})
 	if err != nil {
 		c.t.Fatalf("start controller: %v", err)
@@ -262,7 +265,7 @@ func StartRegistry(t testing.TB, dir string) *regdaemon.Daemon {
 
 func startRegistry(t testing.TB, cfg regdaemon.Config) *regdaemon.Daemon {
 	t.Helper()
-	cfg.ListenAddr, cfg.Log = "127.0.0.1:0", Logger(t)
+	cfg.ListenAddr, cfg.Log = "127.0.0.1:0", cmp.Or(cfg.Log, Logger(t))
 	r, err := regdaemon.Start(cfg)
 	if err != nil {
 		t.Fatalf("start registry: %v", err)

@@ -88,6 +88,9 @@ type Config struct {
 	Timeouts httpserve.Timeouts
 
 	Log *slog.Logger
+	// NoAccessLog turns off the line logged per request (very busy
+	// clouds); requests keep their X-Request-Id.
+	NoAccessLog bool
 }
 
 // Daemon is a running controller.
@@ -226,7 +229,11 @@ func Start(ctx context.Context, cfg Config) (*Daemon, error) {
 	for _, p := range web.Routes() {
 		mux.Handle(p, dash)
 	}
-	d.http = cfg.Timeouts.Server(mux)
+	accessLog := log
+	if cfg.NoAccessLog {
+		accessLog = nil
+	}
+	d.http = cfg.Timeouts.Server(httpserve.AccessLog(accessLog, "controller", mux))
 	httpserve.WarnIfOpen(log, "the controller", ln.Addr(), cfg.Auth.Enabled,
 		"anyone who can reach it can start instances and run startup scripts on the nodes (use --enable-auth, or --listen 127.0.0.1:PORT)")
 

@@ -8,6 +8,7 @@ import (
 
 	apiv1 "github.com/corral-build/corral/api/v1"
 	"github.com/corral-build/corral/internal/controller"
+	"github.com/corral-build/corral/internal/httpserve"
 )
 
 // agent requires the join token as a bearer token.
@@ -40,6 +41,7 @@ func (a *API) agent(next http.Handler) http.Handler {
 			writeJSON(w, code, apiv1.Envelope{Status: apiv1.StatusFAIL, Message: msg})
 			return
 		}
+		httpserve.SetCaller(r.Context(), "node:"+id)
 		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), nodeKey{}, id)))
 	})
 }

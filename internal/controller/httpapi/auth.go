@@ -9,6 +9,7 @@ import (
 
 	apiv1 "github.com/corral-build/corral/api/v1"
 	"github.com/corral-build/corral/internal/controller"
+	"github.com/corral-build/corral/internal/httpserve"
 )
 
 // requireAuth guards /api/v1 when authentication is on: the caller must
@@ -26,6 +27,11 @@ func (a *API) requireAuth(next http.Handler) http.Handler {
 			err = a.svc.Authorize(r.Context(), id, requiredPermission(r.Method, r.URL.Path))
 		}
 		if err != nil {
+			if mux, ok := next.(*http.ServeMux); ok {
+				// The route a refused request was for (logs, metrics).
+				_, r.Pattern = mux.Handler(r)
+				httpserve.SetRoute(r.Context(), r.Pattern)
+			}
 			code, msg := a.failure(r, err)
 			if code == http.StatusUnauthorized || code == http.StatusForbidden {
 				a.svc.RecordAuthFailure(RemoteHost(r), r.Method, r.URL.Path, msg)
@@ -33,6 +39,7 @@ func (a *API) requireAuth(next http.Handler) http.Handler {
 			writeJSON(w, code, apiv1.Envelope{Status: apiv1.StatusFAIL, Message: msg})
 			return
 		}
+		httpserve.SetCaller(r.Context(), id.String())
 		r2 := r.WithContext(controller.WithCaller(r.Context(), id))
 		next.ServeHTTP(w, r2)
 		r.Pattern = r2.Pattern // the metrics middleware labels by the matched route

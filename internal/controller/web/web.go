@@ -129,6 +129,9 @@ func (d *Dashboard) session(w http.ResponseWriter, r *http.Request, fragment boo
 		err = d.svc.Authorize(r.Context(), id, apiv1.PermView)
 	}
 	var denied *controller.PermissionError
+	if id.Root || len(id.Subjects) > 0 {
+		httpserve.SetCaller(r.Context(), id.String())
+	}
 	switch {
 	case err == nil:
 		return id, true

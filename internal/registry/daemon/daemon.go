@@ -51,6 +51,9 @@ type Config struct {
 	// Read defaults to 10 min here).
 	Timeouts httpserve.Timeouts
 	Log      *slog.Logger
+	// NoAccessLog turns off the line logged per request (very busy
+	// registries); requests keep their X-Request-Id.
+	NoAccessLog bool
 }
 
 // Auth is who may do what on the registry.
@@ -126,7 +129,7 @@ func Start(cfg Config) (*Daemon, error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	d := &Daemon{
 		URL: scheme + net.JoinHostPort(host, fmt.Sprint(addr.Port)), Registry: reg, cancel: cancel,
-		http: cfg.Timeouts.Server(withMetrics(m, httpapi.New(reg, log, cfg.Auth))),
+		http: cfg.Timeouts.Server(httpserve.AccessLog(accessLog(log, cfg.NoAccessLog), "registry", withMetrics(m, httpapi.New(reg, log, cfg.Auth)))),
 		done: make(chan struct{}),
 	}
 	go func() {
@@ -220,4 +223,12 @@ func withMetrics(m *metrics.Registry, api http.Handler) http.Handler {
 	mux.Handle("GET /metrics", m.Handler())
 	mux.Handle("/", api)
 	return m.Middleware(mux)
+}
+
+// accessLog is the logger of per-request lines, nil when they are off.
+func accessLog(log *slog.Logger, off bool) *slog.Logger {
+	if off {
+		return nil
+	}
+	return log
 }

@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/corral-build/corral/internal/httpserve"
 	"github.com/corral-build/corral/internal/registry"
 	"io"
 	"net/http"
@@ -133,6 +134,9 @@ func (g *guard) wrap(next http.Handler) http.Handler {
 			return
 		}
 		claims, err := g.identify(r)
+		if err == nil {
+			httpserve.SetCaller(r.Context(), claims.Subject)
+		}
 		switch {
 		case errors.Is(err, errNoCredential) && g.cfg.AnonymousPull && n.action == regauth.Pull && n.mountFrom == "":
 			next.ServeHTTP(w, r)
