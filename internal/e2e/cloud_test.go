@@ -121,8 +121,13 @@ func TestPriorityFallbackAndReasons(t *testing.T) {
 	c.WaitState(blocker, apiv1.StateStarted, 10*time.Second)
 
 	low := ok(t, "POST", base+"/vm", mustJSON(map[string]any{"vmid": c.TemplateID, "priority": "9000"})).([]any)[0].(string)
-	time.Sleep(50 * time.Millisecond) // low is older than high
 	high := ok(t, "POST", base+"/vm", mustJSON(map[string]any{"vmid": c.TemplateID, "priority": 2})).([]any)[0].(string)
+	// Created one after the other: low is the older (checked, not slept for).
+	lowIn, _ := c.Client.Instance(ctx, low)
+	highIn, _ := c.Client.Instance(ctx, high)
+	if !lowIn.CrTime.Before(highIn.CrTime) {
+		t.Fatalf("low was created at %v, high at %v: the test needs low older", lowIn.CrTime, highIn.CrTime)
+	}
 	deadline := time.Now().Add(5 * time.Second)
 	for {
 		in, _ := c.Client.Instance(ctx, high)

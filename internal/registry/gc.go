@@ -75,7 +75,7 @@ func (r *Registry) GCWithGrace(ctx context.Context, grace time.Duration) (GCStat
 func (r *Registry) gc(ctx context.Context, grace time.Duration) (GCStats, error) {
 	var s GCStats
 
-	now := time.Now()
+	now := r.now()
 	protectSince, purged, err := r.purgeUploads(ctx, now, grace)
 	if err != nil {
 		return s, fmt.Errorf("gc: uploads: %w", err)

@@ -66,6 +66,10 @@ type Registry struct {
 	// GCLockTTL is how long a GC lock lives without renewal before the
 	// next run takes it over (DefaultGCLockTTL when 0).
 	GCLockTTL time.Duration
+	// Now is the clock of upload leases and of GC's grace (time.Now when
+	// nil); stored files keep the store's own times. Tests set it to put
+	// a write explicitly before or after a lease or a grace period.
+	Now func() time.Time
 
 	packs *packIndex
 	loose looseState
@@ -100,6 +104,13 @@ const DefaultGCLockTTL = 2 * time.Minute
 // New returns a Registry over st.
 func New(st storage.Backend, log *slog.Logger) *Registry {
 	return &Registry{st: st, log: log, Grace: time.Hour, UploadTTL: 24 * time.Hour, packs: newPackIndex(st, log)}
+}
+
+func (r *Registry) now() time.Time {
+	if r.Now != nil {
+		return r.Now()
+	}
+	return time.Now()
 }
 
 // Backend exposes the storage for disk usage.
@@ -139,7 +150,7 @@ func (r *Registry) writeJSON(ctx context.Context, path string, v any, mode stora
 
 // StartUpload opens an upload lease.
 func (r *Registry) StartUpload(ctx context.Context, id string) (time.Time, error) {
-	now := time.Now().UTC()
+	now := r.now().UTC()
 	return now, r.writeJSON(ctx, "uploads/"+id+".json", map[string]any{"started": now}, storage.Exclusive)
 }
 

@@ -220,10 +220,19 @@ func readChunk(t *testing.T, r *registry.Registry, d string) error {
 }
 
 // TestGC: unreferenced chunks go to trash, then away; referenced ones, those
-// of an in-progress push (upload lease) and rescued ones stay.
+// of an in-progress push (upload lease) and rescued ones stay. Times are
+// explicit, not slept for: what was written before the push is a minute
+// old, the push's lease began half a minute ago, and every GC pass runs a
+// minute ahead of the store's clock (grace 0), so whatever a pass finds was
+// written before it.
 func TestGC(t *testing.T) {
 	ctx := context.Background()
-	r := newRegistry(t)
+	dir := t.TempDir()
+	b, err := filesystem.New(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := registry.New(b, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	r.Grace = 0
 	shared := putRandom(t, r, 2)
 	onlyOld := putRandom(t, r, 3)
@@ -236,17 +245,18 @@ func TestGC(t *testing.T) {
 	}
 	_ = res
 	// An in-progress push: lease first, then its chunks.
+	ageFiles(t, dir, time.Minute)
+	r.Now = func() time.Time { return time.Now().Add(-30 * time.Second) }
 	if _, err := r.StartUpload(ctx, "push1"); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(10 * time.Millisecond)
+	r.Now = func() time.Time { return time.Now().Add(time.Minute) }
 	inflight := putRandom(t, r, 2)
 
 	aID := mustID(t, r, "a")
 	if err := r.DeleteTemplate(ctx, aID); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(10 * time.Millisecond)
 	s, err := r.GC(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -258,7 +268,6 @@ func TestGC(t *testing.T) {
 	if err := readChunk(t, r, onlyOld[0]); err != nil {
 		t.Fatalf("condemned chunk not readable: %v", err)
 	}
-	time.Sleep(10 * time.Millisecond)
 	s, err = r.GC(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -283,9 +292,9 @@ func TestGC(t *testing.T) {
 	if err := r.DeleteTemplate(ctx, mustID(t, r, "c")); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(10 * time.Millisecond)
-	r.GC(ctx)
-	time.Sleep(10 * time.Millisecond)
+	if _, err := r.GC(ctx); err != nil {
+		t.Fatal(err)
+	}
 	if s, _ := r.GC(ctx); s.Deleted != 3 { // 2 inflight + the rescued onlyOld[0]
 		t.Fatalf("third cleanup deleted %d (%+v)", s.Deleted, s)
 	}
