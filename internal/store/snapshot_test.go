@@ -17,7 +17,9 @@ func TestUsageCountsTemplateResources(t *testing.T) {
 	}
 	snap := Snapshot{Instances: []InstanceEntry{
 		rec("template-sized", apiv1.StartSpec{}, &apiv1.VMInfo{CPUCores: 4, RAM: "8G"}, true),
-		rec("explicit", apiv1.StartSpec{VCPU: 2, VRAM: 2048}, &apiv1.VMInfo{CPUCores: 2, RAM: "2G"}, true),
+		// Its VM reports other figures than it asked (a driver rounding, a
+		// template's own): what it asked is what it holds.
+		rec("explicit", apiv1.StartSpec{VCPU: 2, VRAM: 2048}, &apiv1.VMInfo{CPUCores: 6, RAM: "16G"}, true),
 		rec("not-booted", apiv1.StartSpec{}, nil, true),
 		rec("released", apiv1.StartSpec{VCPU: 8}, nil, false),
 	}}
