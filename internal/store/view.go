@@ -243,7 +243,8 @@ func (s *Store) runView(ctx context.Context, v *view) error {
 	if v.waiters == nil {
 		v.waiters = map[string][]chan struct{}{}
 	}
-	v.wakeAll()
+	// No poll waits on the view here: the loop woke them all when the
+	// last run ended, and none waits while it is not synced.
 	v.instances = make(map[string]*viewInstance, len(snap.Instances))
 	v.order, v.orderOK, v.gone = nil, false, 0
 	v.usage, v.pending, v.holding = map[string]NodeUsage{}, map[string]struct{}{}, map[string]map[string]struct{}{}
