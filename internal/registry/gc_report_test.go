@@ -114,3 +114,22 @@ func TestGCReportsEveryFault(t *testing.T) {
 	}
 	t.Logf("%d faults injected, each reported", faults)
 }
+
+// TestSetArchReportsAFailedCheck: SetArch checks, after its write, that the
+// template was not deleted meanwhile; a read error there was taken for
+// "still there" and the call answered success.
+func TestSetArchReportsAFailedCheck(t *testing.T) {
+	ctx := context.Background()
+	r, fb := newFaultyRegistry(t, 1)
+	res, err := r.Commit(ctx, commitReq("arch", "v1", putRandom(t, r, 1)...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	fb.FailNth(faulty.Open, "names/", 1)
+	if err := r.SetArch(ctx, res.TemplateID, "amd64"); !errors.Is(err, faulty.ErrInjected) {
+		t.Fatalf("SetArch whose check failed: %v, want the fault", err)
+	}
+	if err := r.SetArch(ctx, res.TemplateID, "amd64"); err != nil {
+		t.Fatal(err)
+	}
+}

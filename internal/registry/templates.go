@@ -516,8 +516,14 @@ func (r *Registry) SetArch(ctx context.Context, id, arch string) error {
 		return err
 	}
 	var owner string
-	if err := r.readJSON(ctx, "names/"+t.Name, &owner); errors.Is(err, storage.ErrNotFound) || err == nil && owner != id {
-		_ = r.st.Delete(ctx, templatePath(id))
+	err = r.readJSON(ctx, "names/"+t.Name, &owner)
+	switch {
+	case err != nil && !errors.Is(err, storage.ErrNotFound):
+		return fmt.Errorf("template %s: check its name after setting its arch: %w", id, err)
+	case err != nil || owner != id:
+		if err := r.st.Delete(ctx, templatePath(id)); err != nil && !errors.Is(err, storage.ErrNotFound) {
+			return fmt.Errorf("template %s was deleted meanwhile; undo its arch: %w", id, err)
+		}
 		return ErrNotFound
 	}
 	return nil
