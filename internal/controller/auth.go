@@ -94,7 +94,7 @@ func (s *Service) Authenticate(ctx context.Context, header string, cert *x509.Ce
 		if !ok {
 			return Identity{}, ErrAuth
 		}
-		hash, err := s.st.Value(ctx, store.SessionPrefix(sess.UserName)+sess.SessionID)
+		hash, err := s.st.KeySession(ctx, store.KeySessionRef(sess.UserName, sess.SessionID))
 		if err == nil && subtle.ConstantTimeCompare([]byte(hash), []byte(secretHash(sess.Token))) == 1 {
 			return Identity{Subjects: []string{"key:" + sess.UserName}}, nil
 		}
@@ -190,7 +190,7 @@ func (s *Service) Hand(ctx context.Context, id string) (string, error) {
 	secret := randomHex(24)
 	// One key per pending handshake: a flood of hands for this key id
 	// cannot replace the one a real client is completing.
-	if err := s.st.PutExpiring(ctx, "auth/hand/"+id+"/"+secretHash(secret), "1", time.Minute); err != nil {
+	if err := s.st.PutHandshake(ctx, id, secretHash(secret), time.Minute); err != nil {
 		return "", err
 	}
 	enc, err := rsa.EncryptOAEP(sha256.New(), rand.Reader, pub, []byte(secret), nil)
@@ -212,7 +212,7 @@ func (s *Service) Shake(ctx context.Context, id, secret string) (Session, error)
 	if secret == "" || len(secret) > 128 {
 		return Session{}, ErrAuth
 	}
-	if _, err := s.st.TakeExpiring(ctx, "auth/hand/"+id+"/"+secretHash(secret)); errors.Is(err, store.ErrNotFound) {
+	if err := s.st.TakeHandshake(ctx, id, secretHash(secret)); errors.Is(err, store.ErrNotFound) {
 		return Session{}, ErrAuth
 	} else if err != nil {
 		return Session{}, err
@@ -222,7 +222,7 @@ func (s *Service) Shake(ctx context.Context, id, secret string) (Session, error)
 		ttl = time.Hour
 	}
 	sess := Session{UserName: id, Token: randomHex(24), SessionID: randomHex(16), ExpiresAt: time.Now().Add(ttl).Unix()}
-	if err := s.st.PutExpiring(ctx, store.SessionPrefix(id)+sess.SessionID, secretHash(sess.Token), ttl); err != nil {
+	if err := s.st.PutKeySession(ctx, id, sess.SessionID, secretHash(sess.Token), ttl); err != nil {
 		return Session{}, err
 	}
 	return sess, nil

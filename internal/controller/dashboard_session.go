@@ -39,11 +39,11 @@ func (s *Service) DashboardLogin(ctx context.Context, rootToken, apiKeySession s
 	if rootToken != "" {
 		rec.RootTokenHash = secretHash(rootToken)
 	} else if sess, ok := decodeSession(apiKeySession); ok {
-		rec.KeySession = store.SessionPrefix(sess.UserName) + sess.SessionID
+		rec.KeySession = store.KeySessionRef(sess.UserName, sess.SessionID)
 	}
 	secret := randomHex(32)
 	b, _ := json.Marshal(rec)
-	if err := s.st.PutExpiring(ctx, "auth/dashboard/"+secretHash(secret), string(b), DashboardSessionTTL); err != nil {
+	if err := s.st.PutDashboardSession(ctx, secretHash(secret), string(b), DashboardSessionTTL); err != nil {
 		return "", fmt.Errorf("store dashboard session: %w", err)
 	}
 	return secret, nil
@@ -58,7 +58,7 @@ func (s *Service) DashboardSession(ctx context.Context, secret string) (Identity
 	if secret == "" || len(secret) > 128 {
 		return Identity{}, ErrAuth
 	}
-	v, err := s.st.Value(ctx, "auth/dashboard/"+secretHash(secret))
+	v, err := s.st.DashboardSession(ctx, secretHash(secret))
 	if errors.Is(err, store.ErrNotFound) {
 		return Identity{}, ErrAuth
 	}
@@ -74,7 +74,7 @@ func (s *Service) DashboardSession(ctx context.Context, secret string) (Identity
 	// root token the controller has now.
 	switch {
 	case rec.KeySession != "":
-		if _, err := s.st.Value(ctx, rec.KeySession); errors.Is(err, store.ErrNotFound) {
+		if _, err := s.st.KeySession(ctx, rec.KeySession); errors.Is(err, store.ErrNotFound) {
 			_ = s.DashboardLogout(ctx, secret)
 			return Identity{}, ErrAuth
 		} else if err != nil {
@@ -102,7 +102,7 @@ type dashboardSession struct {
 
 // DashboardLogout ends a dashboard session.
 func (s *Service) DashboardLogout(ctx context.Context, secret string) error {
-	_, err := s.st.TakeExpiring(ctx, "auth/dashboard/"+secretHash(secret))
+	err := s.st.DeleteDashboardSession(ctx, secretHash(secret))
 	if errors.Is(err, store.ErrNotFound) {
 		return nil
 	}

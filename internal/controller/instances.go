@@ -266,7 +266,7 @@ func (s *Service) StartInstancesOnce(ctx context.Context, key string, spec apiv1
 	sum := sha256.Sum256(body)
 	fingerprint := hex.EncodeToString(sum[:])
 	keySum := sha256.Sum256([]byte(key))
-	rel := "idempotency/" + hex.EncodeToString(keySum[:])
+	rel := hex.EncodeToString(keySum[:])
 	prev, claimed, err := s.st.ClaimIdempotencyKey(ctx, rel, fingerprint, 24*time.Hour)
 	if err != nil {
 		return nil, err

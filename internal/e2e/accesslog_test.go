@@ -81,7 +81,7 @@ func TestRequestsAreLogged(t *testing.T) {
 
 	type line struct {
 		Msg, Server, Method, Route, Caller, RequestID string
-		Status                                       int
+		Status                                        int
 	}
 	var lines []line
 	sc := bufio.NewScanner(strings.NewReader(logs.String()))

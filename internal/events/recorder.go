@@ -107,7 +107,7 @@ func (r *Recorder) record(ctx context.Context, fence clientv3.Cmp) error {
 	}
 	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
 	defer cancel()
-	watch := r.st.Client().Watch(wctx, r.st.Key(""), clientv3.WithPrefix(), clientv3.WithPrevKV(), clientv3.WithRev(from))
+	watch := r.st.WatchAll(wctx, clientv3.WithPrevKV(), clientv3.WithRev(from))
 	if !found {
 		r.log.Info("event log starting", "revision", from)
 	}
@@ -206,7 +206,7 @@ func (r *Recorder) derive(changes []*clientv3.Event) (evs []apiv1.Event, consume
 		if r.st.IsEventKey(key) && !strings.HasPrefix(key, r.st.EventQueuePrefix()) {
 			continue
 		}
-		rel := strings.TrimPrefix(key, r.st.Key(""))
+		rel := r.st.Rel(key)
 		kind, id, _ := strings.Cut(rel, "/")
 		put := c.Type == mvccpb.PUT
 		switch kind {

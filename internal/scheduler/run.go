@@ -103,7 +103,7 @@ func (s *Scheduler) campaignAndLead(ctx context.Context) error {
 			session.Close()
 		}
 	}()
-	election := concurrency.NewElection(session, s.st.Key("election/scheduler"))
+	election := s.st.Election(session, "scheduler")
 	if err := election.Campaign(ctx, s.cfg.ID); err != nil {
 		return fmt.Errorf("campaign: %w", err)
 	}
@@ -142,8 +142,7 @@ func (s *Scheduler) campaignAndLead(ctx context.Context) error {
 // lead runs passes whenever anything under the prefix changes (debounced),
 // and at least every few seconds so retention and lost nodes are handled.
 func (s *Scheduler) lead(ctx context.Context, fence clientv3.Cmp) {
-	watch := s.st.Client().Watch(clientv3.WithRequireLeader(ctx), s.st.Key(""), clientv3.WithPrefix(),
-		clientv3.WithFilterDelete())
+	watch := s.st.WatchAll(clientv3.WithRequireLeader(ctx), clientv3.WithFilterDelete())
 	tick := time.NewTicker(min(s.cfg.Retention/2, 3*time.Second))
 	defer tick.Stop()
 	lastPurge := time.Time{}

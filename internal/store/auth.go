@@ -9,14 +9,9 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
-// Auth keys (under the prefix):
-//
-//	apikeys/<id>        PEM public key of an API key
-//	auth/hand/<id>/<hash>     a pending handshake: its secret's SHA-256 (lease-bound, 60 s)
-//	auth/session/<id>/<sid>   SHA-256 of a session token issued to key <id> (lease-bound)
-//
-// Secrets are stored hashed: a copy of etcd holds nothing usable as a
-// credential.
+// Auth keys: apikeys/, auth/hand/, auth/session/, auth/dashboard/ (the
+// layout is in store.go). Secrets are stored hashed: a copy of etcd holds
+// nothing usable as a credential; the callers pass hashes.
 
 // PutAPIKey stores an API key's public key.
 func (s *Store) PutAPIKey(ctx context.Context, id, publicPEM string) error {
@@ -48,7 +43,7 @@ func (s *Store) DeleteAPIKey(ctx context.Context, id string) error {
 	key := s.prefix + "apikeys/" + id
 	resp, err := s.cli.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(key), ">", 0)).
 		Then(clientv3.OpDelete(key), clientv3.OpDelete(s.prefix+"auth/hand/"+id+"/", clientv3.WithPrefix()),
-			clientv3.OpDelete(s.prefix+SessionPrefix(id), clientv3.WithPrefix())).Commit()
+			clientv3.OpDelete(s.prefix+sessionPrefix(id), clientv3.WithPrefix())).Commit()
 	if err != nil {
 		return fmt.Errorf("delete api key %s: %w", id, err)
 	}
@@ -58,11 +53,60 @@ func (s *Store) DeleteAPIKey(ctx context.Context, id string) error {
 	return nil
 }
 
-// SessionPrefix is where the sessions of API key id live (relative).
-func SessionPrefix(id string) string { return "auth/session/" + id + "/" }
+// sessionPrefix is where the sessions of API key id live (relative).
+func sessionPrefix(id string) string { return "auth/session/" + id + "/" }
 
-// PutExpiring stores a value that etcd deletes after ttl.
-func (s *Store) PutExpiring(ctx context.Context, rel, value string, ttl time.Duration) error {
+// KeySessionRef names session sid of API key id (a dashboard session
+// records which key session it stands on).
+func KeySessionRef(id, sid string) string { return sessionPrefix(id) + sid }
+
+// PutKeySession stores the hash of a session token issued to API key id;
+// etcd deletes it after ttl.
+func (s *Store) PutKeySession(ctx context.Context, id, sid, tokenHash string, ttl time.Duration) error {
+	return s.putExpiring(ctx, KeySessionRef(id, sid), tokenHash, ttl)
+}
+
+// KeySession returns the token hash of a key session (ErrNotFound once it
+// expired or its key was deleted).
+func (s *Store) KeySession(ctx context.Context, ref string) (string, error) {
+	if !strings.HasPrefix(ref, "auth/session/") {
+		return "", ErrNotFound
+	}
+	return s.value(ctx, ref)
+}
+
+// PutHandshake records a pending API-key handshake by its secret's hash;
+// etcd deletes it after ttl.
+func (s *Store) PutHandshake(ctx context.Context, id, secretHash string, ttl time.Duration) error {
+	return s.putExpiring(ctx, "auth/hand/"+id+"/"+secretHash, "1", ttl)
+}
+
+// TakeHandshake consumes a pending handshake (single use); ErrNotFound when
+// there is none.
+func (s *Store) TakeHandshake(ctx context.Context, id, secretHash string) error {
+	_, err := s.takeExpiring(ctx, "auth/hand/"+id+"/"+secretHash)
+	return err
+}
+
+// PutDashboardSession stores a dashboard session under its secret's hash;
+// etcd deletes it after ttl.
+func (s *Store) PutDashboardSession(ctx context.Context, secretHash, record string, ttl time.Duration) error {
+	return s.putExpiring(ctx, "auth/dashboard/"+secretHash, record, ttl)
+}
+
+// DashboardSession returns a dashboard session's record.
+func (s *Store) DashboardSession(ctx context.Context, secretHash string) (string, error) {
+	return s.value(ctx, "auth/dashboard/"+secretHash)
+}
+
+// DeleteDashboardSession ends a dashboard session (log out).
+func (s *Store) DeleteDashboardSession(ctx context.Context, secretHash string) error {
+	_, err := s.takeExpiring(ctx, "auth/dashboard/"+secretHash)
+	return err
+}
+
+// putExpiring stores a value that etcd deletes after ttl.
+func (s *Store) putExpiring(ctx context.Context, rel, value string, ttl time.Duration) error {
 	lease, err := s.cli.Grant(ctx, int64(max(ttl/time.Second, 1)))
 	if err != nil {
 		return fmt.Errorf("grant lease for %s: %w", rel, err)
@@ -71,8 +115,8 @@ func (s *Store) PutExpiring(ctx context.Context, rel, value string, ttl time.Dur
 	return err
 }
 
-// TakeExpiring returns and deletes a value (a handshake secret is single-use).
-func (s *Store) TakeExpiring(ctx context.Context, rel string) (string, error) {
+// takeExpiring returns and deletes a value.
+func (s *Store) takeExpiring(ctx context.Context, rel string) (string, error) {
 	resp, err := s.cli.Delete(ctx, s.prefix+rel, clientv3.WithPrevKV())
 	if err != nil {
 		return "", err
@@ -82,9 +126,6 @@ func (s *Store) TakeExpiring(ctx context.Context, rel string) (string, error) {
 	}
 	return string(resp.PrevKvs[0].Value), nil
 }
-
-// Value returns a raw value.
-func (s *Store) Value(ctx context.Context, rel string) (string, error) { return s.value(ctx, rel) }
 
 func (s *Store) value(ctx context.Context, rel string) (string, error) {
 	resp, err := s.cli.Get(ctx, s.prefix+rel)

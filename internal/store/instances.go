@@ -591,10 +591,13 @@ type IdempotencyRecord struct {
 	IDs         []string `json:"ids,omitempty"`
 }
 
-// ClaimIdempotencyKey records that a request with this key is under way,
-// unless the key exists: then it returns the existing record.
-func (s *Store) ClaimIdempotencyKey(ctx context.Context, rel, fingerprint string, ttl time.Duration) (IdempotencyRecord, bool, error) {
+func idempotencyKey(keyHash string) string { return "idempotency/" + keyHash }
+
+// ClaimIdempotencyKey records that a request with this key (its hash) is
+// under way, unless the key exists: then it returns the existing record.
+func (s *Store) ClaimIdempotencyKey(ctx context.Context, keyHash, fingerprint string, ttl time.Duration) (IdempotencyRecord, bool, error) {
 	var prev IdempotencyRecord
+	rel := idempotencyKey(keyHash)
 	lease, err := s.cli.Grant(ctx, int64(ttl/time.Second))
 	if err != nil {
 		return prev, false, fmt.Errorf("idempotency key: %w", err)
@@ -618,11 +621,11 @@ func (s *Store) ClaimIdempotencyKey(ctx context.Context, rel, fingerprint string
 }
 
 // CompleteIdempotencyKey stores the ids a keyed request created.
-func (s *Store) CompleteIdempotencyKey(ctx context.Context, rel, fingerprint string, ids []string, ttl time.Duration) error {
-	return s.PutExpiring(ctx, rel, mustJSON(IdempotencyRecord{Fingerprint: fingerprint, IDs: ids}), ttl)
+func (s *Store) CompleteIdempotencyKey(ctx context.Context, keyHash, fingerprint string, ids []string, ttl time.Duration) error {
+	return s.putExpiring(ctx, idempotencyKey(keyHash), mustJSON(IdempotencyRecord{Fingerprint: fingerprint, IDs: ids}), ttl)
 }
 
 // ReleaseIdempotencyKey forgets a key whose request failed, so a retry runs.
-func (s *Store) ReleaseIdempotencyKey(ctx context.Context, rel string) {
-	_, _ = s.cli.Delete(ctx, s.prefix+rel)
+func (s *Store) ReleaseIdempotencyKey(ctx context.Context, keyHash string) {
+	_, _ = s.cli.Delete(ctx, s.prefix+idempotencyKey(keyHash))
 }

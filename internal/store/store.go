@@ -2,16 +2,38 @@
 // is a transaction that compares mod-revisions, so several controllers can
 // share one etcd without locks.
 //
-// Key layout, under a prefix ("/corral/" by default):
+// Key layout, under a prefix ("/corral/" by default). The store is the only
+// code that builds these keys; everything else goes through its typed
+// methods.
 //
-//	nodes/<node_id>                  NodeRecord: what the node reported + admin config
-//	alive/<node_id>                  bound to the node's lease; absent = Offline
-//	groups/<group_id>                apiv1.Group
-//	instances/<instance_id>          InstanceRecord
-//	assign/<node_id>/<instance_id>   apiv1.Assignment: the instance holds a slot on the node;
-//	                                 the node's whole desired state is this prefix
-//	config/join-token-hash           SHA-256 of the token nodes present to join
-//	election/scheduler               scheduler leader election (clientv3/concurrency)
+//	nodes/<node_id>                      NodeRecord: what the node reported + admin config
+//	alive/<node_id>                      bound to the node's lease; absent = Offline
+//	disjoined/<node_id>                  hash of a disjoined node's credential (24 h lease):
+//	                                     its agent hears 410, a stranger 401
+//	groups/<group_id>                    apiv1.Group
+//	instances/<instance_id>              InstanceRecord
+//	scripts/<request_id>                 a start's startup script, stored once for its instances
+//	consoles/<instance_id>               the VM console's last lines
+//	assign/<node_id>/<instance_id>       apiv1.Assignment: the instance holds a slot on the node;
+//	                                     the node's whole desired state is this prefix with
+//	distribute/<node_id>/<request_id>    apiv1.Prefetch: a template to pull (distribute) and
+//	save/<node_id>/<request_id>          apiv1.ImageSave: an instance to save as a template
+//	distributions/<request_id>           apiv1.Distribution: a distribute request's progress
+//	images/<request_id>                  apiv1.Image: a save-image request's progress
+//	idempotency/<sha256 of the key>      IdempotencyRecord of a start's Idempotency-Key (1 day lease)
+//	apikeys/<id>                         PEM public key of an API key
+//	auth/hand/<id>/<sha256>              a pending API-key handshake (60 s lease)
+//	auth/session/<id>/<sid>              SHA-256 of a session token of key <id> (lease)
+//	auth/dashboard/<sha256>              a dashboard session by its cookie's hash (lease)
+//	permgroups/<name>                    apiv1.PermissionGroup
+//	events/<rev:20>-<index:4>            apiv1.Event, in the order of the changes they record
+//	eventq/<time>-<random>               apiv1.Event recorded directly, waiting for the recorder
+//	config/join-token-hash               SHA-256 of the token nodes present to join
+//	config/join-token                    the plaintext token of clouds from before hashes (read once)
+//	config/events-rev                    the revision the event recorder has applied up to
+//	config/webhook-cursor                the last event id the webhook delivered
+//	config/events-templates              the registry's templates and tags last seen
+//	election/scheduler                   scheduler leader election (clientv3/concurrency)
 package store
 
 import (
@@ -20,10 +42,12 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/client/v3/concurrency"
 )
 
 // ErrNotFound is returned when a key does not exist.
@@ -31,9 +55,6 @@ var ErrNotFound = errors.New("not found")
 
 // ErrExists is returned when creating what already exists.
 var ErrExists = errors.New("already exists")
-
-// errConflict means a compare failed; update loops retry on it.
-var errConflict = errors.New("concurrent update")
 
 // Store is the typed view of Corral's etcd keys.
 type Store struct {
@@ -107,8 +128,25 @@ func New(cli *clientv3.Client, prefix string) *Store {
 // Client exposes the etcd client for leader election and maintenance.
 func (s *Store) Client() *clientv3.Client { return s.cli }
 
-// Key returns the full key for a relative path (used by election and watchers).
+// Key returns the full key for a relative path. Only tests use it (to
+// write around the store, or fence on a key of their own); code goes
+// through the typed methods.
 func (s *Store) Key(rel string) string { return s.prefix + rel }
+
+// Election is the leader election called name (election/<name>), on the
+// session's lease.
+func (s *Store) Election(session *concurrency.Session, name string) *concurrency.Election {
+	return concurrency.NewElection(session, s.prefix+"election/"+name)
+}
+
+// WatchAll watches every key of the store (the scheduler's trigger, the
+// event log's source).
+func (s *Store) WatchAll(ctx context.Context, opts ...clientv3.OpOption) clientv3.WatchChan {
+	return s.cli.Watch(ctx, s.prefix, append([]clientv3.OpOption{clientv3.WithPrefix()}, opts...)...)
+}
+
+// Rel is a key of the store relative to its prefix ("instances/<id>").
+func (s *Store) Rel(key string) string { return strings.TrimPrefix(key, s.prefix) }
 
 func (s *Store) nodeKey(id string) string           { return s.prefix + "nodes/" + id }
 func (s *Store) aliveKey(id string) string          { return s.prefix + "alive/" + id }
