@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"encoding/json"
+	"slices"
 	"strings"
 	"testing"
 
@@ -15,64 +16,10 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
-// routeAccess is who may call each controller route: a user permission, or
-// "node" (a node's own credential), "join" (the join token), "tap" (the API
-// key handshake, open by design), "registry-token" (any user or node: the
-// grant is narrowed to what the caller may do, TestRegistryTokenPermissions). A route the controller serves that is
-// missing here fails TestAuthMatrix: a new route must say who may call it.
-var routeAccess = map[string]string{
-	"GET /api/v1/status":                    apiv1.PermView,
-	"GET /api/v1/node":                      apiv1.PermView,
-	"DELETE /api/v1/node":                   apiv1.PermManageNodes,
-	"PUT /api/v1/node/config":               apiv1.PermManageNodes,
-	"POST /api/v1/node/config":              apiv1.PermManageNodes,
-	"POST /api/v1/node/group/{group_id}":    apiv1.PermManageNodes,
-	"DELETE /api/v1/node/group/{group_id}":  apiv1.PermManageNodes,
-	"POST /api/v1/node/group":               apiv1.PermManageNodes,
-	"DELETE /api/v1/node/group":             apiv1.PermManageNodes,
-	"GET /api/v1/usb":                       apiv1.PermView,
-	"GET /api/v1/vlan":                      apiv1.PermView,
-	"GET /api/v1/group":                     apiv1.PermView,
-	"POST /api/v1/group":                    apiv1.PermManageNodes,
-	"PUT /api/v1/group":                     apiv1.PermManageNodes,
-	"DELETE /api/v1/group":                  apiv1.PermManageNodes,
-	"POST /api/v1/vm":                       apiv1.PermStartInstances,
-	"GET /api/v1/vm":                        apiv1.PermView,
-	"PUT /api/v1/vm":                        apiv1.PermStartInstances,
-	"DELETE /api/v1/vm":                     apiv1.PermTerminateInstances,
-	"POST /api/v1/rpc/vm/restart":           apiv1.PermStartInstances,
-	"GET /api/v1/registry/vm":               apiv1.PermView,
-	"DELETE /api/v1/registry/vm":            apiv1.PermManageTemplates,
-	"DELETE /api/v1/registry/revert":        apiv1.PermManageTemplates,
-	"GET /api/v1/registry/disk":             apiv1.PermView,
-	"POST /api/v1/registry/vm/distribute":   apiv1.PermManageTemplates,
-	"GET /api/v1/registry/vm/distribute":    apiv1.PermView,
-	"DELETE /api/v1/registry/vm/distribute": apiv1.PermManageTemplates,
-	"DELETE /api/v1/registry/vm/remove":     apiv1.PermManageTemplates,
-	"GET /api/v1/permission-group":          apiv1.PermAdmin,
-	"POST /api/v1/permission-group":         apiv1.PermAdmin,
-	"PUT /api/v1/permission-group":          apiv1.PermAdmin,
-	"DELETE /api/v1/permission-group":       apiv1.PermAdmin,
-	"POST /api/v1/agent/join":               "join",
-	"POST /api/v1/agent/heartbeat":          "node",
-	"POST /api/v1/agent/leave":              "node",
-	"POST /api/v1/agent/report":             "node",
-	"POST /api/v1/agent/status":             "node",
-	"GET /api/v1/agent/assignments":         "node",
-	"POST /api/v1/agent/prefetch":           "node",
-	"POST /api/v1/agent/image":              "node",
-	"GET /api/v1/registry/token":            "registry-token",
-	"POST /api/v1/join-token":               apiv1.PermAdmin,
-	"POST /tap/v1/hand":                     "tap",
-	"POST /tap/v1/shake":                    "tap",
-	"POST /api/v1/image":                    apiv1.PermManageTemplates,
-	"GET /api/v1/image":                     apiv1.PermView,
-	"GET /api/v1/events":                    apiv1.PermView,
-	"GET /api/v1/vm/logs":                   apiv1.PermView,
-}
-
 // TestAuthMatrix calls every route of the controller's route table with
-// every kind of caller and checks who gets in: nobody, a wrong password, a
+// every kind of caller and checks who gets in, against who the table says
+// may call it (a user permission, or a node's credential, the join token,
+// the handshake, any user or node for registry tokens): nobody, a wrong password, a
 // deleted API key, a node's credential on a user route, a user on a node
 // route, the join token beyond joining, another node's credential, a key
 // missing the permission, and the right caller.
@@ -114,11 +61,9 @@ func TestAuthMatrix(t *testing.T) {
 	}
 	self, other := node("matrix-self"), node("matrix-other")
 
-	patterns := httpapi.Patterns()
-	for _, p := range patterns {
-		if _, ok := routeAccess[p]; !ok {
-			t.Errorf("route %q has no entry in routeAccess: say who may call it", p)
-		}
+	routes := httpapi.Routes()
+	if len(routes) < 40 {
+		t.Fatalf("%d routes in the table", len(routes))
 	}
 	status := func(pattern, auth string) (int, string) {
 		method, path, _ := strings.Cut(pattern, " ")
@@ -139,8 +84,8 @@ func TestAuthMatrix(t *testing.T) {
 		return code, env.Message
 	}
 	denied := func(code int) bool { return code == 401 || code == 403 }
-	for _, p := range patterns {
-		access := routeAccess[p]
+	for _, rt := range routes {
+		p, access := rt.Pattern, rt.Access
 		check := func(who, auth string, wantIn bool) {
 			t.Helper()
 			code, msg := status(p, auth)
@@ -152,14 +97,14 @@ func TestAuthMatrix(t *testing.T) {
 			}
 		}
 		switch access {
-		case "tap":
+		case httpapi.AccessTap:
 			continue // the handshake authenticates by its own protocol (tested in auth_test.go)
-		case "join":
+		case httpapi.AccessJoin:
 			check("nobody", "", false)
 			check("root", root, false)
 			check("a node credential", self, false)
 			check("the join token", "Bearer test-token", true)
-		case "registry-token":
+		case httpapi.AccessRegistryToken:
 			check("nobody", "", false)
 			check("a wrong password", "Basic cm9vdDp3cm9uZw==", false)
 			check("a deleted key", deleted, false)
@@ -167,13 +112,16 @@ func TestAuthMatrix(t *testing.T) {
 			check("a node credential", self, true)
 			check("a key with only view", keys[apiv1.PermView], true)
 			check("root", root, true)
-		case "node":
+		case httpapi.AccessNode:
 			check("nobody", "", false)
 			check("root", root, false)
 			check("the join token", "Bearer test-token", false)
 			check("another node", other, false)
 			check("the node itself", self, true)
 		default:
+			if !slices.Contains(perms, access) {
+				t.Fatalf("%s: access %q is neither a permission nor a known kind", p, access)
+			}
 			check("nobody", "", false)
 			check("a wrong password", "Basic cm9vdDp3cm9uZw==", false)
 			check("a deleted key", deleted, false)

@@ -12,26 +12,32 @@ import (
 	"github.com/corral-build/corral/internal/httpserve"
 )
 
-// requireAuth guards /api/v1 when authentication is on: the caller must
-// authenticate, then hold the permission the request needs. The node agents'
-// protocol has its own token, and /tap/v1 is how API keys log in.
-func (a *API) requireAuth(next http.Handler) http.Handler {
+// requireAuth checks, before the route runs, that its caller may call it:
+// the permission its route declares (routes.go), or, for a path no route
+// serves, any caller who may view (then 404). Routes that check their
+// callers themselves (node, join, tap, registry-token) pass through.
+func (a *API) requireAuth(mux *http.ServeMux, access map[string]string) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if !strings.HasPrefix(r.URL.Path, "/api/v1/") || strings.HasPrefix(r.URL.Path, "/api/v1/agent/") ||
-			r.URL.Path == "/api/v1/registry/token" {
-			next.ServeHTTP(w, r)
+		_, pattern := mux.Handler(r)
+		perm, ok := access[pattern]
+		switch {
+		case !ok && !strings.HasPrefix(r.URL.Path, "/api/v1/"):
+			mux.ServeHTTP(w, r) // not ours: 404
+			return
+		case !ok:
+			perm = apiv1.PermView
+		case perm == AccessNode || perm == AccessJoin || perm == AccessTap || perm == AccessRegistryToken:
+			mux.ServeHTTP(w, r)
 			return
 		}
 		id, err := a.authn(r)
 		if err == nil {
-			err = a.svc.Authorize(r.Context(), id, requiredPermission(r.Method, r.URL.Path))
+			err = a.svc.Authorize(r.Context(), id, perm)
 		}
 		if err != nil {
-			if mux, ok := next.(*http.ServeMux); ok {
-				// The route a refused request was for (logs, metrics).
-				_, r.Pattern = mux.Handler(r)
-				httpserve.SetRoute(r.Context(), r.Pattern)
-			}
+			// The route a refused request was for (logs, metrics).
+			r.Pattern = pattern
+			httpserve.SetRoute(r.Context(), pattern)
 			code, msg := a.failure(r, err)
 			if code == http.StatusUnauthorized || code == http.StatusForbidden {
 				a.svc.RecordAuthFailure(RemoteHost(r), r.Method, r.URL.Path, msg)
@@ -41,29 +47,9 @@ func (a *API) requireAuth(next http.Handler) http.Handler {
 		}
 		httpserve.SetCaller(r.Context(), id.String())
 		r2 := r.WithContext(controller.WithCaller(r.Context(), id))
-		next.ServeHTTP(w, r2)
+		mux.ServeHTTP(w, r2)
 		r.Pattern = r2.Pattern // the metrics middleware labels by the matched route
 	})
-}
-
-// requiredPermission maps a request to the permission it needs.
-func requiredPermission(method, path string) string {
-	p := strings.TrimPrefix(path, "/api/v1/")
-	switch {
-	case strings.HasPrefix(p, "permission-group"):
-		return apiv1.PermAdmin
-	case method == http.MethodGet || method == http.MethodHead:
-		return apiv1.PermView
-	case p == "vm" && method == http.MethodDelete:
-		return apiv1.PermTerminateInstances
-	case p == "vm" || p == "rpc/vm/restart":
-		return apiv1.PermStartInstances
-	case strings.HasPrefix(p, "node") || strings.HasPrefix(p, "group"):
-		return apiv1.PermManageNodes
-	case strings.HasPrefix(p, "registry/") || strings.HasPrefix(p, "image"):
-		return apiv1.PermManageTemplates
-	}
-	return apiv1.PermAdmin
 }
 
 // tapHand answers raw text: the base64 secret encrypted to the key.

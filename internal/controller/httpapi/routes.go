@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net/http"
 
+	apiv1 "github.com/corral-build/corral/api/v1"
 	"github.com/corral-build/corral/internal/controller"
 )
 
@@ -44,24 +45,48 @@ func New(svc *controller.Service, log *slog.Logger) http.Handler {
 func NewWithAuth(svc *controller.Service, log *slog.Logger, authn Authenticator) http.Handler {
 	a := &API{svc: svc, log: log, authn: authn, open: httpserve.NewPerAddress(OpenRouteRate, OpenRouteBurst)}
 	mux := http.NewServeMux()
+	access := map[string]string{}
 	for _, rt := range a.routes() {
 		mux.Handle(rt.pattern, rt.handler)
+		access[rt.pattern] = rt.access
 	}
 	mux.Handle("/api/v1/", a.handle(a.notFound))
-	return recoverPanics(log, a.requireAuth(mux))
+	return recoverPanics(log, a.requireAuth(mux, access))
 }
 
+// Who may call a route that does not take a user permission.
+const (
+	AccessNode          = "node"           // a node's own credential (about itself)
+	AccessJoin          = "join"           // the join token
+	AccessTap           = "tap"            // anyone: the API-key handshake authenticates by its own protocol
+	AccessRegistryToken = "registry-token" // any user or node: the grant is narrowed to what the caller may do
+)
+
+// A route is a pattern, who may call it (a user permission, or one of the
+// Access kinds) and its handler.
 type route struct {
-	pattern string
-	handler http.Handler
+	pattern, access string
+	handler         http.Handler
 }
 
-// Patterns lists every route the controller serves ("METHOD /path"), for
-// tests that must cover each one (the auth matrix).
+// Route is a route as tests and docs see it.
+type Route struct{ Pattern, Access string }
+
+// Routes lists every route the controller serves with who may call it,
+// from the one route table (the auth matrix calls each as each caller).
+func Routes() []Route {
+	var out []Route
+	for _, rt := range (&API{}).routes() {
+		out = append(out, Route{rt.pattern, rt.access})
+	}
+	return out
+}
+
+// Patterns lists every route's pattern ("METHOD /path").
 func Patterns() []string {
 	var out []string
-	for _, rt := range (&API{}).routes() {
-		out = append(out, rt.pattern)
+	for _, rt := range Routes() {
+		out = append(out, rt.Pattern)
 	}
 	return out
 }
@@ -72,66 +97,66 @@ func (a *API) routes() []route {
 	h := a.handle
 	mux := routeList{&rts}
 
-	mux.Handle("GET /api/v1/status", h(a.status))
+	mux.Handle("GET /api/v1/status", apiv1.PermView, h(a.status))
 
-	mux.Handle("GET /api/v1/node", h(a.listNodes))
-	mux.Handle("DELETE /api/v1/node", h(a.disjoinNode))
-	mux.Handle("PUT /api/v1/node/config", h(a.configureNode))
-	mux.Handle("POST /api/v1/node/config", h(a.configureNode))
-	mux.Handle("POST /api/v1/node/group/{group_id}", h(a.addNodesToGroup))
-	mux.Handle("DELETE /api/v1/node/group/{group_id}", h(a.removeNodesFromGroup))
-	mux.Handle("POST /api/v1/node/group", h(a.addNodesToGroups))
-	mux.Handle("DELETE /api/v1/node/group", h(a.removeNodesFromGroups))
+	mux.Handle("GET /api/v1/node", apiv1.PermView, h(a.listNodes))
+	mux.Handle("DELETE /api/v1/node", apiv1.PermManageNodes, h(a.disjoinNode))
+	mux.Handle("PUT /api/v1/node/config", apiv1.PermManageNodes, h(a.configureNode))
+	mux.Handle("POST /api/v1/node/config", apiv1.PermManageNodes, h(a.configureNode))
+	mux.Handle("POST /api/v1/node/group/{group_id}", apiv1.PermManageNodes, h(a.addNodesToGroup))
+	mux.Handle("DELETE /api/v1/node/group/{group_id}", apiv1.PermManageNodes, h(a.removeNodesFromGroup))
+	mux.Handle("POST /api/v1/node/group", apiv1.PermManageNodes, h(a.addNodesToGroups))
+	mux.Handle("DELETE /api/v1/node/group", apiv1.PermManageNodes, h(a.removeNodesFromGroups))
 
-	mux.Handle("GET /api/v1/usb", h(a.usb))
-	mux.Handle("GET /api/v1/vlan", h(a.vlan))
-	mux.Handle("GET /api/v1/group", h(a.listGroups))
-	mux.Handle("POST /api/v1/group", h(a.createGroup))
-	mux.Handle("PUT /api/v1/group", h(a.updateGroup))
-	mux.Handle("DELETE /api/v1/group", h(a.deleteGroup))
+	mux.Handle("GET /api/v1/usb", apiv1.PermView, h(a.usb))
+	mux.Handle("GET /api/v1/vlan", apiv1.PermView, h(a.vlan))
+	mux.Handle("GET /api/v1/group", apiv1.PermView, h(a.listGroups))
+	mux.Handle("POST /api/v1/group", apiv1.PermManageNodes, h(a.createGroup))
+	mux.Handle("PUT /api/v1/group", apiv1.PermManageNodes, h(a.updateGroup))
+	mux.Handle("DELETE /api/v1/group", apiv1.PermManageNodes, h(a.deleteGroup))
 
-	mux.Handle("POST /api/v1/vm", h(a.startInstances))
-	mux.Handle("GET /api/v1/vm", h(a.getInstances))
-	mux.Handle("PUT /api/v1/vm", h(a.updateInstance))
-	mux.Handle("DELETE /api/v1/vm", h(a.terminateInstance))
-	mux.Handle("POST /api/v1/rpc/vm/restart", h(a.restartInstance))
+	mux.Handle("POST /api/v1/vm", apiv1.PermStartInstances, h(a.startInstances))
+	mux.Handle("GET /api/v1/vm", apiv1.PermView, h(a.getInstances))
+	mux.Handle("PUT /api/v1/vm", apiv1.PermStartInstances, h(a.updateInstance))
+	mux.Handle("DELETE /api/v1/vm", apiv1.PermTerminateInstances, h(a.terminateInstance))
+	mux.Handle("POST /api/v1/rpc/vm/restart", apiv1.PermStartInstances, h(a.restartInstance))
 
-	mux.Handle("GET /api/v1/registry/vm", h(a.registryTemplates))
-	mux.Handle("DELETE /api/v1/registry/vm", h(a.registryDelete))
-	mux.Handle("DELETE /api/v1/registry/revert", h(a.registryRevert))
-	mux.Handle("GET /api/v1/registry/disk", h(a.registryDisk))
-	mux.Handle("POST /api/v1/registry/vm/distribute", h(a.distribute))
-	mux.Handle("GET /api/v1/registry/vm/distribute", h(a.distribution))
-	mux.Handle("DELETE /api/v1/registry/vm/distribute", h(a.cancelDistribution))
-	mux.Handle("DELETE /api/v1/registry/vm/remove", h(a.removeFromNodes))
+	mux.Handle("GET /api/v1/registry/vm", apiv1.PermView, h(a.registryTemplates))
+	mux.Handle("DELETE /api/v1/registry/vm", apiv1.PermManageTemplates, h(a.registryDelete))
+	mux.Handle("DELETE /api/v1/registry/revert", apiv1.PermManageTemplates, h(a.registryRevert))
+	mux.Handle("GET /api/v1/registry/disk", apiv1.PermView, h(a.registryDisk))
+	mux.Handle("POST /api/v1/registry/vm/distribute", apiv1.PermManageTemplates, h(a.distribute))
+	mux.Handle("GET /api/v1/registry/vm/distribute", apiv1.PermView, h(a.distribution))
+	mux.Handle("DELETE /api/v1/registry/vm/distribute", apiv1.PermManageTemplates, h(a.cancelDistribution))
+	mux.Handle("DELETE /api/v1/registry/vm/remove", apiv1.PermManageTemplates, h(a.removeFromNodes))
 	// Registry tokens: the route checks its callers itself (users, nodes).
-	mux.Handle("GET /api/v1/registry/token", h(a.registryToken))
+	mux.Handle("GET /api/v1/registry/token", AccessRegistryToken, h(a.registryToken))
 
-	mux.Handle("GET /api/v1/permission-group", h(a.listPermissionGroups))
-	mux.Handle("POST /api/v1/permission-group", h(a.createPermissionGroup))
-	mux.Handle("PUT /api/v1/permission-group", h(a.replacePermissionGroup))
-	mux.Handle("DELETE /api/v1/permission-group", h(a.deletePermissionGroup))
+	mux.Handle("GET /api/v1/permission-group", apiv1.PermAdmin, h(a.listPermissionGroups))
+	mux.Handle("POST /api/v1/permission-group", apiv1.PermAdmin, h(a.createPermissionGroup))
+	mux.Handle("PUT /api/v1/permission-group", apiv1.PermAdmin, h(a.replacePermissionGroup))
+	mux.Handle("DELETE /api/v1/permission-group", apiv1.PermAdmin, h(a.deletePermissionGroup))
 
 	// The node agents' protocol, authenticated by the join token.
-	mux.Handle("POST /api/v1/agent/join", a.open.Wrap(a.joiner(h(a.agentJoin))))
-	mux.Handle("POST /api/v1/agent/heartbeat", a.agent(h(a.agentHeartbeat)))
-	mux.Handle("POST /api/v1/agent/leave", a.agent(h(a.agentLeave)))
-	mux.Handle("POST /api/v1/agent/report", a.agent(h(a.agentReport)))
-	mux.Handle("POST /api/v1/agent/status", a.agent(h(a.agentStatus)))
-	mux.Handle("GET /api/v1/agent/assignments", a.agent(h(a.agentAssignments)))
-	mux.Handle("POST /api/v1/agent/prefetch", a.agent(h(a.agentPrefetch)))
-	mux.Handle("POST /api/v1/agent/image", a.agent(h(a.agentImage)))
+	mux.Handle("POST /api/v1/agent/join", AccessJoin, a.open.Wrap(a.joiner(h(a.agentJoin))))
+	mux.Handle("POST /api/v1/agent/heartbeat", AccessNode, a.agent(h(a.agentHeartbeat)))
+	mux.Handle("POST /api/v1/agent/leave", AccessNode, a.agent(h(a.agentLeave)))
+	mux.Handle("POST /api/v1/agent/report", AccessNode, a.agent(h(a.agentReport)))
+	mux.Handle("POST /api/v1/agent/status", AccessNode, a.agent(h(a.agentStatus)))
+	mux.Handle("GET /api/v1/agent/assignments", AccessNode, a.agent(h(a.agentAssignments)))
+	mux.Handle("POST /api/v1/agent/prefetch", AccessNode, a.agent(h(a.agentPrefetch)))
+	mux.Handle("POST /api/v1/agent/image", AccessNode, a.agent(h(a.agentImage)))
 
-	mux.Handle("POST /tap/v1/hand", a.open.Wrap(http.HandlerFunc(a.tapHand)))
-	mux.Handle("POST /tap/v1/shake", a.open.Wrap(http.HandlerFunc(a.tapShake)))
+	mux.Handle("POST /tap/v1/hand", AccessTap, a.open.Wrap(http.HandlerFunc(a.tapHand)))
+	mux.Handle("POST /tap/v1/shake", AccessTap, a.open.Wrap(http.HandlerFunc(a.tapShake)))
 
-	mux.Handle("POST /api/v1/join-token", h(a.rotateJoinToken))
+	mux.Handle("POST /api/v1/join-token", apiv1.PermAdmin, h(a.rotateJoinToken))
 
-	mux.HandleFunc("GET /api/v1/events", a.events)
-	mux.Handle("GET /api/v1/vm/logs", h(a.instanceLogs))
+	mux.HandleFunc("GET /api/v1/events", apiv1.PermView, a.events)
+	mux.Handle("GET /api/v1/vm/logs", apiv1.PermView, h(a.instanceLogs))
 
-	mux.Handle("POST /api/v1/image", h(a.saveImage))
-	mux.Handle("GET /api/v1/image", h(a.images))
+	mux.Handle("POST /api/v1/image", apiv1.PermManageTemplates, h(a.saveImage))
+	mux.Handle("GET /api/v1/image", apiv1.PermView, h(a.images))
 
 	return rts
 }
@@ -139,10 +164,10 @@ func (a *API) routes() []route {
 // routeList collects routes with the mux's method names.
 type routeList struct{ rts *[]route }
 
-func (l routeList) Handle(pattern string, h http.Handler) {
-	*l.rts = append(*l.rts, route{pattern, h})
+func (l routeList) Handle(pattern, access string, h http.Handler) {
+	*l.rts = append(*l.rts, route{pattern, access, h})
 }
 
-func (l routeList) HandleFunc(pattern string, h func(http.ResponseWriter, *http.Request)) {
-	l.Handle(pattern, http.HandlerFunc(h))
+func (l routeList) HandleFunc(pattern, access string, h func(http.ResponseWriter, *http.Request)) {
+	l.Handle(pattern, access, http.HandlerFunc(h))
 }
