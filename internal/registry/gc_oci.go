@@ -1,0 +1,163 @@
+package registry
+
+import (
+	"context"
+	"errors"
+	"path"
+	"strings"
+	"time"
+
+	"github.com/corral-build/corral/internal/registry/storage"
+)
+
+// GC of the OCI store (gc.go runs it with the templates' live set).
+
+// ociLive marks the chunks of live OCI blobs and uploads, and lists as
+// candidates for the attic what nothing holds any more: manifests no
+// repository links and blob records no linked manifest names (both untouched
+// since protectSince). Upload sessions whose lease was purged are dropped.
+func (r *Registry) ociLive(ctx context.Context, protectSince time.Time, live *liveSet) error {
+	repoPaths, err := r.st.List(ctx, "oci/repos")
+	if err != nil {
+		return err
+	}
+	linked := map[string]bool{}
+	var blobLinks []string
+	for _, p := range repoPaths {
+		if strings.Contains(p, "/_manifests/") {
+			linked[path.Base(p)] = true
+		}
+		if strings.Contains(p, "/_layers/") {
+			blobLinks = append(blobLinks, p)
+		}
+	}
+	// Links to blobs that are gone (collected earlier) are dropped.
+	for _, p := range blobLinks {
+		if _, err := r.st.Stat(ctx, ociBlobPath(path.Base(p))); errors.Is(err, storage.ErrNotFound) {
+			_ = r.st.Delete(ctx, p)
+		}
+	}
+	liveBlobs := map[string]bool{}
+	for hexd := range linked {
+		var m ociManifest
+		err := r.readMeta(ctx, ociManifestPath(hexd), &m)
+		if errors.Is(err, storage.ErrNotFound) {
+			continue // a link whose manifest never landed: nothing to keep
+		}
+		if err != nil {
+			return err
+		}
+		live.meta[ociManifestPath(hexd)] = true
+		blobs, _, _ := manifestReferences(m.Data)
+		for _, d := range blobs {
+			liveBlobs[strings.TrimPrefix(d, "sha256:")] = true
+		}
+	}
+	manifests, err := r.st.List(ctx, "oci/manifests")
+	if err != nil {
+		return err
+	}
+	for _, p := range manifests {
+		if live.meta[p] {
+			continue
+		}
+		recent, err := r.recent(ctx, p, protectSince)
+		if err != nil {
+			return err
+		}
+		if !recent {
+			live.candidates = append(live.candidates, p)
+			continue
+		}
+		var m ociManifest
+		err = r.readJSON(ctx, p, &m)
+		if errors.Is(err, storage.ErrNotFound) {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		blobs, _, _ := manifestReferences(m.Data)
+		for _, d := range blobs {
+			liveBlobs[strings.TrimPrefix(d, "sha256:")] = true
+		}
+	}
+	markBlob := func(p string, rescue bool) error {
+		var b ociBlob
+		read := r.readJSON
+		if rescue {
+			read = r.readMeta
+		}
+		err := read(ctx, p, &b)
+		if errors.Is(err, storage.ErrNotFound) {
+			return nil // deleted meanwhile
+		}
+		if err != nil {
+			return err
+		}
+		live.meta[p] = true
+		for _, c := range b.Chunks {
+			if c != "" {
+				live.chunks[c] = true
+			}
+		}
+		return nil
+	}
+	for hexd := range liveBlobs {
+		if err := markBlob(ociBlobPath(hexd), true); err != nil {
+			return err
+		}
+	}
+	blobs, err := r.st.List(ctx, "oci/blobs")
+	if err != nil {
+		return err
+	}
+	for _, p := range blobs {
+		if live.meta[p] {
+			continue
+		}
+		recent, err := r.recent(ctx, p, protectSince)
+		if err != nil {
+			return err
+		}
+		if !recent {
+			live.candidates = append(live.candidates, p)
+			continue
+		}
+		if err := markBlob(p, false); err != nil {
+			return err
+		}
+	}
+	sessions, err := r.st.List(ctx, "oci/uploads")
+	if err != nil {
+		return err
+	}
+	for _, p := range sessions {
+		if path.Base(p) != "session.json" {
+			continue
+		}
+		id := path.Base(path.Dir(p))
+		_, err := r.st.Stat(ctx, "uploads/"+id+".json")
+		if errors.Is(err, storage.ErrNotFound) {
+			r.dropOCISession(ctx, id)
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		var u ociUpload
+		err = r.readJSON(ctx, p, &u)
+		if errors.Is(err, storage.ErrNotFound) {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		for _, c := range u.Chunks {
+			if c != "" {
+				live.chunks[c] = true
+			}
+		}
+	}
+	return nil
+}
