@@ -55,7 +55,13 @@ func Mutants(path string, src []byte) ([]Mutant, error) {
 		return nil, fmt.Errorf("mutate: parse %s: %w", path, err)
 	}
 	var out []Mutant
+	skip := logOnlyConditions(f)
 	add := func(pos token.Pos, end token.Pos, repl, op string) {
+		for _, r := range skip {
+			if pos >= r[0] && end <= r[1] {
+				return // it decides only whether a log line is written
+			}
+		}
 		p, e := fset.Position(pos), fset.Position(end)
 		b := make([]byte, 0, len(src)+len(repl))
 		b = append(append(append(b, src[:p.Offset]...), repl...), src[e.Offset:]...)
@@ -138,12 +144,55 @@ func dropped(s ast.Stmt, text func(ast.Node) string) (string, bool) {
 		return "", true
 	case *ast.ExprStmt:
 		call, ok := s.X.(*ast.CallExpr)
-		if !ok || logs(call) {
+		if !ok || logs(call) || sleeps(call) {
 			return "", false
 		}
 		return "", true
 	}
 	return "", false
+}
+
+// sleeps reports whether a call is time.Sleep: a pause no test can tell
+// from none without timing it.
+func sleeps(call *ast.CallExpr) bool {
+	sel, ok := call.Fun.(*ast.SelectorExpr)
+	if !ok {
+		return false
+	}
+	pkg, ok := sel.X.(*ast.Ident)
+	return ok && pkg.Name == "time" && sel.Sel.Name == "Sleep"
+}
+
+// logOnlyConditions are the conditions of if statements whose every branch
+// only logs: a mutant there changes a log line, nothing a test should read.
+func logOnlyConditions(f *ast.File) [][2]token.Pos {
+	var out [][2]token.Pos
+	ast.Inspect(f, func(n ast.Node) bool {
+		if s, ok := n.(*ast.IfStmt); ok && onlyLogs(s) {
+			out = append(out, [2]token.Pos{s.Cond.Pos(), s.Cond.End()})
+		}
+		return true
+	})
+	return out
+}
+
+// onlyLogs reports whether a statement does nothing but log.
+func onlyLogs(s ast.Stmt) bool {
+	switch s := s.(type) {
+	case *ast.ExprStmt:
+		call, ok := s.X.(*ast.CallExpr)
+		return ok && logs(call)
+	case *ast.BlockStmt:
+		for _, x := range s.List {
+			if !onlyLogs(x) {
+				return false
+			}
+		}
+		return true
+	case *ast.IfStmt:
+		return onlyLogs(s.Body) && (s.Else == nil || onlyLogs(s.Else))
+	}
+	return false
 }
 
 // logs reports whether a call only writes a log line.

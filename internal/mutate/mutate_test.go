@@ -13,7 +13,10 @@ import (
 
 const sample = `package p
 
-import "log/slog"
+import (
+	"log/slog"
+	"time"
+)
 
 const limit = 3 + 4
 
@@ -28,8 +31,16 @@ func f(a, b int, ok bool, log *slog.Logger) int {
 	g()
 	s := "a" + "b"
 	_ = s
+	if err := h(); err != nil && a > 0 {
+		log.Warn("h", "err", err)
+	} else if b > 0 {
+		log.Debug("b")
+	}
+	time.Sleep(time.Second)
 	return x
 }
+
+func h() error { return nil }
 
 func g() {}
 `
@@ -43,12 +54,13 @@ func TestMutantsOfEachKind(t *testing.T) {
 	for _, m := range ms {
 		got = append(got, strconv.Itoa(m.Line)+" "+m.Op)
 	}
+	// Nothing in the conditions that only decide a log line, no sleep.
 	want := []string{
-		"8 + -> -",
-		"9 < -> >=", "9 < -> <=", "9 && -> ||", "9 drop !",
-		"10 drop x = 0",
-		"12 drop x++",
-		"15 drop g()",
+		"11 + -> -",
+		"12 < -> >=", "12 < -> <=", "12 && -> ||", "12 drop !",
+		"13 drop x = 0",
+		"15 drop x++",
+		"18 drop g()",
 	}
 	if strings.Join(got, "\n") != strings.Join(want, "\n") {
 		t.Fatalf("mutants:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
