@@ -4,6 +4,7 @@ package client
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/tls"
 	"encoding/json"
@@ -178,6 +179,12 @@ func decodeAnswer(resp *http.Response, out any, what string, agent bool) error {
 	}
 	var env apiv1.Envelope
 	if err := json.Unmarshal(data, &env); err != nil {
+		if resp.StatusCode >= 400 {
+			// A proxy's or load balancer's own page: the status still says
+			// what to do (a 4xx is not retried).
+			return &FailError{HTTPStatus: resp.StatusCode, Registry: !agent,
+				Message: fmt.Sprintf("%s: not a JSON envelope: %.200s", what, bytes.TrimSpace(data))}
+		}
 		return fmt.Errorf("%s: HTTP %d, not a JSON envelope: %.200s", what, resp.StatusCode, data)
 	}
 	if env.Status != apiv1.StatusOK {
@@ -308,16 +315,42 @@ func (c *Controller) PutPermissionGroup(ctx context.Context, g apiv1.PermissionG
 	return c.do(ctx, method, "/api/v1/permission-group", g, nil)
 }
 
+// WaitState polls an instance until it is in state. It ends early, with
+// the instance's own reason, when the instance is in a state it cannot
+// leave for the one asked (Terminated; Error, which only ends), or is not
+// found; at ctx's end it says what the instance last was and why.
 func (c *Controller) WaitState(ctx context.Context, id, state string) (apiv1.Instance, error) {
+	var last apiv1.Instance
 	for {
 		in, err := c.Instance(ctx, id)
-		if err == nil && in.State == state {
+		var fe *FailError
+		switch {
+		case err == nil && in.State == state:
 			return in, nil
+		case err == nil:
+			last = in
+			if never(in.State, state) {
+				return in, fmt.Errorf("instance %s is %s and will not be %s: %s", id, in.State, state, cmp.Or(in.Message, "no reason given"))
+			}
+		case errors.As(err, &fe) && (fe.HTTPStatus == http.StatusNotFound || fe.Message == apiv1.MsgNotFound):
+			// (The reference answers an unknown id with a FAIL in HTTP 200.)
+			return in, fmt.Errorf("instance %s: %w", id, err)
 		}
 		select {
 		case <-ctx.Done():
-			return in, fmt.Errorf("instance %s: want %s, have %s (%s): %w", id, state, in.State, in.Message, ctx.Err())
+			return last, fmt.Errorf("instance %s: want %s, have %s (%s): %w", id, state, cmp.Or(last.State, "unknown"), last.Message, ctx.Err())
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
+}
+
+// never reports whether an instance in state have can no longer reach want.
+func never(have, want string) bool {
+	switch have {
+	case apiv1.StateTerminated:
+		return true
+	case apiv1.StateError:
+		return want != apiv1.StateTerminating && want != apiv1.StateTerminated
+	}
+	return false
 }
