@@ -320,7 +320,7 @@ func waitAll(ctx context.Context, cl *client.Controller, ids []string, state str
 	defer cancel()
 	got := make([]apiv1.Instance, 0, len(ids))
 	for _, id := range ids {
-		in, err := waitState(wctx, cl, id, state)
+		in, err := cl.WaitState(wctx, id, state)
 		if err != nil {
 			return got, err
 		}
@@ -338,23 +338,4 @@ func printReached(out io.Writer, output string, got []apiv1.Instance) error {
 		fmt.Fprintf(out, "%s\t%s\t%s\n", in.InstanceID, in.State, sshEndpoint(in))
 	}
 	return nil
-}
-
-// waitState polls an instance until it reaches state; an instance that ends
-// in Error or Terminated instead fails at once, with its message.
-func waitState(ctx context.Context, cl *client.Controller, id, state string) (apiv1.Instance, error) {
-	for {
-		in, err := cl.Instance(ctx, id)
-		switch {
-		case err == nil && in.State == state:
-			return in, nil
-		case err == nil && (in.State == apiv1.StateError || in.State == apiv1.StateTerminated):
-			return in, fmt.Errorf("instance %s is %s: %s", id, in.State, in.Message)
-		}
-		select {
-		case <-ctx.Done():
-			return in, fmt.Errorf("instance %s: want %s, have %s: %w", id, state, in.State, ctx.Err())
-		case <-time.After(200 * time.Millisecond):
-		}
-	}
 }
