@@ -159,6 +159,14 @@ func TestPlan(t *testing.T) {
 				mkInstance("exact", 2, 0, func(r *store.InstanceRecord) { r.Spec.VRAM = 8 })},
 			want: map[string]string{"big": "wait: the only active node is at capacity", "exact": "n1"},
 		},
+		{
+			// No max_vcpu or max_vram: only slots bound what a node takes.
+			name:  "no resource limits",
+			nodes: []nodeSpec{{id: "n1", capacity: 2, alive: true}},
+			instances: []store.InstanceEntry{
+				mkInstance("huge", 1, 0, func(r *store.InstanceRecord) { r.Spec.VRAM, r.Spec.VCPU = 1 << 20, 512 })},
+			want: map[string]string{"huge": "n1"},
+		},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -2,6 +2,7 @@ package scheduler_test
 
 import (
 	"context"
+	"strings"
 	"testing"
 	"time"
 
@@ -134,5 +135,63 @@ func TestNodeBackRestartsTheMargin(t *testing.T) {
 	pass(t, s)
 	if r := read()["running"]; r.SlotHeld {
 		t.Errorf("still held after the margin: %+v", r)
+	}
+}
+
+// TestPassWritesReasonsOnceAndReports: a pass writes a waiting instance's
+// reason, and a pass that finds the same reason writes nothing; an
+// instance that failed on every eligible node ends in Error; each
+// placement and each pass is reported to the hooks (metrics).
+func TestPassWritesReasonsOnceAndReports(t *testing.T) {
+	_, st := testenv.StoreAt(t, "")
+	ctx := context.Background()
+	if _, err := st.JoinNode(ctx, apiv1.NodeReport{NodeID: "n1", NodeName: "n1", Capacity: 1, HostArch: apiv1.ArchARM64}, nil, 60); err != nil {
+		t.Fatal(err)
+	}
+	rec := func(id string, mods ...func(*store.InstanceRecord)) store.InstanceRecord {
+		r := store.InstanceRecord{Instance: apiv1.Instance{InstanceID: id, State: apiv1.StateScheduling, VMID: "t", Tag: "v1",
+			Arch: apiv1.ArchARM64, CrTime: time.Now().UTC()}}
+		for _, m := range mods {
+			m(&r)
+		}
+		return r
+	}
+	if err := st.CreateInstances(ctx, []store.InstanceRecord{
+		rec("first", func(r *store.InstanceRecord) { r.Priority = 1 }),
+		rec("second", func(r *store.InstanceRecord) { r.Priority = 2 }),
+		rec("failed", func(r *store.InstanceRecord) { r.FailedNodes = []string{"n1"}; r.Message = "pull failed" }),
+	}); err != nil {
+		t.Fatal(err)
+	}
+	passes, placed := 0, 0
+	s := scheduler.New(st, scheduler.Config{OnPass: func(time.Duration) { passes++ }, OnPlaced: func(time.Duration) { placed++ }},
+		testenv.Logger(t))
+	pass(t, s)
+	if passes != 1 || placed != 1 {
+		t.Fatalf("hooks after one pass placing one: %d passes, %d placed", passes, placed)
+	}
+	get := func(id string) store.InstanceRecord {
+		r, err := st.GetInstance(ctx, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r
+	}
+	if r := get("first"); r.NodeID != "n1" || !r.SlotHeld {
+		t.Fatalf("the first instance: node %q", r.NodeID)
+	}
+	waiting := get("second")
+	if waiting.Message != "the only active node is at capacity" {
+		t.Fatalf("the waiting instance's reason: %q", waiting.Message)
+	}
+	if r := get("failed"); r.State != apiv1.StateError || !strings.Contains(r.Message, "failed on every eligible node") {
+		t.Fatalf("an instance that failed everywhere: %s %q", r.State, r.Message)
+	}
+	pass(t, s)
+	if again := get("second"); !again.TS.Equal(waiting.TS) {
+		t.Fatalf("a pass with the same reason wrote the instance again (at %v, was %v)", again.TS, waiting.TS)
+	}
+	if passes != 2 || placed != 1 {
+		t.Fatalf("hooks after a second pass: %d passes, %d placed", passes, placed)
 	}
 }
