@@ -2,6 +2,8 @@ package e2e
 
 import (
 	"fmt"
+	"io"
+	"net/http"
 	"slices"
 	"strings"
 	"testing"
@@ -128,12 +130,18 @@ func TestRegistryAuthMatrix(t *testing.T) {
 				case !cl.valid:
 					want = "401"
 				case rc.need == "any":
+				case !grants(cl, rc.need) && strings.HasPrefix(rc.path, "/v2/"):
+					// The token-auth spec: 401 naming the scope it needs.
+					want = "401 insufficient_scope"
 				case !grants(cl, rc.need):
 					want = "403"
 				}
-				code, body := authCall(t, rc.method, reg+rc.path, cl.header, "")
+				code, body, challenge := authCallChallenge(t, rc.method, reg+rc.path, cl.header)
 				got := "allowed"
-				if code == 401 || code == 403 {
+				switch {
+				case code == 401 && strings.Contains(challenge, `error="insufficient_scope"`):
+					got = "401 insufficient_scope"
+				case code == 401 || code == 403:
 					got = fmt.Sprint(code)
 				}
 				if got != want {
@@ -145,4 +153,20 @@ func TestRegistryAuthMatrix(t *testing.T) {
 			}
 		}
 	}
+}
+
+// authCallChallenge is authCall that also returns the WWW-Authenticate header.
+func authCallChallenge(t *testing.T, method, url, auth string) (int, string, string) {
+	t.Helper()
+	req, _ := http.NewRequest(method, url, nil)
+	if auth != "" {
+		req.Header.Set("Authorization", auth)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	data, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(data), resp.Header.Get("WWW-Authenticate")
 }

@@ -1,11 +1,16 @@
 package e2e
 
 import (
+	"bytes"
 	"context"
+	"crypto/sha256"
 	"encoding/base64"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -290,4 +295,119 @@ func decodeClaims(t *testing.T, tok string) regauth.Claims {
 		t.Fatal(err)
 	}
 	return c
+}
+
+// TestTartAuthSequence follows what real Tart does with registry auth on
+// (../shared/spec/tart-oci.md, from Tart's Registry.swift): no credentials
+// until a 401; a token for exactly the challenge's scope; that one token for
+// the whole push, HEAD before each disk layer included; a 403 ends the
+// push. The upload challenge asked "push" only, so Tart's token could not
+// HEAD its disk layers: real tart push failed with auth on.
+func TestTartAuthSequence(t *testing.T) {
+	c := authedCloud(t, false)
+	reg := c.Registry.URL
+	do := func(method, url, auth string, body []byte) *http.Response {
+		t.Helper()
+		req, _ := http.NewRequest(method, url, bytes.NewReader(body))
+		if auth != "" {
+			req.Header.Set("Authorization", auth)
+		}
+		if method == http.MethodPut && strings.Contains(url, "/manifests/") {
+			req.Header.Set("Content-Type", "application/vnd.oci.image.manifest.v1+json")
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		return resp
+	}
+	// Tart's first request of a push, without credentials.
+	resp := do(http.MethodPost, reg+"/v2/vm/tart/blobs/uploads/", "", nil)
+	challenge := resp.Header.Get("WWW-Authenticate")
+	if resp.StatusCode != 401 || !strings.Contains(challenge, `scope="repository:vm/tart:pull,push"`) {
+		t.Fatalf("upload challenge: HTTP %d %q, want 401 asking pull,push", resp.StatusCode, challenge)
+	}
+	token := func(scope, auth string) string {
+		t.Helper()
+		resp, err := http.DefaultClient.Do(mustRequest(t, http.MethodGet,
+			reg+"/v2/token?service=corral-registry&scope="+url.QueryEscape(scope), auth))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var tok struct{ Token string }
+		if err := json.NewDecoder(resp.Body).Decode(&tok); err != nil || tok.Token == "" {
+			t.Fatalf("token for %q: HTTP %d %v", scope, resp.StatusCode, err)
+		}
+		return "Bearer " + tok.Token
+	}
+	bearer := token("repository:vm/tart:pull,push", basic("root", "s3cret"))
+
+	blob := func(data []byte) string {
+		t.Helper()
+		resp := do(http.MethodPost, reg+"/v2/vm/tart/blobs/uploads/", bearer, nil)
+		if resp.StatusCode != 202 {
+			t.Fatalf("POST upload with the challenge's token: HTTP %d", resp.StatusCode)
+		}
+		loc := resp.Header.Get("Location")
+		if !strings.HasPrefix(loc, "http") {
+			loc = reg + loc
+		}
+		d := sha256Hex(data)
+		sep := "?"
+		if strings.Contains(loc, "?") {
+			sep = "&"
+		}
+		if resp := do(http.MethodPut, loc+sep+"digest="+d, bearer, data); resp.StatusCode != 201 {
+			t.Fatalf("PUT blob: HTTP %d", resp.StatusCode)
+		}
+		return d
+	}
+	cfg := blob([]byte(`{"architecture":"arm64","os":"darwin"}`))
+	vmcfg := blob([]byte(`{"os":"darwin"}`))
+	// HEAD before the disk layer, with the same token: 404, then 200.
+	disk := []byte("compressed disk bytes")
+	if resp := do(http.MethodHead, reg+"/v2/vm/tart/blobs/"+sha256Hex(disk), bearer, nil); resp.StatusCode != 404 {
+		t.Fatalf("HEAD of a disk layer not yet pushed, with the push token: HTTP %d, want 404", resp.StatusCode)
+	}
+	layer := blob(disk)
+	if resp := do(http.MethodHead, reg+"/v2/vm/tart/blobs/"+layer, bearer, nil); resp.StatusCode != 200 {
+		t.Fatalf("HEAD of a pushed disk layer: HTTP %d, want 200", resp.StatusCode)
+	}
+	manifest := `{"config":{"digest":"` + cfg + `","mediaType":"application/vnd.oci.image.config.v1+json","size":38},` +
+		`"layers":[{"annotations":{},"digest":"` + vmcfg + `","mediaType":"application/vnd.cirruslabs.tart.config.v1","size":15},` +
+		`{"digest":"` + layer + `","mediaType":"application/vnd.cirruslabs.tart.disk.v2","size":21}],` +
+		`"mediaType":"application/vnd.oci.image.manifest.v1+json","schemaVersion":2}`
+	if resp := do(http.MethodPut, reg+"/v2/vm/tart/manifests/v1", bearer, []byte(manifest)); resp.StatusCode != 201 {
+		t.Fatalf("PUT manifest: HTTP %d", resp.StatusCode)
+	}
+
+	// A token that may only pull: its push is refused with 401 and the
+	// scope it needs (Tart re-authenticates on 401; a 403 ended it).
+	pullOnly := token("repository:vm/tart:pull", basic("root", "s3cret"))
+	resp = do(http.MethodPost, reg+"/v2/vm/tart/blobs/uploads/", pullOnly, nil)
+	challenge = resp.Header.Get("WWW-Authenticate")
+	if resp.StatusCode != 401 || !strings.Contains(challenge, `error="insufficient_scope"`) ||
+		!strings.Contains(challenge, `scope="repository:vm/tart:pull,push"`) {
+		t.Fatalf("a push with a pull-only token: HTTP %d %q, want 401 insufficient_scope asking pull,push", resp.StatusCode, challenge)
+	}
+}
+
+func mustRequest(t *testing.T, method, url, auth string) *http.Request {
+	t.Helper()
+	req, err := http.NewRequest(method, url, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if auth != "" {
+		req.Header.Set("Authorization", auth)
+	}
+	return req
+}
+
+func sha256Hex(b []byte) string {
+	sum := sha256.Sum256(b)
+	return "sha256:" + hex.EncodeToString(sum[:])
 }

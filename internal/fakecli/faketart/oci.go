@@ -2,6 +2,7 @@ package faketart
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
@@ -138,6 +139,9 @@ type registry struct {
 	ns     string
 	client *http.Client
 	auth   string
+	// expires is when Tart drops its one token (its expires_in, 60 s when
+	// the answer has none); it then sends nothing until the next 401.
+	expires time.Time
 }
 
 func newRegistry(r remoteRef, insecure bool) *registry {
@@ -165,6 +169,9 @@ func (g *registry) do(method, rawURL string, header http.Header, body []byte) (*
 		}
 		for k, v := range header {
 			req.Header[k] = v
+		}
+		if strings.HasPrefix(g.auth, "Bearer ") && time.Now().After(g.expires) {
+			g.auth = ""
 		}
 		if g.auth != "" {
 			req.Header.Set("Authorization", g.auth)
@@ -206,7 +213,10 @@ func (g *registry) authenticate(challenge string) error {
 		if s := p["service"]; s != "" {
 			q.Set("service", s)
 		}
-		q.Set("scope", "repository:"+g.ns+":pull,push")
+		// Exactly the challenge's scope, as Tart asks (Registry.swift).
+		if sc := p["scope"]; sc != "" {
+			q.Set("scope", sc)
+		}
 		req, err := http.NewRequest("GET", p["realm"]+"?"+q.Encode(), nil)
 		if err != nil {
 			return err
@@ -226,6 +236,7 @@ func (g *registry) authenticate(challenge string) error {
 		var t struct {
 			Token       string `json:"token"`
 			AccessToken string `json:"access_token"`
+			ExpiresIn   int    `json:"expires_in"`
 		}
 		if err := json.NewDecoder(resp.Body).Decode(&t); err != nil {
 			return err
@@ -234,6 +245,7 @@ func (g *registry) authenticate(challenge string) error {
 		if t.Token == "" {
 			g.auth = "Bearer " + t.AccessToken
 		}
+		g.expires = time.Now().Add(time.Duration(cmp.Or(t.ExpiresIn, 60)) * time.Second)
 		return nil
 	}
 	return fmt.Errorf("unsupported authentication challenge %q", challenge)

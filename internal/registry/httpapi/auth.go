@@ -305,15 +305,26 @@ func (g *guard) deny(w http.ResponseWriter, r *http.Request, n need, code int, e
 		// Only a valid name goes into the header: a request's path is the
 		// caller's to choose (control characters split headers).
 		if n.repo == "*" || n.repo != "" && registry.CheckRepoName(n.repo) == nil {
-			ch += fmt.Sprintf(`,scope="repository:%s:%s"`, n.repo, n.action)
+			// A push reads too (HEAD before each blob): ask for both, as
+			// distribution does. Clients such as Tart ask a token for the
+			// challenge's scope exactly and keep that one token.
+			actions := n.action
+			if actions == regauth.Push {
+				actions = regauth.Pull + "," + regauth.Push
+			}
+			ch += fmt.Sprintf(`,scope="repository:%s:%s"`, n.repo, actions)
+		}
+		if code == http.StatusForbidden {
+			// A valid token without the action: 401 and the scope it needs
+			// (the token-auth spec's insufficient_scope), so a client that
+			// re-authenticates only on 401 can ask for it; a 403 ends a
+			// Tart or Docker push for good.
+			code = http.StatusUnauthorized
+			ch += `,error="insufficient_scope"`
 		}
 		w.Header().Set("WWW-Authenticate", ch)
 		w.Header().Set("Docker-Distribution-API-Version", "registry/2.0")
-		ocode := "UNAUTHORIZED"
-		if code == http.StatusForbidden {
-			ocode = "DENIED"
-		}
-		writeJSON(w, code, map[string][]map[string]string{"errors": {{"code": ocode, "message": err.Error()}}})
+		writeJSON(w, code, map[string][]map[string]string{"errors": {{"code": "UNAUTHORIZED", "message": err.Error()}}})
 		return
 	}
 	w.Header().Set("WWW-Authenticate", `Basic realm="corral-registry"`)
