@@ -17,10 +17,12 @@ import (
 
 // One catalog for templates and OCI images.
 //
-// An OCI repository with at least one tag is a template of the catalog
-// (GET /api/v1/registry/vm): its id is apiv1.OCITemplateID(repository), its
-// name the repository, its versions the tags, numbered 0..n-1 in the order they
-// were last pushed, so the latest push is the latest version. A version's
+// An OCI repository with at least one tag of a VM image (Tart's layers) is a
+// template of the catalog (GET /api/v1/registry/vm): its id is
+// apiv1.OCITemplateID(repository), its name the repository, its versions
+// those tags, numbered 0..n-1 in the order they were last pushed, so the
+// latest push is the latest version. Other tags (signatures, SBOMs,
+// referrers' fallback tags, indexes, container images) stay in /v2/ only. A version's
 // size is what a pull transfers (config and layers), its config_file the
 // config blob, images the layers (nvram the Tart NVRAM layer). The template's
 // arch is the image config's architecture. Nodes whose driver pulls OCI
@@ -34,6 +36,7 @@ import (
 // Tart's media types (../shared/spec/drivers.md B12).
 const (
 	tartConfigLayer = "application/vnd.cirruslabs.tart.config.v1"
+	tartDiskLayer   = "application/vnd.cirruslabs.tart.disk.v2"
 	tartNVRAMLayer  = "application/vnd.cirruslabs.tart.nvram.v1"
 )
 
@@ -52,8 +55,8 @@ func (r *Registry) ociTemplate(ctx context.Context, repo string) (apiv1.Template
 	var versions []ociVersion
 	for _, tag := range tags {
 		v, err := r.ociVersion(ctx, repo, tag)
-		if errors.Is(err, ErrNotFound) {
-			continue // deleted meanwhile
+		if errors.Is(err, ErrNotFound) || errors.Is(err, errNotVM) {
+			continue // deleted meanwhile, or not a VM image
 		}
 		if err != nil {
 			return apiv1.TemplateDetail{}, err
@@ -102,13 +105,22 @@ func (r *Registry) ociVersion(ctx context.Context, repo, tag string) (ociVersion
 		Size      int64  `json:"size"`
 	}
 	var m struct {
-		Config      *desc             `json:"config"`
-		Layers      []desc            `json:"layers"`
-		Manifests   []desc            `json:"manifests"`
-		Annotations map[string]string `json:"annotations"`
+		Config       *desc             `json:"config"`
+		Layers       []desc            `json:"layers"`
+		Manifests    []desc            `json:"manifests"`
+		Annotations  map[string]string `json:"annotations"`
+		ArtifactType string            `json:"artifactType"`
+		Subject      *desc             `json:"subject"`
 	}
 	if err := json.Unmarshal(data, &m); err != nil {
 		return v, fmt.Errorf("manifest %s:%s: %w", repo, tag, err)
+	}
+	types := make([]string, len(m.Layers))
+	for i, l := range m.Layers {
+		types[i] = l.MediaType
+	}
+	if !vmImage(types, m.Subject != nil || m.ArtifactType != "") {
+		return v, errNotVM
 	}
 	v.Description = "OCI image (" + cmp.Or(m.Annotations["org.opencontainers.image.description"], mt) + ")"
 	if m.Config != nil {
@@ -125,10 +137,17 @@ func (r *Registry) ociVersion(ctx context.Context, repo, tag string) (ociVersion
 			v.Images = append(v.Images, l.Digest)
 		}
 	}
-	for _, c := range m.Manifests { // an index: its children's sizes are not summed
-		v.Size += c.Size
-	}
 	return v, nil
+}
+
+// errNotVM: a tag whose manifest is not a VM image (an index, a signature,
+// an SBOM, a referrers fallback tag, a container image) is no version.
+var errNotVM = errors.New("not a VM image")
+
+// vmImage reports whether an image manifest's layers make a VM image (Tart's
+// media types); an artifact (a subject or an artifactType) never is.
+func vmImage(layerTypes []string, artifact bool) bool {
+	return !artifact && (slices.Contains(layerTypes, tartConfigLayer) || slices.Contains(layerTypes, tartDiskLayer))
 }
 
 // ociArch reads the architecture of a (small) image config blob.
@@ -190,24 +209,51 @@ func (r *Registry) deleteOCITemplate(ctx context.Context, id, tag string) error 
 	if err != nil {
 		return err
 	}
+	if tag == "" {
+		// The whole template: every tag of the repository, its
+		// signatures' and attachments' too, so none is left dangling.
+		tags, err := r.OCITags(ctx, repo)
+		if err != nil {
+			return err
+		}
+		for _, t := range tags {
+			if err := r.OCIDeleteManifest(ctx, repo, t); err != nil && !errors.As(err, new(*OCIError)) {
+				return err
+			}
+		}
+		return nil
+	}
 	d, err := r.ociTemplate(ctx, repo)
 	if err != nil {
 		return err
 	}
 	for _, v := range d.Versions {
-		if tag == "" || v.Tag == tag {
-			if err := r.OCIDeleteManifest(ctx, repo, v.Tag); err != nil {
-				return err
-			}
-			if tag != "" {
-				return nil
+		if v.Tag != tag {
+			continue
+		}
+		digest, err := r.resolveRef(ctx, repo, tag)
+		if err != nil {
+			return err
+		}
+		if err := r.OCIDeleteManifest(ctx, repo, tag); err != nil {
+			return err
+		}
+		// Referrers' fallback tags of that manifest (sha256-<hex>, cosign's
+		// sha256-<hex>.sig and .att) go with it.
+		tags, err := r.OCITags(ctx, repo)
+		if err != nil {
+			return err
+		}
+		for _, t := range tags {
+			if t == "sha256-"+digest || strings.HasPrefix(t, "sha256-"+digest+".") {
+				if err := r.OCIDeleteManifest(ctx, repo, t); err != nil && !errors.As(err, new(*OCIError)) {
+					return err
+				}
 			}
 		}
+		return nil
 	}
-	if tag != "" {
-		return ErrTagNotFound
-	}
-	return nil
+	return ErrTagNotFound
 }
 
 // OCICatalog lists the OCI repositories and the names of templates pushed

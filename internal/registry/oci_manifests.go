@@ -137,7 +137,7 @@ func (r *Registry) resolveRef(ctx context.Context, repo, ref string) (string, er
 		return hexd, nil
 	}
 	if !tagPattern.MatchString(ref) {
-		return "", ociErr(http.StatusBadRequest, "TAG_INVALID", "invalid tag %q", ref)
+		return "", unknown // no such tag can exist: 404, as distribution answers
 	}
 	rc, err := r.st.Open(ctx, ociRepoPath(repo)+"/_tags/"+ref, 0)
 	if errors.Is(err, storage.ErrNotFound) {
