@@ -162,11 +162,14 @@ func TestOCIChunkedUploadAndErrors(t *testing.T) {
 	expect(do("PUT", loc+"?digest=sha256:"+strings.Repeat("0", 64), nil, blob[len(blob)-10:]), 400, "DIGEST_INVALID")
 	expect(do("GET", loc, nil, nil), 404, "BLOB_UPLOAD_UNKNOWN") // a failed finish ends the upload
 
-	// Again, finished with the last bytes in the PUT.
+	// Again, finished with the last bytes in the PUT; a final chunk whose
+	// Content-Range does not start where the upload ends is 416 (the OCI
+	// conformance suite; it was appended as if in order).
 	resp = do("POST", "/v2/vm/disk/blobs/uploads/", nil, nil)
 	loc = resp.Header.Get("Location")
 	do("PATCH", loc, nil, blob[:len(blob)-10])
-	resp = do("PUT", loc+"?digest="+digest, nil, blob[len(blob)-10:])
+	expect(do("PUT", loc+"?digest="+digest, map[string]string{"Content-Range": "5-14"}, blob[len(blob)-10:]), 416, "BLOB_UPLOAD_INVALID")
+	resp = do("PUT", loc+"?digest="+digest, map[string]string{"Content-Range": fmt.Sprintf("%d-%d", len(blob)-10, len(blob)-1)}, blob[len(blob)-10:])
 	expect(resp, 201, "")
 	if resp.Header.Get("Docker-Content-Digest") != digest {
 		t.Fatalf("digest header %q", resp.Header.Get("Docker-Content-Digest"))
@@ -177,6 +180,12 @@ func TestOCIChunkedUploadAndErrors(t *testing.T) {
 	part := do("GET", "/v2/vm/disk/blobs/"+digest, map[string]string{"Range": "bytes=1048000-2097200"}, nil)
 	if got := expect(part, 206, ""); got != string(blob[1048000:2097201]) || part.Header.Get("Content-Range") != fmt.Sprintf("bytes 1048000-2097200/%d", len(blob)) {
 		t.Fatalf("range read: %d bytes, Content-Range %q", len(got), part.Header.Get("Content-Range"))
+	}
+	// A suffix range: the last 500 bytes (it was answered 416).
+	suffix := do("GET", "/v2/vm/disk/blobs/"+digest, map[string]string{"Range": "bytes=-500"}, nil)
+	if got := expect(suffix, 206, ""); got != string(blob[len(blob)-500:]) ||
+		suffix.Header.Get("Content-Range") != fmt.Sprintf("bytes %d-%d/%d", len(blob)-500, len(blob)-1, len(blob)) {
+		t.Fatalf("suffix range read: %d bytes, Content-Range %q", len(got), suffix.Header.Get("Content-Range"))
 	}
 	// Monolithic upload and cross-repository mount.
 	small := []byte(`{"architecture":"arm64","os":"darwin"}`)
@@ -211,6 +220,11 @@ func TestOCIChunkedUploadAndErrors(t *testing.T) {
 		{"GET", "/v2/no/such/repo/tags/list", nil, 404, "NAME_UNKNOWN"},
 		{"GET", "/v2/vm/disk/blobs/uploads/nope", nil, 404, "BLOB_UPLOAD_UNKNOWN"},
 		{"GET", "/v2/a..b/tags/list", nil, 400, "NAME_INVALID"},
+		// An invalid tag names no manifest (distribution: 404).
+		{"GET", "/v2/vm/disk/manifests/-bad-", nil, 404, "MANIFEST_UNKNOWN"},
+		// An endpoint this registry lacks is not "no such repository": a
+		// client that probes it (oras) falls back instead of stopping.
+		{"GET", "/v2/vm/disk/nothing-here", nil, 404, "UNSUPPORTED"},
 	} {
 		expect(do(tc.method, tc.path, oci, tc.body), tc.code, tc.errCode)
 	}

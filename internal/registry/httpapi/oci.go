@@ -36,7 +36,9 @@ func (a *api) oci(w http.ResponseWriter, r *http.Request) {
 		i := strings.LastIndex(p, "/blobs/")
 		err = a.ociBlob(w, r, p[:i], p[i+len("/blobs/"):])
 	default:
-		err = &registry.OCIError{Status: http.StatusNotFound, Code: "NAME_UNKNOWN", Message: "no such endpoint " + r.URL.Path}
+		// Not NAME_UNKNOWN: a client probing an endpoint (oras asks for
+		// referrers) must not read it as "no such repository" and stop.
+		err = &registry.OCIError{Status: http.StatusNotFound, Code: "UNSUPPORTED", Message: "no such endpoint " + r.URL.Path}
 	}
 	if err != nil {
 		a.ociFail(w, r, err)
@@ -112,15 +114,9 @@ func (a *api) ociUpload(w http.ResponseWriter, r *http.Request, repo, id string)
 	case id == "":
 		return unsupported(r)
 	case r.Method == http.MethodPatch:
-		start := int64(-1)
-		if cr := r.Header.Get("Content-Range"); cr != "" {
-			from, _, _ := strings.Cut(strings.TrimPrefix(cr, "bytes="), "-")
-			n, err := strconv.ParseInt(from, 10, 64)
-			if err != nil {
-				return &registry.OCIError{Status: http.StatusRequestedRangeNotSatisfiable, Code: "BLOB_UPLOAD_INVALID",
-					Message: fmt.Sprintf("bad Content-Range %q", cr)}
-			}
-			start = n
+		start, err := contentRangeStart(r)
+		if err != nil {
+			return err
 		}
 		size, err := a.reg.OCIAppend(ctx, repo, id, start, r.Body)
 		if err != nil {
@@ -130,6 +126,21 @@ func (a *api) ociUpload(w http.ResponseWriter, r *http.Request, repo, id string)
 		return nil
 	case r.Method == http.MethodPut:
 		digest := q.Get("digest")
+		start, err := contentRangeStart(r)
+		if err != nil {
+			return err
+		}
+		if start >= 0 {
+			// The final chunk must start where the upload ends, as a PATCH's.
+			size, err := a.reg.OCIUploadSize(ctx, repo, id)
+			if err != nil {
+				return err
+			}
+			if start != size {
+				return &registry.OCIError{Status: http.StatusRequestedRangeNotSatisfiable, Code: "BLOB_UPLOAD_INVALID",
+					Message: fmt.Sprintf("Content-Range starts at %d, the upload holds %d bytes", start, size)}
+			}
+		}
 		if err := a.reg.OCIFinishUpload(ctx, repo, id, digest, r.Body); err != nil {
 			return err
 		}
@@ -202,7 +213,24 @@ func (a *api) ociBlob(w http.ResponseWriter, r *http.Request, repo, digest strin
 	return nil
 }
 
-// parseRange understands one "bytes=a-b" or "bytes=a-" range.
+// contentRangeStart is where a chunk's Content-Range ("a-b" or
+// "bytes=a-b") says it starts; -1 without one.
+func contentRangeStart(r *http.Request) (int64, error) {
+	cr := r.Header.Get("Content-Range")
+	if cr == "" {
+		return -1, nil
+	}
+	from, _, _ := strings.Cut(strings.TrimPrefix(cr, "bytes="), "-")
+	n, err := strconv.ParseInt(from, 10, 64)
+	if err != nil || n < 0 {
+		return 0, &registry.OCIError{Status: http.StatusRequestedRangeNotSatisfiable, Code: "BLOB_UPLOAD_INVALID",
+			Message: fmt.Sprintf("bad Content-Range %q", cr)}
+	}
+	return n, nil
+}
+
+// parseRange understands one "bytes=a-b", "bytes=a-" or suffix "bytes=-n"
+// range.
 func parseRange(h string, size int64) (from, to int64, partial bool, err error) {
 	if h == "" {
 		return 0, size, false, nil
@@ -213,6 +241,13 @@ func parseRange(h string, size int64) (from, to int64, partial bool, err error) 
 	a, b, ok2 := strings.Cut(spec, "-")
 	if !ok || !ok2 || strings.Contains(spec, ",") {
 		return 0, 0, false, bad
+	}
+	if a == "" { // the last n bytes
+		n, err := strconv.ParseInt(b, 10, 64)
+		if err != nil || n <= 0 || size == 0 {
+			return 0, 0, false, bad
+		}
+		return max(size-n, 0), size, true, nil
 	}
 	from, err1 := strconv.ParseInt(a, 10, 64)
 	to = size
