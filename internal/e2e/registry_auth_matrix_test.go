@@ -53,6 +53,7 @@ var registryAccess = map[string][]registryCase{
 		{"PUT", "/v2/team/r/manifests/v1", "push team/r"},
 		{"DELETE", "/v2/team/r/manifests/" + zeroDigest, "delete team/r"},
 		{"GET", "/v2/team/r/blobs/" + zeroDigest, "pull team/r"},
+		{"GET", "/v2/team/r/referrers/" + zeroDigest, "pull team/r"},
 		{"HEAD", "/v2/team/r/blobs/" + zeroDigest, "pull team/r"},
 		{"DELETE", "/v2/team/r/blobs/" + zeroDigest, "delete team/r"},
 		{"POST", "/v2/team/r/blobs/uploads/", "push team/r"},

@@ -31,6 +31,9 @@ func (r *Registry) ociLive(ctx context.Context, protectSince time.Time, live *li
 			blobLinks = append(blobLinks, p)
 		}
 	}
+	if err := r.dropDanglingReferrers(ctx, repoPaths); err != nil {
+		return err
+	}
 	// Links to blobs that are gone (collected earlier) are dropped.
 	for _, p := range blobLinks {
 		if _, err := r.st.Stat(ctx, ociBlobPath(path.Base(p))); errors.Is(err, storage.ErrNotFound) {

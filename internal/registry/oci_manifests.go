@@ -20,20 +20,30 @@ import (
 
 // OCIPutManifest stores a manifest under repo, tagged when ref is a tag.
 // Every blob it names must be present, and every manifest an index names.
+//
+// A manifest with a subject is listed among its subject's referrers (the
+// subject need not exist); subject is returned for the OCI-Subject header.
 func (r *Registry) OCIPutManifest(ctx context.Context, repo, ref, mediaType string, data []byte) (string, error) {
+	digest, _, err := r.OCIPutManifestWithSubject(ctx, repo, ref, mediaType, data)
+	return digest, err
+}
+
+// OCIPutManifestWithSubject is OCIPutManifest that also returns the
+// manifest's subject ("" without one).
+func (r *Registry) OCIPutManifestWithSubject(ctx context.Context, repo, ref, mediaType string, data []byte) (string, string, error) {
 	sum := sha256.Sum256(data)
 	hexd := hex.EncodeToString(sum[:])
 	digest := "sha256:" + hexd
 	isDigest := strings.HasPrefix(ref, "sha256:")
 	switch {
 	case isDigest && ref != digest:
-		return "", ociErr(http.StatusBadRequest, "DIGEST_INVALID", "the manifest's digest is %s, not %s", digest, ref)
+		return "", "", ociErr(http.StatusBadRequest, "DIGEST_INVALID", "the manifest's digest is %s, not %s", digest, ref)
 	case !isDigest && !tagPattern.MatchString(ref):
-		return "", ociErr(http.StatusBadRequest, "TAG_INVALID", "invalid tag %q", ref)
+		return "", "", ociErr(http.StatusBadRequest, "TAG_INVALID", "invalid tag %q", ref)
 	}
 	blobs, manifests, err := manifestReferences(data)
 	if err != nil {
-		return "", ociErr(http.StatusBadRequest, "MANIFEST_INVALID", "%v", err)
+		return "", "", ociErr(http.StatusBadRequest, "MANIFEST_INVALID", "%v", err)
 	}
 	if mediaType == "" {
 		var m struct {
@@ -46,32 +56,41 @@ func (r *Registry) OCIPutManifest(ctx context.Context, repo, ref, mediaType stri
 		if _, err := r.repoBlob(ctx, repo, d); err != nil {
 			var oe *OCIError
 			if errors.As(err, &oe) {
-				return "", ociErr(http.StatusBadRequest, "MANIFEST_BLOB_UNKNOWN", "blob %s is not in %s (push or mount it there first)", d, repo)
+				return "", "", ociErr(http.StatusBadRequest, "MANIFEST_BLOB_UNKNOWN", "blob %s is not in %s (push or mount it there first)", d, repo)
 			}
-			return "", err
+			return "", "", err
 		}
 	}
 	for _, d := range manifests {
 		h, err := ParseDigest(d)
 		if err != nil {
-			return "", err
+			return "", "", err
 		}
 		if _, err := r.st.Stat(ctx, ociRepoPath(repo)+"/_manifests/"+h); err != nil {
-			return "", ociErr(http.StatusBadRequest, "MANIFEST_UNKNOWN", "manifest %s is not in %s", d, repo)
+			return "", "", ociErr(http.StatusBadRequest, "MANIFEST_UNKNOWN", "manifest %s is not in %s", d, repo)
 		}
 	}
 	if err := r.writeJSON(ctx, ociManifestPath(hexd), ociManifest{MediaType: mediaType, Data: data}, storage.Replace); err != nil {
-		return "", err
+		return "", "", err
 	}
 	if err := r.st.Put(ctx, ociRepoPath(repo)+"/_manifests/"+hexd, strings.NewReader(""), storage.Replace); err != nil {
-		return "", err
+		return "", "", err
+	}
+	subject, ref1, err := referrerOf(mediaType, data, digest)
+	if err != nil {
+		return "", "", ociErr(http.StatusBadRequest, "MANIFEST_INVALID", "subject: %v", err)
+	}
+	if subject != "" {
+		if err := r.linkReferrer(ctx, repo, subject, ref1); err != nil {
+			return "", "", err
+		}
 	}
 	if !isDigest {
 		if err := r.st.Put(ctx, ociRepoPath(repo)+"/_tags/"+ref, strings.NewReader(hexd), storage.Replace); err != nil {
-			return "", err
+			return "", "", err
 		}
 	}
-	return digest, nil
+	return digest, subject, nil
 }
 
 // manifestReferences returns the blob and manifest digests a manifest or
@@ -171,6 +190,9 @@ func (r *Registry) OCIDeleteManifest(ctx context.Context, repo, ref string) erro
 				return err
 			}
 		}
+	}
+	if err := r.unlinkReferrer(ctx, repo, hexd); err != nil {
+		return err
 	}
 	return r.st.Delete(ctx, ociRepoPath(repo)+"/_manifests/"+hexd)
 }

@@ -115,7 +115,7 @@ func needOf(r *http.Request) need {
 
 // ociRepo is the repository name of an OCI path.
 func ociRepo(p string) string {
-	for _, sep := range []string{"/tags/list", "/blobs/uploads", "/manifests/", "/blobs/"} {
+	for _, sep := range []string{"/tags/list", "/blobs/uploads", "/manifests/", "/blobs/", "/referrers/"} {
 		if i := strings.LastIndex(p, sep); i > 0 {
 			return p[:i]
 		}

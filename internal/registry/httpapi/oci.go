@@ -1,6 +1,7 @@
 package httpapi
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -35,6 +36,9 @@ func (a *api) oci(w http.ResponseWriter, r *http.Request) {
 	case strings.Contains(p, "/blobs/"):
 		i := strings.LastIndex(p, "/blobs/")
 		err = a.ociBlob(w, r, p[:i], p[i+len("/blobs/"):])
+	case strings.Contains(p, "/referrers/") && (r.Method == http.MethodGet || r.Method == http.MethodHead):
+		i := strings.LastIndex(p, "/referrers/")
+		err = a.ociReferrers(w, r, p[:i], p[i+len("/referrers/"):])
 	default:
 		// Not NAME_UNKNOWN: a client probing an endpoint (oras asks for
 		// referrers) must not read it as "no such repository" and stop.
@@ -279,9 +283,12 @@ func (a *api) ociManifest(w http.ResponseWriter, r *http.Request, repo, ref stri
 			return &registry.OCIError{Status: http.StatusRequestEntityTooLarge, Code: "SIZE_INVALID",
 				Message: fmt.Sprintf("manifest larger than %d bytes", registry.MaxManifest)}
 		}
-		digest, err := a.reg.OCIPutManifest(ctx, repo, ref, r.Header.Get("Content-Type"), data)
+		digest, subject, err := a.reg.OCIPutManifestWithSubject(ctx, repo, ref, r.Header.Get("Content-Type"), data)
 		if err != nil {
 			return err
+		}
+		if subject != "" {
+			w.Header().Set("OCI-Subject", subject) // referrers are listed: no fallback tag needed
 		}
 		w.Header().Set("Location", "/v2/"+repo+"/manifests/"+digest)
 		w.Header().Set("Docker-Content-Digest", digest)
@@ -380,4 +387,27 @@ func paginate(all []string, r *http.Request) (page []string, next string) {
 		page = []string{}
 	}
 	return page, next
+}
+
+// ociReferrers answers GET /v2/<name>/referrers/<digest>: an image index of
+// the manifests whose subject is digest, filtered by ?artifactType=.
+func (a *api) ociReferrers(w http.ResponseWriter, r *http.Request, repo, digest string) error {
+	refs, filtered, err := a.reg.OCIReferrers(r.Context(), repo, digest, r.URL.Query().Get("artifactType"))
+	if err != nil {
+		return err
+	}
+	data, err := json.Marshal(map[string]any{"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": refs})
+	if err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/vnd.oci.image.index.v1+json")
+	if filtered {
+		w.Header().Set("OCI-Filters-Applied", "artifactType")
+	}
+	w.Header().Set("Content-Length", strconv.Itoa(len(data)))
+	w.WriteHeader(http.StatusOK)
+	if r.Method == http.MethodGet {
+		_, _ = w.Write(data)
+	}
+	return nil
 }
