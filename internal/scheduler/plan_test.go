@@ -164,7 +164,7 @@ func TestPlan(t *testing.T) {
 			name:  "no resource limits",
 			nodes: []nodeSpec{{id: "n1", capacity: 2, alive: true}},
 			instances: []store.InstanceEntry{
-				mkInstance("huge", 1, 0, func(r *store.InstanceRecord) { r.Spec.VRAM, r.Spec.VCPU = 1 << 20, 512 })},
+				mkInstance("huge", 1, 0, func(r *store.InstanceRecord) { r.Spec.VRAM, r.Spec.VCPU = 1<<20, 512 })},
 			want: map[string]string{"huge": "n1"},
 		},
 	}
