@@ -33,6 +33,10 @@ func (e *FailError) Error() string {
 	if e.Registry {
 		server = "registry"
 	}
+	if e.HTTPStatus == http.StatusOK {
+		// The reference API's FAILs come in HTTP 200: the status says nothing.
+		return fmt.Sprintf("%s: %s", server, e.Message)
+	}
 	return fmt.Sprintf("%s: %s (HTTP %d)", server, e.Message, e.HTTPStatus)
 }
 
@@ -258,6 +262,13 @@ func (c *Controller) ConfigureNode(ctx context.Context, req map[string]any) erro
 // DisjoinNode removes a node from the cloud.
 func (c *Controller) DisjoinNode(ctx context.Context, id string) error {
 	return c.do(ctx, http.MethodDelete, "/api/v1/node", apiv1.NodeIDRequest{NodeID: id}, nil)
+}
+
+// Templates lists the registry's templates as the controller sees them
+// (GET /api/v1/registry/vm).
+func (c *Controller) Templates(ctx context.Context) ([]apiv1.Template, error) {
+	var ts []apiv1.Template
+	return ts, c.do(ctx, http.MethodGet, "/api/v1/registry/vm", nil, &ts)
 }
 
 // Groups lists node groups.

@@ -31,6 +31,9 @@ func vmRestart(ctx context.Context, args []string, out io.Writer) error {
 	if len(pos) == 0 {
 		return errors.New("usage: corral vm restart ID... [--wait]")
 	}
+	if pos, err = resolveInstances(ctx, cl, pos); err != nil {
+		return err
+	}
 	for _, id := range pos {
 		if err := cl.Restart(ctx, id); err != nil {
 			return fmt.Errorf("restart %s: %w", id, err)
@@ -61,7 +64,11 @@ func vmLogs(ctx context.Context, args []string, out io.Writer) error {
 	if len(pos) != 1 {
 		return errors.New("usage: corral vm logs ID [--console | --script]")
 	}
-	l, err := cl.Logs(ctx, pos[0])
+	ids, err := resolveInstances(ctx, cl, pos)
+	if err != nil {
+		return err
+	}
+	l, err := cl.Logs(ctx, ids[0])
 	if err != nil {
 		return err
 	}
@@ -283,7 +290,19 @@ func templateDistribute(ctx context.Context, args []string, out io.Writer) error
 	if len(pos) != 1 {
 		return errors.New("usage: corral template distribute TEMPLATE_ID [--tag T] [--group G | --nodes N,N]")
 	}
-	id, err := cl.Distribute(ctx, apiv1.DistributeRequest{TemplateID: pos[0], Tag: tag, GroupID: group, NodeIDs: nodes})
+	tmpl, err := resolveTemplate(ctx, cl, pos[0])
+	if err != nil {
+		return err
+	}
+	if group != "" {
+		if group, err = resolveGroup(ctx, cl, group); err != nil {
+			return fmt.Errorf("--group: %w", err)
+		}
+	}
+	if nodes, err = resolveNodes(ctx, cl, nodes); err != nil {
+		return fmt.Errorf("--nodes: %w", err)
+	}
+	id, err := cl.Distribute(ctx, apiv1.DistributeRequest{TemplateID: tmpl, Tag: tag, GroupID: group, NodeIDs: nodes})
 	if err != nil {
 		return err
 	}

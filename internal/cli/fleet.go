@@ -74,6 +74,9 @@ func nodeConfig(ctx context.Context, verb, usage string, args []string, out io.W
 	if err != nil {
 		return err
 	}
+	if req["node_id"], err = resolveNode(ctx, cl, req["node_id"].(string)); err != nil {
+		return err
+	}
 	return cl.ConfigureNode(ctx, req)
 }
 
@@ -86,7 +89,7 @@ func nodeUndrain(ctx context.Context, args []string, out io.Writer) error {
 }
 
 func nodeSetDrain(ctx context.Context, verb, summary string, drain bool, args []string, out io.Writer) error {
-	usage := "usage: corral node " + verb + " ID"
+	usage := "usage: corral node " + verb + " NODE (id or name)"
 	return nodeConfig(ctx, verb, summary+"\n"+usage, args, out, func(pos []string) (map[string]any, error) {
 		if len(pos) != 1 {
 			return nil, errors.New(usage)
@@ -115,9 +118,13 @@ func nodeDisjoin(ctx context.Context, args []string, out io.Writer) error {
 		return err
 	}
 	if len(pos) != 1 {
-		return errors.New("usage: corral node disjoin ID")
+		return errors.New("usage: corral node disjoin NODE (id or name)")
 	}
-	return cl.DisjoinNode(ctx, pos[0])
+	id, err := resolveNode(ctx, cl, pos[0])
+	if err != nil {
+		return err
+	}
+	return cl.DisjoinNode(ctx, id)
 }
 
 // runGroup is `corral group list|create|delete|add|remove`.
@@ -159,6 +166,11 @@ func runGroup(ctx context.Context, args []string, out io.Writer) error {
 		if len(pos) != 1 {
 			return errors.New("usage: corral group create NAME [--description D] [--fallback GROUP]")
 		}
+		if fallback != "" {
+			if fallback, err = resolveGroup(ctx, cl, fallback); err != nil {
+				return fmt.Errorf("--fallback: %w", err)
+			}
+		}
 		g, err := cl.CreateGroup(ctx, pos[0], description, fallback)
 		if err != nil {
 			return err
@@ -167,17 +179,29 @@ func runGroup(ctx context.Context, args []string, out io.Writer) error {
 		return nil
 	case "delete":
 		if len(pos) != 1 {
-			return errors.New("usage: corral group delete ID")
+			return errors.New("usage: corral group delete GROUP (id or name)")
 		}
-		return cl.DeleteGroup(ctx, pos[0])
+		id, err := resolveGroup(ctx, cl, pos[0])
+		if err != nil {
+			return err
+		}
+		return cl.DeleteGroup(ctx, id)
 	case "add", "remove":
 		if len(pos) < 2 {
-			return fmt.Errorf("usage: corral group %s GROUP NODE...", verb)
+			return fmt.Errorf("usage: corral group %s GROUP NODE... (ids or names)", verb)
+		}
+		group, err := resolveGroup(ctx, cl, pos[0])
+		if err != nil {
+			return err
+		}
+		nodes, err := resolveNodes(ctx, cl, pos[1:])
+		if err != nil {
+			return err
 		}
 		if verb == "add" {
-			return cl.AddNodesToGroup(ctx, pos[0], pos[1:]...)
+			return cl.AddNodesToGroup(ctx, group, nodes...)
 		}
-		return cl.RemoveNodesFromGroup(ctx, pos[0], pos[1:]...)
+		return cl.RemoveNodesFromGroup(ctx, group, nodes...)
 	}
 	return fmt.Errorf("unknown verb %q: want list, create, delete, add or remove", verb)
 }

@@ -139,6 +139,19 @@ func vmStart(ctx context.Context, args []string, out io.Writer) error {
 	if vmid == "" {
 		return errors.New("--vmid is required")
 	}
+	if vmid, err = resolveTemplate(ctx, cl, vmid); err != nil {
+		return fmt.Errorf("--vmid: %w", err)
+	}
+	if group != "" {
+		if group, err = resolveGroup(ctx, cl, group); err != nil {
+			return fmt.Errorf("--group: %w", err)
+		}
+	}
+	if node != "" {
+		if node, err = resolveNode(ctx, cl, node); err != nil {
+			return fmt.Errorf("--node: %w", err)
+		}
+	}
 	req := map[string]any{"vmid": vmid, "count": count}
 	for k, v := range map[string]string{"tag": tag, "group_id": group, "node_id": node, "external_id": externalID, "name": name} {
 		if v != "" {
@@ -229,7 +242,11 @@ func vmShow(ctx context.Context, args []string, out io.Writer) error {
 	if len(pos) != 1 {
 		return errors.New("usage: corral vm show ID")
 	}
-	in, err := cl.Instance(ctx, pos[0])
+	ids, err := resolveInstances(ctx, cl, pos)
+	if err != nil {
+		return err
+	}
+	in, err := cl.Instance(ctx, ids[0])
 	if err != nil {
 		return err
 	}
@@ -280,6 +297,11 @@ func vmTerminate(ctx context.Context, args []string, out io.Writer) error {
 			}
 		}
 	}
+	if !all {
+		if pos, err = resolveInstances(ctx, cl, pos); err != nil {
+			return err
+		}
+	}
 	var failed []string
 	for _, id := range pos {
 		if err := cl.Terminate(ctx, id); err != nil {
@@ -306,6 +328,9 @@ func vmWait(ctx context.Context, args []string, out io.Writer) error {
 	}
 	if len(pos) == 0 {
 		return errors.New("usage: corral vm wait ID... [--state S]")
+	}
+	if pos, err = resolveInstances(ctx, cl, pos); err != nil {
+		return err
 	}
 	got, err := waitAll(ctx, cl, pos, state, timeout)
 	if err != nil {

@@ -61,10 +61,14 @@ func TestCLIInstances(t *testing.T) {
 	if show := corral(true, "vm", "show", items[0].InstanceID); !strings.Contains(show, "Started") || !strings.Contains(show, "ssh") {
 		t.Fatalf("show %q", show)
 	}
-	if msg := corral(false, "vm", "show", "nope"); !strings.Contains(msg, "Not found") {
+	// The 8 characters the dashboard shows are enough.
+	if show := corral(true, "vm", "show", items[0].InstanceID[:8]); !strings.Contains(show, items[0].InstanceID) {
+		t.Fatalf("show by id prefix %q", show)
+	}
+	if msg := corral(false, "vm", "show", "nope"); !strings.Contains(msg, `no instance "nope"`) || strings.Contains(msg, "HTTP 200") {
 		t.Fatalf("show unknown %q", msg)
 	}
-	if msg := corral(false, "vm", "start", "--vmid", "not-a-template"); !strings.Contains(msg, apiv1.MsgNotInRegistry) {
+	if msg := corral(false, "vm", "start", "--vmid", "not-a-template"); !strings.Contains(msg, `no template "not-a-template"; known: test-template`) {
 		t.Fatalf("start unknown %q", msg)
 	}
 	if got := corral(true, "vm", "terminate", "--all", "--state", "Started"); len(strings.Fields(got)) != 2 {
@@ -83,15 +87,26 @@ func TestCLIInstances(t *testing.T) {
 	if table := corral(true, "node", "list"); !strings.Contains(table, "n1") || !strings.Contains(table, "0/4") {
 		t.Fatalf("node table %q", table)
 	}
-	corral(true, "node", "drain", id)
+	// Names where people type them (they answered "Not found (HTTP 200)").
+	corral(true, "node", "drain", "n1")
 	c.WaitNodeState(id, apiv1.NodeDrain, 5*time.Second)
 	corral(true, "node", "undrain", id)
-	corral(true, "node", "set-capacity", id, "6")
+	corral(true, "node", "set-capacity", "n1", "6")
+	if msg := corral(false, "node", "drain", "n9"); !strings.Contains(msg, `no node "n9"; known: n1 (`+id+`)`) {
+		t.Fatalf("drain of an unknown node %q", msg)
+	}
 	if show := corral(true, "node", "show", "n1"); !strings.Contains(show, `"capacity": 6`) || !strings.Contains(show, `"state": "Active"`) {
 		t.Fatalf("node show %q", show)
 	}
 	gid := strings.TrimSpace(corral(true, "group", "create", "macs", "--description", "M2 minis"))
-	corral(true, "group", "add", gid, id)
+	corral(true, "group", "create", "spare", "--fallback", "macs")
+	corral(true, "group", "add", "macs", "n1")
+	named := corral(true, "vm", "start", "--vmid", "test-template", "--group", "macs", "--node", "n1", "--wait")
+	if !strings.Contains(named, "Started") {
+		t.Fatalf("start by names %q", named)
+	}
+	started := strings.Split(strings.TrimSpace(named), "\n") // a header, then the instance
+	corral(true, "vm", "terminate", strings.Fields(started[len(started)-1])[0][:8])
 	if table := corral(true, "node", "list"); !strings.Contains(table, "macs") {
 		t.Fatalf("node not in group: %q", table)
 	}
@@ -99,6 +114,7 @@ func TestCLIInstances(t *testing.T) {
 	if gl := corral(true, "group", "list"); !strings.Contains(gl, "M2 minis") {
 		t.Fatalf("group list %q", gl)
 	}
+	corral(true, "group", "delete", "spare")
 	corral(true, "group", "delete", gid)
 	if msg := corral(false, "node", "set-capacity", id, "many"); !strings.Contains(msg, "non-negative") {
 		t.Fatalf("bad capacity %q", msg)
