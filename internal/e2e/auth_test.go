@@ -27,6 +27,13 @@ import (
 
 func authCall(t *testing.T, method, url, auth, body string) (int, string) {
 	t.Helper()
+	code, data, _ := authCallBody(t, method, url, auth, body)
+	return code, data
+}
+
+// authCallBody is authCall that also returns the WWW-Authenticate header.
+func authCallBody(t *testing.T, method, url, auth, body string) (int, string, string) {
+	t.Helper()
 	req, _ := http.NewRequest(method, url, strings.NewReader(body))
 	if auth != "" {
 		req.Header.Set("Authorization", auth)
@@ -37,7 +44,7 @@ func authCall(t *testing.T, method, url, auth, body string) (int, string) {
 	}
 	defer resp.Body.Close()
 	data, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, string(data)
+	return resp.StatusCode, string(data), resp.Header.Get("WWW-Authenticate")
 }
 
 // TestAuthentication: with auth on, requests without valid credentials get

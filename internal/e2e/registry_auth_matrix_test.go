@@ -2,8 +2,6 @@ package e2e
 
 import (
 	"fmt"
-	"io"
-	"net/http"
 	"slices"
 	"strings"
 	"testing"
@@ -137,7 +135,7 @@ func TestRegistryAuthMatrix(t *testing.T) {
 				case !grants(cl, rc.need):
 					want = "403"
 				}
-				code, body, challenge := authCallChallenge(t, rc.method, reg+rc.path, cl.header)
+				code, body, challenge := authCallBody(t, rc.method, reg+rc.path, cl.header, "")
 				got := "allowed"
 				switch {
 				case code == 401 && strings.Contains(challenge, `error="insufficient_scope"`):
@@ -154,20 +152,4 @@ func TestRegistryAuthMatrix(t *testing.T) {
 			}
 		}
 	}
-}
-
-// authCallChallenge is authCall that also returns the WWW-Authenticate header.
-func authCallChallenge(t *testing.T, method, url, auth string) (int, string, string) {
-	t.Helper()
-	req, _ := http.NewRequest(method, url, nil)
-	if auth != "" {
-		req.Header.Set("Authorization", auth)
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	data, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, string(data), resp.Header.Get("WWW-Authenticate")
 }

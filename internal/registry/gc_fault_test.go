@@ -23,12 +23,21 @@ import (
 )
 
 func newFaultyRegistry(t *testing.T, seed uint64) (*registry.Registry, *faulty.Backend) {
-	b, err := filesystem.New(t.TempDir())
+	r, fb, _ := newFaultyRegistryIn(t, seed)
+	return r, fb
+}
+
+// newFaultyRegistryIn is newFaultyRegistry that also gives the store's
+// directory (to set files' times explicitly).
+func newFaultyRegistryIn(t *testing.T, seed uint64) (*registry.Registry, *faulty.Backend, string) {
+	t.Helper()
+	dir := t.TempDir()
+	b, err := filesystem.New(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
 	fb := faulty.Wrap(b, seed)
-	return registry.New(fb, slog.New(slog.NewTextHandler(io.Discard, nil))), fb
+	return registry.New(fb, slog.New(slog.NewTextHandler(io.Discard, nil))), fb, dir
 }
 
 // verifyTag pulls a tag's manifest and reads and verifies every chunk.

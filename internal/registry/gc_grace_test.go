@@ -5,9 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
-	"io"
 	"io/fs"
-	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -16,7 +14,6 @@ import (
 
 	"github.com/corral-build/corral/internal/registry"
 	"github.com/corral-build/corral/internal/registry/storage/faulty"
-	"github.com/corral-build/corral/internal/registry/storage/filesystem"
 )
 
 // TestGCGraceStartsOrNothingIsCondemned: GC moves what it condemns to the
@@ -45,13 +42,7 @@ func TestGCGraceStartsOrNothingIsCondemned(t *testing.T) {
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			ctx := context.Background()
-			dir := t.TempDir()
-			b, err := filesystem.New(dir)
-			if err != nil {
-				t.Fatal(err)
-			}
-			fb := faulty.Wrap(b, 1)
-			r := registry.New(fb, slog.New(slog.NewTextHandler(io.Discard, nil)))
+			r, fb, dir := newFaultyRegistryIn(t, 1)
 			r.Grace = time.Hour
 			c.setup(t, r, dir)
 			ageFiles(t, dir, 2*time.Hour)
@@ -93,13 +84,7 @@ func ageFiles(t *testing.T, dir string, ago time.Duration) {
 // then needs fails).
 func TestReadOfACondemnedPackTakesItBack(t *testing.T) {
 	ctx := context.Background()
-	dir := t.TempDir()
-	b, err := filesystem.New(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	fb := faulty.Wrap(b, 1)
-	r := registry.New(fb, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	r, fb, dir := newFaultyRegistryIn(t, 1)
 	r.Grace = time.Hour
 	ds := putRandom(t, r, 2)
 	ageFiles(t, dir, 2*time.Hour)
@@ -121,12 +106,7 @@ func TestReadOfACondemnedPackTakesItBack(t *testing.T) {
 // pass after pass, GC neither condemns nor rescues any of its records.
 func TestGCLeavesALiveOCIImageAlone(t *testing.T) {
 	ctx := context.Background()
-	dir := t.TempDir()
-	b, err := filesystem.New(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	r := registry.New(b, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	r, _, dir := newFaultyRegistryIn(t, 1)
 	r.Grace = time.Hour
 	blob := func(data string) string {
 		id, err := r.OCIStartUpload(ctx, "vm/live")

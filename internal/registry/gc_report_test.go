@@ -4,8 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
-	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -14,7 +12,6 @@ import (
 
 	"github.com/corral-build/corral/internal/registry"
 	"github.com/corral-build/corral/internal/registry/storage/faulty"
-	"github.com/corral-build/corral/internal/registry/storage/filesystem"
 )
 
 // gcWorkload is a store where a GC pass has every kind of work: records
@@ -23,13 +20,7 @@ import (
 func gcWorkload(t *testing.T) (*registry.Registry, *faulty.Backend, string) {
 	t.Helper()
 	ctx := context.Background()
-	dir := t.TempDir()
-	b, err := filesystem.New(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	fb := faulty.Wrap(b, 1)
-	r := registry.New(fb, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	r, fb, dir := newFaultyRegistryIn(t, 1)
 	r.Grace = time.Hour
 	shared := putRandom(t, r, 2)
 	for i := range 3 {

@@ -227,12 +227,7 @@ func readChunk(t *testing.T, r *registry.Registry, d string) error {
 // written before it.
 func TestGC(t *testing.T) {
 	ctx := context.Background()
-	dir := t.TempDir()
-	b, err := filesystem.New(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	r := registry.New(b, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	r, _, dir := newFaultyRegistryIn(t, 1)
 	r.Grace = 0
 	shared := putRandom(t, r, 2)
 	onlyOld := putRandom(t, r, 3)
