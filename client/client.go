@@ -331,10 +331,19 @@ func (c *Controller) PutPermissionGroup(ctx context.Context, g apiv1.PermissionG
 // leave for the one asked (Terminated; Error, which only ends), or is not
 // found; at ctx's end it says what the instance last was and why.
 func (c *Controller) WaitState(ctx context.Context, id, state string) (apiv1.Instance, error) {
+	return c.WaitStateFunc(ctx, id, state, nil)
+}
+
+// WaitStateFunc is WaitState calling changed (when not nil) each time the
+// instance's state or message changes while it waits (a CLI's progress).
+func (c *Controller) WaitStateFunc(ctx context.Context, id, state string, changed func(apiv1.Instance)) (apiv1.Instance, error) {
 	var last apiv1.Instance
 	for {
 		in, err := c.Instance(ctx, id)
 		var fe *FailError
+		if err == nil && changed != nil && (in.State != last.State || in.Message != last.Message) {
+			changed(in)
+		}
 		switch {
 		case err == nil && in.State == state:
 			return in, nil

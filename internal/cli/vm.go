@@ -345,7 +345,12 @@ func waitAll(ctx context.Context, cl *client.Controller, ids []string, state str
 	defer cancel()
 	got := make([]apiv1.Instance, 0, len(ids))
 	for _, id := range ids {
-		in, err := cl.WaitState(wctx, id, state)
+		in, err := cl.WaitStateFunc(wctx, id, state, func(in apiv1.Instance) {
+			// Progress on stderr: why it waits, as it changes.
+			if in.State != state && in.Message != "" {
+				fmt.Fprintf(os.Stderr, "%s\t%s: %s\n", shortID(in.InstanceID), in.State, in.Message)
+			}
+		})
 		if err != nil {
 			return got, err
 		}
@@ -363,4 +368,12 @@ func printReached(out io.Writer, output string, got []apiv1.Instance) error {
 		fmt.Fprintf(out, "%s\t%s\t%s\n", in.InstanceID, in.State, sshEndpoint(in))
 	}
 	return nil
+}
+
+// shortID is the 8 characters of an id the dashboard shows (and the CLI takes).
+func shortID(id string) string {
+	if len(id) > 8 {
+		return id[:8]
+	}
+	return id
 }

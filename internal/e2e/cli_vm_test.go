@@ -77,6 +77,15 @@ func TestCLIInstances(t *testing.T) {
 	for _, it := range items {
 		c.WaitState(it.InstanceID, apiv1.StateTerminated, 10*time.Second)
 	}
+	// More than the node's 4 slots: --wait says why the fifth waits, as it
+	// waits and when it gives up (it waited 10 silent minutes).
+	if msg := corral(false, "vm", "start", "--vmid", c.TemplateID, "--count", "5", "--wait", "--timeout", "15s"); !strings.Contains(msg, "Scheduling: the only active node is at capacity") ||
+		!strings.Contains(msg, "(the only active node is at capacity): context deadline exceeded") {
+		t.Fatalf("start --wait past capacity said %q", msg)
+	}
+	for _, id := range strings.Fields(corral(true, "vm", "terminate", "--all")) {
+		c.WaitState(id, apiv1.StateTerminated, time.Minute)
+	}
 
 	// Nodes and groups.
 	var nodes []apiv1.Node
