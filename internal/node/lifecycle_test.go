@@ -100,6 +100,22 @@ func TestInstanceLifecycleOnANode(t *testing.T) {
 		}
 		c.WaitState(id, apiv1.StateTerminated, time.Minute)
 	}
+	// script_fail_handler 1 keeps the failed VM (and its slot) for
+	// inspection: a terminate then waits for the node to destroy it and
+	// confirm.
+	ids, err := c.Client.StartInstances(ctx, map[string]any{"vmid": c.TemplateID, "startup_script": script("exit 4"),
+		"script_monitoring": true, "script_fail_handler": 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	kept := c.WaitState(ids[0], apiv1.StateError, time.Minute)
+	if !strings.Contains(kept.Message, "exit code 4") {
+		t.Fatalf("a kept failed VM reads %q", kept.Message)
+	}
+	if err := c.Client.Terminate(ctx, ids[0]); err != nil {
+		t.Fatal(err)
+	}
+	c.WaitState(ids[0], apiv1.StateTerminated, time.Minute)
 }
 
 var errCrash = errorString("the hypervisor killed it")
