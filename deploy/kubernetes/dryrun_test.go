@@ -34,6 +34,7 @@ var resources = map[string]struct {
 	"Deployment":            {"/apis/apps/v1", "deployments", true},
 	"StatefulSet":           {"/apis/apps/v1", "statefulsets", true},
 	"Ingress":               {"/apis/networking.k8s.io/v1", "ingresses", true},
+	"PodDisruptionBudget":   {"/apis/policy/v1", "poddisruptionbudgets", true},
 }
 
 // TestServerSideDryRun sends every manifest to a real kube-apiserver (on an

@@ -13,6 +13,7 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
+	policyv1 "k8s.io/api/policy/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"sigs.k8s.io/yaml"
 )
@@ -25,6 +26,7 @@ type manifests struct {
 	deployments  []appsv1.Deployment
 	statefulSets []appsv1.StatefulSet
 	ingresses    []networkingv1.Ingress
+	budgets      []policyv1.PodDisruptionBudget
 }
 
 // strictDecode rejects unknown fields, so a typo in a manifest fails here
@@ -107,6 +109,10 @@ func load(t *testing.T) manifests {
 			var v networkingv1.Ingress
 			strictDecode(t, where, doc, &v)
 			m.ingresses = append(m.ingresses, v)
+		case "PodDisruptionBudget":
+			var v policyv1.PodDisruptionBudget
+			strictDecode(t, where, doc, &v)
+			m.budgets = append(m.budgets, v)
 		default:
 			t.Fatalf("%s: unexpected kind %q", where, meta.Kind)
 		}
@@ -230,6 +236,39 @@ func TestManifestsWiring(t *testing.T) {
 	}
 	if !slices.Equal(names, []string{"controller", "registry"}) {
 		t.Errorf("containers %v", names)
+	}
+	// Secure by default: auth on in both, secrets from a Secret the operator
+	// creates (never a value in the manifests), replicas on different hosts,
+	// a disruption budget for Corral and for etcd's quorum.
+	for _, c := range d.Spec.Template.Spec.Containers {
+		cm := m.configMaps[c.EnvFrom[0].ConfigMapRef.Name]
+		if cm.Data["ANKA_ENABLE_AUTH"] != "true" {
+			t.Errorf("container %s: auth is not on", c.Name)
+		}
+		secrets := map[string]bool{}
+		for _, e := range c.Env {
+			if e.ValueFrom != nil && e.ValueFrom.SecretKeyRef != nil && e.ValueFrom.SecretKeyRef.Name == "corral-auth" &&
+				(e.ValueFrom.SecretKeyRef.Optional == nil || !*e.ValueFrom.SecretKeyRef.Optional) {
+				secrets[e.Name] = true
+			}
+		}
+		if !secrets["ANKA_ROOT_TOKEN"] || !secrets["ANKA_REGISTRY_TOKEN_SECRET"] {
+			t.Errorf("container %s: root token and registry token secret must come from the Secret corral-auth: %v", c.Name, c.Env)
+		}
+	}
+	if a := d.Spec.Template.Spec.Affinity; a == nil || a.PodAntiAffinity == nil || len(a.PodAntiAffinity.RequiredDuringSchedulingIgnoredDuringExecution) == 0 {
+		t.Error("corral pods need required anti-affinity")
+	}
+	budgets := map[string]int{}
+	for _, b := range m.budgets {
+		for _, p := range m.pods() {
+			if matches(b.Spec.Selector.MatchLabels, p.Labels) && b.Spec.MinAvailable != nil {
+				budgets[p.Labels["app.kubernetes.io/name"]] = b.Spec.MinAvailable.IntValue()
+			}
+		}
+	}
+	if budgets["corral"] != 1 || budgets["etcd"] != 2 {
+		t.Errorf("disruption budgets %v, want corral 1 and etcd 2 available", budgets)
 	}
 	vols := d.Spec.Template.Spec.Volumes
 	if len(vols) != 1 || vols[0].PersistentVolumeClaim == nil {
