@@ -173,3 +173,73 @@ func TestEventQueueAndCursors(t *testing.T) {
 		t.Fatalf("seen templates: %+v %v %v", got, ok, err)
 	}
 }
+
+// TestNeverStarted: only an instance still being placed or pulled has
+// certainly not begun its job.
+func TestNeverStarted(t *testing.T) {
+	for state, want := range map[string]bool{
+		apiv1.StateScheduling: true, apiv1.StatePulling: true, apiv1.StateStarted: false,
+		apiv1.StateError: false, apiv1.StateTerminating: false, apiv1.StateTerminated: false,
+	} {
+		if got := (store.InstanceRecord{Instance: apiv1.Instance{State: state}}).NeverStarted(); got != want {
+			t.Errorf("%s: never started %v, want %v", state, got, want)
+		}
+	}
+}
+
+// TestJoinTokenInit: the first controller makes the token (etcd keeps its
+// hash); the next finds it made; a cloud from before hashes has its
+// plaintext token hashed once and gets it back to print.
+func TestJoinTokenInit(t *testing.T) {
+	ctx := context.Background()
+	st := newStore(t)
+	hash := func(s string) string { return "h(" + s + ")" }
+	tok, created, err := st.InitJoinToken(ctx, "fresh", hash)
+	if err != nil || !created || tok != "fresh" {
+		t.Fatalf("first init: %q %v %v", tok, created, err)
+	}
+	if h, err := st.JoinTokenHash(ctx); err != nil || h != "h(fresh)" {
+		t.Fatalf("hash %q %v", h, err)
+	}
+	if tok, created, err := st.InitJoinToken(ctx, "other", hash); err != nil || created || tok != "" {
+		t.Fatalf("second init: %q %v %v", tok, created, err)
+	}
+	old := newStore(t)
+	if _, err := old.Client().Put(ctx, old.Key("config/join-token"), "plain"); err != nil {
+		t.Fatal(err)
+	}
+	if tok, created, err := old.InitJoinToken(ctx, "fresh", hash); err != nil || created || tok != "plain" {
+		t.Fatalf("migration: %q %v %v", tok, created, err)
+	}
+	if h, _ := old.JoinTokenHash(ctx); h != "h(plain)" {
+		t.Fatalf("migrated hash %q", h)
+	}
+	if resp, _ := old.Client().Get(ctx, old.Key("config/join-token")); len(resp.Kvs) != 0 {
+		t.Fatal("the plaintext token was kept")
+	}
+}
+
+// TestConsoleKeptApart: an update that carries a console tail stores it
+// beside the record (not in it), and a later update without one keeps it.
+func TestConsoleKeptApart(t *testing.T) {
+	ctx := context.Background()
+	st := newStore(t)
+	if err := st.CreateInstances(ctx, []store.InstanceRecord{{Instance: apiv1.Instance{InstanceID: "i1", State: apiv1.StateStarted}}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.UpdateInstance(ctx, "i1", func(r *store.InstanceRecord) (store.InstanceUpdate, error) {
+		return store.InstanceUpdate{Console: "login: "}, nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.UpdateInstance(ctx, "i1", func(r *store.InstanceRecord) (store.InstanceUpdate, error) {
+		r.Message = "later"
+		return store.InstanceUpdate{}, nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	c, err := st.GetConsole(ctx, "i1")
+	if err != nil || c.Text != "login: " || c.At.IsZero() {
+		t.Fatalf("console %+v %v", c, err)
+	}
+}
