@@ -107,22 +107,30 @@ func runUp(ctx context.Context, args []string, out io.Writer) error {
 		}
 		go func() { agentDone <- agent.Run(ctx) }()
 	}
+	// With auth on, the hints carry the root token from the environment
+	// (never printed: it was given with --root-token or its file).
+	curlAuth, authNote := "", ""
+	if c.enableAuth {
+		curlAuth = ` -u "root:$ANKA_ROOT_TOKEN"`
+		authNote = "\nAuthentication is on: export ANKA_ROOT_TOKEN=<the root token you gave> for the commands below\n(the dashboard asks for it too; API keys: corral apikey).\n"
+	}
 	fmt.Fprintf(out, `Corral is up.
   dashboard:       %[1]s/
-  controller API:  %[1]s/api/v1   (status: curl %[1]s/api/v1/status)
-  registry:        %[2]s   (templates: curl %[2]s/registry/vm)
+  controller API:  %[1]s/api/v1   (status: curl%[7]s %[1]s/api/v1/status)
+  registry:        %[2]s   (templates: curl%[7]s %[2]s/registry/vm)
   OCI registry:    %[6]s   (oras/crane/skopeo, plain HTTP)
   join token:      %[3]s
   local node:      %[4]s driver
   demo template:   %[5]s
-
+%[8]s
 Start two instances of the demo template:
-  curl -s -d '{"vmid":"%[5]s","count":2}' %[1]s/api/v1/vm
+  curl -s%[7]s -d '{"vmid":"%[5]s","count":2}' %[1]s/api/v1/vm
 List instances:
-  curl -s %[1]s/api/v1/vm
+  curl -s%[7]s %[1]s/api/v1/vm
 Push your own template:
   corral template push ./my-vm-dir --name my-vm --tag v1 --registry %[2]s
-`, d.URL, c.registryURL, shownJoinToken(d, c.showJoinToken), n.driver, demoID, strings.TrimPrefix(strings.TrimPrefix(c.registryURL, "http://"), "https://"))
+`, d.URL, c.registryURL, shownJoinToken(d, c.showJoinToken), n.driver, demoID, strings.TrimPrefix(strings.TrimPrefix(c.registryURL, "http://"), "https://"),
+		curlAuth, authNote)
 	select {
 	case <-ctx.Done():
 		log.Info("shutting down")

@@ -115,18 +115,28 @@ func TestUpWithAuth(t *testing.T) {
 	fields := map[string]*regexp.Regexp{"ctl": regexp.MustCompile(`controller API:\s+(\S+)/api/v1`),
 		"reg": regexp.MustCompile(`^\s+registry:\s+(\S+)`), "vmid": regexp.MustCompile(`^\s+demo template:\s+(\S+)`)}
 	got := map[string]string{}
+	var printed []string
 	lines := bufio.NewScanner(stdout)
-	for len(got) < len(fields) && lines.Scan() {
+	for lines.Scan() {
+		printed = append(printed, lines.Text())
 		for k, re := range fields {
 			if m := re.FindStringSubmatch(lines.Text()); m != nil {
 				got[k] = m[1]
 			}
+		}
+		if strings.Contains(lines.Text(), "corral template push") {
+			break // the last hint
 		}
 	}
 	if len(got) < len(fields) {
 		t.Fatalf("corral up printed %v; stderr:\n%s", got, stderr.String())
 	}
 	go func() { _, _ = io.Copy(io.Discard, stdout) }()
+	// Its hints work with auth on (they got 401), and never print the token.
+	hints := strings.Join(printed, "\n")
+	if strings.Count(hints, `curl -s -u "root:$ANKA_ROOT_TOKEN"`) != 2 || !strings.Contains(hints, "export ANKA_ROOT_TOKEN") || strings.Contains(hints, "s3cret") {
+		t.Errorf("corral up --enable-auth hints:\n%s", hints)
+	}
 	root := basic("root", "s3cret")
 	if code, _ := authCall(t, "GET", got["reg"]+"/registry/vm", "", ""); code != 401 {
 		t.Errorf("up's registry without credentials: HTTP %d, want 401", code)
