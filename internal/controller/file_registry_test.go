@@ -11,6 +11,7 @@ import (
 
 	apiv1 "github.com/corral-build/corral/api/v1"
 	"github.com/corral-build/corral/internal/controller"
+	"github.com/corral-build/corral/internal/testenv"
 )
 
 // TestFileRegistry: the template list a controller serves without a
@@ -98,5 +99,24 @@ func TestFileRegistry(t *testing.T) {
 	}
 	if d, err := f.Disk(ctx); err != nil || d.Total <= 0 {
 		t.Fatalf("disk: %+v %v", d, err)
+	}
+}
+
+// TestStatus: the status names the registry nodes use (or none) and says
+// whether the controller reaches its template source.
+func TestStatus(t *testing.T) {
+	ctx := context.Background()
+	c := newCloud(t, controller.Config{RegistryURL: "http://registry:8089"})
+	if st := c.svc.Status(ctx); st.Status != "Running" || st.RegistryAddress != "http://registry:8089" || st.RegistryStatus != "Running" {
+		t.Fatalf("status %+v", st)
+	}
+	_, st := testenv.StoreAt(t, "")
+	path := filepath.Join(t.TempDir(), "templates.json")
+	if err := os.WriteFile(path, []byte("{broken"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	broken := controller.New(st, controller.NewFileRegistry(path), controller.Config{}, testenv.Logger(t))
+	if s := broken.Status(ctx); s.RegistryAddress != "none" || s.RegistryStatus != "FAIL" {
+		t.Fatalf("status with an unreadable template source: %+v", s)
 	}
 }
