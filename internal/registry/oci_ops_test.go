@@ -102,6 +102,10 @@ func TestReferrersLinksFollowTheirManifests(t *testing.T) {
 	if got := list("application/spdx+json"); !slices.Equal(got, []string{sbom}) {
 		t.Fatalf("filtered %v", got)
 	}
+	// None: an empty list (JSON []), not null.
+	if none, _, err := r.OCIReferrers(ctx, repo, "sha256:"+strings.Repeat("0", 64), ""); err != nil || none == nil || len(none) != 0 {
+		t.Fatalf("referrers of an unknown subject: %#v %v", none, err)
+	}
 	if _, _, err := r.OCIReferrers(ctx, repo, "sha256:bad", ""); ociStatus(err) != 400 {
 		t.Fatalf("a bad subject digest: %v", err)
 	}

@@ -99,3 +99,37 @@ func TestGCKeepsAnOCIUploadInProgress(t *testing.T) {
 		t.Fatalf("the blob reads back %d bytes (%v), want %d", len(got), err, len(data))
 	}
 }
+
+// TestGCRewriteKeepsEveryLiveChunk: a pack mostly dead is rewritten with
+// its live chunks; each must read back (the copy skips the dead ones
+// between them, so an offset carried wrong corrupts all but the first).
+func TestGCRewriteKeepsEveryLiveChunk(t *testing.T) {
+	ctx := context.Background()
+	r, _, dir := newFaultyRegistryIn(t, 1)
+	r.Grace = time.Hour
+	ds := putRandom(t, r, 6)
+	all, err := r.Commit(ctx, commitReq("all", "v1", ds...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ageFiles(t, dir, 2*time.Hour)
+	if s, err := r.GC(ctx); err != nil || s.PacksRewritten == 0 {
+		t.Fatalf("merging the small packs: %+v %v", s, err)
+	}
+	keep, err := r.Commit(ctx, commitReq("keep", "v1", ds[4:]...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := r.DeleteTemplate(ctx, all.TemplateID); err != nil {
+		t.Fatal(err)
+	}
+	for range 3 { // condemn, then rewrite the mostly dead pack
+		ageFiles(t, dir, 2*time.Hour)
+		if _, err := r.GC(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := verifyTag(ctx, r, keep.TemplateID, "v1"); err != nil {
+		t.Fatalf("after the rewrite: %v", err)
+	}
+}
