@@ -3,6 +3,7 @@ package store_test
 import (
 	"context"
 	"errors"
+	"strings"
 	"testing"
 	"time"
 
@@ -241,5 +242,55 @@ func TestConsoleKeptApart(t *testing.T) {
 	c, err := st.GetConsole(ctx, "i1")
 	if err != nil || c.Text != "login: " || c.At.IsZero() {
 		t.Fatalf("console %+v %v", c, err)
+	}
+}
+
+// TestEventsCheckpointBeforeTheRecorder: on an etcd the event recorder never
+// ran, the checkpoint is "none" and the revision to start from is now.
+func TestEventsCheckpointBeforeTheRecorder(t *testing.T) {
+	ctx := context.Background()
+	st := newStore(t)
+	rev, ok, err := st.EventsCheckpoint(ctx)
+	if err != nil || ok || rev <= 0 {
+		t.Fatalf("checkpoint %d %v %v, want the current revision and no checkpoint", rev, ok, err)
+	}
+}
+
+// TestViewSnapshotIsOrdered: the view's scheduling snapshot lists groups
+// and nodes in id order, every time (the plan is deterministic).
+func TestViewSnapshotIsOrdered(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	_, st := viewedStore(t, ctx)
+	for _, id := range []string{"g3", "g1", "g2", "g5", "g4"} {
+		if err := st.CreateGroup(ctx, apiv1.Group{ID: id, Name: id}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, id := range []string{"n3", "n1", "n2"} {
+		if _, err := st.JoinNode(ctx, apiv1.NodeReport{NodeID: id, NodeName: id, Capacity: 1}, nil, 60); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Something to place: an idle cloud's snapshot copies no nodes.
+	if err := st.CreateInstances(ctx, []store.InstanceRecord{{Instance: apiv1.Instance{InstanceID: "i1", State: apiv1.StateScheduling}}}); err != nil {
+		t.Fatal(err)
+	}
+	waitView(t, ctx, st)
+	for range 5 {
+		snap, err := st.SchedulingSnapshot(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var groups, nodes []string
+		for _, g := range snap.Groups {
+			groups = append(groups, g.ID)
+		}
+		for _, n := range snap.Nodes {
+			nodes = append(nodes, n.Report.NodeID)
+		}
+		if strings.Join(groups, ",") != "g1,g2,g3,g4,g5" || strings.Join(nodes, ",") != "n1,n2,n3" {
+			t.Fatalf("snapshot order: groups %v nodes %v", groups, nodes)
+		}
 	}
 }
