@@ -230,7 +230,7 @@ func (f *flags) Parse(args []string, log func() *slog.Logger) error {
 	}
 	for _, kv := range os.Environ() {
 		name, _, _ := strings.Cut(kv, "=")
-		if strings.HasPrefix(name, "CORRAL_") && !f.known[name] && log != nil {
+		if strings.HasPrefix(name, "CORRAL_") && !f.known[name] && !readElsewhere[name] && log != nil {
 			log().Warn("ignoring unknown environment variable", "name", name)
 		}
 		if f.warnAnka && strings.HasPrefix(name, "ANKA_") && !f.known[name] && log != nil {
@@ -240,6 +240,9 @@ func (f *flags) Parse(args []string, log func() *slog.Logger) error {
 	}
 	return nil
 }
+
+// readElsewhere are CORRAL_ variables the CLI reads without a flag.
+var readElsewhere = map[string]bool{"CORRAL_CONFIG": true}
 
 func splitList(s string) []string {
 	var out []string

@@ -63,6 +63,20 @@ func TestUnknownCorralVariableWarns(t *testing.T) {
 	}
 }
 
+// TestDocumentedVariablesDoNotWarn: CORRAL_CONFIG (where contexts live) is
+// read without a flag; it was honoured and warned about as unknown.
+func TestDocumentedVariablesDoNotWarn(t *testing.T) {
+	t.Setenv("CORRAL_CONFIG", filepath.Join(t.TempDir(), "config.json"))
+	var logs bytes.Buffer
+	f := newFlags("vm list", "", &bytes.Buffer{})
+	if err := f.Parse(nil, func() *slog.Logger { return slog.New(slog.NewTextHandler(&logs, nil)) }); err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(logs.String(), "CORRAL_CONFIG") {
+		t.Fatalf("CORRAL_CONFIG warned about: %q", logs.String())
+	}
+}
+
 func TestValidateRegistryURL(t *testing.T) {
 	for _, good := range []string{"", "http://reg:8089", "https://reg.example.com"} {
 		if err := ValidateRegistryURL(good); err != nil {
