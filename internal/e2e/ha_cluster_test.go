@@ -141,7 +141,7 @@ func TestHAKillOneOfEach(t *testing.T) {
 	var ids []string
 	var mu sync.Mutex
 	var failures []error
-	pushes := 0
+	pushes, unavailable := 0, 0
 	stop := make(chan struct{})
 	var stream sync.WaitGroup
 	for w := range 3 {
@@ -158,7 +158,13 @@ func TestHAKillOneOfEach(t *testing.T) {
 				got, err := startWithRetry(ctx, cl, seed.TemplateID)
 				cancel()
 				mu.Lock()
-				if err != nil {
+				var fe *client.FailError
+				switch {
+				case errors.As(err, &fe) && fe.HTTPStatus == http.StatusServiceUnavailable:
+					// etcd choosing a leader after its member died: an honest
+					// "try again" (it was a 500, and failed this test once).
+					unavailable++
+				case err != nil:
 					failures = append(failures, fmt.Errorf("start %d/%d: %w", w, i, err))
 				}
 				ids = append(ids, got...)
@@ -222,6 +228,7 @@ func TestHAKillOneOfEach(t *testing.T) {
 	for _, err := range failures {
 		t.Error(err)
 	}
+	t.Logf("%d starts answered 503 while etcd had no leader", unavailable)
 	if len(ids) < 20 {
 		t.Fatalf("only %d instances started during the test", len(ids))
 	}

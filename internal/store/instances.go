@@ -134,6 +134,24 @@ func IsNoSpace(err error) bool {
 		err != nil && strings.Contains(err.Error(), rpctypes.ErrGRPCNoSpace.Error())
 }
 
+// IsUnavailable reports whether etcd could not answer for now: a request
+// timed out (a member died, its leader changed), there is no leader. The
+// request may or may not have been applied; trying again later is the
+// caller's call (a read always; a write when it is idempotent).
+func IsUnavailable(err error) bool {
+	if err == nil {
+		return false
+	}
+	for _, e := range []error{rpctypes.ErrTimeout, rpctypes.ErrTimeoutDueToLeaderFail, rpctypes.ErrTimeoutDueToConnectionLost,
+		rpctypes.ErrNoLeader, rpctypes.ErrLeaderChanged, rpctypes.ErrGRPCTimeout, rpctypes.ErrGRPCTimeoutDueToLeaderFail,
+		rpctypes.ErrGRPCTimeoutDueToConnectionLost, rpctypes.ErrGRPCNoLeader, rpctypes.ErrGRPCLeaderChanged} {
+		if errors.Is(err, e) || strings.Contains(err.Error(), e.Error()) {
+			return true
+		}
+	}
+	return false
+}
+
 // ForgetInstance deletes an instance, its assignment and its console: what
 // a terminate does while etcd takes deletes only (NOSPACE). The node sees
 // the assignment go and destroys the VM; its report finds no record.

@@ -3,12 +3,14 @@ package store_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
 
 	apiv1 "github.com/corral-build/corral/api/v1"
 	"github.com/corral-build/corral/internal/store"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
@@ -291,6 +293,26 @@ func TestViewSnapshotIsOrdered(t *testing.T) {
 		}
 		if strings.Join(groups, ",") != "g1,g2,g3,g4,g5" || strings.Join(nodes, ",") != "n1,n2,n3" {
 			t.Fatalf("snapshot order: groups %v nodes %v", groups, nodes)
+		}
+	}
+}
+
+// TestIsUnavailable: etcd's timeouts and leader changes, wrapped or as the
+// text a gRPC status carries, are "unavailable for now"; other errors not.
+func TestIsUnavailable(t *testing.T) {
+	for _, err := range []error{
+		fmt.Errorf("create instances: %w", rpctypes.ErrTimeoutDueToLeaderFail),
+		fmt.Errorf("x: %w", rpctypes.ErrTimeout),
+		errors.New("rpc error: code = Unavailable desc = etcdserver: leader changed"),
+		rpctypes.ErrNoLeader,
+	} {
+		if !store.IsUnavailable(err) {
+			t.Errorf("%v: not unavailable", err)
+		}
+	}
+	for _, err := range []error{nil, errors.New("boom"), store.ErrNotFound, rpctypes.ErrNoSpace} {
+		if store.IsUnavailable(err) {
+			t.Errorf("%v: unavailable", err)
 		}
 	}
 }

@@ -120,6 +120,13 @@ func (a *API) failure(r *http.Request, err error) (int, string) {
 		return http.StatusNotFound, err.Error()
 	case errors.Is(err, controller.ErrLeaseExpired):
 		return http.StatusConflict, "node lease expired: join again"
+	case store.IsUnavailable(err):
+		// Not the request's fault: etcd was choosing a leader or lost a
+		// member. A read can be sent again at once; a start only with an
+		// Idempotency-Key (it may have been made).
+		a.log.Warn("etcd did not answer in time", "method", r.Method, "path", r.URL.Path, "err", err)
+		return http.StatusServiceUnavailable, "the cloud's etcd did not answer in time (a member or its leader changed): try again shortly" +
+			" (a start with the same Idempotency-Key is never made twice)"
 	case store.IsNoSpace(err):
 		noSpaceErrors.Inc()
 		a.log.Error("etcd is out of space (NOSPACE alarm): only reads, terminates and deletes work until it is compacted, defragmented and the alarm disarmed",
