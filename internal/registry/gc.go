@@ -209,19 +209,11 @@ func (r *Registry) condemnChunks(ctx context.Context, protectSince time.Time, li
 			}
 			continue // touched by a push, or gone meanwhile
 		}
-		if err := r.st.Rename(ctx, p, trashPath(d)); err != nil {
+		if err := r.condemn(ctx, p, trashPath(d)); err != nil {
 			if errors.Is(err, storage.ErrNotFound) {
 				continue // taken or deleted meanwhile
 			}
 			return fmt.Errorf("gc: condemn chunk %s: %w", d, err)
-		}
-		// The trash clock starts now: a chunk left with its old time would
-		// be deleted by the next sweep without its grace, so it goes back.
-		if err := r.st.Touch(ctx, trashPath(d)); err != nil {
-			if rerr := r.st.Rename(ctx, trashPath(d), p); rerr != nil && !errors.Is(rerr, storage.ErrNotFound) {
-				r.log.Warn("gc: a condemned chunk could not be taken back after its trash time failed to start", "chunk", d, "err", rerr)
-			}
-			return fmt.Errorf("gc: condemn chunk %s: start its grace: %w", d, err)
 		}
 		s.Condemned++
 	}
@@ -229,15 +221,20 @@ func (r *Registry) condemnChunks(ctx context.Context, protectSince time.Time, li
 }
 
 // condemnMeta moves a metadata record to the attic; the attic clock starts now.
-// A record whose attic time cannot be started goes back (the next sweep would
-// delete it at once, without its grace).
 func (r *Registry) condemnMeta(ctx context.Context, p string) error {
-	if err := r.st.Rename(ctx, p, "attic/"+p); err != nil {
+	return r.condemn(ctx, p, "attic/"+p)
+}
+
+// condemn moves a file to the trash or the attic (to) and starts its grace
+// there. A file whose time cannot be started goes back: with its old time
+// the next sweep would delete it at once, without its grace.
+func (r *Registry) condemn(ctx context.Context, from, to string) error {
+	if err := r.st.Rename(ctx, from, to); err != nil {
 		return err
 	}
-	if err := r.st.Touch(ctx, "attic/"+p); err != nil {
-		if rerr := r.st.Rename(ctx, "attic/"+p, p); rerr != nil && !errors.Is(rerr, storage.ErrNotFound) {
-			r.log.Warn("gc: a condemned record could not be taken back after its attic time failed to start", "path", p, "err", rerr)
+	if err := r.st.Touch(ctx, to); err != nil {
+		if rerr := r.st.Rename(ctx, to, from); rerr != nil && !errors.Is(rerr, storage.ErrNotFound) {
+			r.log.Warn("gc: a condemned file could not be taken back after its grace failed to start", "path", from, "err", rerr)
 		}
 		return fmt.Errorf("start its grace: %w", err)
 	}
