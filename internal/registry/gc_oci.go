@@ -40,50 +40,41 @@ func (r *Registry) ociLive(ctx context.Context, protectSince time.Time, live *li
 			_ = r.st.Delete(ctx, p)
 		}
 	}
+	// markManifest keeps the blobs a manifest names; a linked manifest is
+	// live itself (taken back from the attic if it was condemned).
 	liveBlobs := map[string]bool{}
-	for hexd := range linked {
+	markManifest := func(p string, linked bool) error {
 		var m ociManifest
-		err := r.readMeta(ctx, ociManifestPath(hexd), &m)
+		read := r.readJSON
+		if linked {
+			read = r.readMeta
+		}
+		err := read(ctx, p, &m)
 		if errors.Is(err, storage.ErrNotFound) {
-			continue // a link whose manifest never landed: nothing to keep
+			return nil // never landed, or deleted meanwhile: nothing to keep
 		}
 		if err != nil {
 			return err
 		}
-		live.meta[ociManifestPath(hexd)] = true
+		if linked {
+			live.meta[p] = true
+		}
 		blobs, _, _ := manifestReferences(m.Data)
 		for _, d := range blobs {
 			liveBlobs[strings.TrimPrefix(d, "sha256:")] = true
 		}
+		return nil
 	}
-	manifests, err := r.st.List(ctx, "oci/manifests")
+	for hexd := range linked {
+		if err := markManifest(ociManifestPath(hexd), true); err != nil {
+			return err
+		}
+	}
+	// Manifests no repository links: recent ones (a push under way) keep
+	// their blobs, older ones are candidates.
+	err = r.unlinkedRecords(ctx, "oci/manifests", protectSince, live, func(p string) error { return markManifest(p, false) })
 	if err != nil {
 		return err
-	}
-	for _, p := range manifests {
-		if live.meta[p] {
-			continue
-		}
-		recent, err := r.recent(ctx, p, protectSince)
-		if err != nil {
-			return err
-		}
-		if !recent {
-			live.candidates = append(live.candidates, p)
-			continue
-		}
-		var m ociManifest
-		err = r.readJSON(ctx, p, &m)
-		if errors.Is(err, storage.ErrNotFound) {
-			continue
-		}
-		if err != nil {
-			return err
-		}
-		blobs, _, _ := manifestReferences(m.Data)
-		for _, d := range blobs {
-			liveBlobs[strings.TrimPrefix(d, "sha256:")] = true
-		}
 	}
 	markBlob := func(p string, rescue bool) error {
 		var b ociBlob
@@ -111,25 +102,10 @@ func (r *Registry) ociLive(ctx context.Context, protectSince time.Time, live *li
 			return err
 		}
 	}
-	blobs, err := r.st.List(ctx, "oci/blobs")
+	// Blob records no linked manifest names: likewise.
+	err = r.unlinkedRecords(ctx, "oci/blobs", protectSince, live, func(p string) error { return markBlob(p, false) })
 	if err != nil {
 		return err
-	}
-	for _, p := range blobs {
-		if live.meta[p] {
-			continue
-		}
-		recent, err := r.recent(ctx, p, protectSince)
-		if err != nil {
-			return err
-		}
-		if !recent {
-			live.candidates = append(live.candidates, p)
-			continue
-		}
-		if err := markBlob(p, false); err != nil {
-			return err
-		}
 	}
 	sessions, err := r.st.List(ctx, "oci/uploads")
 	if err != nil {
@@ -160,6 +136,33 @@ func (r *Registry) ociLive(ctx context.Context, protectSince time.Time, live *li
 			if c != "" {
 				live.chunks[c] = true
 			}
+		}
+	}
+	return nil
+}
+
+// unlinkedRecords goes through the records under prefix that the live set
+// does not hold: those untouched since protectSince become candidates for
+// the attic, the others are passed to recent.
+func (r *Registry) unlinkedRecords(ctx context.Context, prefix string, protectSince time.Time, live *liveSet, recent func(p string) error) error {
+	paths, err := r.st.List(ctx, prefix)
+	if err != nil {
+		return err
+	}
+	for _, p := range paths {
+		if live.meta[p] {
+			continue
+		}
+		isRecent, err := r.recent(ctx, p, protectSince)
+		if err != nil {
+			return err
+		}
+		if !isRecent {
+			live.candidates = append(live.candidates, p)
+			continue
+		}
+		if err := recent(p); err != nil {
+			return err
 		}
 	}
 	return nil
