@@ -64,21 +64,34 @@ func list(cs []candidate, max int) string {
 }
 
 func resolveNode(ctx context.Context, cl *client.Controller, arg string) (string, error) {
-	nodes, err := cl.Nodes(ctx)
+	ids, err := resolveNodes(ctx, cl, []string{arg})
 	if err != nil {
 		return "", err
+	}
+	return ids[0], nil
+}
+
+// resolveNodes resolves each argument against one list of the nodes.
+func resolveNodes(ctx context.Context, cl *client.Controller, args []string) ([]string, error) {
+	if len(args) == 0 {
+		return nil, nil
+	}
+	nodes, err := cl.Nodes(ctx)
+	if err != nil {
+		return nil, err
 	}
 	var cs []candidate
 	for _, n := range nodes {
 		cs = append(cs, candidate{n.NodeID, n.NodeName})
 	}
-	return pick("node", arg, cs, false)
+	return pickAll("node", args, cs, false)
 }
 
-func resolveNodes(ctx context.Context, cl *client.Controller, args []string) ([]string, error) {
+// pickAll is pick for each argument.
+func pickAll(kind string, args []string, cs []candidate, prefixes bool) ([]string, error) {
 	var ids []string
 	for _, a := range args {
-		id, err := resolveNode(ctx, cl, a)
+		id, err := pick(kind, a, cs, prefixes)
 		if err != nil {
 			return nil, err
 		}
@@ -123,13 +136,5 @@ func resolveInstances(ctx context.Context, cl *client.Controller, args []string)
 	for _, it := range items {
 		cs = append(cs, candidate{it.InstanceID, it.VM.Name})
 	}
-	var ids []string
-	for _, a := range args {
-		id, err := pick("instance", a, cs, true)
-		if err != nil {
-			return nil, err
-		}
-		ids = append(ids, id)
-	}
-	return ids, nil
+	return pickAll("instance", args, cs, true)
 }
