@@ -40,9 +40,6 @@ func SetRoute(ctx context.Context, route string) {
 	}
 }
 
-// RequestID is the request's id (set by AccessLog), or "".
-func RequestID(r *http.Request) string { return r.Header.Get(RequestIDHeader) }
-
 // AccessLog gives every request an id (the X-Request-Id header, both ways)
 // and, when log is not nil, logs one line per request at info once it is
 // answered: method, route pattern (never the path's ids or the query),
@@ -64,7 +61,7 @@ func AccessLog(log *slog.Logger, server string, next http.Handler) http.Handler 
 		start := time.Now()
 		a := &access{}
 		r = r.WithContext(context.WithValue(r.Context(), accessKey{}, a))
-		rec := &recorder{ResponseWriter: w}
+		rec := NewRecorder(w)
 		answered := false
 		defer func() { // also when next panics (net/http recovers it after)
 			route := a.route
@@ -117,22 +114,34 @@ func newRequestID() string {
 	return hex.EncodeToString(b[:])
 }
 
-// recorder notes the status and size of an answer, keeping the writer's
-// optional interfaces (sendfile, flushes, the connection) reachable.
-type recorder struct {
+// Recorder notes the status and size of an answer, keeping the writer's
+// optional interfaces (sendfile, flushes, the connection) reachable (the
+// access log, the metrics).
+type Recorder struct {
 	http.ResponseWriter
 	code  int
 	bytes int64
 }
 
-func (r *recorder) WriteHeader(code int) {
+// NewRecorder records what w answers.
+func NewRecorder(w http.ResponseWriter) *Recorder { return &Recorder{ResponseWriter: w} }
+
+// Status is the answer's status so far (200 when nothing set one).
+func (r *Recorder) Status() int {
+	if r.code == 0 {
+		return http.StatusOK
+	}
+	return r.code
+}
+
+func (r *Recorder) WriteHeader(code int) {
 	if r.code == 0 && code >= 200 {
 		r.code = code
 	}
 	r.ResponseWriter.WriteHeader(code)
 }
 
-func (r *recorder) Write(b []byte) (int, error) {
+func (r *Recorder) Write(b []byte) (int, error) {
 	if r.code == 0 {
 		r.code = http.StatusOK
 	}
@@ -141,7 +150,7 @@ func (r *recorder) Write(b []byte) (int, error) {
 	return n, err
 }
 
-func (r *recorder) ReadFrom(src io.Reader) (int64, error) {
+func (r *Recorder) ReadFrom(src io.Reader) (int64, error) {
 	if r.code == 0 {
 		r.code = http.StatusOK
 	}
@@ -156,10 +165,10 @@ func (r *recorder) ReadFrom(src io.Reader) (int64, error) {
 	return n, err
 }
 
-func (r *recorder) Flush() {
+func (r *Recorder) Flush() {
 	if f, ok := r.ResponseWriter.(http.Flusher); ok {
 		f.Flush()
 	}
 }
 
-func (r *recorder) Unwrap() http.ResponseWriter { return r.ResponseWriter }
+func (r *Recorder) Unwrap() http.ResponseWriter { return r.ResponseWriter }

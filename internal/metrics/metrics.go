@@ -6,7 +6,6 @@ package metrics
 import (
 	"context"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"strconv"
@@ -105,43 +104,15 @@ func NewHTTP(reg prometheus.Registerer, prefix string) *HTTP {
 func (h *HTTP) Middleware(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
-		rec := &statusRecorder{ResponseWriter: w, code: http.StatusOK}
+		rec := httpserve.NewRecorder(w)
 		next.ServeHTTP(rec, r)
 		route := r.Pattern
 		if route == "" {
 			route = "unmatched"
 		}
-		h.requests.WithLabelValues(r.Method, route, strconv.Itoa(rec.code)).Inc()
+		h.requests.WithLabelValues(r.Method, route, strconv.Itoa(rec.Status())).Inc()
 		h.seconds.WithLabelValues(r.Method, route).Observe(time.Since(start).Seconds())
 	})
-}
-
-type statusRecorder struct {
-	http.ResponseWriter
-	code int
-}
-
-func (s *statusRecorder) WriteHeader(code int) {
-	s.code = code
-	s.ResponseWriter.WriteHeader(code)
-}
-
-// ReadFrom keeps io.Copy's sendfile path for chunk and blob downloads.
-func (s *statusRecorder) ReadFrom(r io.Reader) (int64, error) {
-	if rf, ok := s.ResponseWriter.(io.ReaderFrom); ok {
-		return rf.ReadFrom(r)
-	}
-	return io.Copy(struct{ io.Writer }{s.ResponseWriter}, r)
-}
-
-// Unwrap lets http.ResponseController reach the connection.
-func (s *statusRecorder) Unwrap() http.ResponseWriter { return s.ResponseWriter }
-
-// Flush keeps long responses streaming through the recorder.
-func (s *statusRecorder) Flush() {
-	if f, ok := s.ResponseWriter.(http.Flusher); ok {
-		f.Flush()
-	}
 }
 
 // stateCollector reads instances, nodes and etcd's size at scrape time, so
